@@ -1,0 +1,287 @@
+"""The daemon's HTTP API, served on a Unix socket only. The caller's identity
+is the socket's peer credentials (SO_PEERCRED), never anything the client
+says. Every route answers JSON; errors are {"error": one line} with the
+status of the `engine.errors` class that caused them.
+
+    GET  /v1/health                       engine pid, uid, version, uptime
+    POST /v1/jobs                         {"spec": {...}, "after": [ids]} -> job
+    GET  /v1/jobs?state=&owner=&limit=    jobs, newest first
+    GET  /v1/jobs/{id}                    job, attempts, history
+    POST /v1/jobs/{id}/cancel | /retry    -> job
+    GET  /v1/jobs/{id}/logs?attempt=&follow=1&tail=N   text, streamed when following
+    GET  /v1/jobs/{id}/metrics?attempt=&name=&since_step=
+    GET  /v1/nodes                        nodes, GPUs (with owning job), telemetry
+    GET  /v1/events                       NDJSON stream: job, node, telemetry, metric, log
+    POST /v1/shutdown                     stop the daemon (its owner or an admin)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from engine import __version__
+from engine.errors import BadRequest, EngineError, Forbidden
+from engine.lifecycle import JobState
+from engine.model import JobSpec
+from engine.runtime import Caller, Runtime, attempt_view
+from engine.spec_check import spec_from_payload
+
+log = logging.getLogger("llmconsole.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
+SHUTDOWN: web.AppKey[asyncio.Event] = web.AppKey("shutdown", asyncio.Event)
+
+
+def peer_uid(request: web.Request) -> int:
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        raise Forbidden("the API answers on its Unix socket only")
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+def caller(request: web.Request) -> Caller:
+    return Caller.from_uid(peer_uid(request))
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except EngineError as err:
+        return web.json_response({"error": err.message}, status=err.status)
+    except web.HTTPException:
+        raise
+    except Exception as err:  # a bug: say so without leaking a traceback to clients
+        log.exception("%s %s failed", request.method, request.path)
+        return web.json_response({"error": f"internal error: {err}"}, status=500)
+
+
+def make_app(runtime: Runtime, shutdown: asyncio.Event) -> web.Application:
+    app = web.Application(middlewares=[errors], client_max_size=4 * 1024 * 1024)
+    app[RUNTIME] = runtime
+    app[SHUTDOWN] = shutdown
+    app.router.add_get("/v1/health", health)
+    app.router.add_post("/v1/jobs", submit)
+    app.router.add_get("/v1/jobs", list_jobs)
+    app.router.add_get("/v1/jobs/{id}", show_job)
+    app.router.add_post("/v1/jobs/{id}/cancel", cancel)
+    app.router.add_post("/v1/jobs/{id}/retry", retry)
+    app.router.add_get("/v1/jobs/{id}/logs", logs)
+    app.router.add_get("/v1/jobs/{id}/metrics", metrics)
+    app.router.add_get("/v1/nodes", nodes)
+    app.router.add_get("/v1/events", events)
+    app.router.add_post("/v1/shutdown", shutdown_route)
+    return app
+
+
+def _rt(request: web.Request) -> Runtime:
+    return request.app[RUNTIME]
+
+
+def _job_id(request: web.Request) -> int:
+    raw = request.match_info["id"]
+    try:
+        return int(raw)
+    except ValueError:
+        raise BadRequest(f"job id {raw!r} is not a number") from None
+
+
+def _int_param(request: web.Request, name: str) -> int | None:
+    raw = request.query.get(name)
+    if raw in (None, ""):
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise BadRequest(f"{name}={raw!r}: expected an integer") from None
+
+
+async def health(request: web.Request) -> web.Response:
+    rt = _rt(request)
+    me = caller(request)
+    return web.json_response({
+        "version": __version__, "pid": os.getpid(), "uid": rt.engine_uid,
+        "cluster": rt.cluster.name, "uptime_s": time.time() - rt.started_at,
+        "you": {"uid": me.uid, "name": me.name},
+    })
+
+
+async def submit(request: web.Request) -> web.Response:
+    rt = _rt(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        raise BadRequest("request body is not JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object with a 'spec'")
+    spec: JobSpec = spec_from_payload(body.get("spec"))
+    after = body.get("after") or []
+    if not isinstance(after, list) or not all(
+        isinstance(a, int) and not isinstance(a, bool) for a in after
+    ):
+        raise BadRequest("after: expected a list of job ids")
+    job = rt.submit(spec, caller(request), after)
+    return web.json_response(rt.job_view(job), status=201)
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    rt = _rt(request)
+    states = None
+    if request.query.get("state"):
+        try:
+            states = {JobState(s) for s in request.query["state"].split(",") if s}
+        except ValueError:
+            known = ", ".join(s.value for s in JobState)
+            raise BadRequest(f"state={request.query['state']!r}: expected some of {known}") \
+                from None
+    owner = _int_param(request, "owner")
+    limit = _int_param(request, "limit")
+    jobs = rt.store.list_jobs(states=states, owner_uid=owner, limit=limit)
+    return web.json_response([rt.job_view(j) for j in jobs])
+
+
+async def show_job(request: web.Request) -> web.Response:
+    rt = _rt(request)
+    job = rt.job(_job_id(request))
+    view = rt.job_view(job)
+    view["spec"] = job.spec.to_dict()
+    view["spec"]["env"] = sorted(view["spec"]["env"])  # names only: values may be secrets
+    view["attempts"] = [attempt_view(a) for a in rt.store.attempts(job.id)]
+    view["history"] = [
+        {"attempt": e.attempt, "time": e.time,
+         "from": e.from_state.value if e.from_state else None,
+         "to": e.to_state.value, "cause": e.cause, "actor": e.actor}
+        for e in rt.store.history(job.id)
+    ]
+    return web.json_response(view)
+
+
+async def cancel(request: web.Request) -> web.Response:
+    rt = _rt(request)
+    return web.json_response(rt.job_view(rt.cancel(_job_id(request), caller(request))))
+
+
+async def retry(request: web.Request) -> web.Response:
+    rt = _rt(request)
+    return web.json_response(rt.job_view(rt.retry(_job_id(request), caller(request))))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    rt = _rt(request)
+    job = rt.job(_job_id(request))
+    names = request.query.get("name")
+    points = rt.store.metrics(
+        job.id,
+        attempt=_int_param(request, "attempt"),
+        names=set(names.split(",")) if names else None,
+        since_step=_int_param(request, "since_step"),
+        limit=_int_param(request, "limit"),
+    )
+    return web.json_response([
+        {"attempt": p.attempt, "step": p.step, "name": p.name, "value": p.value, "time": p.time}
+        for p in points
+    ])
+
+
+async def nodes(request: web.Request) -> web.Response:
+    return web.json_response(_rt(request).node_views())
+
+
+async def logs(request: web.Request) -> web.StreamResponse:
+    rt = _rt(request)
+    job = rt.job(_job_id(request))
+    number = _int_param(request, "attempt") or job.attempt
+    if not 1 <= number <= job.attempt:
+        raise BadRequest(f"job {job.id} has attempts 1..{job.attempt}, not {number}")
+    follow = request.query.get("follow") in ("1", "true", "yes")
+    tail = _int_param(request, "tail")
+    path = rt.log_path(job.id, number)
+    response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+    await response.prepare(request)
+    sub = rt.hub.subscribe(
+        lambda e: e.get("job") == job.id and e.get("attempt") == number
+        and e.get("type") in ("log", "attempt-ended"),
+        size=1000,
+    ) if follow else None
+    try:
+        position = 0
+        if tail is not None and path.exists():
+            lines = path.read_bytes().splitlines(keepends=True)[-tail:] if tail > 0 else []
+            position = path.stat().st_size
+            await response.write(b"".join(lines))
+        while True:
+            position = await _copy_from(path, position, response)
+            if sub is None:
+                break
+            current = rt.store.get_attempt(job.id, number)
+            if current.state.is_terminal() and (rt.running.get(f"{job.id}.{number}") is None):
+                position = await _copy_from(path, position, response)
+                break
+            try:
+                await asyncio.wait_for(sub.get(), timeout=1.0)
+            except asyncio.TimeoutError:
+                pass
+    finally:
+        if sub is not None:
+            sub.close()
+    await response.write_eof()
+    return response
+
+
+async def _copy_from(path: Any, position: int, response: web.StreamResponse) -> int:
+    try:
+        with open(path, "rb") as f:
+            f.seek(position)
+            data = f.read()
+    except FileNotFoundError:
+        return position
+    if data:
+        # send whole lines only; a partial last line waits for its end
+        cut = data.rfind(b"\n") + 1
+        if cut:
+            await response.write(data[:cut])
+            return position + cut
+    return position
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    rt = _rt(request)
+    wanted = set(filter(None, request.query.get("types", "").split(",")))
+    sub = rt.hub.subscribe((lambda e: e.get("type") in wanted) if wanted else (lambda e: True))
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    try:
+        await response.write(json.dumps({"type": "hello", "time": time.time()}).encode() + b"\n")
+        while True:
+            try:
+                event = await asyncio.wait_for(sub.get(), timeout=15.0)
+            except asyncio.TimeoutError:
+                event = {"type": "keepalive", "time": time.time()}
+            await response.write(json.dumps(event).encode() + b"\n")
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        sub.close()
+    return response
+
+
+async def shutdown_route(request: web.Request) -> web.Response:
+    rt = _rt(request)
+    me = caller(request)
+    if me.uid != rt.engine_uid and me.name not in rt.cluster.admins:
+        raise Forbidden(f"only the engine's owner ({rt.engine_uid}) or an admin may stop it")
+    request.app[SHUTDOWN].set()
+    return web.json_response({"stopping": True})

@@ -1,0 +1,436 @@
+"""The `llmconsole` command. Headless: it imports neither textual nor rich
+(the screen is loaded only by the bare `llmconsole` command) and talks to
+the engine only through `engine.client`, starting the daemon when none runs.
+Every listing takes --json. Errors are one line on stderr and exit code 1
+(2 for bad usage), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from engine.errors import EngineError, Unavailable
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+STATES = ("held", "queued", "starting", "running", "succeeded", "failed", "cancelled", "lost")
+ACTIVE = ("held", "queued", "starting", "running")
+
+
+class CliError(Exception):
+    pass
+
+
+# ------------------------------------------------------------------ output
+def _age(t: float | None) -> str:
+    if not t:
+        return "-"
+    s = max(0.0, time.time() - t)
+    if s < 60:
+        return f"{s:.0f}s"
+    if s < 3600:
+        return f"{s / 60:.0f}m"
+    if s < 86400:
+        return f"{s / 3600:.1f}h"
+    return f"{s / 86400:.1f}d"
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    allrows = [header, *rows]
+    widths = [max(len(r[i]) for r in allrows) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in allrows)
+
+
+def _where(job: dict[str, Any]) -> str:
+    parts = []
+    for p in job.get("placements") or []:
+        gpus = ",".join(str(g) for g in p["gpus"])
+        parts.append(f"{p['node']}:{gpus}" if gpus else p["node"])
+    return " ".join(parts) or "-"
+
+
+def _printable(text: str) -> str:
+    """Names are free text: show control characters escaped, never raw."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _emit(args: argparse.Namespace, data: Any, render: Callable[[Any], str]) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        text = render(data)
+        if text:
+            print(text)
+
+
+def _jobs_table(jobs: list[dict[str, Any]]) -> str:
+    if not jobs:
+        return "no jobs"
+    rows = [[str(j["id"]), _printable(j["name"])[:40], j["kind"], j["state"], str(j["attempt"]),
+             j["owner"], _age(j["submitted_at"]), _where(j), _printable(j.get("reason") or "")]
+            for j in jobs]
+    return _table(rows, ["ID", "NAME", "KIND", "STATE", "TRY", "OWNER", "AGE", "WHERE", "REASON"])
+
+
+def _nodes_table(nodes: list[dict[str, Any]]) -> str:
+    lines = []
+    rows = []
+    for n in nodes:
+        load = n.get("load") or []
+        rows.append([n["name"], "up" if n["up"] else "DOWN", str(len(n["gpus"])),
+                     f"{n['slots_used']}/{n['slots']}",
+                     "-" if n.get("cpu_percent") is None else f"{n['cpu_percent']:.0f}%",
+                     "-" if n.get("memory_percent") is None else f"{n['memory_percent']:.0f}%",
+                     "-" if not load else f"{load[0]:.2f}",
+                     ",".join(str(j) for j in n["jobs"]) or "-", n.get("error") or ""])
+    lines.append(_table(rows, ["NODE", "STATE", "GPUS", "SLOTS", "CPU", "MEM", "LOAD", "JOBS",
+                               "ERROR"]))
+    gpu_rows = []
+    for n in nodes:
+        for g in n["gpus"]:
+            used, total = g.get("memory_used_mb"), g.get("memory_total_mb")
+            gpu_rows.append([
+                n["name"], str(g["index"]), str(g.get("name") or "-"),
+                "-" if g.get("util_percent") is None else f"{g['util_percent']:.0f}%",
+                "-" if used is None or not total else f"{used / 1024:.1f}/{total / 1024:.0f} GiB",
+                "-" if g.get("job") is None else str(g["job"]),
+            ])
+    if gpu_rows:
+        lines.append("")
+        lines.append(_table(gpu_rows, ["NODE", "GPU", "MODEL", "UTIL", "MEMORY", "JOB"]))
+    else:
+        lines.append("no GPUs on any node (CPU-only cluster)")
+    return "\n".join(lines)
+
+
+def _show(job: dict[str, Any]) -> str:
+    spec = job.get("spec", {})
+    res = job["resources"]
+    lines = [
+        f"job {job['id']}: {_printable(job['name'])}",
+        f"  state      {job['state']} (attempt {job['attempt']})"
+        + (f" - {_printable(job['reason'])}" if job.get("reason") else ""),
+        f"  kind       {job['kind']}, launcher {job['launcher']}, profile {job['profile']}",
+        f"  owner      {job['owner']} (uid {job['owner_uid']}), priority {job['priority']}",
+        f"  resources  {res['nodes']} node(s) x {res['gpus_per_node']} GPU(s), "
+        f"{res['cpus']} CPU slot(s), {res['memory_gb']} GB",
+        f"  argv       {json.dumps(spec.get('argv', []))}",
+    ]
+    if job.get("after"):
+        lines.append(f"  after      {', '.join(str(a) for a in job['after'])}")
+    if job.get("exit_code") is not None:
+        lines.append(f"  exit code  {job['exit_code']}")
+    lines.append("  attempts")
+    for a in job.get("attempts", []):
+        where = " ".join(f"{p['node']}:{','.join(map(str, p['gpus']))}".rstrip(":")
+                         for p in a["placements"]) or "-"
+        lines.append(f"    #{a['number']} {a['state']:<10} on {where}  pid {a['pid'] or '-'}  "
+                     f"exit {a['exit_code'] if a['exit_code'] is not None else '-'}"
+                     + (f"  ({_printable(a['reason'])})" if a.get("reason") else ""))
+    lines.append("  history")
+    for e in job.get("history", []):
+        stamp = time.strftime("%H:%M:%S", time.localtime(e["time"]))
+        lines.append(f"    {stamp} #{e['attempt']} {e['from'] or '-'} -> {e['to']}: "
+                     f"{_printable(e['cause'])} [{e['actor']}]")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------- engine
+def _client(autostart: bool = True) -> Any:
+    from engine.client import EngineClient
+
+    client = EngineClient()
+    try:
+        client.health()
+    except Unavailable:
+        if not autostart or client.socket_path.exists() and not _socket_is_ours(client):
+            raise
+        from engine.daemon import start_background
+
+        start_background(os.environ.get("LLMCONSOLE_CLUSTER"))
+    return client
+
+
+def _socket_is_ours(client: Any) -> bool:
+    try:
+        return bool(client.socket_path.stat().st_uid == os.getuid())
+    except OSError:
+        return True
+
+
+# --------------------------------------------------------------- commands
+def cmd_submit(args: argparse.Namespace) -> int:
+    from engine.profiles import load_job_profile
+
+    spec = load_job_profile(args.profile, args.set or ())
+    if args.name:
+        from dataclasses import replace
+
+        spec = replace(spec, name=args.name)
+    job = _client().submit(spec.to_dict(), after=args.after or ())
+    _emit(args, job, lambda j: f"submitted job {j['id']} ({_printable(j['name'])}): {j['state']}")
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    states: Sequence[str] = args.state or (() if args.all else ACTIVE)
+    owner = os.getuid() if args.mine else None
+    jobs = _client().jobs(states=states, owner=owner, limit=args.limit)
+    _emit(args, jobs, _jobs_table)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    _emit(args, _client().job(args.id), _show)
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    for line in _client().logs(args.id, attempt=args.attempt, follow=args.follow,
+                               tail=args.tail):
+        print(line, flush=args.follow)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    client = _client()
+    for job_id in args.ids:
+        job = client.cancel(job_id)
+        note = "stopping" if job["state"] in ("starting", "running") else job["state"]
+        print(f"job {job['id']}: {note}")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    job = _client().retry(args.id)
+    _emit(args, job, lambda j: f"job {j['id']}: attempt {j['attempt']} {j['state']}")
+    return 0
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    _emit(args, _client().nodes(), _nodes_table)
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    points = _client().metrics(args.id, attempt=args.attempt, names=args.name or ())
+
+    def render(pts: list[dict[str, Any]]) -> str:
+        if not pts:
+            return "no metrics"
+        by_step: dict[tuple[int, int], dict[str, float]] = {}
+        names: list[str] = []
+        for p in pts:
+            by_step.setdefault((p["attempt"], p["step"]), {})[p["name"]] = p["value"]
+            if p["name"] not in names:
+                names.append(p["name"])
+        rows = [[str(a), str(s), *[f"{v[n]:.6g}" if n in v else "-" for n in names]]
+                for (a, s), v in sorted(by_step.items())]
+        return _table(rows, ["TRY", "STEP", *[n.upper() for n in names]])
+
+    _emit(args, points, render)
+    return 0
+
+
+def cmd_profiles(args: argparse.Namespace) -> int:
+    from engine import profiles
+
+    if args.action == "list":
+        infos = profiles.list_profiles()
+        data = [{"name": i.name, "kind": i.kind, "path": str(i.path),
+                 "description": i.description, "error": i.error} for i in infos]
+        _emit(args, data, lambda d: _table(
+            [[x["name"], x["kind"], x["error"] or x["description"]] for x in d],
+            ["NAME", "KIND", "DESCRIPTION"]) if d else "no profiles found")
+        return 0
+    if args.action == "validate":
+        targets = args.names or [str(i.path) for i in profiles.list_profiles()]
+        bad = 0
+        for name in targets:
+            try:
+                path = profiles.find_profile(name)
+                profiles.validate_file(path)
+                print(f"ok       {path}")
+            except profiles.ProfileError as err:
+                bad += 1
+                print(f"invalid  {err}", file=sys.stderr)
+        return EXIT_ERROR if bad else 0
+    if args.action == "show":
+        if not args.names:
+            raise CliError("profiles show: name a profile (see `llmconsole profiles list`)")
+        for name in args.names:
+            path = profiles.find_profile(name)
+            profiles.validate_file(path)
+            print(f"# {path}")
+            print(path.read_text(), end="")
+        return 0
+    raise CliError(f"profiles {args.action}: expected list, validate or show")
+
+
+def cmd_engine(args: argparse.Namespace) -> int:
+    from engine import daemon, paths
+
+    if args.action == "serve":
+        import asyncio
+        import logging
+
+        from engine.profiles import load_cluster_profile
+
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        cluster = load_cluster_profile(args.cluster or os.environ.get("LLMCONSOLE_CLUSTER"))
+        asyncio.run(daemon.serve(
+            cluster, socket_mode=int(args.socket_mode, 8), socket_group=args.socket_group,
+            telemetry_interval=args.telemetry_interval, lost_after=args.lost_after))
+        return 0
+    if args.action == "start":
+        from engine.client import EngineClient
+
+        try:
+            health = EngineClient().health()
+            print(f"engine already running (pid {health['pid']}) on {paths.socket_path()}")
+            return 0
+        except Unavailable:
+            pass
+        pid = daemon.start_background(args.cluster or os.environ.get("LLMCONSOLE_CLUSTER"))
+        print(f"engine started (pid {pid}) on {paths.socket_path()}")
+        return 0
+    if args.action == "stop":
+        print("engine stopped; jobs keep running" if daemon.stop() else "no engine running")
+        return 0
+    if args.action == "status":
+        from engine.client import EngineClient
+
+        try:
+            health = EngineClient().health()
+        except Unavailable as err:
+            if args.json:
+                print(json.dumps({"running": False, "error": err.message}))
+            else:
+                print(f"no engine running ({err.message})")
+            return 3
+        health["running"] = True
+        health["socket"] = str(paths.socket_path())
+        _emit(args, health, lambda h: f"engine running: pid {h['pid']}, cluster {h['cluster']}, "
+              f"up {h['uptime_s']:.0f}s, socket {h['socket']}")
+        return 0
+    raise CliError(f"engine {args.action}: expected start, stop, status or serve")
+
+
+def cmd_overview(args: argparse.Namespace) -> int:
+    """Bare `llmconsole`: the screen when it is installed, else a summary."""
+    try:
+        from console.app import run  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        run = None
+    if run is not None and sys.stdout.isatty() and not args.json:
+        client = _client()
+        client.close()
+        return int(run() or 0)
+    client = _client()
+    nodes, jobs = client.nodes(), client.jobs(states=ACTIVE)
+    if args.json:
+        print(json.dumps({"nodes": nodes, "jobs": jobs}, indent=2))
+        return 0
+    print(_nodes_table(nodes))
+    print()
+    print(_jobs_table(jobs))
+    return 0
+
+
+# ------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llmconsole",
+        description="Run training, compression and evaluation jobs on a GPU cluster.",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(func=cmd_overview)
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str,
+            json_flag: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=func)
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="machine-readable output")
+        return p
+
+    p = add("submit", cmd_submit, "queue a job from a profile")
+    p.add_argument("profile", help="profile name (see `profiles list`) or path to a .toml file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a profile field, e.g. resources.gpus_per_node=2")
+    p.add_argument("--after", action="append", type=int, metavar="ID",
+                   help="start only when job ID has succeeded (repeatable)")
+    p.add_argument("--name", help="job name (default: the profile's)")
+
+    p = add("jobs", cmd_jobs, "list jobs (active ones unless --all or --state)")
+    p.add_argument("--state", action="append", choices=STATES)
+    p.add_argument("--all", action="store_true", help="include ended jobs")
+    p.add_argument("--mine", action="store_true", help="only my jobs")
+    p.add_argument("--limit", type=int, default=None)
+
+    p = add("show", cmd_show, "a job's details, attempts and history")
+    p.add_argument("id", type=int)
+
+    p = add("logs", cmd_logs, "a job's output (stdout and stderr)", json_flag=False)
+    p.add_argument("id", type=int)
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until it ends")
+    p.add_argument("--attempt", type=int, help="attempt number (default: the latest)")
+    p.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+
+    p = add("cancel", cmd_cancel, "cancel jobs (running ones are stopped)", json_flag=False)
+    p.add_argument("ids", type=int, nargs="+", metavar="ID")
+
+    p = add("retry", cmd_retry, "run an ended job again, as a new attempt")
+    p.add_argument("id", type=int)
+
+    add("nodes", cmd_nodes, "nodes, their GPUs and who uses them")
+
+    p = add("metrics", cmd_metrics, "a job's metric points (loss, lr, ...)")
+    p.add_argument("id", type=int)
+    p.add_argument("--attempt", type=int)
+    p.add_argument("--name", action="append", help="only this metric (repeatable)")
+
+    p = add("profiles", cmd_profiles, "list, validate or show profiles")
+    p.add_argument("action", choices=("list", "validate", "show"))
+    p.add_argument("names", nargs="*", metavar="NAME")
+
+    p = add("engine", cmd_engine, "start, stop or inspect the engine daemon")
+    p.add_argument("action", choices=("start", "stop", "status", "serve"))
+    p.add_argument("--cluster", help="cluster profile (default: $LLMCONSOLE_CLUSTER, "
+                                     "else the head node alone)")
+    p.add_argument("--socket-mode", default="600", help="socket permissions, octal (serve)")
+    p.add_argument("--socket-group", help="group allowed on a shared engine's socket (serve)")
+    p.add_argument("--telemetry-interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    p.add_argument("--lost-after", type=float, default=60.0,
+                   help="seconds a node may stay unreachable before its jobs are lost")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from engine.daemon import DaemonError
+    from engine.profiles import ProfileError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (EngineError, ProfileError, DaemonError, CliError) as err:
+        print(f"llmconsole: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

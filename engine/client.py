@@ -1,0 +1,186 @@
+"""The engine client every UI uses (the CLI, the console, scripts): HTTP/1.1
+over the daemon's Unix socket, standard library only, one kept-alive
+connection. Errors arrive as the `engine.errors` class the server raised,
+with its one-line message; a missing daemon is `Unavailable`.
+
+    client = EngineClient()            # $LLMCONSOLE_SOCKET or <home>/engine.sock
+    job = client.submit(spec.to_dict())
+    for line in client.logs(job["id"], follow=True): print(line)
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from engine import paths
+from engine.errors import BY_STATUS, EngineError, Unavailable
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, socket_path: Path, timeout: float | None) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = socket_path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if self.timeout is not None:
+            sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self.socket_path))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class EngineClient:
+    def __init__(self, socket_path: Path | str | None = None, timeout: float = 30.0) -> None:
+        self.socket_path = Path(socket_path) if socket_path else paths.socket_path()
+        self.timeout = timeout
+        self._conn: UnixHTTPConnection | None = None
+
+    # ------------------------------------------------------------ plumbing
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> EngineClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _unavailable(self, err: OSError) -> Unavailable:
+        if isinstance(err, PermissionError):
+            return Unavailable(f"no permission to use the engine socket {self.socket_path}; "
+                               f"it belongs to another user (ask them, or set "
+                               f"LLMCONSOLE_HOME to run your own engine)")
+        return Unavailable(f"no engine answers on {self.socket_path} ({err.strerror or err}); "
+                           f"start one with `llmconsole engine start`")
+
+    def _request(self, method: str, path: str, body: Any = None,
+                 stream: bool = False) -> http.client.HTTPResponse:
+        payload = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        for fresh in (False, True):
+            if self._conn is None or fresh:
+                self.close()
+                self._conn = UnixHTTPConnection(self.socket_path,
+                                                None if stream else self.timeout)
+            try:
+                self._conn.request(method, path, body=payload, headers=headers)
+                response = self._conn.getresponse()
+            except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected,
+                    http.client.CannotSendRequest) as err:
+                self.close()
+                if fresh:
+                    raise self._unavailable(err) from err
+                continue  # a kept-alive connection the server closed: once more, fresh
+            except OSError as err:
+                self.close()
+                raise self._unavailable(err) from err
+            if response.status >= 400:
+                data = response.read()
+                try:
+                    message = json.loads(data)["error"]
+                except (ValueError, KeyError, TypeError):
+                    message = data.decode(errors="replace").strip() or response.reason
+                raise BY_STATUS.get(response.status, EngineError)(message)
+            return response
+        raise Unavailable(f"no engine answers on {self.socket_path}")
+
+    def _json(self, method: str, path: str, body: Any = None) -> Any:
+        return json.loads(self._request(method, path, body).read())
+
+    # ----------------------------------------------------------------- API
+    def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", "/v1/health")
+        return result
+
+    def submit(self, spec: dict[str, Any], after: Sequence[int] = ()) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("POST", "/v1/jobs",
+                                            {"spec": spec, "after": list(after)})
+        return result
+
+    def jobs(self, states: Sequence[str] = (), owner: int | None = None,
+             limit: int | None = None) -> list[dict[str, Any]]:
+        query = {k: v for k, v in (("state", ",".join(states)), ("owner", owner),
+                                   ("limit", limit)) if v not in (None, "")}
+        result: list[dict[str, Any]] = self._json("GET", "/v1/jobs?" + urlencode(query))
+        return result
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", f"/v1/jobs/{int(job_id)}")
+        return result
+
+    def cancel(self, job_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("POST", f"/v1/jobs/{int(job_id)}/cancel")
+        return result
+
+    def retry(self, job_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("POST", f"/v1/jobs/{int(job_id)}/retry")
+        return result
+
+    def metrics(self, job_id: int, attempt: int | None = None,
+                names: Sequence[str] = (), since_step: int | None = None) -> list[dict[str, Any]]:
+        query = {k: v for k, v in (("attempt", attempt), ("name", ",".join(names)),
+                                   ("since_step", since_step)) if v not in (None, "")}
+        result: list[dict[str, Any]] = self._json(
+            "GET", f"/v1/jobs/{int(job_id)}/metrics?" + urlencode(query))
+        return result
+
+    def nodes(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._json("GET", "/v1/nodes")
+        return result
+
+    def shutdown(self) -> None:
+        self._json("POST", "/v1/shutdown")
+
+    def logs(self, job_id: int, attempt: int | None = None, follow: bool = False,
+             tail: int | None = None) -> Iterator[str]:
+        """Lines of an attempt's output (stdout and stderr); with follow, until
+        the attempt ends."""
+        query = {k: v for k, v in (("attempt", attempt), ("follow", 1 if follow else None),
+                                   ("tail", tail)) if v is not None}
+        conn = UnixHTTPConnection(self.socket_path, None)
+        try:
+            try:
+                conn.request("GET", f"/v1/jobs/{int(job_id)}/logs?" + urlencode(query))
+                response = conn.getresponse()
+            except OSError as err:
+                raise self._unavailable(err) from err
+            if response.status >= 400:
+                data = response.read()
+                try:
+                    message = json.loads(data)["error"]
+                except (ValueError, KeyError, TypeError):
+                    message = response.reason
+                raise BY_STATUS.get(response.status, EngineError)(message)
+            for raw in response:
+                yield raw.decode("utf-8", errors="replace").rstrip("\n")
+        finally:
+            conn.close()
+
+    def events(self, types: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
+        """The engine's pushed events (job, node, telemetry, metric, log), as
+        dicts, until the connection ends."""
+        query = urlencode({"types": ",".join(types)}) if types else ""
+        conn = UnixHTTPConnection(self.socket_path, None)
+        try:
+            try:
+                conn.request("GET", "/v1/events?" + query)
+                response = conn.getresponse()
+            except OSError as err:
+                raise self._unavailable(err) from err
+            for raw in response:
+                if raw.strip():
+                    yield json.loads(raw)
+        finally:
+            conn.close()

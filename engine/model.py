@@ -1,0 +1,184 @@
+"""Values the engine passes around: the blueprint of a job (`JobSpec`), its
+instances (`Job`, `Attempt`), and the nodes it runs on. Plain frozen
+dataclasses, no I/O; `lifecycle` owns the states, `store` persists these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.lifecycle import JobState
+
+KINDS = ("train", "compress", "eval", "command")
+LAUNCHERS = ("local", "horovodrun", "torchrun")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one job asks for. `cpus` and `memory_gb` are per node."""
+
+    nodes: int = 1
+    gpus_per_node: int = 0
+    cpus: int = 1
+    memory_gb: float = 0.0
+
+    @property
+    def total_gpus(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """The blueprint of a job, as a profile describes it (after `--set`).
+
+    `argv` is the program and its arguments as a list: nothing is ever parsed
+    by a shell. `env` holds only the variables the profile names explicitly.
+    """
+
+    name: str
+    kind: str
+    argv: tuple[str, ...]
+    launcher: str = "local"
+    resources: Resources = field(default_factory=Resources)
+    env: tuple[tuple[str, str], ...] = ()
+    retries: int = 0
+    priority: int = 0
+    workdir: str | None = None
+    profile: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "argv": list(self.argv),
+            "launcher": self.launcher,
+            "resources": {
+                "nodes": self.resources.nodes,
+                "gpus_per_node": self.resources.gpus_per_node,
+                "cpus": self.resources.cpus,
+                "memory_gb": self.resources.memory_gb,
+            },
+            "env": dict(self.env),
+            "retries": self.retries,
+            "priority": self.priority,
+            "workdir": self.workdir,
+            "profile": self.profile,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobSpec:
+        res = data.get("resources") or {}
+        return cls(
+            name=str(data["name"]),
+            kind=str(data["kind"]),
+            argv=tuple(str(a) for a in data["argv"]),
+            launcher=str(data.get("launcher", "local")),
+            resources=Resources(
+                nodes=int(res.get("nodes", 1)),
+                gpus_per_node=int(res.get("gpus_per_node", 0)),
+                cpus=int(res.get("cpus", 1)),
+                memory_gb=float(res.get("memory_gb", 0.0)),
+            ),
+            env=tuple(sorted((str(k), str(v)) for k, v in (data.get("env") or {}).items())),
+            retries=int(data.get("retries", 0)),
+            priority=int(data.get("priority", 0)),
+            workdir=data.get("workdir"),
+            profile=data.get("profile"),
+        )
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The share of one node given to one attempt: GPU indices and CPU slots."""
+
+    node: str
+    gpus: tuple[int, ...]
+    cpus: int
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One run of a job. A retry is a new attempt; an attempt's terminal state
+    is never left."""
+
+    job_id: int
+    number: int
+    state: JobState
+    placements: tuple[Placement, ...] = ()
+    pid: int | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    created_at: float = 0.0
+    started_at: float | None = None
+    ended_at: float | None = None
+    cancel_requested: bool = False
+
+    @property
+    def key(self) -> str:
+        """The attempt id used on the nodes: run directories, env markers."""
+        return attempt_key(self.job_id, self.number)
+
+
+def attempt_key(job_id: int, number: int) -> str:
+    return f"{job_id}.{number}"
+
+
+@dataclass(frozen=True)
+class Job:
+    """An instance of a `JobSpec` in the queue. `state` is the state of its
+    latest attempt (jobs start with attempt 1)."""
+
+    id: int
+    spec: JobSpec
+    owner_uid: int
+    state: JobState
+    attempt: int
+    submitted_at: float
+    updated_at: float
+    after: tuple[int, ...] = ()
+    reason: str | None = None
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    """One line of a job's history: a state transition, with why and who."""
+
+    job_id: int
+    attempt: int
+    time: float
+    from_state: JobState | None
+    to_state: JobState
+    cause: str
+    actor: str
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node of a cluster profile. `host` is None for the head node itself
+    (the agent runs as a local subprocess)."""
+
+    name: str
+    host: str | None = None
+    port: int = 22
+    user: str | None = None
+    gpus: int | None = None  # None: as many as the node's agent reports
+    slots: int | None = None  # None: the node's CPU count, as its agent reports
+    memory_gb: float | None = None  # None: not limited by the scheduler
+
+    @property
+    def is_local(self) -> bool:
+        return self.host is None
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    name: str
+    nodes: tuple[NodeSpec, ...]
+    admins: tuple[str, ...] = ()
+
+    def node(self, name: str) -> NodeSpec:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)

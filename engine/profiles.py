@@ -1,0 +1,1031 @@
+"""TOML profiles: the files a user writes to describe a job or a cluster, and
+the one place that turns them into `JobSpec` and `ClusterSpec`.
+
+Contract
+========
+
+Every loader either returns a frozen value from `engine.model` or raises
+`ProfileError`; nothing else escapes for a bad file (a missing file, a file
+that is not UTF-8, a TOML syntax error, a wrong type, an unknown field, a
+broken cross-field rule). Validation is strict: no field is guessed, no type
+is coerced (``nodes = "2"`` is an error, not 2), unknown fields are errors at
+every level. Nothing here runs a program or starts a shell, and nothing
+imports a screen library.
+
+`str(ProfileError)` is always one line::
+
+    <file>: <field path>: <problem>; expected <what>
+    profiles/bad.toml: resources.gpus_per_node: input should be greater than or equal
+        to 0; expected an integer from 0 to 64          (one line, wrapped here)
+    profiles/bad.toml: line 3, column 7: Expected '=' after a key in a key/value pair
+    --set foo: expected key=value
+
+Field paths are dotted, list items are ``[i]``, table keys that are not bare
+words are quoted: ``env."MY VAR"``, ``nodes[1].host``, ``command[0]``. When a
+file has several problems the message names the first one and
+`ProfileError.errors` holds one such line per problem. A problem in a value
+that came from ``--set`` says ``(value from --set)``.
+
+Job profile: ``<dir>/NAME.toml``
+--------------------------------
+
+::
+
+    kind = "command"        # required: "train" | "compress" | "eval" | "command"
+    name = "hello"          # default: the file stem. Free text, 1-128 characters,
+                            # no control characters (newline, NUL, ...), not blank
+    description = "..."     # default "". Newlines and tabs allowed, other control
+                            # characters not
+    command = ["python3", "-c", "print('hello')"]
+                            # kind "command" only, and required there: the argv as a
+                            # non-empty list of strings (never one string: no shell
+                            # ever parses it); argv[0] not empty; no NUL anywhere
+    launcher = "local"      # "local" | "horovodrun" | "torchrun"; the last two only
+                            # for kinds "train" and "compress"
+    priority = 0            # integer, -1000..1000
+    retries = 0             # integer, 0..20: automatic retries after a failure
+    workdir = "/abs/path"   # optional, an absolute path
+    [resources]
+    nodes = 1               # integer 1..4096; more than 1 needs launcher
+                            # horovodrun or torchrun
+    gpus_per_node = 0       # integer 0..64
+    cpus = 1                # integer 1..4096, per node
+    memory_gb = 0           # number >= 0, per node
+    [env]                   # extra environment variables, NAME = "value" (strings
+    SEED = "42"             # only). NAME matches ^[A-Za-z_][A-Za-z0-9_]*$;
+                            # LD_PRELOAD and LLMCONSOLE_* are refused
+    [args]                  # kinds train/compress/eval only: key = str | int |
+    lr = 3e-4               # float | bool | non-empty list of those; key matches
+    use_amp = true          # ^[A-Za-z][A-Za-z0-9_-]{0,63}$
+
+Names, commands, args and env values are taken verbatim: shell
+metacharacters (``; $( ) ' " | &``) are ordinary characters because the
+engine never uses a shell.
+
+The argv of a job (`build_argv`): for kind "command" it is ``command`` as
+given (a first element "python"/"python3" is not rewritten). For the other
+kinds it is ``[sys.executable, "-m", "engine.workloads.<module>", *flags]``
+with module ``train``, ``compress`` or ``evaluate``, and flags from [args] in
+file order: key ``learning_rate`` gives ``--learning-rate``; ``x = 3`` gives
+``--x 3``; ``flag = true`` gives ``--flag`` and ``false`` nothing; a list gives
+``--key v1 v2``. Floats are written with `repr` (3e-4 -> ``0.0003``), booleans
+inside a list as ``true``/``false``.
+
+Cluster profile: ``<dir>/clusters/NAME.toml`` (or ``<dir>/NAME.toml``)
+----------------------------------------------------------------------
+
+::
+
+    kind = "cluster"        # required
+    name = "lab"            # default: the file stem (same rule as a job name)
+    description = "..."     # optional
+    admins = ["alice"]      # user names allowed to cancel/retry anyone's job
+    [[nodes]]               # at least one
+    name = "gpu1"           # required, ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$, unique
+    host = "10.0.0.5"       # optional: absent = the head node itself (at most one
+                            # such node). A hostname, an ssh alias or an IP address:
+                            # no spaces, no leading '-', no shell metacharacters
+    port = 22               # 1..65535
+    user = "train"          # optional, ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$
+    gpus = 8                # optional integer >= 0; absent = what the node reports
+    slots = 32              # optional integer >= 1; absent = the node's CPU count
+    memory_gb = 512         # optional number >= 0; absent = not limited
+
+Where profiles are found (`profile_dirs`)
+-----------------------------------------
+
+Each entry of ``$LLMCONSOLE_PROFILES`` (``os.pathsep``-separated), then
+``./profiles``, then the shipped ``profiles/`` next to the ``engine``
+package; only existing directories, each once, as absolute paths. A name is
+looked up as ``NAME.toml`` in that order, first hit wins; a cluster name as
+``clusters/NAME.toml`` then ``NAME.toml`` in each directory in turn. An
+argument that is the path of an existing file is used as is.
+
+``--set`` overrides (`parse_overrides`)
+---------------------------------------
+
+``key.sub=value``: the value is read as a TOML value (``2`` int, ``1e-3``
+float, ``true`` bool, ``[1, 2]`` list, ``"x"`` string) and kept as the raw
+text when it is not one TOML value (so ``--set name=my run`` works). The
+overrides are merged, deeply, into the file's table before validation, so
+they are validated exactly like the file. `load_job_profile` keeps the raw
+text for fields that only take strings (name, description, workdir, kind,
+launcher, env.NAME): ``--set env.SEED=42`` sets the string "42".
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import os
+import re
+import sys
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
+
+import engine
+from engine.model import ClusterSpec, JobSpec, NodeSpec, Resources
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = [
+    "WORKLOAD_MODULES",
+    "ProfileError",
+    "ProfileInfo",
+    "build_argv",
+    "default_cluster",
+    "find_profile",
+    "list_profiles",
+    "load_cluster_profile",
+    "load_job_profile",
+    "parse_overrides",
+    "profile_dirs",
+    "validate_file",
+]
+
+#: kind -> module under `engine.workloads` that runs it.
+WORKLOAD_MODULES: dict[str, str] = {"train": "train", "compress": "compress", "eval": "evaluate"}
+
+DISTRIBUTED_LAUNCHERS = ("horovodrun", "torchrun")
+DISTRIBUTED_KINDS = ("train", "compress")
+RESERVED_ENV_PREFIX = "LLMCONSOLE_"
+REFUSED_ENV = ("LD_PRELOAD",)
+
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ARG_KEY_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+_NODE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+_HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST_RE = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
+_BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+_TOML_POS_RE = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
+_TOML_END_RE = re.compile(r"\s*\(at end of document\)\s*$")
+
+_ERROR_TYPE = "llmconsole"  # pydantic error type of this module's own checks
+
+
+# ---------------------------------------------------------------------------
+# Errors
+
+
+def _one_line(text: str) -> str:
+    """`text` with every control or line-breaking character escaped."""
+    out = []
+    for ch in text:
+        if unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
+            escaped = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(ch)
+            out.append(escaped or (f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}"))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+class ProfileError(Exception):
+    """A profile (or a ``--set``) that cannot be used.
+
+    `str(e)` is one line: ``<path>: <field>: <message>; expected <expected>``,
+    parts that are None left out (``line L, column C`` takes the place of the
+    field for a TOML syntax error). `errors` holds one such line per problem
+    found, the first being `str(e)`.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: Path | str | None = None,
+        field: str | None = None,
+        expected: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+        errors: Sequence[str] | None = None,
+    ) -> None:
+        self.path: Path | None = Path(path) if path is not None else None
+        self.field = field
+        self.message = message
+        self.expected = expected
+        self.line = line
+        self.column = column
+        text = self._compose()
+        self.errors: list[str] = list(errors) if errors else [text]
+        super().__init__(text)
+
+    def _compose(self) -> str:
+        parts: list[str] = []
+        if self.path is not None:
+            parts.append(str(self.path))
+        if self.line is not None:
+            parts.append(f"line {self.line}, column {self.column}")
+        if self.field is not None:
+            parts.append(self.field)
+        tail = self.message
+        if self.expected:
+            tail += f"; expected {self.expected}"
+        parts.append(tail)
+        return _one_line(": ".join(parts))
+
+    def __str__(self) -> str:
+        return self._compose()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.__class__, (self.message,), self.__dict__)
+
+
+def _custom(problem: str, expected: str) -> PydanticCustomError:
+    # The template is formatted with the context: keep braces out of `problem`.
+    return PydanticCustomError(_ERROR_TYPE, problem.replace("{", "(").replace("}", ")"),
+                               {"expected": expected})
+
+
+# ---------------------------------------------------------------------------
+# Field checks (raise PydanticCustomError so that the field path is kept)
+
+
+def _has_control(text: str, allowed: str = "") -> bool:
+    return any(
+        unicodedata.category(ch) in ("Cc", "Zl", "Zp") and ch not in allowed for ch in text
+    )
+
+
+_NAME_EXPECTED = "1 to 128 characters without control characters"
+
+
+def _check_free_name(value: str) -> str:
+    if _has_control(value):
+        raise _custom("contains a control character (newline, tab, NUL, ...)", _NAME_EXPECTED)
+    if not value.strip():
+        raise _custom("is blank", _NAME_EXPECTED)
+    return value
+
+
+def _check_description(value: str) -> str:
+    if _has_control(value, allowed="\n\t"):
+        raise _custom("contains a control character", "text (newlines and tabs allowed)")
+    return value
+
+
+def _check_no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise _custom("contains a NUL character", "a string without NUL")
+    return value
+
+
+def _check_workdir(value: str) -> str:
+    _check_no_nul(value)
+    if not value.startswith("/"):
+        raise _custom("is not an absolute path", 'an absolute path such as "/data/run"')
+    return value
+
+
+_ENV_NAME_EXPECTED = "a name matching ^[A-Za-z_][A-Za-z0-9_]*$ (not LD_PRELOAD nor LLMCONSOLE_*)"
+
+
+def _check_env_name(value: str) -> str:
+    if not _ENV_NAME_RE.fullmatch(value):
+        raise _custom("is not a valid environment variable name", _ENV_NAME_EXPECTED)
+    if value in REFUSED_ENV:
+        raise _custom(f"{value} is refused (it would inject code into every process)",
+                      _ENV_NAME_EXPECTED)
+    if value.startswith(RESERVED_ENV_PREFIX):
+        raise _custom(f"names starting with {RESERVED_ENV_PREFIX} are reserved for llmconsole",
+                      _ENV_NAME_EXPECTED)
+    return value
+
+
+_ARG_KEY_EXPECTED = "a key matching ^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+_ARG_VALUE_EXPECTED = "a string, integer, float, boolean or a non-empty list of those"
+
+
+def _check_arg_key(value: str) -> str:
+    if not _ARG_KEY_RE.fullmatch(value):
+        raise _custom("is not a valid option name", _ARG_KEY_EXPECTED)
+    return value
+
+
+def _check_arg_scalar(value: object) -> None:
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise _custom("contains a NUL character", _ARG_VALUE_EXPECTED)
+    elif not isinstance(value, bool | int | float):
+        raise _custom(f"{_toml_type(value)} cannot be an argument", _ARG_VALUE_EXPECTED)
+
+
+def _check_arg_value(value: Any) -> Any:
+    if isinstance(value, list):
+        if not value:
+            raise _custom("is an empty list", _ARG_VALUE_EXPECTED)
+        for item in value:
+            if isinstance(item, list):
+                raise _custom("lists cannot be nested", _ARG_VALUE_EXPECTED)
+            _check_arg_scalar(item)
+    else:
+        _check_arg_scalar(value)
+    return value
+
+
+_NODE_NAME_EXPECTED = "a name matching ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+def _check_node_name(value: str) -> str:
+    if not _NODE_NAME_RE.fullmatch(value):
+        raise _custom("is not a valid node name", _NODE_NAME_EXPECTED)
+    return value
+
+
+_HOST_EXPECTED = (
+    "a hostname, ssh alias or IP address (letters, digits, '.', '-', '_'; no leading '-')"
+)
+
+
+def _check_host(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if "@" in value:
+        raise _custom("contains '@'", "a hostname only; put the user name in `user`")
+    if len(value) > 253 or not _HOST_RE.fullmatch(value):
+        raise _custom("is not a hostname or IP address", _HOST_EXPECTED)
+    return value
+
+
+_USER_EXPECTED = "a user name matching ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
+
+
+def _check_user(value: str) -> str:
+    if not _USER_RE.fullmatch(value):
+        raise _custom("is not a valid user name", _USER_EXPECTED)
+    return value
+
+
+FreeName = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_check_free_name)]
+Description = Annotated[str, AfterValidator(_check_description)]
+ArgvItem = Annotated[str, AfterValidator(_check_no_nul)]
+EnvName = Annotated[str, AfterValidator(_check_env_name)]
+EnvValue = Annotated[str, AfterValidator(_check_no_nul)]
+ArgKey = Annotated[str, AfterValidator(_check_arg_key)]
+ArgValue = Annotated[Any, AfterValidator(_check_arg_value)]
+UserName = Annotated[str, AfterValidator(_check_user)]
+Gigabytes = Annotated[float, Field(ge=0, le=1 << 30, allow_inf_nan=False)]
+
+
+# ---------------------------------------------------------------------------
+# Schemas
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class _ResourcesModel(_Strict):
+    # The same bounds as the API's check (engine.spec_check).
+    nodes: int = Field(default=1, ge=1, le=4096)
+    gpus_per_node: int = Field(default=0, ge=0, le=64)
+    cpus: int = Field(default=1, ge=1, le=4096)
+    memory_gb: Gigabytes = 0.0
+
+
+class _JobModel(_Strict):
+    kind: Literal["train", "compress", "eval", "command"]
+    name: FreeName
+    description: Description = ""
+    command: Annotated[list[ArgvItem], Field(min_length=1)] | None = None
+    launcher: Literal["local", "horovodrun", "torchrun"] = "local"
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    retries: int = Field(default=0, ge=0, le=20)
+    workdir: Annotated[str, AfterValidator(_check_workdir)] | None = None
+    resources: _ResourcesModel = _ResourcesModel()  # frozen, so sharing it is safe
+    env: dict[EnvName, EnvValue] = Field(default_factory=dict)
+    args: dict[ArgKey, ArgValue] = Field(default_factory=dict)
+
+
+class _NodeModel(_Strict):
+    name: Annotated[str, AfterValidator(_check_node_name)]
+    host: Annotated[str, AfterValidator(_check_host)] | None = None
+    port: int = Field(default=22, ge=1, le=65535)
+    user: UserName | None = None
+    gpus: int | None = Field(default=None, ge=0, le=1_000_000)
+    slots: int | None = Field(default=None, ge=1, le=1_000_000)
+    memory_gb: Gigabytes | None = None
+
+
+class _ClusterModel(_Strict):
+    kind: Literal["cluster"]
+    name: FreeName
+    description: Description = ""
+    admins: list[UserName] = Field(default_factory=list)
+    nodes: Annotated[list[_NodeModel], Field(min_length=1)]
+
+
+_JOB_KINDS_TEXT = 'one of "train", "compress", "eval", "command"'
+
+# What a field takes, by the shape of its path ('*' = any key, '[]' = any index).
+_EXPECTED: dict[str, dict[tuple[str, ...], str]] = {
+    "job": {
+        ("kind",): _JOB_KINDS_TEXT,
+        ("name",): _NAME_EXPECTED,
+        ("description",): "a string",
+        ("command",): 'a non-empty list of strings, e.g. ["python3", "-c", "print(1)"]',
+        ("command", "[]"): "a string",
+        ("launcher",): 'one of "local", "horovodrun", "torchrun"',
+        ("priority",): "an integer from -1000 to 1000",
+        ("retries",): "an integer from 0 to 20",
+        ("workdir",): "an absolute path",
+        ("resources",): "a table with nodes, gpus_per_node, cpus, memory_gb",
+        ("resources", "nodes"): "an integer from 1 to 4096",
+        ("resources", "gpus_per_node"): "an integer from 0 to 64",
+        ("resources", "cpus"): "an integer from 1 to 4096 (per node)",
+        ("resources", "memory_gb"): "a number >= 0",
+        ("env",): 'a table of NAME = "value"',
+        ("env", "*"): 'a string (quote numbers: SEED = "42")',
+        ("env", "*", "[key]"): _ENV_NAME_EXPECTED,
+        ("args",): "a table of key = value",
+        ("args", "*"): _ARG_VALUE_EXPECTED,
+        ("args", "*", "[key]"): _ARG_KEY_EXPECTED,
+    },
+    "cluster": {
+        ("kind",): '"cluster"',
+        ("name",): _NAME_EXPECTED,
+        ("description",): "a string",
+        ("admins",): "a list of user names",
+        ("admins", "[]"): _USER_EXPECTED,
+        ("nodes",): "a non-empty list of [[nodes]] tables",
+        ("nodes", "[]"): "a [[nodes]] table",
+        ("nodes", "[]", "name"): _NODE_NAME_EXPECTED,
+        ("nodes", "[]", "host"): _HOST_EXPECTED,
+        ("nodes", "[]", "port"): "an integer from 1 to 65535",
+        ("nodes", "[]", "user"): _USER_EXPECTED,
+        ("nodes", "[]", "gpus"): "an integer >= 0",
+        ("nodes", "[]", "slots"): "an integer >= 1",
+        ("nodes", "[]", "memory_gb"): "a number >= 0",
+    },
+}
+
+_TABLES: dict[str, dict[tuple[str, ...], type[BaseModel]]] = {
+    "job": {(): _JobModel, ("resources",): _ResourcesModel},
+    "cluster": {(): _ClusterModel, ("nodes", "[]"): _NodeModel},
+}
+
+
+# ---------------------------------------------------------------------------
+# Turning pydantic errors into lines
+
+
+def _toml_type(value: object) -> str:
+    """'a string', 'an integer', ...: the TOML type of `value`, with its article."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return "a date/time"
+
+
+def _suggest(unknown: str, known: Sequence[str]) -> str | None:
+    """The known field a misspelt `unknown` most likely meant, if any."""
+    starts = [k for k in known if k.startswith(unknown) or unknown.startswith(k)]
+    if starts:
+        return starts[0]
+    close = difflib.get_close_matches(unknown, known, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def _field_path(loc: Sequence[int | str]) -> str:
+    out = ""
+    for item in loc:
+        if item == "[key]":
+            continue
+        if isinstance(item, int):
+            out += f"[{item}]"
+        else:
+            key = item if _BARE_KEY_RE.fullmatch(item) else json.dumps(item, ensure_ascii=False)
+            out += f".{key}" if out else key
+    return out or "(top level)"
+
+
+def _shape(schema: str, loc: Sequence[int | str]) -> tuple[str, ...]:
+    shape: list[str] = []
+    for i, item in enumerate(loc):
+        if isinstance(item, int):
+            shape.append("[]")
+        elif schema == "job" and i == 1 and loc[0] in ("env", "args"):
+            shape.append("*")
+        else:
+            shape.append(item)
+    return tuple(shape)
+
+
+def _describe(schema: str, err: Mapping[str, Any]) -> tuple[str, str, str | None]:
+    """(field path, problem, expected) for one pydantic error."""
+    loc: tuple[int | str, ...] = tuple(err["loc"])
+    kind: str = err["type"]
+    ctx: Mapping[str, Any] = err.get("ctx") or {}
+    shape = _shape(schema, loc)
+    path = _field_path(loc)
+    if kind == "extra_forbidden":
+        model = _TABLES[schema].get(shape[:-1])
+        known = list(model.model_fields) if model else []
+        problem = "unknown field"
+        hint = _suggest(str(loc[-1]), known)
+        if hint is None and schema == "job" and shape == (loc[-1],):
+            hint = _suggest(str(loc[-1]), list(_ResourcesModel.model_fields))
+            hint = f"resources.{hint}" if hint else None
+        if hint:
+            problem += f" (did you mean {hint}?)"
+        return path, problem, "one of: " + ", ".join(known) if known else None
+    expected = _EXPECTED[schema].get(shape)
+    if kind == _ERROR_TYPE:
+        return path, str(err["msg"]), ctx.get("expected") or expected
+    if kind == "missing":
+        return path, "field required", expected
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return path, f"input should be a table, not {_toml_type(err.get('input'))}", expected
+    msg = str(err["msg"])
+    return path, msg[:1].lower() + msg[1:], expected
+
+
+def _from_problems(
+    path: Path,
+    problems: Sequence[tuple[str, str, str | None]],
+    overridden: Sequence[str] = (),
+) -> ProfileError:
+    def from_set(field: str) -> bool:
+        return any(field == k or field.startswith((k + ".", k + "[")) for k in overridden)
+
+    marked = [
+        (field, problem + (" (value from --set)" if from_set(field) else ""), expected)
+        for field, problem, expected in problems
+    ]
+    lines = [str(ProfileError(p, path=path, field=f, expected=e)) for f, p, e in marked]
+    field, problem, expected = marked[0]
+    return ProfileError(problem, path=path, field=field, expected=expected, errors=lines)
+
+
+def _validate(
+    model: type[_JobModel] | type[_ClusterModel],
+    schema: str,
+    data: Mapping[str, Any],
+    path: Path,
+    overridden: Sequence[str],
+) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = [_describe(schema, err) for err in exc.errors(include_url=False)]
+        raise _from_problems(path, problems, overridden) from None
+
+
+# ---------------------------------------------------------------------------
+# Reading files
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ProfileError(f"cannot read the file ({exc.strerror or exc})", path=path) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProfileError(f"not UTF-8 text (byte {exc.start})", path=path,
+                           expected="a UTF-8 TOML file") from None
+    text = text.removeprefix("\ufeff")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        pos = _TOML_POS_RE.search(message)
+        if pos:
+            line, column = int(pos.group(1)), int(pos.group(2))
+            message = message[: pos.start()]
+        else:
+            message = _TOML_END_RE.sub("", message)
+            lines = text.split("\n")
+            line, column = len(lines), len(lines[-1]) + 1
+        raise ProfileError(message, path=path, line=line, column=column) from None
+    except RecursionError:
+        raise ProfileError("nested too deeply", path=path) from None
+
+
+# ---------------------------------------------------------------------------
+# Overrides
+
+
+def _has_datetime(value: object) -> bool:
+    if isinstance(value, list):
+        return any(_has_datetime(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_datetime(v) for v in value.values())
+    return not isinstance(value, str | int | float | bool)
+
+
+def _parse_value(raw: str) -> object:
+    try:
+        doc = tomllib.loads(f"v = {raw}")
+    except (tomllib.TOMLDecodeError, RecursionError):
+        return raw
+    if list(doc) != ["v"] or _has_datetime(doc["v"]):
+        return raw
+    return doc["v"]
+
+
+def _split_overrides(items: Sequence[str]) -> list[tuple[tuple[str, ...], object, str]]:
+    out = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ProfileError("expected key=value", field=f"--set {item}")
+        parts = tuple(p.strip() for p in key.split("."))
+        if not all(parts):
+            raise ProfileError("empty key", field=f"--set {item}",
+                               expected="key=value with a dotted key, e.g. resources.nodes=2")
+        out.append((parts, _parse_value(raw), raw))
+    return out
+
+
+def _set_path(target: dict[str, Any], parts: Sequence[str], value: object) -> None:
+    for part in parts[:-1]:
+        child = target.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            target[part] = child
+        target = child
+    target[parts[-1]] = value
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        elif isinstance(value, Mapping):
+            out[key] = _deep_merge({}, value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, object]:
+    """``["resources.gpus_per_node=2", "name=x"]`` -> a nested dict.
+
+    Each value is parsed as one TOML value, else kept as the raw string.
+    Later items win. Raises `ProfileError` for an item without ``=`` or with
+    an empty key part.
+    """
+    result: dict[str, Any] = {}
+    for parts, value, _raw in _split_overrides(items):
+        _set_path(result, parts, value)
+    return result
+
+
+_JOB_STRING_FIELDS = {("name",), ("description",), ("workdir",), ("kind",), ("launcher",)}
+
+
+def _job_overrides(items: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    result: dict[str, Any] = {}
+    keys = []
+    for parts, value, raw in _split_overrides(items):
+        takes_string = parts in _JOB_STRING_FIELDS or (len(parts) == 2 and parts[0] == "env")
+        if takes_string and not isinstance(value, str):
+            value = raw
+        _set_path(result, parts, value)
+        keys.append(_field_path(parts))
+    return result, keys
+
+
+# ---------------------------------------------------------------------------
+# Jobs
+
+
+def build_argv(
+    kind: str, command: Sequence[str] | None, args: Mapping[str, Any]
+) -> tuple[str, ...]:
+    """The argv of a job (see the module docstring). Expects validated input."""
+    if kind == "command":
+        if not command:
+            raise ValueError("kind command needs a command")
+        return tuple(command)
+    module = WORKLOAD_MODULES[kind]
+
+    def text(value: object) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, float):
+            return repr(value)
+        return str(value)
+
+    flags: list[str] = []
+    for key, value in args.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            if value:
+                flags.append(flag)
+        elif isinstance(value, list):
+            flags.append(flag)
+            flags.extend(text(v) for v in value)
+        else:
+            flags.extend((flag, text(value)))
+    return (sys.executable, "-m", f"engine.workloads.{module}", *flags)
+
+
+def _job_rules(m: _JobModel) -> list[tuple[str, str, str | None]]:
+    problems: list[tuple[str, str, str | None]] = []
+    if m.kind == "command":
+        if m.command is None:
+            problems.append(("command", 'required for kind "command"',
+                             'command = ["program", "arg", ...]'))
+        elif not m.command[0]:
+            problems.append(("command[0]", "the program is empty", "a program name or path"))
+        if m.args:
+            problems.append(("args", 'not used by kind "command"',
+                             "the arguments inside command = [...]"))
+    elif m.command is not None:
+        problems.append(("command", f'not allowed for kind "{m.kind}" (its argv is built from '
+                         "[args])", "no command; options go in [args]"))
+    if m.launcher in DISTRIBUTED_LAUNCHERS and m.kind not in DISTRIBUTED_KINDS:
+        problems.append(("launcher", f'"{m.launcher}" is not available for kind "{m.kind}"',
+                         '"local" (horovodrun and torchrun are for kinds train and compress)'))
+    if m.resources.nodes > 1 and m.launcher not in DISTRIBUTED_LAUNCHERS:
+        problems.append(("resources.nodes",
+                         f'a job on {m.resources.nodes} nodes needs a distributed launcher, '
+                         f'not "{m.launcher}"',
+                         'launcher = "horovodrun" or "torchrun" (or resources.nodes = 1)'))
+    flags: dict[str, str] = {}
+    for key in m.args:
+        flag = key.replace("_", "-")
+        if flag in flags:
+            problems.append((f"args.{key}", f"gives the same option --{flag} as args.{flags[flag]}",
+                             "one key per option"))
+        flags.setdefault(flag, key)
+    return problems
+
+
+def _job_spec(data: Mapping[str, Any], path: Path, overridden: Sequence[str] = ()) -> JobSpec:
+    if data.get("kind") == "cluster":
+        raise ProfileError("this is a cluster profile", path=path, field="kind",
+                           expected=f"a job profile ({_JOB_KINDS_TEXT}); "
+                           "load it as a cluster profile")
+    data = {**data}
+    data.setdefault("name", path.stem)
+    m: _JobModel = _validate(_JobModel, "job", data, path, overridden)
+    problems = _job_rules(m)
+    if problems:
+        raise _from_problems(path, problems, overridden)
+    return JobSpec(
+        name=m.name,
+        kind=m.kind,
+        argv=build_argv(m.kind, m.command, m.args),
+        launcher=m.launcher,
+        resources=Resources(
+            nodes=m.resources.nodes,
+            gpus_per_node=m.resources.gpus_per_node,
+            cpus=m.resources.cpus,
+            memory_gb=float(m.resources.memory_gb),
+        ),
+        env=tuple(sorted(m.env.items())),
+        retries=m.retries,
+        priority=m.priority,
+        workdir=m.workdir,
+        profile=path.stem,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Clusters
+
+
+def default_cluster() -> ClusterSpec:
+    """The head node alone, run by a local agent."""
+    return ClusterSpec(name="local", nodes=(NodeSpec(name="local"),))
+
+
+def _cluster_rules(m: _ClusterModel) -> list[tuple[str, str, str | None]]:
+    problems: list[tuple[str, str, str | None]] = []
+    seen: dict[str, int] = {}
+    local: int | None = None
+    for i, node in enumerate(m.nodes):
+        if node.name in seen:
+            problems.append((f"nodes[{i}].name", f"duplicate node name {node.name} (also "
+                             f"nodes[{seen[node.name]}])", "a name used by one node only"))
+        seen.setdefault(node.name, i)
+        if node.host is None:
+            if local is not None:
+                problems.append((f"nodes[{i}].host", f"missing, and nodes[{local}] is already "
+                                 "the head node (a node without host)",
+                                 "a host for every node but one"))
+            else:
+                local = i
+    return problems
+
+
+def _cluster_spec(data: Mapping[str, Any], path: Path) -> ClusterSpec:
+    kind = data.get("kind")
+    if isinstance(kind, str) and kind in (*WORKLOAD_MODULES, "command"):
+        raise ProfileError("this is a job profile", path=path, field="kind",
+                           expected='kind = "cluster" in a cluster profile')
+    data = {**data}
+    data.setdefault("name", path.stem)
+    m: _ClusterModel = _validate(_ClusterModel, "cluster", data, path, ())
+    problems = _cluster_rules(m)
+    if problems:
+        raise _from_problems(path, problems)
+    return ClusterSpec(
+        name=m.name,
+        nodes=tuple(
+            NodeSpec(
+                name=n.name,
+                host=n.host,
+                port=n.port,
+                user=n.user,
+                gpus=n.gpus,
+                slots=n.slots,
+                memory_gb=float(n.memory_gb) if n.memory_gb is not None else None,
+            )
+            for n in m.nodes
+        ),
+        admins=tuple(dict.fromkeys(m.admins)),
+    )
+
+
+# ---------------------------------------------------------------------------
+# Finding files
+
+
+def _shipped_dir() -> Path:
+    return Path(engine.__file__).resolve().parent.parent / "profiles"
+
+
+def profile_dirs() -> list[Path]:
+    """Where profiles are looked up, in order (see the module docstring)."""
+    candidates = [
+        Path(entry).expanduser()
+        for entry in os.environ.get("LLMCONSOLE_PROFILES", "").split(os.pathsep)
+        if entry
+    ]
+    candidates += [Path("profiles"), _shipped_dir()]
+    out: list[Path] = []
+    seen: set[Path] = set()
+    for cand in candidates:
+        try:
+            if not cand.is_dir():
+                continue
+            key = cand.resolve()
+        except OSError:
+            continue
+        if key not in seen:
+            seen.add(key)
+            out.append(cand.absolute())
+    return out
+
+
+def _not_found(name: str, dirs: Sequence[Path], what: str) -> ProfileError:
+    where = ", ".join(str(d) for d in dirs) or "no profile directory exists"
+    return ProfileError(
+        f"no {what} profile of that name (searched: {where})",
+        path=name,
+        expected="the path of a .toml file or a name shown by `llmconsole profiles list`",
+    )
+
+
+def _candidates(name_or_path: str, dirs: Sequence[Path] | None, subdirs: Sequence[str]
+                ) -> tuple[Path | None, list[Path]]:
+    direct = Path(name_or_path).expanduser()
+    if name_or_path and direct.is_file():
+        return direct, []
+    search = list(profile_dirs() if dirs is None else dirs)
+    looks_like_path = any(sep and sep in name_or_path for sep in ("/", os.sep, os.altsep))
+    if not name_or_path or looks_like_path:
+        return None, search
+    stem = name_or_path.removesuffix(".toml")
+    for d in search:
+        for sub in subdirs:
+            cand = Path(d) / sub / f"{stem}.toml"
+            if cand.is_file():
+                return cand, search
+    return None, search
+
+
+def find_profile(name_or_path: str, dirs: Sequence[Path] | None = None) -> Path:
+    """The file of a job profile: an existing file path as is, else the first
+    ``NAME.toml`` in `dirs` (default `profile_dirs()`)."""
+    found, searched = _candidates(name_or_path, dirs, ("",))
+    if found is None:
+        raise _not_found(name_or_path, searched, "job")
+    return found
+
+
+def _find_cluster(name_or_path: str, dirs: Sequence[Path] | None) -> Path:
+    found, searched = _candidates(name_or_path, dirs, ("clusters", ""))
+    if found is None:
+        raise _not_found(name_or_path, searched, "cluster")
+    return found
+
+
+# ---------------------------------------------------------------------------
+# Public loaders
+
+
+def load_job_profile(
+    name_or_path: str, overrides: Sequence[str] = (), dirs: Sequence[Path] | None = None
+) -> JobSpec:
+    """The `JobSpec` of a job profile after ``--set`` `overrides`.
+
+    `JobSpec.profile` is the file stem; `JobSpec.name` defaults to it.
+    """
+    extra, keys = _job_overrides(overrides)
+    path = find_profile(name_or_path, dirs)
+    data = _deep_merge(_read_toml(path), extra)
+    return _job_spec(data, path, keys)
+
+
+def load_cluster_profile(
+    name_or_path: str | None, dirs: Sequence[Path] | None = None
+) -> ClusterSpec:
+    """The `ClusterSpec` of a cluster profile; None gives `default_cluster()`."""
+    if name_or_path is None:
+        return default_cluster()
+    path = _find_cluster(name_or_path, dirs)
+    return _cluster_spec(_read_toml(path), path)
+
+
+def validate_file(path: Path) -> None:
+    """Raise `ProfileError` unless `path` is a valid job or cluster profile
+    (told apart by ``kind = "cluster"``)."""
+    path = Path(path)
+    data = _read_toml(path)
+    if data.get("kind") == "cluster":
+        _cluster_spec(data, path)
+    else:
+        _job_spec(data, path)
+
+
+@dataclass(frozen=True)
+class ProfileInfo:
+    """One profile file as `list_profiles` sees it. `name` is what to type
+    (the file stem); `error` is the `ProfileError` line of an invalid file."""
+
+    name: str
+    path: Path
+    kind: str
+    description: str
+    error: str | None
+
+
+def _info(path: Path, in_clusters: bool) -> ProfileInfo:
+    kind = "cluster" if in_clusters else "unknown"
+    description = ""
+    try:
+        data = _read_toml(path)
+        if isinstance(data.get("kind"), str):
+            kind = data["kind"]
+        if isinstance(data.get("description"), str):
+            description = data["description"]
+        if kind == "cluster":
+            _cluster_spec(data, path)
+        else:
+            _job_spec(data, path)
+    except ProfileError as exc:
+        return ProfileInfo(path.stem, path, kind, description, str(exc))
+    return ProfileInfo(path.stem, path, kind, description, None)
+
+
+def list_profiles(dirs: Sequence[Path] | None = None) -> list[ProfileInfo]:
+    """Every ``*.toml`` in `dirs` and their ``clusters/``, job profiles then
+    cluster profiles, each sorted by name. Of two files with the same name and
+    the same group (job or cluster) the one found first wins, as in lookups.
+    Invalid files are listed with `error` set; this never raises."""
+    seen: set[tuple[bool, str]] = set()
+    out: list[ProfileInfo] = []
+    for d in profile_dirs() if dirs is None else dirs:
+        for sub in ("clusters", ""):
+            folder = Path(d) / sub
+            try:
+                files = sorted(p for p in folder.glob("*.toml") if p.is_file())
+            except OSError:
+                continue
+            for f in files:
+                info = _info(f, in_clusters=bool(sub))
+                key = (info.kind == "cluster", info.name)
+                if key not in seen:
+                    seen.add(key)
+                    out.append(info)
+    out.sort(key=lambda i: (i.kind == "cluster", i.name))
+    return out

@@ -1,0 +1,96 @@
+"""A real engine daemon in a throw-away home, driven through the real CLI
+(`python -m engine ...` in a subprocess), for integration tests."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class EngineHandle:
+    def __init__(self, home: Path, profiles: Path) -> None:
+        self.home = home
+        self.profiles = profiles
+        self.env = {
+            **os.environ,
+            "LLMCONSOLE_HOME": str(home),
+            "LLMCONSOLE_PROFILES": str(profiles),
+            "PYTHONPATH": str(REPO),
+        }
+        self.env.pop("LLMCONSOLE_SOCKET", None)
+        self.env.pop("LLMCONSOLE_CLUSTER", None)
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 60,
+            prefix: Iterable[str] = ()) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([*prefix, sys.executable, "-m", "engine", *args], env=self.env,
+                              capture_output=True, text=True, timeout=timeout, cwd=self.home)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"llmconsole {' '.join(args)} exited {proc.returncode}: "
+                                 f"{proc.stderr.strip()}")
+        return proc
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    def submit(self, profile: str, *extra: str) -> int:
+        return int(self.json("submit", profile, *extra)["id"])
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        return dict(self.json("show", str(job_id)))
+
+    def wait_state(self, job_id: int, states: Iterable[str], timeout: float = 30.0
+                   ) -> dict[str, Any]:
+        wanted = set(states)
+        deadline = time.monotonic() + timeout
+        job: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            job = self.job(job_id)
+            if job["state"] in wanted:
+                return job
+            time.sleep(0.1)
+        raise AssertionError(f"job {job_id} still {job.get('state')} after {timeout}s, "
+                             f"wanted {sorted(wanted)}: {job}")
+
+    def write_profile(self, name: str, text: str) -> Path:
+        path = self.profiles / f"{name}.toml"
+        path.write_text(text)
+        return path
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.cli("engine", "stop", check=False, timeout=30)
+        kill_marked(str(self.home))
+
+
+def kill_marked(marker: str) -> None:
+    """Kill every process whose environment points into `marker` (job
+    processes and agents left by a test)."""
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit() or int(pid_dir.name) == os.getpid():
+            continue
+        try:
+            environ = (pid_dir / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in environ:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(pid_dir.name), signal.SIGKILL)
+
+
+def new_engine() -> EngineHandle:
+    # short path: a Unix socket path must stay under 108 bytes
+    home = Path(tempfile.mkdtemp(prefix="llc-", dir="/tmp"))
+    profiles = home / "profiles"
+    profiles.mkdir()
+    return EngineHandle(home, profiles)

@@ -1,0 +1,299 @@
+"""The engine end to end, with real processes: the CLI starts the daemon,
+jobs run as real subprocesses through the node agent, and every check reads
+what a user would read (CLI output, logs, exit codes, /proc)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.engine_fixture import REPO, EngineHandle
+
+EVIL = "; rm -rf ~ $(reboot) \"'"
+
+
+def _toml_list(items: list[str]) -> str:
+    return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+
+def command_profile(argv: list[str], **extra: str) -> str:
+    lines = ['kind = "command"', f"command = {_toml_list(argv)}"]
+    lines += [f"{k} = {v}" for k, v in extra.items()]
+    return "\n".join(lines) + "\n"
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_cli_starts_the_engine_runs_a_job_and_shows_its_logs(engine: EngineHandle) -> None:
+    script = "import sys\nfor i in range(3): print('line', i)\nprint('oops', file=sys.stderr)"
+    engine.write_profile("count", command_profile([sys.executable, "-c", script]))
+
+    job_id = engine.submit("count")  # no engine yet: the CLI starts one
+    job = engine.wait_state(job_id, {"succeeded", "failed"})
+
+    assert job["state"] == "succeeded", job
+    assert job["exit_code"] == 0
+    assert [h["to"] for h in job["history"]] == ["queued", "starting", "running", "succeeded"]
+    logs = engine.cli("logs", str(job_id)).stdout.splitlines()
+    assert logs[:3] == ["line 0", "line 1", "line 2"]
+    assert "oops" in logs
+    assert engine.json("engine", "status")["running"] is True
+    listed = engine.json("jobs", "--all")
+    assert [j["id"] for j in listed] == [job_id]
+
+
+def test_a_failing_job_reports_its_exit_code_and_can_be_retried(engine: EngineHandle) -> None:
+    engine.write_profile("fail", command_profile([sys.executable, "-c", "raise SystemExit(3)"]))
+    job_id = engine.submit("fail")
+    job = engine.wait_state(job_id, {"failed"})
+    assert job["exit_code"] == 3
+    assert "exit code 3" in job["reason"]
+
+    engine.cli("retry", str(job_id))
+    job = engine.wait_state(job_id, {"failed"}, timeout=30)
+    job = engine.job(job_id)
+    assert job["attempt"] == 2
+    assert [a["state"] for a in job["attempts"]] == ["failed", "failed"]
+
+
+def test_logs_follow_streams_until_the_job_ends(engine: EngineHandle) -> None:
+    script = "import time\nfor i in range(5):\n    print('tick', i, flush=True)\n    time.sleep(0.2)"
+    engine.write_profile("ticks", command_profile([sys.executable, "-c", script]))
+    job_id = engine.submit("ticks")
+    out = engine.cli("logs", str(job_id), "-f", timeout=60).stdout.splitlines()
+    assert out == [f"tick {i}" for i in range(5)]
+    assert engine.job(job_id)["state"] == "succeeded"
+
+
+def test_cancel_kills_the_whole_process_group(engine: EngineHandle, tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    script = (
+        "import os, subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])\n"
+        f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    engine.write_profile("tree", command_profile([sys.executable, "-c", script]))
+    job_id = engine.submit("tree")
+    engine.wait_state(job_id, {"running"})
+    deadline = time.monotonic() + 20
+    while not (pids.exists() and pids.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    job_pid, child_pid = (int(p) for p in pids.read_text().split())
+    assert alive(job_pid) and alive(child_pid)
+
+    out = engine.cli("cancel", str(job_id)).stdout
+    assert f"job {job_id}: stopping" in out
+    job = engine.wait_state(job_id, {"cancelled"}, timeout=30)
+
+    assert job["state"] == "cancelled"
+    deadline = time.monotonic() + 5
+    while (alive(job_pid) or alive(child_pid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(job_pid), "the job process survived its cancel"
+    assert not alive(child_pid), "the job's child survived its cancel"
+    again = engine.cli("cancel", str(job_id), check=False)
+    assert again.returncode == 1
+    assert "already cancelled" in again.stderr
+
+
+def test_shell_metacharacters_are_plain_bytes(engine: EngineHandle, tmp_path: Path) -> None:
+    canary_home = tmp_path / "home"
+    canary_home.mkdir()
+    canary = canary_home / "canary"
+    canary.write_text("still here")
+    out = tmp_path / "argv.json"
+    script = "import json, sys; open(sys.argv[1], 'w').write(json.dumps(sys.argv[2:]))"
+    argv = [sys.executable, "-c", script, str(out), EVIL, "$HOME", "`id`", "a b", "*"]
+    engine.write_profile("evil", command_profile(argv, name=json.dumps(EVIL)))
+    engine.env["HOME"] = str(canary_home)
+
+    job_id = engine.submit("evil")
+    job = engine.wait_state(job_id, {"succeeded", "failed"})
+
+    assert job["state"] == "succeeded", job
+    assert job["name"] == EVIL
+    assert json.loads(out.read_text()) == [EVIL, "$HOME", "`id`", "a b", "*"]
+    assert canary.read_text() == "still here"
+    assert job["spec"]["argv"] == argv
+    listed = engine.cli("jobs", "--all").stdout
+    assert EVIL[:20] in listed
+
+
+def test_bad_input_gets_one_clear_line(engine: EngineHandle) -> None:
+    engine.write_profile("huge", command_profile(["true"]) + "[resources]\ngpus_per_node = 64\n")
+    engine.write_profile("typo", command_profile(["true"], prioritty="3"))
+
+    huge = engine.cli("submit", "huge", check=False)
+    assert huge.returncode == 1
+    assert "can never run" in huge.stderr and "gpus" in huge.stderr.lower()
+    assert "Traceback" not in huge.stderr
+
+    typo = engine.cli("submit", "typo", check=False)
+    assert typo.returncode == 1
+    assert "prioritty" in typo.stderr and "typo.toml" in typo.stderr
+    assert "Traceback" not in typo.stderr
+
+    missing = engine.cli("show", "999", check=False)
+    assert missing.returncode == 1 and "no job 999" in missing.stderr
+
+    after = engine.cli("submit", "typo", "--after", "999", check=False)
+    assert after.returncode == 1
+    assert engine.json("jobs", "--all") == []
+
+
+def test_dependencies_hold_and_fail_children(engine: EngineHandle) -> None:
+    engine.write_profile("ok", command_profile([sys.executable, "-c", "print('parent')"]))
+    engine.write_profile("bad", command_profile([sys.executable, "-c", "raise SystemExit(1)"]))
+    engine.write_profile("slow", command_profile(
+        [sys.executable, "-c", "import time; time.sleep(1)"]))
+    parent = engine.submit("slow")
+    child = engine.submit("ok", "--after", str(parent))
+    assert engine.job(child)["state"] in ("held", "queued", "starting", "running", "succeeded")
+    engine.wait_state(child, {"succeeded"}, timeout=30)
+    assert engine.job(parent)["state"] == "succeeded"
+
+    bad = engine.submit("bad")
+    orphan = engine.submit("ok", "--after", str(bad))
+    job = engine.wait_state(orphan, {"failed"}, timeout=30)
+    assert f"dependency job {bad}" in job["reason"]
+
+
+def test_automatic_retries_make_new_attempts(engine: EngineHandle, tmp_path: Path) -> None:
+    marker = tmp_path / "tries"
+    script = (f"import pathlib, sys\np = pathlib.Path({str(marker)!r})\n"
+              "n = int(p.read_text()) + 1 if p.exists() else 1\np.write_text(str(n))\n"
+              "sys.exit(0 if n >= 3 else 1)")
+    engine.write_profile("flaky", command_profile([sys.executable, "-c", script], retries="2"))
+    job_id = engine.submit("flaky")
+    deadline = time.monotonic() + 60
+    job = engine.job(job_id)
+    while not (job["attempt"] == 3 and job["state"] == "succeeded"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+        job = engine.job(job_id)
+    assert [a["state"] for a in job["attempts"]] == ["failed", "failed", "succeeded"]
+    assert any("automatic retry" in h["cause"] for h in job["history"])
+
+
+def test_engine_restart_keeps_jobs_and_reattaches(engine: EngineHandle, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    script = (f"import os, time\nprint('before', flush=True)\n"
+              f"while not os.path.exists({str(gate)!r}): time.sleep(0.05)\n"
+              "print('after', flush=True)")
+    engine.write_profile("gated", command_profile([sys.executable, "-c", script]))
+    job_id = engine.submit("gated")
+    engine.wait_state(job_id, {"running"})
+    pid = int(engine.home.joinpath("engine.pid").read_text())
+    os.kill(pid, 9)  # the daemon dies hard; its agent sees EOF and exits, the job lives on
+    time.sleep(0.5)
+    gate.write_text("go")
+    engine.cli("engine", "start")
+    job = engine.wait_state(job_id, {"succeeded", "failed", "lost"}, timeout=30)
+    assert job["state"] == "succeeded", job
+    assert engine.cli("logs", str(job_id)).stdout.splitlines() == ["before", "after"]
+
+
+def test_socket_is_private_and_nodes_report_telemetry(engine: EngineHandle) -> None:
+    engine.cli("engine", "start")
+    sock = engine.home / "engine.sock"
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+    deadline = time.monotonic() + 10
+    nodes = engine.json("nodes")
+    while nodes[0]["cpu_percent"] is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        nodes = engine.json("nodes")
+    assert nodes[0]["name"] == "local" and nodes[0]["up"] is True
+    assert nodes[0]["slots"] >= 1
+    assert nodes[0]["cpu_percent"] is not None
+    assert "no GPUs" in engine.cli("nodes").stdout
+
+
+def _nobody_client(tmp_path: Path) -> Path:
+    """The real client modules, copied where an unprivileged user can read
+    them (the checkout may live in a private home)."""
+    pkg = tmp_path / "nobody" / "engine"
+    pkg.mkdir(parents=True)
+    for name in ("__init__.py", "client.py", "errors.py", "paths.py"):
+        shutil.copy(REPO / "engine" / name, pkg / name)
+    for path in [tmp_path, tmp_path / "nobody", pkg, *pkg.iterdir()]:
+        path.chmod(0o755)
+    return tmp_path / "nobody"
+
+
+@pytest.mark.skipif(os.getuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs root to switch to a second uid")
+def test_a_second_user_cannot_cancel_the_first_users_job(
+        engine: EngineHandle, tmp_path: Path) -> None:
+    system_python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+    lib = _nobody_client(tmp_path)
+    engine.home.chmod(0o755)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "engine", "engine", "serve", "--socket-mode", "666"],
+        env=engine.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while engine.cli("engine", "status", check=False).returncode != 0:
+            assert time.monotonic() < deadline, "engine did not start"
+            time.sleep(0.1)
+        engine.write_profile("long", command_profile(
+            [sys.executable, "-c", "import time; time.sleep(120)"]))
+        job_id = engine.submit("long")
+        engine.wait_state(job_id, {"running"})
+        code = (
+            "import sys\nfrom engine.client import EngineClient\nfrom engine.errors import "
+            "EngineError\nc = EngineClient(sys.argv[1])\nprint(c.health()['you']['uid'])\n"
+            "try:\n    c.cancel(int(sys.argv[2]))\nexcept EngineError as e:\n"
+            "    print(type(e).__name__, e); sys.exit(1)\n"
+        )
+        proc = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", system_python,
+             "-I", "-c", f"import sys; sys.path.insert(0, {str(lib)!r})\n" + code,
+             str(engine.home / "engine.sock"), str(job_id)],
+            capture_output=True, text=True, timeout=30, cwd="/")
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        first, second = proc.stdout.splitlines()[:2]
+        assert first == "65534"  # the engine saw who called, from the socket
+        assert second.startswith("Forbidden") and "belongs to root" in second
+        assert engine.job(job_id)["state"] == "running"
+        engine.cli("cancel", str(job_id))  # its owner can
+        assert engine.wait_state(job_id, {"cancelled"})["state"] == "cancelled"
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)
+
+
+@pytest.mark.skipif(os.getuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs root to switch to a second uid")
+def test_a_private_engine_refuses_other_users(engine: EngineHandle, tmp_path: Path) -> None:
+    lib = _nobody_client(tmp_path)
+    engine.cli("engine", "start")
+    engine.home.chmod(0o755)  # even with the folder open, the socket is 0600
+    system_python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+    proc = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", system_python, "-I",
+         "-c", f"import sys; sys.path.insert(0, {str(lib)!r})\nfrom engine.client import "
+         "EngineClient\nfrom engine.errors import Unavailable\ntry:\n"
+         f"    EngineClient({str(engine.home / 'engine.sock')!r}).jobs()\n"
+         "except Unavailable as e:\n    print(e); raise SystemExit(1)"],
+        capture_output=True, text=True, timeout=30, cwd="/")
+    assert proc.returncode == 1
+    assert "no permission" in proc.stdout
