@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from engine.errors import EngineError, Unavailable
+from engine.errors import Unavailable, UserError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -23,7 +23,7 @@ STATES = ("held", "queued", "starting", "running", "succeeded", "failed", "cance
 ACTIVE = ("held", "queued", "starting", "running")
 
 
-class CliError(Exception):
+class CliError(UserError):
     pass
 
 
@@ -265,8 +265,9 @@ def cmd_profiles(args: argparse.Namespace) -> int:
     if args.action == "show":
         if not args.names:
             raise CliError("profiles show: name a profile (see `llmconsole profiles list`)")
+        known = {i.name: i.path for i in profiles.list_profiles()}
         for name in args.names:
-            path = profiles.find_profile(name)
+            path = known.get(name) or profiles.find_profile(name)
             profiles.validate_file(path)
             print(f"# {path}")
             print(path.read_text(), end="")
@@ -416,14 +417,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from engine.daemon import DaemonError
-    from engine.profiles import ProfileError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (EngineError, ProfileError, DaemonError, CliError) as err:
+    except UserError as err:
         print(f"llmconsole: error: {err}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 
 from engine import paths
-from engine.errors import Unavailable
+from engine.errors import Unavailable, UserError
 from engine.model import ClusterSpec, NodeSpec
 
 log = logging.getLogger("llmconsole.daemon")
 
 
-class DaemonError(Exception):
+class DaemonError(UserError):
     pass
 
 

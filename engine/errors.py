@@ -4,7 +4,11 @@ API answers with. Messages name the input and the fix, in one line."""
 from __future__ import annotations
 
 
-class EngineError(Exception):
+class UserError(Exception):
+    """Anything a user can cause and fix: the CLI prints it as one line."""
+
+
+class EngineError(UserError):
     status = 500
 
     def __init__(self, message: str) -> None:

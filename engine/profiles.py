@@ -131,6 +131,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic_core import PydanticCustomError
 
 import engine
+from engine.errors import UserError
 from engine.model import ClusterSpec, JobSpec, NodeSpec, Resources
 
 if sys.version_info >= (3, 11):
@@ -190,7 +191,7 @@ def _one_line(text: str) -> str:
     return "".join(out)
 
 
-class ProfileError(Exception):
+class ProfileError(UserError):
     """A profile (or a ``--set``) that cannot be used.
 
     `str(e)` is one line: ``<path>: <field>: <message>; expected <expected>``,

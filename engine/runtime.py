@@ -94,8 +94,10 @@ class Running:
     number: int
     spec: JobSpec
     placements: tuple[Placement, ...]
-    log_offset: int = -1
-    metric_offset: int = -1
+    log_offset: int = -1  # start of the last output line received
+    log_lines: int = 0  # lines in the engine's copy of the output
+    skip_lines: int = 0  # lines already in the copy that a re-attach will replay
+    metric_offset: int = -1  # start of the last metrics.jsonl line received
     log_file: TextIO | None = None
 
     @property
@@ -204,8 +206,11 @@ class Runtime:
         except UnknownJob as err:
             raise NotFound(f"--after: {err}; see `llmconsole jobs`") from err
         self._publish_job(job)
-        if job.state is JobState.QUEUED:
-            self.kick()
+        if job.state is JobState.HELD and any(
+            state.is_terminal() for state in self.store.job_states(job.after).values()
+        ):
+            self._deps_dirty = True  # a parent has ended already: fail it now
+        self.kick()
         return job
 
     def job(self, job_id: int) -> Job:
@@ -552,9 +557,8 @@ class Runtime:
             self._end(run, JobState.LOST, cause=f"lost on node {node.name}",
                       reason=str(event.get("reason") or "process vanished"))
         elif kind == "error":
-            log.warning("node %s: agent error: %s", node.name, event.get("message"))
-            if run is not None:
-                self._append_log(run, f"[llmconsole] {event.get('message')}")
+            log.warning("node %s: agent error%s: %s", node.name,
+                        f" for {key}" if key else "", event.get("message"))
 
     def _on_telemetry(self, node: NodeState, event: dict[str, Any]) -> None:
         node.telemetry = event
@@ -581,8 +585,10 @@ class Runtime:
         if offset is not None:
             run.log_offset = offset
             self._offsets_dirty.add(run.key)
-        line = str(event.get("line", ""))
-        self._append_log(run, line)
+        if run.skip_lines > 0:  # written before a crash, after the last saved offset
+            run.skip_lines -= 1
+            return
+        self._append_log(run, str(event.get("line", "")))
 
     def _append_log(self, run: Running, line: str) -> None:
         if run.log_file is None:
@@ -591,6 +597,7 @@ class Runtime:
             run.log_file = open(path, "a", encoding="utf-8")  # noqa: SIM115
         run.log_file.write(line + "\n")
         run.log_file.flush()
+        run.log_lines += 1
         self.hub.publish({"type": "log", "job": run.job_id, "attempt": run.number,
                           "line": line})
 
@@ -712,16 +719,27 @@ class Runtime:
         path = self._offsets_path(run)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"output": run.log_offset, "metrics": run.metric_offset}))
+        tmp.write_text(json.dumps({"output": run.log_offset, "output_lines": run.log_lines,
+                                   "metrics": run.metric_offset}))
         os.replace(tmp, path)
 
     def _load_offsets(self, run: Running) -> None:
+        """After an engine restart: where to resume. Metric points and their
+        offset are saved together; output lines are written at once, so the
+        lines written after the last saved offset are skipped on replay."""
         try:
             data = json.loads(self._offsets_path(run).read_text())
         except (OSError, ValueError):
-            return
+            data = {}
+        try:
+            with open(self.log_path(run.job_id, run.number), "rb") as f:
+                in_copy = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+        except OSError:
+            in_copy = 0
         run.log_offset = int(data.get("output", -1))
         run.metric_offset = int(data.get("metrics", -1))
+        run.log_lines = in_copy
+        run.skip_lines = max(0, in_copy - int(data.get("output_lines", 0)))
 
     # -------------------------------------------------------------- helpers
     def _authorize(self, caller: Caller, job: Job, verb: str) -> None:

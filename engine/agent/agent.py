@@ -35,6 +35,7 @@ from typing import Any, BinaryIO
 
 from engine.agent import runs
 from engine.agent.protocol import (
+    MAX_COMMAND_BYTES,
     VERSION,
     Attach,
     ProtocolError,
@@ -51,7 +52,14 @@ FAST_POLL_S = 0.01
 POLL_S = 0.05
 YOUNG_S = 2.0
 LIVENESS_EVERY_S = 0.5
-CHUNK = 1 << 20
+CHUNK = 256 * 1024  # per file per poll, so telemetry and commands interleave
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def log(message: str) -> None:
@@ -92,20 +100,32 @@ class Agent:
         self._host_sampler = HostSampler()
         self._watches: dict[str, Watch] = {}
         self._stops: set[asyncio.Task[None]] = set()
+        self._unreaped: list[subprocess.Popen[bytes]] = []
         self._wake = asyncio.Event()
         self._done = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ---- output ----------------------------------------------------------
 
-    def emit(self, event: dict[str, Any]) -> None:
+    def emit(self, event: dict[str, Any], flush: bool = True) -> None:
+        """Write one event line. flush=False batches lines (log/metric bursts);
+        the batch is flushed by the next flush() or emit()."""
         if self._done.is_set():
             return
         data = json.dumps(event, separators=(",", ":")).encode("ascii") + b"\n"
         try:
             self._out.write(data)
-            self._out.flush()
+            if flush:
+                self._out.flush()
         except (BrokenPipeError, ValueError, OSError):  # the engine went away
+            self._done.set()
+
+    def flush(self) -> None:
+        if self._done.is_set():
+            return
+        try:
+            self._out.flush()
+        except (BrokenPipeError, ValueError, OSError):
             self._done.set()
 
     def error(self, message: str, attempt: str | None = None, op: str | None = None) -> None:
@@ -147,25 +167,36 @@ class Agent:
         loop = self._loop
         if loop is None:
             return
-        buf = b""
+        buf = bytearray()
+        skipping = False
         while True:
             try:
                 chunk = os.read(0, 1 << 16)
             except OSError:
                 chunk = b""
             if not chunk:
-                if buf.strip():
-                    loop.call_soon_threadsafe(self._on_line, buf)
+                if buf.strip() and not skipping:
+                    loop.call_soon_threadsafe(self._on_line, bytes(buf))
                 loop.call_soon_threadsafe(self._done.set)
                 return
+            scan_from = len(buf)  # only new bytes can hold the next newline
             buf += chunk
             while True:
-                nl = buf.find(b"\n")
+                nl = buf.find(b"\n", scan_from)
                 if nl < 0:
                     break
-                line, buf = buf[:nl], buf[nl + 1:]
-                if line.strip():
+                line = bytes(buf[:nl])
+                del buf[:nl + 1]
+                scan_from = 0
+                if skipping:  # the rest of an oversized line
+                    skipping = False
+                elif line.strip():
                     loop.call_soon_threadsafe(self._on_line, line)
+            if len(buf) > MAX_COMMAND_BYTES and not skipping:  # error reply, then dropped
+                loop.call_soon_threadsafe(self._on_line, bytes(buf))
+                skipping = True
+            if skipping:  # (buf holds no newline here)
+                buf.clear()
 
     def _on_line(self, line: bytes) -> None:
         try:
@@ -307,6 +338,16 @@ class Agent:
             self.error(f"stop: no run directory for attempt {cmd.attempt}", cmd.attempt, "stop")
             return
         grace = self.grace if cmd.grace is None else cmd.grace
+        if cmd.attempt not in self._watches:
+            # Not tailed (e.g. after an agent restart, before attach): make sure
+            # the stop still ends in "exited"/"lost", without replaying output.
+            exit_doc = runs.read_json(d / runs.EXIT)
+            if exit_doc is not None:
+                self._emit_exited(cmd.attempt, exit_doc)
+                return
+            fresh = self._watch(cmd.attempt, _size(d / runs.OUTPUT), _size(d / runs.METRICS))
+            fresh.started_sent = True
+            fresh.pid_doc = runs.read_json(d / runs.PID)
         try:
             runs.write_json_atomic(d / runs.STOP, {"requested": time.time(), "grace": grace})
         except OSError as e:
@@ -360,6 +401,9 @@ class Agent:
                 if finished and self._watches.get(attempt) is w:
                     del self._watches[attempt]
                     w.close()
+                    if w.proc is not None and w.proc.poll() is None:
+                        self._unreaped.append(w.proc)  # exits right after exit.json
+            self._unreaped = [p for p in self._unreaped if p.poll() is None]
             if busy:
                 await asyncio.sleep(0)
                 continue
@@ -403,13 +447,14 @@ class Agent:
             piece = w.metrics.flush()
             if piece is not None:
                 self._emit_metric(w.attempt, *piece)
+        self.flush()
         return more
 
     def _emit_log(self, attempt: str, start: int, end: int, raw: bytes) -> None:
         if raw.endswith(b"\r"):
             raw = raw[:-1]
         self.emit({"ev": "log", "attempt": attempt, "offset": start, "end": end,
-                   "line": raw.decode("utf-8", errors="replace")})
+                   "line": raw.decode("utf-8", errors="replace")}, flush=False)
 
     def _emit_metric(self, attempt: str, start: int, end: int, raw: bytes) -> None:
         if not raw.strip():
@@ -423,7 +468,7 @@ class Agent:
             self.error(f"metrics.jsonl offset {start}: not a JSON object, skipped", attempt)
             return
         self.emit({"ev": "metric", "attempt": attempt, "offset": start, "end": end,
-                   "record": record})
+                   "record": record}, flush=False)
 
     def _poll(self, w: Watch, now: float) -> tuple[bool, bool]:
         """One look at a run -> (finished, more data waiting)."""

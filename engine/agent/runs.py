@@ -68,12 +68,15 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
+def write_json_atomic(path: Path, doc: dict[str, Any], fsync: bool = False) -> None:
+    """Readers see the old file or the whole new one, never a part (tmp +
+    os.replace). fsync only where losing the file in a crash matters."""
     tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(doc, f)
-        f.flush()
-        os.fsync(f.fileno())
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -99,9 +102,31 @@ def process_alive(pid: int | None, started_by: float | None = None) -> bool:
     return True
 
 
+def group_members(pgid: int) -> list[int]:
+    """Non-zombie processes in process group `pgid` (Linux /proc)."""
+    members = []
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # after "pid (comm)": state ppid pgrp ...
+        if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == pgid:
+            members.append(int(name))
+    return members
+
+
 def group_alive(pgid: int | None) -> bool:
-    """True if some process is left in process group `pgid`. Zombies count
-    (cheap check); callers only use this to decide whether to signal."""
+    """True if some live (non-zombie) process is left in process group
+    `pgid`. Zombies do not count: under a PID 1 that never reaps (some
+    containers), dead orphans stay zombies forever."""
     if pgid is None or pgid <= 1:
         return False
     try:
@@ -110,7 +135,9 @@ def group_alive(pgid: int | None) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    if not os.path.isdir("/proc/self"):
+        return True  # no procfs: trust killpg
+    return bool(group_members(pgid))
 
 
 def signal_group(pgid: int | None, sig: int) -> bool:

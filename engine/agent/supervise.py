@@ -17,10 +17,15 @@ Contract, all files inside RUN_DIR:
 - `pid` is written atomically once the job has started:
   {"supervisor": pid, "pgid": job pgid, "child": job pid, "started": time,
    "host": nodename}.
-- `heartbeat` is created at start and its mtime touched every 2 s.
+- `heartbeat` is created at start and its mtime touched every 2 s. On the
+  same beat, if the agent's `stop` file ({"requested", "grace"}) shows the
+  grace has run out, the job's group gets SIGKILL (the agent normally does
+  this itself; this covers an agent that went away mid-stop).
 - SIGTERM, SIGINT or SIGHUP sent to the supervisor itself are forwarded to
   the job process and the supervisor keeps waiting.
-- When the job process ends, anything left in its process group gets SIGTERM,
+- When the job process ends, anything left of it (its process group, and
+  processes carrying this run's LLMCONSOLE_ATTEMPT + LLMCONSOLE_RUN_DIR in
+  their environment, i.e. children that escaped with setsid) gets SIGTERM,
   then SIGKILL after the grace period, so a finished job holds no GPU.
 - `exit.json` is written atomically last: {"code": int|null, "signal":
   int|null, "ended": time, "child": pid|null} plus "error": message when the
@@ -32,7 +37,6 @@ Exit status of the supervisor: 0 once exit.json is written, 2 on usage error.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -45,18 +49,21 @@ _child: subprocess.Popen[bytes] | None = None
 _pending: list[int] = []
 
 
-def _write_json_atomic(path: str, doc: dict[str, object]) -> None:
-    tmp = "%s.tmp.%d" % (path, os.getpid())
+def _write_json_atomic(path: str, doc: dict[str, object], fsync: bool = False) -> None:
+    import json  # deferred: it costs ~10 ms (re), and the job starts before any write
+
+    tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(doc, f)
-        f.flush()
-        os.fsync(f.fileno())
+        if fsync:  # exit.json only: the one record that cannot be re-derived
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
 def _say(message: str) -> None:
     try:
-        os.write(2, ("llmconsole: %s\n" % message).encode("utf-8", "replace"))
+        os.write(2, f"llmconsole: {message}\n".encode("utf-8", "replace"))
     except OSError:
         pass
 
@@ -96,7 +103,22 @@ def _forward(signum: int, frame: object) -> None:
         pass
 
 
-def _heartbeat(path: str, done: threading.Event) -> None:
+def _stop_overdue(run_dir: str) -> bool:
+    """A stop was requested (the agent's `stop` file) and its grace has run
+    out. The agent escalates to SIGKILL itself; this covers an agent that
+    died or exited during the grace period."""
+    import json
+
+    try:
+        with open(os.path.join(run_dir, "stop"), encoding="utf-8") as f:
+            doc = json.load(f)
+        return bool(time.time() >= float(doc["requested"]) + float(doc["grace"]))
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
+
+
+def _heartbeat(run_dir: str, pgid: int, done: threading.Event) -> None:
+    path = os.path.join(run_dir, "heartbeat")
     while not done.is_set():
         try:
             os.utime(path, None)
@@ -105,36 +127,80 @@ def _heartbeat(path: str, done: threading.Event) -> None:
                 open(path, "a").close()
             except OSError:
                 pass
+        if _stop_overdue(run_dir):
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except OSError:
+                pass
         done.wait(HEARTBEAT_S)
 
 
-def _group_alive(pgid: int) -> bool:
+def _leftovers(pgid: int) -> list[int]:
+    """Live (non-zombie) processes still belonging to the job: members of its
+    process group, and processes whose initial environment carries this
+    run's LLMCONSOLE_ATTEMPT and LLMCONSOLE_RUN_DIR (children that left the
+    group with setsid). Zombies are ignored: under a PID 1 that never reaps
+    (some containers) dead orphans stay zombies forever."""
+    marks = set()
+    for name in ("LLMCONSOLE_ATTEMPT", "LLMCONSOLE_RUN_DIR"):
+        if name in os.environ:
+            marks.add(f"{name}={os.environ[name]}".encode())
+    me = os.getpid()
+    found = []
     try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
+        names = os.listdir("/proc")
+    except OSError:  # no procfs: the group is all we can see
+        try:
+            os.killpg(pgid, 0)
+        except OSError:
+            return []
+        return [-pgid]
+    for name in names:
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            # after "pid (comm)": state ppid pgrp ...
+            if len(fields) < 3 or fields[0] == b"Z":
+                continue
+            if int(fields[2]) == pgid:
+                found.append(int(name))
+                continue
+            if len(marks) == 2:
+                with open(f"/proc/{name}/environ", "rb") as f:
+                    if marks <= set(f.read().split(b"\0")):
+                        found.append(int(name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
 
 
-def _reap_group(pgid: int, grace: float) -> None:
-    """SIGTERM what is left of the job's process group, SIGKILL after grace."""
-    if not _group_alive(pgid):
+def _kill_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            if pid < 0:
+                os.killpg(-pid, sig)
+            else:
+                os.kill(pid, sig)
+        except OSError:
+            pass
+
+
+def _reap_leftovers(pgid: int, grace: float) -> None:
+    """SIGTERM what is left of the job, SIGKILL after grace: a finished job
+    holds no GPU."""
+    left = _leftovers(pgid)
+    if not left:
         return
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except OSError:
-        return
+    _kill_all(left, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         time.sleep(0.05)
-        if not _group_alive(pgid):
+        left = _leftovers(pgid)
+        if not left:
             return
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except OSError:
-        pass
+    _kill_all(left, signal.SIGKILL)
 
 
 def main(args: list[str]) -> int:
@@ -173,22 +239,22 @@ def main(args: list[str]) -> int:
                                  **kwargs)  # type: ignore[call-overload]
     except OSError as e:
         if cwd is not None and getattr(e, "filename", None) == cwd:
-            code, error = 126, "cannot change to working directory %s: %s" % (cwd, e.strerror)
+            code, error = 126, f"cannot change to working directory {cwd}: {e.strerror}"
         elif isinstance(e, FileNotFoundError):
-            code, error = 127, "program not found: %s" % argv[0]
+            code, error = 127, f"program not found: {argv[0]}"
         elif isinstance(e, PermissionError):
-            code, error = 126, "permission denied: %s" % argv[0]
+            code, error = 126, f"permission denied: {argv[0]}"
         else:
-            code, error = 126, "cannot run %s: %s" % (argv[0], e)
+            code, error = 126, f"cannot run {argv[0]}: {e}"
         _say(error)
         _write_json_atomic(exit_path, {"code": code, "signal": None, "ended": time.time(),
-                                       "child": None, "error": error})
+                                       "child": None, "error": error}, fsync=True)
         return 0
     except ValueError as e:  # e.g. an embedded NUL byte
-        error = "cannot run %s: %s" % (argv[0], e)
+        error = f"cannot run {argv[0]}: {e}"
         _say(error)
         _write_json_atomic(exit_path, {"code": 126, "signal": None, "ended": time.time(),
-                                       "child": None, "error": error})
+                                       "child": None, "error": error}, fsync=True)
         return 0
 
     _child = child
@@ -196,20 +262,20 @@ def main(args: list[str]) -> int:
         "supervisor": os.getpid(), "pgid": child.pid, "child": child.pid,
         "started": time.time(), "host": os.uname().nodename,
     })
-    for signum in _pending:
-        _forward(signum, None)
+    for pending in _pending:
+        _forward(pending, None)
     done = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(hb_path, done), daemon=True)
+    beat = threading.Thread(target=_heartbeat, args=(run_dir, child.pid, done), daemon=True)
     beat.start()
 
     returncode = child.wait()  # retried after each forwarded signal (PEP 475)
     ended = time.time()
-    _reap_group(child.pid, grace)
+    _reap_leftovers(child.pid, grace)
     done.set()
-    code = returncode if returncode >= 0 else None
-    sig = -returncode if returncode < 0 else None
-    _write_json_atomic(exit_path, {"code": code, "signal": sig, "ended": ended,
-                                   "child": child.pid})
+    exit_code = returncode if returncode >= 0 else None
+    exit_signal = -returncode if returncode < 0 else None
+    _write_json_atomic(exit_path, {"code": exit_code, "signal": exit_signal, "ended": ended,
+                                   "child": child.pid}, fsync=True)
     return 0
 
 

@@ -132,8 +132,8 @@ class NvmlReader:
         if self._handles and self._nvml is not None:
             try:
                 self._nvml.nvmlShutdown()
-            except Exception:  # shutting down: nothing useful to do
-                pass
+            except Exception as e:  # shutting down: nothing more to do
+                print(f"agent: nvmlShutdown failed: {e}", file=sys.stderr)
         self._handles.clear()
 
 
@@ -149,6 +149,7 @@ class HostSampler:
 
     def sample(self) -> dict[str, Any]:
         vm = psutil.virtual_memory()
+        load: list[float | None]
         try:
             load = [round(x, 2) for x in os.getloadavg()]
         except OSError:

@@ -24,6 +24,9 @@ Contracts:
     `JobSpec.from_dict(spec.to_dict())`.
   * SQL is parameterised; the only SQL assembled at run time is made of
     constant fragments chosen by which optional filters are given.
+  * Reads are single statements (each sees one consistent snapshot). A Store
+    keeps a bounded cache of the Jobs it decoded and reuses one only when its
+    row is unchanged, so a read always reflects the file.
   * The file is created 0600 (SQLite gives its -wal/-shm files the same
     mode); a missing parent directory is created 0700.
 """
@@ -34,6 +37,7 @@ import json
 import math
 import os
 import sqlite3
+import time
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -49,6 +53,8 @@ from engine.store.errors import StaleState, StoreError, UnknownJob
 from engine.store.records import MetricPoint, TelemetryRow
 
 BUSY_TIMEOUT_S = 10.0
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
 DEFAULT_CACHE_SIZE = 32_768
 
 # ASCII-only JSON: any str (even a lone surrogate from a non-UTF-8 file name)
@@ -145,6 +151,37 @@ def _prepare_file(path: Path) -> None:
         os.fchmod(fd, 0o600)
     finally:
         os.close(fd)
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return int(code) & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
+def _switch_to_wal(conn: sqlite3.Connection) -> str:
+    """Put the file in WAL mode (persistent) and return the mode now in use.
+
+    Switching needs an exclusive lock, and SQLite does not run the busy
+    handler for it while another connection holds a write lock on a file
+    still in rollback mode (as happens when several processes create the
+    file at once): it fails at once with "database is locked". So the busy
+    wait is done here, up to the same timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    pause = 0.001
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode").fetchall()[0][0]
+            if str(mode).lower() == "wal":
+                return "wal"
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchall()[0][0]).lower()
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def _limit(limit: int | None) -> int:
@@ -256,13 +293,13 @@ class Store:
     @staticmethod
     def _configure(conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA busy_timeout = 10000")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
+        mode = _switch_to_wal(conn)
+        if mode != "wal":
             raise StoreError(f"cannot switch to WAL (journal mode is {mode})")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
         try:
-            conn.execute("SELECT json_array_length(?)", ("[]",)).fetchone()
+            conn.execute("SELECT json_array_length(?)", ("[]",)).fetchall()
         except sqlite3.OperationalError as exc:
             raise StoreError("this SQLite lacks the JSON functions") from exc
 

@@ -164,13 +164,14 @@ def latest_version(migrations: Sequence[Migration] | None = None) -> int:
 
 def current_version(conn: sqlite3.Connection) -> int:
     """The highest applied version; 0 for a database never migrated."""
-    row = conn.execute(
+    # fetchall(): finish each statement, so no read stays open in between.
+    rows = conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
-    ).fetchone()
-    if row is None:
+    ).fetchall()
+    if not rows:
         return 0
-    got = conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
-    return int(got[0]) if got and got[0] is not None else 0
+    got = conn.execute("SELECT MAX(version) FROM schema_migrations").fetchall()
+    return int(got[0][0]) if got and got[0][0] is not None else 0
 
 
 def applied_versions(conn: sqlite3.Connection) -> list[int]:

@@ -5,6 +5,8 @@
     store_worker.py batches DB SIZE READYFILE submit_many batches of SIZE jobs
                                               forever; touch READYFILE after the
                                               first commit (to be kill -9'd)
+    store_worker.py open    DB GOFILE         wait for GOFILE, open DB (maybe not
+                                              there yet), submit one job, print its id
     store_worker.py race    DB JOB GOFILE     wait for GOFILE, try QUEUED ->
                                               STARTING on attempt 1 of JOB; print
                                               "won" or "stale"
@@ -58,6 +60,11 @@ def main(argv: list[str]) -> int:
                 if batch == 0:
                     ready.touch()
                 batch += 1
+    if mode == "open":
+        _wait(Path(argv[2]))
+        with Store(db) as store:
+            print(store.submit(_spec(f"open-{pid}"), 1000, actor=f"w{pid}", now=time.time()).id)
+        return 0
     if mode == "race":
         job, go = int(argv[2]), Path(argv[3])
         with Store(db) as store:

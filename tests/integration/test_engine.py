@@ -10,6 +10,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -230,13 +231,14 @@ def test_socket_is_private_and_nodes_report_telemetry(engine: EngineHandle) -> N
 def _nobody_client(tmp_path: Path) -> Path:
     """The real client modules, copied where an unprivileged user can read
     them (the checkout may live in a private home)."""
-    pkg = tmp_path / "nobody" / "engine"
-    pkg.mkdir(parents=True)
+    root = Path(tempfile.mkdtemp(prefix="llc-nobody-", dir="/tmp"))
+    pkg = root / "engine"
+    pkg.mkdir()
     for name in ("__init__.py", "client.py", "errors.py", "paths.py"):
         shutil.copy(REPO / "engine" / name, pkg / name)
-    for path in [tmp_path, tmp_path / "nobody", pkg, *pkg.iterdir()]:
+    for path in [root, pkg, *pkg.iterdir()]:
         path.chmod(0o755)
-    return tmp_path / "nobody"
+    return root
 
 
 @pytest.mark.skipif(os.getuid() != 0 or not shutil.which("setpriv"),
