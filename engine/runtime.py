@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -60,6 +61,7 @@ class Caller:
         return cls(uid, user_name(uid))
 
 
+@functools.lru_cache(maxsize=1024)
 def user_name(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
@@ -210,7 +212,8 @@ class Runtime:
             state.is_terminal() for state in self.store.job_states(job.after).values()
         ):
             self._deps_dirty = True  # a parent has ended already: fail it now
-        self.kick()
+        if job.state is JobState.QUEUED or self._deps_dirty:
+            self.kick()
         return job
 
     def job(self, job_id: int) -> Job:
@@ -749,7 +752,8 @@ class Runtime:
                         f"or an admin of cluster {self.cluster.name!r} may {verb} it")
 
     def _publish_job(self, job: Job) -> None:
-        self.hub.publish({"type": "job", "job": self.job_view(job)})
+        if self.hub.subscribers:
+            self.hub.publish({"type": "job", "job": self.job_view(job)})
 
 
 def _pending(job_id: int, spec: JobSpec) -> scheduler.PendingJob:

@@ -1,18 +1,8 @@
-"""The pure scheduler: given the pending jobs and the free capacity of each
-node, `schedule` decides which jobs start now and on which GPUs, in priority
-then submission order, gang-placed, best fit, with EASY-style backfill around
-one reservation; `unplaceable_reason` says why a job can never fit and
-`resolve_dependencies` decides which held jobs are released or failed. No I/O,
-no clock: the same inputs always give the same answer.
-
-Backfill without runtime estimates: the first job in order that does not fit
-(the head) reserves all currently free resources of the `nodes` up nodes that
-could host it (most total GPUs, then slots, then most free GPUs, then most free
-slots, then name); jobs after it only get resources outside that reservation.
-A blocked job that the up nodes could not host even when idle (it is invalid,
-too big for the cluster, or needs nodes that are down) gets no reservation, and
-the next blocked job may take the head's place.
-"""
+"""The pure scheduler: `schedule` decides which pending jobs start now and on
+which GPUs (priority then submission order, gang all-or-nothing, best fit,
+EASY-style backfill around one reservation); `unplaceable_reason` says why a job
+can never fit the cluster; `resolve_dependencies` releases or fails held jobs.
+No I/O and no clock: the same inputs always give the same answer."""
 
 from __future__ import annotations
 
@@ -221,9 +211,21 @@ def _check_unique_names(nodes: Sequence[NodeCapacity]) -> None:
 
 def schedule(pending: Sequence[PendingJob], nodes: Sequence[NodeCapacity]) -> list[Assignment]:
     """Decide which pending jobs start now. Returns the assignments in
-    scheduling order (priority descending, then seq ascending). Jobs that do
+    scheduling order (priority descending, then seq ascending); jobs that do
     not fit, or are invalid, are left out. Raises ValueError when two nodes
-    share a name."""
+    share a name.
+
+    Each job gets `nodes` distinct up nodes, the best fit first (fewest free
+    GPUs that suffice, then fewest free slots, then name), and the lowest free
+    GPU indices there. Backfill without runtime estimates: the first job in
+    order that does not fit (the head) reserves all currently free resources
+    of the `nodes` up nodes that could host it (most total GPUs, then total
+    slots, then most free GPUs, then most free slots, then name); later jobs
+    only get resources outside that reservation. A blocked job that the up
+    nodes could not host even when idle (invalid, too big for the cluster, or
+    needing nodes that are down) reserves nothing, and the next blocked job
+    may become the head.
+    """
     _check_unique_names(nodes)
     ordered = sorted(pending, key=_BY_SEQ)
     ordered.sort(key=_BY_PRIORITY, reverse=True)  # stable: seq order kept within a priority
