@@ -4,8 +4,8 @@ runs can be compared by a script."""
 from __future__ import annotations
 
 import json
-import platform
 import os
+import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path

@@ -287,6 +287,12 @@ def cmd_engine(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         cluster = load_cluster_profile(args.cluster or os.environ.get("LLMCONSOLE_CLUSTER"))
+        try:  # a faster event loop when installed (it is, with the project)
+            import uvloop
+
+            uvloop.install()
+        except ImportError:
+            pass
         asyncio.run(daemon.serve(
             cluster, socket_mode=int(args.socket_mode, 8), socket_group=args.socket_group,
             telemetry_interval=args.telemetry_interval, lost_after=args.lost_after))

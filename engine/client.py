@@ -57,12 +57,13 @@ class EngineClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _unavailable(self, err: OSError) -> Unavailable:
+    def _unavailable(self, err: Exception) -> Unavailable:
         if isinstance(err, PermissionError):
             return Unavailable(f"no permission to use the engine socket {self.socket_path}; "
                                f"it belongs to another user (ask them, or set "
                                f"LLMCONSOLE_HOME to run your own engine)")
-        return Unavailable(f"no engine answers on {self.socket_path} ({err.strerror or err}); "
+        why = getattr(err, "strerror", None) or err
+        return Unavailable(f"no engine answers on {self.socket_path} ({why}); "
                            f"start one with `llmconsole engine start`")
 
     def _request(self, method: str, path: str, body: Any = None,
@@ -107,6 +108,14 @@ class EngineClient:
     def submit(self, spec: dict[str, Any], after: Sequence[int] = ()) -> dict[str, Any]:
         result: dict[str, Any] = self._json("POST", "/v1/jobs",
                                             {"spec": spec, "after": list(after)})
+        return result
+
+    def submit_many(
+        self, items: Sequence[tuple[dict[str, Any], Sequence[int]]]
+    ) -> list[dict[str, Any]]:
+        """Several jobs in one request and one transaction: all or none."""
+        body = {"jobs": [{"spec": spec, "after": list(after)} for spec, after in items]}
+        result: list[dict[str, Any]] = self._json("POST", "/v1/jobs:batch", body)
         return result
 
     def jobs(self, states: Sequence[str] = (), owner: int | None = None,

@@ -16,11 +16,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from engine import paths
 from engine.errors import Unavailable, UserError
 from engine.model import ClusterSpec, NodeSpec
+from engine.transport.base import AgentChannel
+from engine.transport.local import LocalAgentChannel
 
 log = logging.getLogger("llmconsole.daemon")
 
@@ -29,13 +32,11 @@ class DaemonError(UserError):
     pass
 
 
-def channel_factory(home: Path, telemetry_interval: float):  # type: ignore[no-untyped-def]
-    from engine.transport.base import AgentChannel
-    from engine.transport.local import LocalAgentChannel
+def channel_factory(home: Path, telemetry_interval: float) -> Callable[[NodeSpec], AgentChannel]:
 
     def make(node: NodeSpec) -> AgentChannel:
         if node.is_local:
-            return LocalAgentChannel(node.name, home / "runs", interval=telemetry_interval)
+            return LocalAgentChannel(node.name, home, interval=telemetry_interval)
         raise DaemonError(f"node {node.name} ({node.host}) needs the SSH transport, "
                           f"which this engine does not have yet")
 

@@ -196,10 +196,8 @@ class Runtime:
     def submit(
         self, spec: JobSpec, caller: Caller, after: Sequence[int] = ()
     ) -> Job:
-        known = all(n.seen or (n.spec.gpus is not None and n.spec.slots is not None)
-                    for n in self.nodes.values())
         reason = scheduler.unplaceable_reason(_pending(0, spec), self._capacities(idle=True))
-        if known and reason is not None:
+        if reason is not None and self._capacity_known():
             raise BadRequest(f"job {spec.name!r} can never run on cluster "
                              f"{self.cluster.name!r}: {reason}")
         try:
@@ -215,6 +213,34 @@ class Runtime:
         if job.state is JobState.QUEUED or self._deps_dirty:
             self.kick()
         return job
+
+    def submit_many(
+        self, items: Sequence[tuple[JobSpec, Sequence[int]]], caller: Caller
+    ) -> list[Job]:
+        """Several jobs in one transaction: all are queued, or none (the
+        error names the first bad one by its index)."""
+        for index, (spec, _after) in enumerate(items):
+            reason = scheduler.unplaceable_reason(_pending(0, spec),
+                                                  self._capacities(idle=True))
+            if reason is not None and self._capacity_known():
+                raise BadRequest(f"jobs[{index}] {spec.name!r} can never run on cluster "
+                                 f"{self.cluster.name!r}: {reason}")
+        try:
+            jobs = self.store.submit_many([(spec, caller.uid, after) for spec, after in items],
+                                          actor=caller.name, now=self.clock())
+        except UnknownJob as err:
+            raise NotFound(f"after: {err}; see `llmconsole jobs`") from err
+        parents = {p for job in jobs if job.state is JobState.HELD for p in job.after}
+        if any(s.is_terminal() for s in self.store.job_states(parents).values()):
+            self._deps_dirty = True
+        for job in jobs:
+            self._publish_job(job)
+        self.kick()
+        return jobs
+
+    def _capacity_known(self) -> bool:
+        return all(n.seen or (n.spec.gpus is not None and n.spec.slots is not None)
+                   for n in self.nodes.values())
 
     def job(self, job_id: int) -> Job:
         try:
@@ -286,11 +312,11 @@ class Runtime:
             gpu_tele = {g.get("index"): g for g in tele.get("gpus", [])}
             gpus = []
             for i in range(node.gpus):
-                g = dict(gpu_tele.get(i, {}))
-                g["index"] = i
-                g["name"] = node.gpu_names[i] if i < len(node.gpu_names) else g.get("name")
-                g["job"] = owners.get((node.name, i))
-                gpus.append(g)
+                gpu: dict[str, Any] = dict(gpu_tele.get(i, {}))
+                gpu["index"] = i
+                gpu["name"] = node.gpu_names[i] if i < len(node.gpu_names) else gpu.get("name")
+                gpu["job"] = owners.get((node.name, i))
+                gpus.append(gpu)
             views.append({
                 "name": node.name,
                 "host": node.spec.host,

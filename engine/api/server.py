@@ -5,6 +5,7 @@ status of the `engine.errors` class that caused them.
 
     GET  /v1/health                       engine pid, uid, version, uptime
     POST /v1/jobs                         {"spec": {...}, "after": [ids]} -> job
+    POST /v1/jobs:batch                   {"jobs": [{"spec":..., "after":...}, ...]}: all or none
     GET  /v1/jobs?state=&owner=&limit=    jobs, newest first
     GET  /v1/jobs/{id}                    job, attempts, history
     POST /v1/jobs/{id}/cancel | /retry    -> job
@@ -75,6 +76,7 @@ def make_app(runtime: Runtime, shutdown: asyncio.Event) -> web.Application:
     app[SHUTDOWN] = shutdown
     app.router.add_get("/v1/health", health)
     app.router.add_post("/v1/jobs", submit)
+    app.router.add_post("/v1/jobs:batch", submit_batch)
     app.router.add_get("/v1/jobs", list_jobs)
     app.router.add_get("/v1/jobs/{id}", show_job)
     app.router.add_post("/v1/jobs/{id}/cancel", cancel)
@@ -128,13 +130,38 @@ async def submit(request: web.Request) -> web.Response:
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object with a 'spec'")
     spec: JobSpec = spec_from_payload(body.get("spec"))
-    after = body.get("after") or []
+    job = rt.submit(spec, caller(request), _after(body.get("after")))
+    return web.json_response(rt.job_view(job), status=201)
+
+
+async def submit_batch(request: web.Request) -> web.Response:
+    rt = _rt(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        raise BadRequest("request body is not JSON") from None
+    items = body.get("jobs") if isinstance(body, dict) else None
+    if not isinstance(items, list) or not items:
+        raise BadRequest("expected {\"jobs\": [{\"spec\": {...}, \"after\": [...]}, ...]}")
+    parsed = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise BadRequest(f"jobs[{index}]: expected an object with a 'spec'")
+        try:
+            parsed.append((spec_from_payload(item.get("spec")), _after(item.get("after"))))
+        except BadRequest as err:
+            raise BadRequest(f"jobs[{index}]: {err.message}") from None
+    jobs = rt.submit_many(parsed, caller(request))
+    return web.json_response([rt.job_view(j) for j in jobs], status=201)
+
+
+def _after(value: Any) -> list[int]:
+    after = value or []
     if not isinstance(after, list) or not all(
         isinstance(a, int) and not isinstance(a, bool) for a in after
     ):
         raise BadRequest("after: expected a list of job ids")
-    job = rt.submit(spec, caller(request), after)
-    return web.json_response(rt.job_view(job), status=201)
+    return after
 
 
 async def list_jobs(request: web.Request) -> web.Response:

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -75,7 +76,8 @@ def test_a_failing_job_reports_its_exit_code_and_can_be_retried(engine: EngineHa
 
 
 def test_logs_follow_streams_until_the_job_ends(engine: EngineHandle) -> None:
-    script = "import time\nfor i in range(5):\n    print('tick', i, flush=True)\n    time.sleep(0.2)"
+    script = ("import time\nfor i in range(5):\n"
+              "    print('tick', i, flush=True)\n    time.sleep(0.2)")
     engine.write_profile("ticks", command_profile([sys.executable, "-c", script]))
     job_id = engine.submit("ticks")
     out = engine.cli("logs", str(job_id), "-f", timeout=60).stdout.splitlines()
@@ -228,6 +230,80 @@ def test_socket_is_private_and_nodes_report_telemetry(engine: EngineHandle) -> N
     assert "no GPUs" in engine.cli("nodes").stdout
 
 
+def test_metrics_and_events_reach_clients(engine: EngineHandle) -> None:
+    from engine.client import EngineClient
+
+    script = (
+        "import json, os, time\n"
+        "path = os.path.join(os.environ['LLMCONSOLE_RUN_DIR'], 'metrics.jsonl')\n"
+        "time.sleep(0.5)\n"
+        "with open(path, 'a') as f:\n"
+        "    for step in range(1, 6):\n"
+        "        f.write(json.dumps({'step': step, 'loss': 10.0 / step, 'lr': 0.1}) + '\\n')\n"
+        "        f.flush(); time.sleep(0.05)\n"
+    )
+    engine.write_profile("metrics", command_profile([sys.executable, "-c", script]))
+    engine.cli("engine", "start")
+    client = EngineClient(engine.home / "engine.sock")
+    seen: list[dict[str, object]] = []
+    done = threading.Event()
+
+    def listen() -> None:
+        for event in EngineClient(engine.home / "engine.sock").events():
+            seen.append(event)
+            job = event.get("job")
+            if isinstance(job, dict) and job.get("state") == "succeeded":
+                done.set()
+                return
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    time.sleep(0.3)  # the stream is open before the job exists
+    job_id = engine.submit("metrics")
+    assert done.wait(30), [e.get("type") for e in seen]
+
+    states = [e["job"]["state"] for e in seen if e["type"] == "job"]  # type: ignore[index]
+    assert states[0] == "queued" and states[-1] == "succeeded"
+    assert "running" in states
+    losses = {e["step"]: e["values"]["loss"] for e in seen  # type: ignore[index]
+              if e["type"] == "metric"}
+    assert losses == {s: 10.0 / s for s in range(1, 6)}
+    time.sleep(0.6)  # the engine flushes metric points to the store twice a second
+    stored = client.metrics(job_id, names=["loss"])
+    assert [(p["step"], p["value"]) for p in stored] == [(s, 10.0 / s) for s in range(1, 6)]
+    table = engine.cli("metrics", str(job_id)).stdout
+    assert "LOSS" in table and "LR" in table
+
+
+def test_a_killed_agent_is_restarted_and_its_job_reattached(
+        engine: EngineHandle, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    script = (f"import os, time\nfor i in range(3): print('early', i, flush=True)\n"
+              f"while not os.path.exists({str(gate)!r}): time.sleep(0.05)\n"
+              "for i in range(3): print('late', i, flush=True)")
+    engine.write_profile("gated", command_profile([sys.executable, "-c", script]))
+    job_id = engine.submit("gated")
+    engine.wait_state(job_id, {"running"})
+    agents = [p for p in Path("/proc").iterdir() if p.name.isdigit()
+              and b"engine.agent" in _read(p / "cmdline")
+              and str(engine.home).encode() in _read(p / "cmdline")]
+    assert len(agents) == 1
+    os.kill(int(agents[0].name), 9)
+    time.sleep(1.0)
+    gate.write_text("go")
+    job = engine.wait_state(job_id, {"succeeded", "failed", "lost"}, timeout=30)
+    assert job["state"] == "succeeded", job
+    lines = engine.cli("logs", str(job_id)).stdout.splitlines()
+    assert lines == [f"early {i}" for i in range(3)] + [f"late {i}" for i in range(3)]
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
 def _nobody_client(tmp_path: Path) -> Path:
     """The real client modules, copied where an unprivileged user can read
     them (the checkout may live in a private home)."""
@@ -248,8 +324,11 @@ def test_a_second_user_cannot_cancel_the_first_users_job(
     system_python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
     lib = _nobody_client(tmp_path)
     engine.home.chmod(0o755)
+    cluster = engine.profiles / "shared.toml"
+    cluster.write_text('kind = "cluster"\nadmins = ["daemon"]\n[[nodes]]\nname = "local"\n')
     serve = subprocess.Popen(
-        [sys.executable, "-m", "engine", "engine", "serve", "--socket-mode", "666"],
+        [sys.executable, "-m", "engine", "engine", "serve", "--socket-mode", "666",
+         "--cluster", str(cluster)],
         env=engine.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 20
@@ -278,6 +357,17 @@ def test_a_second_user_cannot_cancel_the_first_users_job(
         assert engine.job(job_id)["state"] == "running"
         engine.cli("cancel", str(job_id))  # its owner can
         assert engine.wait_state(job_id, {"cancelled"})["state"] == "cancelled"
+
+        second = engine.submit("long")  # an admin of the cluster (user daemon, uid 1) can too
+        engine.wait_state(second, {"running"})
+        admin = subprocess.run(
+            ["setpriv", "--reuid=1", "--regid=1", "--clear-groups", system_python,
+             "-I", "-c", f"import sys; sys.path.insert(0, {str(lib)!r})\n" + code,
+             str(engine.home / "engine.sock"), str(second)],
+            capture_output=True, text=True, timeout=30, cwd="/")
+        assert admin.returncode == 0, admin.stdout + admin.stderr
+        assert admin.stdout.split() == ["1"]
+        assert engine.wait_state(second, {"cancelled"})["state"] == "cancelled"
     finally:
         serve.terminate()
         serve.wait(timeout=30)
