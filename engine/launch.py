@@ -73,10 +73,9 @@ def launch_argv(
             head = _host(nodes[placements[0].node])
             wrapped += [f"--nnodes={len(placements)}", "--rdzv-backend=c10d",
                         f"--rdzv-endpoint={head}:29400"]
-        if argv[:2] == [python, "-m"] or (len(argv) > 1 and argv[1] == "-m"):
-            return [*wrapped, "-m", *argv[2:]]
-        return [*wrapped, *argv[1:]] if argv and Path(argv[0]).name.startswith("python") \
-            else [*wrapped, "--no-python", *argv]
+        if Path(argv[0]).name.startswith("python"):
+            return [*wrapped, *argv[1:]]  # torchrun starts Python itself (-m is its flag too)
+        return [*wrapped, "--no-python", *argv]
     raise ValueError(f"unknown launcher {spec.launcher!r}")
 
 

@@ -101,6 +101,7 @@ class Running:
     skip_lines: int = 0  # lines already in the copy that a re-attach will replay
     metric_offset: int = -1  # start of the last metrics.jsonl line received
     log_file: TextIO | None = None
+    start_error: str | None = None  # the agent could not start it: why
 
     @property
     def key(self) -> str:
@@ -145,6 +146,7 @@ class Runtime:
         self._telemetry_buffer: list[TelemetryRow] = []
         self._offsets_dirty: set[str] = set()
         self._stopping = False
+        self._background: set[asyncio.Task[None]] = set()
         self.started_at = clock()
 
     # ----------------------------------------------------------------- life
@@ -477,7 +479,9 @@ class Runtime:
             except Exception as err:  # the reader notices the channel ending
                 log.warning("node %s: could not send %s: %s", node_name, message.get("op"), err)
 
-        asyncio.get_running_loop().create_task(send())
+        task = asyncio.get_running_loop().create_task(send())
+        self._background.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._background.discard)
 
     # ---------------------------------------------------------------- nodes
     async def _node_loop(self, node: NodeState) -> None:
@@ -588,6 +592,17 @@ class Runtime:
         elif kind == "error":
             log.warning("node %s: agent error%s: %s", node.name,
                         f" for {key}" if key else "", event.get("message"))
+            if run is not None and event.get("op") == "start":
+                run.start_error = str(event.get("message") or "the agent could not start it")
+                # a start the agent refused outright is followed by no exit report
+                asyncio.get_running_loop().call_later(2.0, self._start_refused, run)
+
+    def _start_refused(self, run: Running) -> None:
+        if self.running.get(run.key) is not run:
+            return  # its exit was reported after all
+        if self.store.get_attempt(run.job_id, run.number).state is JobState.STARTING:
+            self._end(run, JobState.FAILED, cause="the agent could not start it",
+                      reason=run.start_error, from_state=JobState.STARTING)
 
     def _on_telemetry(self, node: NodeState, event: dict[str, Any]) -> None:
         node.telemetry = event
@@ -664,19 +679,24 @@ class Runtime:
         if attempt.state.is_terminal():
             self._forget(run)
             return
-        if attempt.state is JobState.STARTING:
-            self._transition(run, JobState.STARTING, JobState.RUNNING,
-                             cause="process seen at exit", actor=f"agent@{run.node}")
         if attempt.cancel_requested:
             state, reason = JobState.CANCELLED, "cancelled"
+        elif run.start_error is not None:
+            state, reason = JobState.FAILED, run.start_error
         elif code == 0:
             state, reason = JobState.SUCCEEDED, None
         elif sig is not None:
             state, reason = JobState.FAILED, f"killed by signal {sig}"
         else:
             state, reason = JobState.FAILED, f"exit code {code}"
+        current = attempt.state
+        if current is JobState.STARTING and run.start_error is None:
+            # it ran, but its "started" report was missed (an agent restart)
+            self._transition(run, JobState.STARTING, JobState.RUNNING,
+                             cause="process seen at exit", actor=f"agent@{run.node}")
+            current = JobState.RUNNING
         self._end(run, state, cause=reason or "exit code 0", reason=reason, exit_code=code,
-                  from_state=JobState.RUNNING)
+                  from_state=current)
 
     def _end(self, run: Running, state: JobState, *, cause: str, reason: str | None,
              exit_code: int | None = None, from_state: JobState | None = None) -> None:

@@ -389,3 +389,12 @@ def test_a_private_engine_refuses_other_users(engine: EngineHandle, tmp_path: Pa
         capture_output=True, text=True, timeout=30, cwd="/")
     assert proc.returncode == 1
     assert "no permission" in proc.stdout
+
+
+def test_a_missing_program_fails_with_its_name(engine: EngineHandle) -> None:
+    engine.write_profile("ghost", command_profile(["/no/such/program-xyz", "--flag"]))
+    job_id = engine.submit("ghost")
+    job = engine.wait_state(job_id, {"failed"}, timeout=30)
+    assert job["exit_code"] == 127
+    assert "program-xyz" in job["reason"]
+    assert [h["to"] for h in job["history"]] == ["queued", "starting", "failed"]

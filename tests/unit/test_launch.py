@@ -1,0 +1,75 @@
+"""What a job process is given: an allow-listed environment and an argv
+wrapped by its launcher, never a shell string."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.launch import job_environment, launch_argv, ranks_per_node
+from engine.model import JobSpec, NodeSpec, Placement, Resources
+
+BASE = {
+    "PATH": "/usr/bin",
+    "HOME": "/home/alice",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C",
+    "NCCL_DEBUG": "INFO",
+    "AWS_SECRET_ACCESS_KEY": "hunter2",
+    "GITHUB_TOKEN": "ghp_secret",
+    "SSH_AUTH_SOCK": "/tmp/agent.sock",
+    "CUDA_VISIBLE_DEVICES": "0,1,2,3",
+    "LD_PRELOAD": "/evil.so",
+}
+
+
+def spec(**kw: object) -> JobSpec:
+    base: dict[str, object] = {"name": "t", "kind": "train",
+                               "argv": ("/venv/bin/python", "-m", "engine.workloads.train")}
+    base.update(kw)
+    return JobSpec(**base)  # type: ignore[arg-type]
+
+
+def test_environment_is_an_allow_list_plus_the_profile() -> None:
+    env = job_environment(BASE, spec(env=(("HF_HUB_OFFLINE", "1"),)))
+    assert env["PATH"] == "/usr/bin" and env["HOME"] == "/home/alice"
+    assert env["LC_ALL"] == "C" and env["NCCL_DEBUG"] == "INFO"
+    assert env["HF_HUB_OFFLINE"] == "1" and env["PYTHONUNBUFFERED"] == "1"
+    for secret in ("AWS_SECRET_ACCESS_KEY", "GITHUB_TOKEN", "SSH_AUTH_SOCK", "LD_PRELOAD"):
+        assert secret not in env
+    assert "CUDA_VISIBLE_DEVICES" not in env  # the agent sets it from the allocation
+
+
+def test_local_launcher_runs_the_argv_as_is() -> None:
+    s = spec(argv=("echo", "; rm -rf ~", "$(reboot)"))
+    assert launch_argv(s, [Placement("n1", (), 1)], {"n1": NodeSpec("n1")}) == \
+        ["echo", "; rm -rf ~", "$(reboot)"]
+
+
+def test_horovodrun_gets_one_rank_per_gpu_on_every_node() -> None:
+    s = spec(launcher="horovodrun", resources=Resources(nodes=2, gpus_per_node=4, cpus=8))
+    nodes = {"a": NodeSpec("a", host="10.0.0.1"), "b": NodeSpec("b", host="10.0.0.2")}
+    argv = launch_argv(s, [Placement("a", (0, 1, 2, 3), 8), Placement("b", (4, 5, 6, 7), 8)],
+                       nodes, python="/nonexistent/python")
+    assert argv[:5] == ["horovodrun", "-np", "8", "-H", "10.0.0.1:4,10.0.0.2:4"]
+    assert "--gloo" not in argv
+    assert argv[5:] == list(s.argv)
+
+
+def test_horovodrun_on_cpus_uses_gloo_and_a_rank_per_slot(tmp_path: Path) -> None:
+    (tmp_path / "horovodrun").touch()
+    s = spec(launcher="horovodrun", resources=Resources(cpus=2))
+    argv = launch_argv(s, [Placement("local", (), 2)], {"local": NodeSpec("local")},
+                       python=str(tmp_path / "python"))
+    assert argv[:6] == [str(tmp_path / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo"]
+    assert ranks_per_node(s) == 2
+
+
+def test_torchrun_runs_python_modules_itself() -> None:
+    s = spec(launcher="torchrun", resources=Resources(cpus=2))
+    argv = launch_argv(s, [Placement("local", (), 2)], {"local": NodeSpec("local")},
+                       python="/nonexistent/python")
+    assert argv == ["torchrun", "--nproc-per-node=2", "--standalone", "-m",
+                    "engine.workloads.train"]
+    plain = spec(launcher="torchrun", argv=("./train.sh", "x"))
+    assert launch_argv(plain, [Placement("local", (), 1)], {"local": NodeSpec("local")},
+                       python="/nonexistent/python")[-3:] == ["--no-python", "./train.sh", "x"]
