@@ -121,14 +121,19 @@ async def health(request: web.Request) -> web.Response:
     })
 
 
-async def submit(request: web.Request) -> web.Response:
-    rt = _rt(request)
+async def _body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
     except ValueError:
         raise BadRequest("request body is not JSON") from None
     if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object with a 'spec'")
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+async def submit(request: web.Request) -> web.Response:
+    rt = _rt(request)
+    body = await _body(request)
     spec: JobSpec = spec_from_payload(body.get("spec"))
     job = rt.submit(spec, caller(request), _after(body.get("after")))
     return web.json_response(rt.job_view(job), status=201)
@@ -136,11 +141,7 @@ async def submit(request: web.Request) -> web.Response:
 
 async def submit_batch(request: web.Request) -> web.Response:
     rt = _rt(request)
-    try:
-        body = await request.json()
-    except ValueError:
-        raise BadRequest("request body is not JSON") from None
-    items = body.get("jobs") if isinstance(body, dict) else None
+    items = (await _body(request)).get("jobs")
     if not isinstance(items, list) or not items:
         raise BadRequest("expected {\"jobs\": [{\"spec\": {...}, \"after\": [...]}, ...]}")
     parsed = []
