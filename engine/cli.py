@@ -72,7 +72,7 @@ def _emit(args: argparse.Namespace, data: Any, render: Callable[[Any], str]) -> 
 
 def _jobs_table(jobs: list[dict[str, Any]]) -> str:
     if not jobs:
-        return "no jobs"
+        return "no jobs here (`llmconsole jobs --all` lists ended ones too)"
     rows = [[str(j["id"]), _printable(j["name"])[:40], j["kind"], j["state"], str(j["attempt"]),
              j["owner"], _age(j["submitted_at"]), _where(j), _printable(j.get("reason") or "")]
             for j in jobs]

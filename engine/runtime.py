@@ -124,6 +124,7 @@ class Runtime:
         engine_uid: int | None = None,
         lost_after: float = 60.0,
         stop_grace: float = 10.0,
+        telemetry_keep_s: float = 7 * 86400.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -135,6 +136,7 @@ class Runtime:
         self.engine_uid = os.getuid() if engine_uid is None else engine_uid
         self.lost_after = lost_after
         self.stop_grace = stop_grace
+        self.telemetry_keep_s = telemetry_keep_s  # node telemetry history kept this long
         self.clock = clock
         self.hub = EventHub()
         self.nodes: dict[str, NodeState] = {n.name: NodeState(n) for n in cluster.nodes}
@@ -741,10 +743,15 @@ class Runtime:
 
     # ---------------------------------------------------------- persistence
     async def _flush_loop(self) -> None:
+        last_prune = 0.0
         while True:
             await asyncio.sleep(0.5)
             try:
                 self._flush()
+                now = self.clock()
+                if now - last_prune > 3600:
+                    last_prune = now
+                    self.store.prune_telemetry(now - self.telemetry_keep_s)
             except Exception:
                 log.exception("flush failed")
 

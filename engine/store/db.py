@@ -804,6 +804,12 @@ class Store:
                 values,
             )
 
+    def prune_telemetry(self, before: float) -> int:
+        """Drop samples older than `before`; returns how many went."""
+        with self._write() as conn:
+            cur = conn.execute("DELETE FROM telemetry WHERE time < ?", (float(before),))
+            return int(cur.rowcount)
+
     def telemetry(
         self, node: str, *, since: float | None = None, limit: int | None = None
     ) -> list[TelemetryRow]:

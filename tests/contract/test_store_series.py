@@ -107,6 +107,12 @@ def test_telemetry_round_trip_and_filters(store: Store) -> None:
         store.telemetry("node-a", limit=-2)
 
 
+def test_old_telemetry_is_pruned_and_recent_kept(store: Store) -> None:
+    store.record_telemetry([TelemetryRow("n", float(t), 1.0, 2.0, 0.5, []) for t in range(10)])
+    assert store.prune_telemetry(before=6.0) == 6
+    assert [r.time for r in store.telemetry("n")] == [6.0, 7.0, 8.0, 9.0]
+
+
 def test_series_survive_reopen(db_path: Path, clock: Callable[[], float]) -> None:
     with Store(db_path) as store:
         job = store.submit(make_spec(), 1, actor="t", now=clock())
