@@ -102,6 +102,7 @@ class Running:
     metric_offset: int = -1  # start of the last metrics.jsonl line received
     log_file: TextIO | None = None
     start_error: str | None = None  # the agent could not start it: why
+    cancelled_by: str | None = None
 
     @property
     def key(self) -> str:
@@ -275,6 +276,7 @@ class Runtime:
             self.store.request_cancel(job.id)
             run = self.running.get(attempt_key(job.id, job.attempt))
             if run is not None:
+                run.cancelled_by = caller.name
                 self._send(run.node, {"op": "stop", "attempt": run.key, "grace": self.stop_grace})
             return job
         raise Conflict(f"job {job_id} kept changing state; try again")
@@ -682,7 +684,7 @@ class Runtime:
             self._forget(run)
             return
         if attempt.cancel_requested:
-            state, reason = JobState.CANCELLED, "cancelled"
+            state, reason = JobState.CANCELLED, f"cancelled by {run.cancelled_by or 'a user'}"
         elif run.start_error is not None:
             state, reason = JobState.FAILED, run.start_error
         elif code == 0:
