@@ -398,3 +398,20 @@ def test_a_missing_program_fails_with_its_name(engine: EngineHandle) -> None:
     assert job["exit_code"] == 127
     assert "program-xyz" in job["reason"]
     assert [h["to"] for h in job["history"]] == ["queued", "starting", "failed"]
+
+
+def test_a_kept_alive_client_survives_an_engine_restart(engine: EngineHandle) -> None:
+    from engine.client import EngineClient
+    from engine.errors import NotFound, Unavailable
+
+    engine.cli("engine", "start")
+    client = EngineClient(engine.home / "engine.sock")
+    first = client.health()["pid"]
+    engine.cli("engine", "stop")
+    with pytest.raises(Unavailable, match="llmconsole engine start"):
+        client.health()
+    engine.cli("engine", "start")
+    assert client.health()["pid"] != first  # reconnected on its own
+    with pytest.raises(NotFound, match="no job 42"):
+        client.job(42)
+    assert client.jobs() == []  # the connection is still good after an error reply
