@@ -197,14 +197,22 @@ def test_automatic_retries_make_new_attempts(engine: EngineHandle, tmp_path: Pat
     assert any("automatic retry" in h["cause"] for h in job["history"])
 
 
-def test_engine_restart_keeps_jobs_and_reattaches(engine: EngineHandle, tmp_path: Path) -> None:
-    gate = tmp_path / "gate"
-    script = (f"import os, time\nprint('before', flush=True)\n"
+def start_gated_job(engine: EngineHandle, gate: Path, before: list[str],
+                    after: list[str]) -> int:
+    """A running job that prints `before`, waits for `gate` to exist, then
+    prints `after` and ends."""
+    script = (f"import os, time\nfor line in {before!r}: print(line, flush=True)\n"
               f"while not os.path.exists({str(gate)!r}): time.sleep(0.05)\n"
-              "print('after', flush=True)")
+              f"for line in {after!r}: print(line, flush=True)")
     engine.write_profile("gated", command_profile([sys.executable, "-c", script]))
     job_id = engine.submit("gated")
     engine.wait_state(job_id, {"running"})
+    return job_id
+
+
+def test_engine_restart_keeps_jobs_and_reattaches(engine: EngineHandle, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    job_id = start_gated_job(engine, gate, ["before"], ["after"])
     pid = int(engine.home.joinpath("engine.pid").read_text())
     os.kill(pid, 9)  # the daemon dies hard; its agent sees EOF and exits, the job lives on
     time.sleep(0.5)
@@ -278,12 +286,8 @@ def test_metrics_and_events_reach_clients(engine: EngineHandle) -> None:
 def test_a_killed_agent_is_restarted_and_its_job_reattached(
         engine: EngineHandle, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
-    script = (f"import os, time\nfor i in range(3): print('early', i, flush=True)\n"
-              f"while not os.path.exists({str(gate)!r}): time.sleep(0.05)\n"
-              "for i in range(3): print('late', i, flush=True)")
-    engine.write_profile("gated", command_profile([sys.executable, "-c", script]))
-    job_id = engine.submit("gated")
-    engine.wait_state(job_id, {"running"})
+    job_id = start_gated_job(engine, gate, [f"early {i}" for i in range(3)],
+                             [f"late {i}" for i in range(3)])
     agents = [p for p in Path("/proc").iterdir() if p.name.isdigit()
               and b"engine.agent" in _read(p / "cmdline")
               and str(engine.home).encode() in _read(p / "cmdline")]
