@@ -254,10 +254,13 @@ def test_metrics_and_events_reach_clients(engine: EngineHandle) -> None:
     engine.cli("engine", "start")
     client = EngineClient(engine.home / "engine.sock")
     seen: list[dict[str, object]] = []
-    done = threading.Event()
+    done, listening = threading.Event(), threading.Event()
 
     def listen() -> None:
         for event in EngineClient(engine.home / "engine.sock").events():
+            if event.get("type") == "hello":
+                listening.set()
+                continue
             seen.append(event)
             job = event.get("job")
             if isinstance(job, dict) and job.get("state") == "succeeded":
@@ -266,7 +269,7 @@ def test_metrics_and_events_reach_clients(engine: EngineHandle) -> None:
 
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
-    time.sleep(0.3)  # the stream is open before the job exists
+    assert listening.wait(20)  # the stream is open before the job exists
     job_id = engine.submit("metrics")
     assert done.wait(30), [e.get("type") for e in seen]
 
