@@ -279,8 +279,11 @@ def test_metrics_and_events_reach_clients(engine: EngineHandle) -> None:
     losses = {e["step"]: e["values"]["loss"] for e in seen  # type: ignore[index]
               if e["type"] == "metric"}
     assert losses == {s: 10.0 / s for s in range(1, 6)}
-    time.sleep(0.6)  # the engine flushes metric points to the store twice a second
+    deadline = time.monotonic() + 10  # points reach the store in a flush, twice a second
     stored = client.metrics(job_id, names=["loss"])
+    while len(stored) < 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        stored = client.metrics(job_id, names=["loss"])
     assert [(p["step"], p["value"]) for p in stored] == [(s, 10.0 / s) for s in range(1, 6)]
     table = engine.cli("metrics", str(job_id)).stdout
     assert "LOSS" in table and "LR" in table
