@@ -442,8 +442,7 @@ class Runtime:
                     used_mem[p.node] = used_mem.get(p.node, 0.0) + run.spec.resources.memory_gb
         caps = []
         for node in self.nodes.values():
-            gpus = node.gpus if node.up or idle else (node.spec.gpus or node.gpus)
-            slots = node.slots if node.up or idle else (node.spec.slots or node.slots)
+            gpus, slots = node.gpus, node.slots
             taken = used_gpus.get(node.name, set())
             mem = node.memory_gb
             caps.append(scheduler.NodeCapacity(

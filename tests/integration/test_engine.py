@@ -327,11 +327,20 @@ def _nobody_client(tmp_path: Path) -> Path:
     return root
 
 
+def run_as(uid: int, lib: Path, code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`code` run by the system's Python as user `uid`, with the client copy
+    in `lib` importable."""
+    system_python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+    return subprocess.run(
+        ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", system_python, "-I",
+         "-c", f"import sys; sys.path.insert(0, {str(lib)!r})\n" + code, *args],
+        capture_output=True, text=True, timeout=30, cwd="/")
+
+
 @pytest.mark.skipif(os.getuid() != 0 or not shutil.which("setpriv"),
                     reason="needs root to switch to a second uid")
 def test_a_second_user_cannot_cancel_the_first_users_job(
         engine: EngineHandle, tmp_path: Path) -> None:
-    system_python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
     lib = _nobody_client(tmp_path)
     engine.home.chmod(0o755)
     cluster = engine.profiles / "shared.toml"
@@ -355,11 +364,7 @@ def test_a_second_user_cannot_cancel_the_first_users_job(
             "try:\n    c.cancel(int(sys.argv[2]))\nexcept EngineError as e:\n"
             "    print(type(e).__name__, e); sys.exit(1)\n"
         )
-        proc = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", system_python,
-             "-I", "-c", f"import sys; sys.path.insert(0, {str(lib)!r})\n" + code,
-             str(engine.home / "engine.sock"), str(job_id)],
-            capture_output=True, text=True, timeout=30, cwd="/")
+        proc = run_as(65534, lib, code, str(engine.home / "engine.sock"), str(job_id))
         assert proc.returncode == 1, proc.stdout + proc.stderr
         first, second = proc.stdout.splitlines()[:2]
         assert first == "65534"  # the engine saw who called, from the socket
@@ -370,11 +375,7 @@ def test_a_second_user_cannot_cancel_the_first_users_job(
 
         second = engine.submit("long")  # an admin of the cluster (user daemon, uid 1) can too
         engine.wait_state(second, {"running"})
-        admin = subprocess.run(
-            ["setpriv", "--reuid=1", "--regid=1", "--clear-groups", system_python,
-             "-I", "-c", f"import sys; sys.path.insert(0, {str(lib)!r})\n" + code,
-             str(engine.home / "engine.sock"), str(second)],
-            capture_output=True, text=True, timeout=30, cwd="/")
+        admin = run_as(1, lib, code, str(engine.home / "engine.sock"), str(second))
         assert admin.returncode == 0, admin.stdout + admin.stderr
         assert admin.stdout.split() == ["1"]
         assert engine.wait_state(second, {"cancelled"})["state"] == "cancelled"
@@ -389,14 +390,10 @@ def test_a_private_engine_refuses_other_users(engine: EngineHandle, tmp_path: Pa
     lib = _nobody_client(tmp_path)
     engine.cli("engine", "start")
     engine.home.chmod(0o755)  # even with the folder open, the socket is 0600
-    system_python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
-    proc = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", system_python, "-I",
-         "-c", f"import sys; sys.path.insert(0, {str(lib)!r})\nfrom engine.client import "
-         "EngineClient\nfrom engine.errors import Unavailable\ntry:\n"
-         f"    EngineClient({str(engine.home / 'engine.sock')!r}).jobs()\n"
-         "except Unavailable as e:\n    print(e); raise SystemExit(1)"],
-        capture_output=True, text=True, timeout=30, cwd="/")
+    proc = run_as(65534, lib, "from engine.client import EngineClient\n"
+                  "from engine.errors import Unavailable\ntry:\n"
+                  f"    EngineClient({str(engine.home / 'engine.sock')!r}).jobs()\n"
+                  "except Unavailable as e:\n    print(e); raise SystemExit(1)")
     assert proc.returncode == 1
     assert "no permission" in proc.stdout
 
