@@ -12,6 +12,15 @@ from engine.lifecycle import JobState
 KINDS = ("train", "compress", "eval", "command")
 LAUNCHERS = ("local", "horovodrun", "torchrun")
 
+# Bounds on a job's numbers, the same for profiles and for specs sent to the API.
+LIMITS: dict[str, tuple[int, int]] = {
+    "nodes": (1, 4096),
+    "gpus_per_node": (0, 64),
+    "cpus": (1, 4096),
+    "priority": (-1000, 1000),
+    "retries": (0, 20),
+}
+
 
 @dataclass(frozen=True)
 class Resources:

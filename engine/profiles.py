@@ -132,7 +132,7 @@ from pydantic_core import PydanticCustomError
 
 import engine
 from engine.errors import UserError
-from engine.model import ClusterSpec, JobSpec, NodeSpec, Resources
+from engine.model import LIMITS, ClusterSpec, JobSpec, NodeSpec, Resources
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -381,6 +381,11 @@ UserName = Annotated[str, AfterValidator(_check_user)]
 Gigabytes = Annotated[float, Field(ge=0, le=1 << 30, allow_inf_nan=False)]
 
 
+def _range(field: str) -> str:
+    low, high = LIMITS[field]
+    return f"an integer from {low} to {high}"
+
+
 # ---------------------------------------------------------------------------
 # Schemas
 
@@ -390,10 +395,11 @@ class _Strict(BaseModel):
 
 
 class _ResourcesModel(_Strict):
-    # The same bounds as the API's check (engine.spec_check).
-    nodes: int = Field(default=1, ge=1, le=4096)
-    gpus_per_node: int = Field(default=0, ge=0, le=64)
-    cpus: int = Field(default=1, ge=1, le=4096)
+    # The same bounds as the API's check (engine.model.LIMITS).
+    nodes: int = Field(default=1, ge=LIMITS["nodes"][0], le=LIMITS["nodes"][1])
+    gpus_per_node: int = Field(default=0, ge=LIMITS["gpus_per_node"][0],
+                               le=LIMITS["gpus_per_node"][1])
+    cpus: int = Field(default=1, ge=LIMITS["cpus"][0], le=LIMITS["cpus"][1])
     memory_gb: Gigabytes = 0.0
 
 
@@ -403,8 +409,8 @@ class _JobModel(_Strict):
     description: Description = ""
     command: Annotated[list[ArgvItem], Field(min_length=1)] | None = None
     launcher: Literal["local", "horovodrun", "torchrun"] = "local"
-    priority: int = Field(default=0, ge=-1000, le=1000)
-    retries: int = Field(default=0, ge=0, le=20)
+    priority: int = Field(default=0, ge=LIMITS["priority"][0], le=LIMITS["priority"][1])
+    retries: int = Field(default=0, ge=LIMITS["retries"][0], le=LIMITS["retries"][1])
     workdir: Annotated[str, AfterValidator(_check_workdir)] | None = None
     resources: _ResourcesModel = _ResourcesModel()  # frozen, so sharing it is safe
     env: dict[EnvName, EnvValue] = Field(default_factory=dict)
@@ -440,13 +446,13 @@ _EXPECTED: dict[str, dict[tuple[str, ...], str]] = {
         ("command",): 'a non-empty list of strings, e.g. ["python3", "-c", "print(1)"]',
         ("command", "[]"): "a string",
         ("launcher",): 'one of "local", "horovodrun", "torchrun"',
-        ("priority",): "an integer from -1000 to 1000",
-        ("retries",): "an integer from 0 to 20",
+        ("priority",): _range("priority"),
+        ("retries",): _range("retries"),
         ("workdir",): "an absolute path",
         ("resources",): "a table with nodes, gpus_per_node, cpus, memory_gb",
-        ("resources", "nodes"): "an integer from 1 to 4096",
-        ("resources", "gpus_per_node"): "an integer from 0 to 64",
-        ("resources", "cpus"): "an integer from 1 to 4096 (per node)",
+        ("resources", "nodes"): _range("nodes"),
+        ("resources", "gpus_per_node"): _range("gpus_per_node"),
+        ("resources", "cpus"): _range("cpus") + " (per node)",
         ("resources", "memory_gb"): "a number >= 0",
         ("env",): 'a table of NAME = "value"',
         ("env", "*"): 'a string (quote numbers: SEED = "42")',

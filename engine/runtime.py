@@ -198,37 +198,20 @@ class Runtime:
         self._kick.set()
 
     # ------------------------------------------------------------------ API
-    def submit(
-        self, spec: JobSpec, caller: Caller, after: Sequence[int] = ()
-    ) -> Job:
-        reason = scheduler.unplaceable_reason(_pending(0, spec), self._capacities(idle=True))
-        if reason is not None and self._capacity_known():
-            raise BadRequest(f"job {spec.name!r} can never run on cluster "
-                             f"{self.cluster.name!r}: {reason}")
-        try:
-            job = self.store.submit(spec, caller.uid, after=after, actor=caller.name,
-                                    now=self.clock())
-        except UnknownJob as err:
-            raise NotFound(f"--after: {err}; see `llmconsole jobs`") from err
-        self._publish_job(job)
-        if job.state is JobState.HELD and any(
-            state.is_terminal() for state in self.store.job_states(job.after).values()
-        ):
-            self._deps_dirty = True  # a parent has ended already: fail it now
-        if job.state is JobState.QUEUED or self._deps_dirty:
-            self.kick()
-        return job
+    def submit(self, spec: JobSpec, caller: Caller, after: Sequence[int] = ()) -> Job:
+        return self.submit_many([(spec, after)], caller)[0]
 
     def submit_many(
         self, items: Sequence[tuple[JobSpec, Sequence[int]]], caller: Caller
     ) -> list[Job]:
-        """Several jobs in one transaction: all are queued, or none (the
+        """Jobs in one transaction: all are queued, or none (in a batch, the
         error names the first bad one by its index)."""
         for index, (spec, _after) in enumerate(items):
             reason = scheduler.unplaceable_reason(_pending(0, spec),
                                                   self._capacities(idle=True))
             if reason is not None and self._capacity_known():
-                raise BadRequest(f"jobs[{index}] {spec.name!r} can never run on cluster "
+                which = f"jobs[{index}]" if len(items) > 1 else "job"
+                raise BadRequest(f"{which} {spec.name!r} can never run on cluster "
                                  f"{self.cluster.name!r}: {reason}")
         try:
             jobs = self.store.submit_many([(spec, caller.uid, after) for spec, after in items],
@@ -236,11 +219,12 @@ class Runtime:
         except UnknownJob as err:
             raise NotFound(f"after: {err}; see `llmconsole jobs`") from err
         parents = {p for job in jobs if job.state is JobState.HELD for p in job.after}
-        if any(s.is_terminal() for s in self.store.job_states(parents).values()):
-            self._deps_dirty = True
+        if parents and any(s.is_terminal() for s in self.store.job_states(parents).values()):
+            self._deps_dirty = True  # a parent has ended already: fail its children now
         for job in jobs:
             self._publish_job(job)
-        self.kick()
+        if self._deps_dirty or any(job.state is JobState.QUEUED for job in jobs):
+            self.kick()
         return jobs
 
     def _capacity_known(self) -> bool:
@@ -399,7 +383,7 @@ class Runtime:
             run = Running(job.id, attempt.number, job.spec, attempt.placements)
             self.running[run.key] = run
             self._launch(run)
-            self._publish_job(self.store.get_job(job.id))
+            self._announce(job.id)
         return len(assignments)
 
     def _resolve_dependencies(self) -> None:
@@ -428,7 +412,7 @@ class Runtime:
         except (StaleState, InvalidTransition) as err:
             log.info("job %s: %s", job.id, err)
             return
-        self._publish_job(self.store.get_job(job.id))
+        self._announce(job.id)
 
     def _capacities(self, idle: bool = False) -> list[scheduler.NodeCapacity]:
         used_gpus: dict[str, set[int]] = {}
@@ -707,8 +691,6 @@ class Runtime:
         if current.is_terminal():
             self._forget(run)
             return
-        if current is JobState.STARTING and state is JobState.SUCCEEDED:
-            current = JobState.RUNNING
         ok = self._transition(run, current, state, cause=cause, actor=f"agent@{run.node}",
                               reason=reason, exit_code=exit_code)
         self._forget(run)
@@ -718,7 +700,7 @@ class Runtime:
             self.store.new_attempt(run.job_id, cause=f"automatic retry {run.number} of "
                                    f"{run.spec.retries} ({reason})", actor="engine",
                                    now=self.clock())
-            self._publish_job(self.store.get_job(run.job_id))
+            self._announce(run.job_id)
         self._deps_dirty = True
         self.kick()
 
@@ -730,7 +712,7 @@ class Runtime:
         except (StaleState, InvalidTransition) as err:
             log.info("%s: %s", run.key, err)
             return False
-        self._publish_job(self.store.get_job(run.job_id))
+        self._announce(run.job_id)
         return True
 
     def _forget(self, run: Running) -> None:
@@ -738,7 +720,6 @@ class Runtime:
         if run.log_file is not None:
             run.log_file.close()
             run.log_file = None
-        self._offsets_dirty.add(run.key)
         self._flush()
         self.hub.publish({"type": "attempt-ended", "job": run.job_id, "attempt": run.number})
 
@@ -804,6 +785,11 @@ class Runtime:
             return
         raise Forbidden(f"job {job.id} belongs to {user_name(job.owner_uid)}; only its owner "
                         f"or an admin of cluster {self.cluster.name!r} may {verb} it")
+
+    def _announce(self, job_id: int) -> None:
+        """Publish a job's new state; read from the store only if anyone listens."""
+        if self.hub.subscribers:
+            self._publish_job(self.store.get_job(job_id))
 
     def _publish_job(self, job: Job) -> None:
         if self.hub.subscribers:

@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from engine.errors import BadRequest
-from engine.model import KINDS, LAUNCHERS, JobSpec, Resources
+from engine.model import KINDS, LAUNCHERS, LIMITS, JobSpec, Resources
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -17,7 +17,8 @@ FIELDS = {"name", "kind", "argv", "launcher", "resources", "env", "retries", "pr
 RESOURCE_FIELDS = {"nodes", "gpus_per_node", "cpus", "memory_gb"}
 
 
-def _int(data: dict[str, Any], key: str, default: int, low: int, high: int, where: str) -> int:
+def _int(data: dict[str, Any], key: str, default: int, where: str) -> int:
+    low, high = LIMITS[key]
     value = data.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise BadRequest(f"{where}{key}: expected an integer from {low} to {high}, "
@@ -53,9 +54,9 @@ def spec_from_payload(data: Any) -> JobSpec:
     if not isinstance(memory, (int, float)) or isinstance(memory, bool) or memory < 0:
         raise BadRequest("spec.resources.memory_gb: expected a number >= 0")
     resources = Resources(
-        nodes=_int(res, "nodes", 1, 1, 4096, "spec.resources."),
-        gpus_per_node=_int(res, "gpus_per_node", 0, 0, 64, "spec.resources."),
-        cpus=_int(res, "cpus", 1, 1, 4096, "spec.resources."),
+        nodes=_int(res, "nodes", 1, "spec.resources."),
+        gpus_per_node=_int(res, "gpus_per_node", 0, "spec.resources."),
+        cpus=_int(res, "cpus", 1, "spec.resources."),
         memory_gb=float(memory),
     )
     if resources.nodes > 1 and launcher == "local":
@@ -78,7 +79,7 @@ def spec_from_payload(data: Any) -> JobSpec:
     return JobSpec(
         name=name, kind=kind, argv=tuple(argv), launcher=launcher, resources=resources,
         env=tuple(sorted(env.items())),
-        retries=_int(data, "retries", 0, 0, 100, "spec."),
-        priority=_int(data, "priority", 0, -1000, 1000, "spec."),
+        retries=_int(data, "retries", 0, "spec."),
+        priority=_int(data, "priority", 0, "spec."),
         workdir=workdir, profile=profile,
     )

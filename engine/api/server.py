@@ -33,7 +33,7 @@ from aiohttp import web
 from engine import __version__
 from engine.errors import BadRequest, EngineError, Forbidden
 from engine.lifecycle import JobState
-from engine.model import JobSpec
+from engine.model import JobSpec, attempt_key
 from engine.runtime import Caller, Runtime, attempt_view
 from engine.spec_check import spec_from_payload
 
@@ -255,7 +255,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
             if sub is None:
                 break
             current = rt.store.get_attempt(job.id, number)
-            if current.state.is_terminal() and (rt.running.get(f"{job.id}.{number}") is None):
+            if current.state.is_terminal() and attempt_key(job.id, number) not in rt.running:
                 position = await _copy_from(path, position, response)
                 break
             try:
