@@ -1,0 +1,158 @@
+"""What every workload shares: its error type and exit codes, atomic files,
+the metrics log (JSON lines plus TensorBoard events), seeding and thread
+counts. No model code lives here."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+
+
+class WorkloadError(Exception):
+    """Bad input a user can fix; `str()` names the problem and the fix."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class Diverged(WorkloadError):
+    """The loss became NaN or infinite."""
+
+    exit_code = EXIT_DIVERGED
+
+
+def run_main(main: Callable[[], int | None]) -> None:
+    """Run a workload's `main`: a `WorkloadError` becomes one line on stderr
+    and its exit code, never a traceback."""
+    try:
+        code = main()
+    except WorkloadError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
+    sys.exit(code or 0)
+
+
+def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    """Write `data` as JSON next to `path`, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True, default=_jsonable)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise WorkloadError(f"{path}: missing ({what})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WorkloadError(f"{path}: not readable JSON ({exc}); {what}") from None
+    if not isinstance(data, dict):
+        raise WorkloadError(f"{path}: expected a JSON object ({what})")
+    return data
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """JSON has no NaN: a non-finite number is written as null."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def metrics_path(output: Path) -> Path:
+    """Where metrics go: the engine's run folder when run as a job."""
+    run_dir = os.environ.get("LLMCONSOLE_RUN_DIR")
+    return Path(run_dir) / "metrics.jsonl" if run_dir else output / "metrics.jsonl"
+
+
+class MetricsLog:
+    """Appends one JSON object per line (flushed at once, so a follower sees
+    it) and mirrors every number to TensorBoard under ``<output>/tensorboard``.
+    Only rank 0 should own one."""
+
+    def __init__(self, path: Path, tensorboard_dir: Path | None) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._fh = open(path, "a", encoding="utf-8")
+        self._tb: Any = None
+        if tensorboard_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(tensorboard_dir))
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        clean = {k: (finite_or_none(v) if isinstance(v, float) else v)
+                 for k, v in record.items()}
+        clean.setdefault("time", round(time.time(), 3))
+        self._fh.write(json.dumps(clean, sort_keys=True) + "\n")
+        self._fh.flush()
+        step = record.get("step")
+        if self._tb is not None and isinstance(step, int):
+            for key, value in record.items():
+                if key not in ("step", "time") and isinstance(value, int | float) \
+                        and not isinstance(value, bool) and math.isfinite(value):
+                    self._tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        self._fh.close()
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+def set_threads(local_size: int) -> int:
+    """Share the node's cores between its ranks (OMP_NUM_THREADS wins)."""
+    import torch
+
+    wanted = os.environ.get("OMP_NUM_THREADS")
+    threads = int(wanted) if wanted and wanted.isdigit() and int(wanted) > 0 else max(
+        1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1)) // max(1, local_size))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def quiet_libraries() -> None:
+    """No progress bars or advice in job logs."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*torch.ao.quantization.*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)

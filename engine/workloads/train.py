@@ -1,0 +1,590 @@
+"""Training: causal-LM pre-training from a preset config, fine-tuning from a
+local model folder, and sequence-classification fine-tuning; one process,
+``horovodrun`` or ``torchrun``.
+
+    python -m engine.workloads.train --output runs/pt --model tiny --max-steps 200
+    horovodrun -np 2 --gloo python -m engine.workloads.train --output runs/pt ...
+    torchrun --standalone --nproc-per-node 2 -m engine.workloads.train --output runs/pt ...
+
+What it writes under ``--output`` (rank 0 only):
+
+- ``checkpoints/step-NNNNNN/``: the model plus ``trainer.pt`` (optimizer,
+  schedule, position in the data, every rank's random state), written to a
+  temporary folder and renamed, the newest ``--keep-checkpoints`` kept;
+- ``model/``: the final model and tokenizer (see `engine.workloads.models`);
+- ``tokenizer/``: the tokenizer trained on the corpus, when one was trained;
+- ``results.json``: status, steps, final and held-out loss, perplexity,
+  throughput; for a run that diverged, the reason;
+- ``tensorboard/``: event files; metrics lines go to the metrics file.
+
+``--resume`` continues from the newest checkpoint (or starts at step 0 when
+there is none yet) with the same data order and random state, so a resumed
+run ends where an uninterrupted one would. ``--resume-from DIR`` names the
+checkpoint. SIGTERM or SIGINT makes every rank stop after the current step;
+rank 0 saves a checkpoint first, so a cancelled job resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.workloads import data as datasets
+from engine.workloads.common import (
+    Diverged,
+    MetricsLog,
+    WorkloadError,
+    finite_or_none,
+    metrics_path,
+    quiet_libraries,
+    run_main,
+    seed_everything,
+    set_threads,
+    write_json_atomic,
+)
+from engine.workloads.distributed import MODES, Dist
+from engine.workloads.measure import classification_sums, lm_loss_sums, perplexity
+from engine.workloads.models import PRESETS, LoadedModel, build_config, build_model, load_model
+
+CHECKPOINTS = "checkpoints"
+TRAINER_STATE = "trainer.pt"
+
+
+def parser(prog: str = "python -m engine.workloads.train") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--output", required=True, type=Path, help="folder for everything written")
+    p.add_argument("--task", choices=("causal-lm", "classification"), default="causal-lm")
+    p.add_argument("--model", default="tiny",
+                   help=f"a preset ({', '.join(PRESETS)}) to pre-train from scratch, or a "
+                        "model folder (or a train job's output folder) to fine-tune")
+    p.add_argument("--corpus", default="demo",
+                   help="'demo', a .txt/.jsonl file or a folder (classification: JSONL with "
+                        "text and label)")
+    p.add_argument("--tokenizer", type=Path, help="a tokenizer folder (default: the model's, "
+                   "or one trained on the corpus for a preset)")
+    p.add_argument("--vocab-size", type=int, default=2048)
+    p.add_argument("--block-size", type=int, default=128, help="tokens per training row")
+    p.add_argument("--eval-fraction", type=float, default=0.05)
+    p.add_argument("--max-docs", type=int, default=0, help="use the first N documents (0: all)")
+    p.add_argument("--batch-size", type=int, default=8, help="rows per worker per micro-batch")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
+    p.add_argument("--max-steps", type=int, default=100, help="optimizer steps")
+    p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--scale-lr", action="store_true", help="multiply --lr by the worker count")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--warmup-steps", type=int, default=10)
+    p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
+    p.add_argument("--min-lr-ratio", type=float, default=0.1)
+    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip (0: off)")
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--fp16-allreduce", action="store_true",
+                   help="Horovod: send gradients as fp16")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (GPU only)")
+    p.add_argument("--log-every", type=int, default=1)
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--eval-batches", type=int, default=20)
+    p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--keep-checkpoints", type=int, default=2)
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in --output, if any")
+    p.add_argument("--resume-from", type=Path, help="continue from this checkpoint folder")
+    p.add_argument("--dist", choices=MODES, default="auto")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--teacher", help="distillation: the teacher model folder")
+    p.add_argument("--temperature", type=float, default=2.0, help="distillation temperature")
+    p.add_argument("--alpha", type=float, default=0.5,
+                   help="distillation: weight of the soft (KL) term; 1-alpha for the hard loss")
+    return p
+
+
+def check_args(a: argparse.Namespace) -> None:
+    positive = ("vocab_size", "block_size", "batch_size", "grad_accum", "max_steps",
+                "log_every", "eval_every", "eval_batches", "checkpoint_every",
+                "keep_checkpoints")
+    for name in positive:
+        if getattr(a, name) < 1:
+            raise WorkloadError(f"--{name.replace('_', '-')} {getattr(a, name)}: expected an "
+                                "integer >= 1")
+    if not 0 < a.eval_fraction < 0.5:
+        raise WorkloadError(f"--eval-fraction {a.eval_fraction}: expected a number in (0, 0.5)")
+    if not a.lr > 0 or not math.isfinite(a.lr):
+        raise WorkloadError(f"--lr {a.lr}: expected a positive number")
+    if not 0 <= a.dropout < 1:
+        raise WorkloadError(f"--dropout {a.dropout}: expected a number in [0, 1)")
+    if a.teacher and a.task != "causal-lm":
+        raise WorkloadError("--teacher: distillation is for --task causal-lm")
+    if not 0 <= a.alpha <= 1 or a.temperature <= 0:
+        raise WorkloadError("--alpha must be in [0, 1] and --temperature > 0")
+
+
+# ---------------------------------------------------------------- data
+@dataclass
+class Batches:
+    """Training rows and held-out rows; `fields` name the tensors per row."""
+
+    train: dict[str, Any]
+    held: dict[str, Any]
+
+    @property
+    def rows(self) -> int:
+        return len(next(iter(self.train.values())))
+
+
+def _tokenizer_for(a: argparse.Namespace, texts: Callable[[], list[str]], dist: Dist) -> Any:
+    """The tokenizer: --tokenizer, else the model folder's, else trained on
+    the corpus by rank 0 and shared through ``<output>/tokenizer``."""
+    if a.tokenizer:
+        return datasets.load_tokenizer(a.tokenizer)
+    if a.model not in PRESETS:
+        return None  # comes with the model
+    folder = a.output / "tokenizer"
+    if dist.is_main and not (folder / "tokenizer.json").exists():
+        tok = datasets.train_tokenizer(texts(), a.vocab_size)
+        tmp = folder.with_name(f".tokenizer.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tok.save_pretrained(str(tmp))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    dist.barrier()
+    return datasets.load_tokenizer(folder)
+
+
+def load_data(a: argparse.Namespace, tokenizer: Any) -> Batches:
+    import torch
+
+    if a.task == "classification":
+        lab = datasets.load_labelled(a.corpus)
+        texts, labels = lab.texts, lab.labels
+        if a.max_docs:
+            texts, labels = texts[:a.max_docs], labels[:a.max_docs]
+        train_i, held_i = datasets.split_indices(texts, a.eval_fraction)
+
+        def encode(idx: list[int]) -> dict[str, Any]:
+            ids, mask = datasets.encode_labelled(tokenizer, [texts[i] for i in idx], a.block_size)
+            return {"input_ids": ids, "attention_mask": mask,
+                    "labels": torch.tensor([labels[i] for i in idx], dtype=torch.long)}
+
+        return Batches(encode(train_i), encode(held_i))
+    texts = datasets.load_texts(a.corpus)
+    if a.max_docs:
+        texts = texts[:a.max_docs]
+    train_i, held_i = datasets.split_indices(texts, a.eval_fraction)
+    train = datasets.pack_blocks(tokenizer, [texts[i] for i in train_i], a.block_size)
+    held = datasets.pack_blocks(tokenizer, [texts[i] for i in held_i], a.block_size)
+    return Batches({"input_ids": train}, {"input_ids": held})
+
+
+def epoch_order(rows: int, epoch: int, seed: int, rank: int, size: int,
+                batch_size: int) -> list[list[int]]:
+    """This rank's micro-batches for `epoch`: a permutation seeded by
+    (seed, epoch), cut to a multiple of size * batch_size, dealt round-robin
+    to the ranks, then chunked. The same on every run and every resume."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(rows, generator=g).tolist()
+    usable = rows - rows % (size * batch_size)
+    mine = perm[rank:usable:size]
+    return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+
+
+# ---------------------------------------------------------------- schedule
+def lr_factor(step: int, warmup: int, total: int, schedule: str, floor: float) -> float:
+    """Linear warmup, then cosine decay to `floor` (or constant)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ---------------------------------------------------------------- checkpoints
+def checkpoints(output: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary folders never match)."""
+    folder = output / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step-"))
+
+
+def save_checkpoint(output: Path, step: int, model: LoadedModel, state: dict[str, Any],
+                    keep: int) -> Path:
+    import torch
+
+    from engine.workloads.models import save_model
+
+    folder = output / CHECKPOINTS / f"step-{step:06d}"
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tmp / "model")
+    torch.save(state, tmp / TRAINER_STATE)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    for old in checkpoints(output)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def load_checkpoint_state(folder: Path) -> dict[str, Any]:
+    import torch
+
+    path = folder / TRAINER_STATE
+    if not folder.is_dir():
+        raise WorkloadError(f"checkpoint {folder}: no such folder; expected a "
+                            f"{CHECKPOINTS}/step-NNNNNN folder written by a train run")
+    if not path.is_file():
+        raise WorkloadError(f"checkpoint {folder}: {TRAINER_STATE} is missing; the checkpoint "
+                            "is incomplete: delete it to resume from an older one")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, bad pickle: no common base class
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise WorkloadError(f"checkpoint {folder}: {TRAINER_STATE} is corrupt ({first}); "
+                            "delete this checkpoint to resume from an older one, or start "
+                            "without --resume") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise WorkloadError(f"checkpoint {folder}: {TRAINER_STATE} holds no training state")
+    return state
+
+
+def _rng_state() -> dict[str, Any]:
+    import torch
+
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# ---------------------------------------------------------------- the loop
+@dataclass
+class Outcome:
+    results: dict[str, Any]
+    model: LoadedModel
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT; the loop stops after the current step."""
+
+    def __init__(self) -> None:
+        self.set = False
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.set = True
+
+
+def _device(choice: str) -> Any:
+    import torch
+
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise WorkloadError("--device cuda: no CUDA device is visible; use --device cpu")
+        local = int(os.environ.get("HOROVOD_LOCAL_RANK", os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(local % torch.cuda.device_count())
+        return torch.device("cuda", local % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def _starting_model(a: argparse.Namespace, dist: Dist, texts_for_tokenizer: Callable[[], list[str]]
+                    ) -> tuple[LoadedModel, Any]:
+    """The model to train and its tokenizer, and the labels (classification)."""
+    labels: list[str] = []
+    if a.task == "classification":
+        labels = datasets.load_labelled(a.corpus).names
+    tokenizer = _tokenizer_for(a, texts_for_tokenizer, dist)
+    if a.model in PRESETS:
+        config = build_config(a.model, len(tokenizer), a.block_size, tokenizer, a.dropout)
+        model = build_model(config, a.task, labels)
+        return LoadedModel(model, tokenizer, None, "fp32", a.task, labels), tokenizer
+    loaded = load_model(a.model, task=a.task, labels=labels)
+    if loaded.format != "fp32":
+        raise WorkloadError(f"model {loaded.folder}: format {loaded.format} cannot be trained; "
+                            "fine-tune the fp32 model, then compress it")
+    if tokenizer is not None:
+        loaded.tokenizer = tokenizer
+    if a.dropout:
+        loaded.model.config.attention_dropout = a.dropout
+    return loaded, loaded.tokenizer
+
+
+def run_training(a: argparse.Namespace, kind: str = "train") -> Outcome:
+    """Train per `a`; rank 0 writes results.json. Raises `Diverged` after
+    writing the reason when the loss stops being finite."""
+    import torch
+    import torch.nn.functional as F
+
+    quiet_libraries()
+    check_args(a)
+    stop = StopFlag()
+    stop.install()
+    device = _device(a.device)
+    dist = Dist(a.dist, device)
+    threads = set_threads(dist.local_size)
+    a.output.mkdir(parents=True, exist_ok=True)
+    seed_everything(a.seed)
+    started = time.time()
+
+    def corpus_texts() -> list[str]:
+        texts = datasets.load_texts(a.corpus) if a.task == "causal-lm" else \
+            datasets.load_labelled(a.corpus).texts
+        texts = texts[:a.max_docs] if a.max_docs else texts
+        train_i, _ = datasets.split_indices(texts, a.eval_fraction)
+        return [texts[i] for i in train_i]
+
+    loaded, tokenizer = _starting_model(a, dist, corpus_texts)
+    data = load_data(a, tokenizer)
+    teacher = None
+    if a.teacher:
+        teacher = load_model(a.teacher).model.to(device)
+        teacher.eval()
+        if teacher.config.vocab_size != loaded.model.config.vocab_size:
+            raise WorkloadError(f"--teacher {a.teacher}: vocabulary of {teacher.config.vocab_size}"
+                                f" tokens, the student has {loaded.model.config.vocab_size}; "
+                                "use the teacher's tokenizer (--tokenizer)")
+
+    model = loaded.model.to(device)
+    model.train()
+    lr = a.lr * (dist.size if a.scale_lr else 1)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": a.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if a.optimizer == "adamw":
+        base_opt = torch.optim.AdamW(groups, lr=lr)
+    else:
+        base_opt = torch.optim.SGD(groups, lr=lr, momentum=a.momentum)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        base_opt, lambda s: lr_factor(s, a.warmup_steps, a.max_steps, a.schedule, a.min_lr_ratio))
+
+    step, micro = 0, 0
+    resume_from = a.resume_from or (checkpoints(a.output)[-1] if a.resume and
+                                    checkpoints(a.output) else None)
+    if resume_from is not None:
+        state = load_checkpoint_state(resume_from) if dist.is_main else None
+        if dist.is_main:
+            from engine.workloads.models import load_model as _load
+
+            weights = _load(resume_from / "model").model.state_dict()
+            model.load_state_dict(weights)
+            assert state is not None
+            base_opt.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+        shared = dist.broadcast_object(
+            {"step": state["step"], "micro": state["micro"], "rng": state["rng"],
+             "schedule": state["schedule"]} if state is not None else None)
+        step, micro = int(shared["step"]), int(shared["micro"])
+        if not dist.is_main:
+            schedule.load_state_dict(shared["schedule"])
+        rngs = shared["rng"]
+        if len(rngs) == dist.size:
+            _set_rng_state(rngs[dist.rank])
+        if dist.is_main:
+            print(f"resumed from {resume_from} at step {step}", flush=True)
+    elif a.resume and dist.is_main:
+        print("no checkpoint yet: starting at step 0", flush=True)
+
+    if dist.mode == "ddp" and resume_from is not None:
+        opt_state = dist.broadcast_object(base_opt.state_dict() if dist.is_main else None)
+        if not dist.is_main:
+            base_opt.load_state_dict(opt_state)
+    dist.broadcast_state(model, base_opt)
+    wrapped = dist.wrap_model(model)
+    optimizer = dist.wrap_optimizer(base_opt, model, a.grad_accum, a.fp16_allreduce)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    metrics = MetricsLog(metrics_path(a.output), a.output / "tensorboard") if dist.is_main \
+        else None
+    if dist.is_main:
+        print(f"{kind}: {dist.mode} x{dist.size} on {device} ({threads} threads/worker), "
+              f"{data.rows} training rows of {a.block_size} tokens, "
+              f"{sum(p.numel() for p in params):,} parameters, steps {step}->{a.max_steps}",
+              flush=True)
+
+    per_epoch = max(1, data.rows // (dist.size * a.batch_size))
+    if data.rows < dist.size * a.batch_size:
+        raise WorkloadError(f"{data.rows} training rows cannot fill one batch of "
+                            f"{a.batch_size} rows on each of {dist.size} workers; use more "
+                            "text, a smaller --batch-size or a smaller --block-size")
+    amp = a.amp and device.type == "cuda"
+    results: dict[str, Any] = {}
+    order_epoch, order = -1, []
+    last_loss = float("nan")
+    eval_stats: dict[str, Any] = {}
+    tokens_per_s = samples_per_s = 0.0
+    window_tokens, window_time = 0, 0.0
+
+    def evaluate() -> dict[str, Any]:
+        held = data.held
+        n = len(held["input_ids"])
+        lo, hi = dist.rank * n // dist.size, (dist.rank + 1) * n // dist.size
+        if a.task == "classification":
+            loss_sum, correct, count = classification_sums(
+                model, held["input_ids"][lo:hi], held["attention_mask"][lo:hi],
+                held["labels"][lo:hi], a.batch_size, device)
+            loss_sum, correct, count = dist.sum([loss_sum, correct, count])
+            model.train()
+            loss = loss_sum / max(1, count)
+            return {"eval_loss": loss, "accuracy": correct / max(1, count)}
+        per_rank = math.ceil(a.eval_batches / dist.size)
+        loss_sum, count = lm_loss_sums(model, held["input_ids"][lo:hi], a.batch_size, device,
+                                       per_rank)
+        loss_sum, count = dist.sum([loss_sum, count])
+        model.train()
+        loss = loss_sum / max(1, count)
+        return {"eval_loss": loss, "perplexity": perplexity(loss)}
+
+    def trainer_state() -> dict[str, Any]:
+        return {"step": step, "micro": micro, "optimizer": base_opt.state_dict(),
+                "schedule": schedule.state_dict(), "rng": dist.gather_object(_rng_state()),
+                "args": {k: str(v) for k, v in vars(a).items()}}
+
+    def checkpoint() -> None:
+        state = trainer_state()  # a collective: every rank takes part
+        if dist.is_main:
+            folder = save_checkpoint(a.output, step, loaded, state, a.keep_checkpoints)
+            print(f"checkpoint {folder}", flush=True)
+
+    stopped = False
+    while step < a.max_steps:
+        t0 = time.perf_counter()
+        optimizer.zero_grad()
+        loss_total, rows = 0.0, 0
+        for k in range(a.grad_accum):
+            epoch, index = divmod(micro, per_epoch)
+            if epoch != order_epoch:
+                order = epoch_order(data.rows, epoch, a.seed, dist.rank, dist.size,
+                                    a.batch_size)
+                order_epoch = epoch
+            idx = order[index]
+            batch = {name: t[idx].to(device) for name, t in data.train.items()}
+            with dist.accumulating(wrapped, last=k == a.grad_accum - 1), \
+                    torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                if a.task == "classification":
+                    out = wrapped(**batch)
+                else:
+                    out = wrapped(input_ids=batch["input_ids"], labels=batch["input_ids"])
+                loss = out.loss
+                if teacher is not None:
+                    with torch.no_grad():
+                        t_logits = teacher(input_ids=batch["input_ids"]).logits
+                    temp = a.temperature
+                    soft = F.kl_div(F.log_softmax(out.logits / temp, -1),
+                                    F.log_softmax(t_logits / temp, -1), log_target=True,
+                                    reduction="batchmean") * temp * temp / out.logits.shape[1]
+                    loss = a.alpha * soft + (1 - a.alpha) * loss
+                (loss / a.grad_accum).backward()
+            loss_total += float(loss.detach())
+            rows += len(idx)
+            micro += 1
+        grad_norm = dist.step(optimizer, params, a.clip)
+        schedule.step()
+        step += 1
+        elapsed = time.perf_counter() - t0
+        loss_sum, stop_votes = dist.sum([loss_total / a.grad_accum, 1.0 if stop.set else 0.0])
+        last_loss = loss_sum / dist.size
+        if not math.isfinite(last_loss):
+            reason = (f"loss became {last_loss} at step {step} (lr {schedule.get_last_lr()[0]:.3g},"
+                      f" grad norm {grad_norm:.3g}); lower --lr, keep --clip on, or add warmup")
+            if dist.is_main:
+                write_json_atomic(a.output / "results.json", {
+                    "kind": kind, "status": "diverged", "reason": reason, "step": step,
+                    "wall_s": round(time.time() - started, 2)})
+                assert metrics is not None
+                metrics.write({"step": step, "loss": None, "diverged": 1})
+                metrics.close()
+            raise Diverged(reason)
+        tokens = rows * a.block_size * dist.size
+        window_tokens += tokens
+        window_time += elapsed
+        tokens_per_s = window_tokens / window_time if window_time else 0.0
+        samples_per_s = tokens_per_s / a.block_size
+        if step % a.log_every == 0 or step == a.max_steps:
+            if metrics is not None:
+                metrics.write({"step": step, "epoch": round(micro / per_epoch, 4),
+                               "loss": last_loss, "lr": schedule.get_last_lr()[0],
+                               "grad_norm": grad_norm, "tokens_per_s": round(tokens_per_s, 1),
+                               "samples_per_s": round(samples_per_s, 2)})
+            window_tokens, window_time = 0, 0.0
+        if step % a.eval_every == 0 or step == a.max_steps:
+            eval_stats = evaluate()
+            if metrics is not None:
+                metrics.write({"step": step, **eval_stats})
+        stopped = stop_votes > 0 and step < a.max_steps
+        if step % a.checkpoint_every == 0 or step == a.max_steps or stopped:
+            checkpoint()
+        if stopped:
+            break
+
+    if not eval_stats and not stopped:
+        eval_stats = evaluate()
+    unwrapped_params = sum(p.numel() for p in model.parameters())
+    results = {
+        "kind": kind, "task": a.task, "status": "stopped" if stopped else "ok",
+        "steps": step, "max_steps": a.max_steps, "epochs": round(micro / per_epoch, 4),
+        "final_loss": finite_or_none(last_loss),
+        **{k: finite_or_none(v) for k, v in eval_stats.items()},
+        "tokens_per_s": round(tokens_per_s, 1), "samples_per_s": round(samples_per_s, 2),
+        "world_size": dist.size, "dist": dist.mode, "device": str(device),
+        "parameters": unwrapped_params, "wall_s": round(time.time() - started, 2),
+        "model": str((a.output / "model").resolve()),
+    }
+    if dist.is_main:
+        from engine.workloads.models import save_model
+
+        model.to("cpu")
+        if not stopped:
+            save_model(loaded, a.output / "model", {"trained_steps": step})
+        write_json_atomic(a.output / "results.json", results)
+        assert metrics is not None
+        metrics.close()
+        print(f"{kind}: {results['status']} after {step} steps, loss {last_loss:.4f}"
+              + (f", held-out perplexity {eval_stats['perplexity']:.2f}"
+                 if "perplexity" in eval_stats else "")
+              + (f", accuracy {eval_stats['accuracy']:.3f}" if "accuracy" in eval_stats else ""),
+              flush=True)
+    dist.barrier()
+    dist.shutdown()
+    if stopped:
+        raise Interrupted(f"stopped by a signal at step {step}; checkpoint saved: rerun with "
+                          "--resume to continue")
+    return Outcome(results, loaded)
+
+
+class Interrupted(WorkloadError):
+    exit_code = 143
+
+
+def main() -> int:
+    run_training(parser().parse_args())
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
