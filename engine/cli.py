@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from engine.errors import Unavailable, UserError
@@ -167,16 +168,58 @@ def _socket_is_ours(client: Any) -> bool:
 
 # --------------------------------------------------------------- commands
 def cmd_submit(args: argparse.Namespace) -> int:
-    from engine.profiles import load_job_profile
+    from engine import pipelines, profiles
+    from engine.paths import outputs_dir
 
-    spec = load_job_profile(args.profile, args.set or ())
+    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid() % 10000:04d}"
+    if profiles.profile_kind(args.profile) == "pipeline":
+        return _submit_pipeline(args, stamp)
+    spec = profiles.load_job_profile(args.profile, args.set or ())
     if args.name:
-        from dataclasses import replace
-
         spec = replace(spec, name=args.name)
-    job = _client().submit(spec.to_dict(), after=args.after or ())
-    _emit(args, job, lambda j: f"submitted job {j['id']} ({_printable(j['name'])}): {j['state']}")
+    client = _client()
+    spec = pipelines.single_job(spec, outputs_dir(), stamp,
+                                lambda profile: _newest_output(client, profile))
+    job = client.submit(spec.to_dict(), after=args.after or ())
+    _emit(args, job, lambda j: f"submitted job {j['id']} ({_printable(j['name'])}): {j['state']}"
+          + (f"\n  output {j['output']}" if j.get("output") else ""))
     return 0
+
+
+def _submit_pipeline(args: argparse.Namespace, stamp: str) -> int:
+    from engine import pipelines, profiles
+    from engine.paths import outputs_dir
+
+    pipeline = profiles.load_pipeline_profile(args.profile, args.set or ())
+    if args.name:
+        pipeline = replace(pipeline, name=args.name)
+    jobs = pipelines.expand(pipeline, outputs_dir(), stamp)
+    first = set(pipelines.roots(jobs))
+    items = [(spec.to_dict(), [*(args.after or [] if i in first else []),
+                               *({"batch": r.index} for r in refs)])
+             for i, (spec, refs) in enumerate(jobs)]
+    submitted = _client().submit_many(items)
+
+    def text(js: list[dict[str, Any]]) -> str:
+        lines = [f"submitted pipeline {_printable(pipeline.name)}: {len(js)} jobs"]
+        for j in js:
+            waits = f" after {', '.join(map(str, j['after']))}" if j.get("after") else ""
+            lines.append(f"  job {j['id']:<5} {_printable(j['name'])}: {j['state']}{waits}")
+        outputs = {j["output"] for j in js if j.get("output")}
+        if outputs:
+            lines.append(f"  outputs under {os.path.commonpath(sorted(outputs))}")
+        return "\n".join(lines)
+
+    _emit(args, submitted, text)
+    return 0
+
+
+def _newest_output(client: Any, profile: str) -> str | None:
+    """The output folder of the newest succeeded job of `profile`."""
+    for job in sorted(client.jobs(states=["succeeded"]), key=lambda j: -j["id"]):
+        if job.get("profile") == profile and job.get("output"):
+            return str(job["output"])
+    return None
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:

@@ -156,9 +156,10 @@ class EngineClient:
         return result
 
     def submit_many(
-        self, items: Sequence[tuple[dict[str, Any], Sequence[int]]]
+        self, items: Sequence[tuple[dict[str, Any], Sequence[int | dict[str, int]]]]
     ) -> list[dict[str, Any]]:
-        """Several jobs in one request and one transaction: all or none."""
+        """Several jobs in one request and one transaction: all or none. An
+        `after` entry is a job id or ``{"batch": i}``, the batch's item i."""
         body = {"jobs": [{"spec": spec, "after": list(after)} for spec, after in items]}
         result: list[dict[str, Any]] = self._json("POST", "/v1/jobs:batch", body)
         return result

@@ -97,6 +97,47 @@ class JobSpec:
 
 
 @dataclass(frozen=True)
+class StageSpec:
+    """One stage of a pipeline: a job spec, and the stages it waits for
+    (None: the ones its ``@stage`` arguments name, else the previous one)."""
+
+    name: str
+    spec: JobSpec
+    after: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """Stages that run as dependent jobs, each passing its output folder on."""
+
+    name: str
+    stages: tuple[StageSpec, ...]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class BatchRef:
+    """In a batch submit, a dependency on the batch's item `index` (an
+    earlier item), whose id is not known until it is inserted."""
+
+    index: int
+
+
+WORKLOAD_KINDS = ("train", "compress", "eval")
+
+
+def output_dir(spec: JobSpec) -> str | None:
+    """The ``--output`` folder of a workload job (None for other jobs)."""
+    if spec.kind not in WORKLOAD_KINDS:
+        return None
+    argv = list(spec.argv)
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "--output":
+            return argv[i + 1]
+    return None
+
+
+@dataclass(frozen=True)
 class Placement:
     """The share of one node given to one attempt: GPU indices and CPU slots."""
 

@@ -6,6 +6,8 @@ $LLMCONSOLE_HOME, else $XDG_DATA_HOME/llmconsole (~/.local/share/llmconsole).
     engine.pid    the daemon's pid          engine.log   the daemon's log
     runs/         the head node agent's run directories (one per attempt)
     logs/         the engine's copy of every attempt's output, streamed by the agents
+    outputs/      workload jobs' output folders (models, checkpoints, results.json);
+                  $LLMCONSOLE_OUTPUTS overrides (a shared filesystem on a real cluster)
 """
 
 from __future__ import annotations
@@ -51,3 +53,8 @@ def runs_dir() -> Path:
 
 def logs_dir() -> Path:
     return home() / "logs"
+
+
+def outputs_dir() -> Path:
+    explicit = os.environ.get("LLMCONSOLE_OUTPUTS")
+    return Path(explicit).expanduser() if explicit else home() / "outputs"

@@ -91,6 +91,28 @@ Cluster profile: ``<dir>/clusters/NAME.toml`` (or ``<dir>/NAME.toml``)
     slots = 32              # optional integer >= 1; absent = the node's CPU count
     memory_gb = 512         # optional number >= 0; absent = not limited
 
+Pipeline profile: ``<dir>/NAME.toml``
+-------------------------------------
+
+::
+
+    kind = "pipeline"       # required
+    name = "pipeline-tiny"  # default: the file stem
+    description = "..."
+    [[stages]]              # at least one, run in dependency order
+    name = "pretrain"       # required, ^[a-z][a-z0-9_-]{0,31}$, unique
+    profile = "pretrain-tiny"   # a job profile name, or a path (relative to
+                            # this file's folder when it has a '/')
+    after = ["pretrain"]    # optional: earlier stages to wait for (default:
+                            # the stages its "@stage" arguments name, else the
+                            # previous stage)
+    [stages.set]            # optional: merged into the job profile, like --set
+    launcher = "horovodrun"
+    args = { max_steps = 120, model = "@pretrain" }
+
+An argument ``"@stage"`` is replaced by that earlier stage's output folder
+(`engine.pipelines`). ``--set STAGE.key=value`` overrides a stage's field.
+
 Where profiles are found (`profile_dirs`)
 -----------------------------------------
 
@@ -132,7 +154,15 @@ from pydantic_core import PydanticCustomError
 
 import engine
 from engine.errors import UserError
-from engine.model import LIMITS, ClusterSpec, JobSpec, NodeSpec, Resources
+from engine.model import (
+    LIMITS,
+    ClusterSpec,
+    JobSpec,
+    NodeSpec,
+    PipelineSpec,
+    Resources,
+    StageSpec,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -149,6 +179,8 @@ __all__ = [
     "list_profiles",
     "load_cluster_profile",
     "load_job_profile",
+    "load_pipeline_profile",
+    "profile_kind",
     "parse_overrides",
     "profile_dirs",
     "validate_file",
@@ -427,6 +459,33 @@ class _NodeModel(_Strict):
     memory_gb: Gigabytes | None = None
 
 
+_STAGE_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+_STAGE_EXPECTED = "a stage name matching ^[a-z][a-z0-9_-]{0,31}$"
+
+
+def _check_stage_name(value: str) -> str:
+    if not _STAGE_RE.fullmatch(value):
+        raise _custom("is not a valid stage name", _STAGE_EXPECTED)
+    return value
+
+
+StageName = Annotated[str, AfterValidator(_check_stage_name)]
+
+
+class _StageModel(_Strict):
+    name: StageName
+    profile: Annotated[str, Field(min_length=1), AfterValidator(_check_no_nul)]
+    after: list[StageName] | None = None
+    set: dict[str, Any] = Field(default_factory=dict)
+
+
+class _PipelineModel(_Strict):
+    kind: Literal["pipeline"]
+    name: FreeName
+    description: Description = ""
+    stages: Annotated[list[_StageModel], Field(min_length=1)]
+
+
 class _ClusterModel(_Strict):
     kind: Literal["cluster"]
     name: FreeName
@@ -479,7 +538,21 @@ _EXPECTED: dict[str, dict[tuple[str, ...], str]] = {
     },
 }
 
+_EXPECTED["pipeline"] = {
+    ("kind",): '"pipeline"',
+    ("name",): _NAME_EXPECTED,
+    ("description",): "a string",
+    ("stages",): "a non-empty list of [[stages]] tables",
+    ("stages", "[]"): "a [[stages]] table",
+    ("stages", "[]", "name"): _STAGE_EXPECTED,
+    ("stages", "[]", "profile"): "a job profile name or path",
+    ("stages", "[]", "after"): "a list of earlier stage names",
+    ("stages", "[]", "after", "[]"): _STAGE_EXPECTED,
+    ("stages", "[]", "set"): "a table of profile fields, e.g. { args = { max_steps = 10 } }",
+}
+
 _TABLES: dict[str, dict[tuple[str, ...], type[BaseModel]]] = {
+    "pipeline": {(): _PipelineModel, ("stages", "[]"): _StageModel},
     "job": {(): _JobModel, ("resources",): _ResourcesModel},
     "cluster": {(): _ClusterModel, ("nodes", "[]"): _NodeModel},
 }
@@ -587,7 +660,7 @@ def _from_problems(
 
 
 def _validate(
-    model: type[_JobModel] | type[_ClusterModel],
+    model: type[_JobModel] | type[_ClusterModel] | type[_PipelineModel],
     schema: str,
     data: Mapping[str, Any],
     path: Path,
@@ -790,6 +863,10 @@ def _job_spec(data: Mapping[str, Any], path: Path, overridden: Sequence[str] = (
         raise ProfileError("this is a cluster profile", path=path, field="kind",
                            expected=f"a job profile ({_JOB_KINDS_TEXT}); "
                            "load it as a cluster profile")
+    if data.get("kind") == "pipeline":
+        raise ProfileError("this is a pipeline profile", path=path, field="kind",
+                           expected=f"a job profile ({_JOB_KINDS_TEXT}); a pipeline cannot "
+                           "be a stage of another pipeline")
     data = {**data}
     data.setdefault("name", path.stem)
     m: _JobModel = _validate(_JobModel, "job", data, path, overridden)
@@ -980,6 +1057,8 @@ def validate_file(path: Path) -> None:
     data = _read_toml(path)
     if data.get("kind") == "cluster":
         _cluster_spec(data, path)
+    elif data.get("kind") == "pipeline":
+        _pipeline_spec(data, path, [], None)
     else:
         _job_spec(data, path)
 
@@ -1007,6 +1086,8 @@ def _info(path: Path, in_clusters: bool) -> ProfileInfo:
             description = data["description"]
         if kind == "cluster":
             _cluster_spec(data, path)
+        elif kind == "pipeline":
+            _pipeline_spec(data, path, [], None)
         else:
             _job_spec(data, path)
     except ProfileError as exc:
@@ -1036,3 +1117,74 @@ def list_profiles(dirs: Sequence[Path] | None = None) -> list[ProfileInfo]:
                     out.append(info)
     out.sort(key=lambda i: (i.kind == "cluster", i.name))
     return out
+
+
+# ---------------------------------------------------------------------------
+# Pipelines
+
+
+def profile_kind(name_or_path: str, dirs: Sequence[Path] | None = None) -> str:
+    """The ``kind`` of a job or pipeline profile ("" when it has none)."""
+    kind = _read_toml(find_profile(name_or_path, dirs)).get("kind")
+    return kind if isinstance(kind, str) else ""
+
+
+def _stage_overrides(items: Sequence[str], stages: Sequence[str], path: Path
+                     ) -> dict[str, list[str]]:
+    routed: dict[str, list[str]] = {name: [] for name in stages}
+    for item in items:
+        stage, dot, rest = item.partition(".")
+        if not dot or stage not in routed:
+            raise ProfileError("a pipeline's --set names a stage first", path=path,
+                               field=f"--set {item}",
+                               expected="STAGE.key=value with STAGE one of "
+                               + ", ".join(stages))
+        routed[stage].append(rest)
+    return routed
+
+
+def _pipeline_spec(data: Mapping[str, Any], path: Path, overrides: Sequence[str],
+                   dirs: Sequence[Path] | None) -> PipelineSpec:
+    data = {**data}
+    data.setdefault("name", path.stem)
+    m: _PipelineModel = _validate(_PipelineModel, "pipeline", data, path, ())
+    names = [s.name for s in m.stages]
+    problems: list[tuple[str, str, str | None]] = []
+    for i, stage in enumerate(m.stages):
+        if stage.name in names[:i]:
+            problems.append((f"stages[{i}].name", f"duplicate stage name {stage.name}",
+                             "a name used by one stage only"))
+        for after in stage.after or []:
+            if after not in names[:i]:
+                problems.append((f"stages[{i}].after", f"{after} is not an earlier stage",
+                                 "names of stages listed above this one"))
+    if problems:
+        raise _from_problems(path, problems)
+    routed = _stage_overrides(overrides, names, path)
+    stages = []
+    for i, stage in enumerate(m.stages):
+        ref = stage.profile
+        if "/" in ref and not Path(ref).is_absolute():
+            ref = str(path.parent / ref)
+        try:
+            stage_path = find_profile(ref, dirs)
+            extra, keys = _job_overrides(routed[stage.name])
+            table = _deep_merge(_deep_merge(_read_toml(stage_path), dict(stage.set)), extra)
+            spec = _job_spec(table, stage_path, keys)
+        except ProfileError as err:
+            raise ProfileError(f"stage {stage.name}: {err}", path=path,
+                               field=f"stages[{i}]") from None
+        stages.append(StageSpec(stage.name, spec,
+                                tuple(stage.after) if stage.after is not None else None))
+    return PipelineSpec(name=m.name, stages=tuple(stages), description=m.description)
+
+
+def load_pipeline_profile(
+    name_or_path: str, overrides: Sequence[str] = (), dirs: Sequence[Path] | None = None
+) -> PipelineSpec:
+    """The `PipelineSpec` of a pipeline profile; ``--set`` items are
+    ``STAGE.key=value``. Each stage's job profile is validated as usual, with
+    the stage's ``set`` table and overrides merged in; an error names the
+    stage."""
+    path = find_profile(name_or_path, dirs)
+    return _pipeline_spec(_read_toml(path), path, overrides, dirs)

@@ -34,12 +34,14 @@ from engine.launch import job_environment, launch_argv
 from engine.lifecycle import InvalidTransition, JobState
 from engine.model import (
     Attempt,
+    BatchRef,
     ClusterSpec,
     Job,
     JobSpec,
     NodeSpec,
     Placement,
     attempt_key,
+    output_dir,
 )
 from engine.store import MetricPoint, StaleState, Store, TelemetryRow, UnknownJob
 from engine.transport.base import AgentChannel
@@ -198,11 +200,12 @@ class Runtime:
         self._kick.set()
 
     # ------------------------------------------------------------------ API
-    def submit(self, spec: JobSpec, caller: Caller, after: Sequence[int] = ()) -> Job:
+    def submit(self, spec: JobSpec, caller: Caller, after: Sequence[int | BatchRef] = ()
+               ) -> Job:
         return self.submit_many([(spec, after)], caller)[0]
 
     def submit_many(
-        self, items: Sequence[tuple[JobSpec, Sequence[int]]], caller: Caller
+        self, items: Sequence[tuple[JobSpec, Sequence[int | BatchRef]]], caller: Caller
     ) -> list[Job]:
         """Jobs in one transaction: all are queued, or none (in a batch, the
         error names the first bad one by its index)."""
@@ -344,6 +347,7 @@ class Runtime:
             "exit_code": job.exit_code,
             "placements": [_placement_view(p) for p in run.placements] if run else [],
             "resources": job.spec.to_dict()["resources"],
+            "output": output_dir(job.spec),
         }
 
     # ----------------------------------------------------------- scheduling

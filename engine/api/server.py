@@ -5,7 +5,8 @@ status of the `engine.errors` class that caused them.
 
     GET  /v1/health                       engine pid, uid, version, uptime
     POST /v1/jobs                         {"spec": {...}, "after": [ids]} -> job
-    POST /v1/jobs:batch                   {"jobs": [{"spec":..., "after":...}, ...]}: all or none
+    POST /v1/jobs:batch                   {"jobs": [{"spec":..., "after":...}, ...]}: all or none;
+                                          an "after" item {"batch": i} is the batch's item i
     GET  /v1/jobs?state=&owner=&limit=    jobs, newest first
     GET  /v1/jobs/{id}                    job, attempts, history
     POST /v1/jobs/{id}/cancel | /retry    -> job
@@ -33,7 +34,7 @@ from aiohttp import web
 from engine import __version__
 from engine.errors import BadRequest, EngineError, Forbidden
 from engine.lifecycle import JobState
-from engine.model import JobSpec, attempt_key
+from engine.model import BatchRef, JobSpec, attempt_key
 from engine.runtime import Caller, Runtime, attempt_view
 from engine.spec_check import spec_from_payload
 
@@ -149,20 +150,32 @@ async def submit_batch(request: web.Request) -> web.Response:
         if not isinstance(item, dict):
             raise BadRequest(f"jobs[{index}]: expected an object with a 'spec'")
         try:
-            parsed.append((spec_from_payload(item.get("spec")), _after(item.get("after"))))
+            parsed.append((spec_from_payload(item.get("spec")),
+                           _after(item.get("after"), index)))
         except BadRequest as err:
             raise BadRequest(f"jobs[{index}]: {err.message}") from None
     jobs = rt.submit_many(parsed, caller(request))
     return web.json_response([rt.job_view(j) for j in jobs], status=201)
 
 
-def _after(value: Any) -> list[int]:
+def _after(value: Any, index: int | None = None) -> list[int | BatchRef]:
+    """Job ids; in a batch (`index` set) also {"batch": i} for an earlier item."""
     after = value or []
-    if not isinstance(after, list) or not all(
-        isinstance(a, int) and not isinstance(a, bool) for a in after
-    ):
-        raise BadRequest("after: expected a list of job ids")
-    return after
+    expected = ("after: expected a list of job ids" if index is None else
+                'after: expected a list of job ids and {"batch": i} (i < this item\'s index)')
+    if not isinstance(after, list):
+        raise BadRequest(expected)
+    out: list[int | BatchRef] = []
+    for a in after:
+        if isinstance(a, int) and not isinstance(a, bool):
+            out.append(a)
+        elif (index is not None and isinstance(a, dict) and list(a) == ["batch"]
+              and isinstance(a["batch"], int) and not isinstance(a["batch"], bool)
+              and 0 <= a["batch"] < index):
+            out.append(BatchRef(a["batch"]))
+        else:
+            raise BadRequest(expected)
+    return out
 
 
 async def list_jobs(request: web.Request) -> web.Response:

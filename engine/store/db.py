@@ -47,7 +47,7 @@ from typing import Any
 
 from engine import lifecycle
 from engine.lifecycle import InvalidTransition, JobState
-from engine.model import Attempt, Event, Job, JobSpec, Placement
+from engine.model import Attempt, BatchRef, Event, Job, JobSpec, Placement
 from engine.store import migrations
 from engine.store.errors import StaleState, StoreError, UnknownJob
 from engine.store.records import MetricPoint, TelemetryRow
@@ -421,24 +421,35 @@ class Store:
 
     def submit_many(
         self,
-        items: Sequence[tuple[JobSpec, int, Sequence[int]]],
+        items: Sequence[tuple[JobSpec, int, Sequence[int | BatchRef]]],
         *,
         actor: str,
         now: float,
     ) -> list[Job]:
-        """`submit` for each item, all in one transaction: all or none."""
-        prepared: list[tuple[JobSpec, str, int, list[int]]] = []
-        for spec, owner_uid, after in items:
+        """`submit` for each item, all in one transaction: all or none. An
+        item may depend on an earlier item of the batch by `BatchRef`."""
+        prepared: list[tuple[JobSpec, str, int, list[int | BatchRef]]] = []
+        for index, (spec, owner_uid, after) in enumerate(items):
             if not isinstance(spec, JobSpec):
                 raise TypeError(f"not a JobSpec: {spec!r}")
             text = _SPEC_ENCODER.encode(spec.to_dict())
-            parents = sorted({_int_arg("parent id", p) for p in after})
-            prepared.append((self._spec(text), text, _int_arg("owner_uid", owner_uid), parents))
+            refs: list[int | BatchRef] = []
+            for p in after:
+                if isinstance(p, BatchRef):
+                    if not 0 <= _int_arg("batch index", p.index) < index:
+                        raise ValueError(f"item {index} depends on batch item {p.index}: "
+                                         "expected an earlier item")
+                    refs.append(p)
+                else:
+                    refs.append(_int_arg("parent id", p))
+            prepared.append((self._spec(text), text, _int_arg("owner_uid", owner_uid), refs))
         if not prepared:
             return []
         jobs: list[Job] = []
         with self._write() as conn:
-            for spec, text, owner_uid, parents in prepared:
+            for spec, text, owner_uid, refs in prepared:
+                parents = sorted({jobs[p.index].id if isinstance(p, BatchRef) else p
+                                  for p in refs})
                 held = False
                 for parent in parents:
                     row = conn.execute("SELECT state FROM jobs WHERE id = ?", (parent,)).fetchone()
