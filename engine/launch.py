@@ -17,7 +17,7 @@ from engine.model import JobSpec, NodeSpec, Placement
 ALLOWED_ENV = frozenset(
     {
         "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR",
-        "TERM", "VIRTUAL_ENV", "PYTHONPATH", "HF_HOME", "HF_HUB_OFFLINE",
+        "TERM", "VIRTUAL_ENV", "PYTHONPATH", "HF_HOME", "HF_HUB_OFFLINE", "XDG_CACHE_HOME",
         "TRANSFORMERS_OFFLINE", "TORCH_HOME", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
         "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "SSL_CERT_FILE",
     }

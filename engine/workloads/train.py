@@ -545,6 +545,7 @@ def run_training(a: argparse.Namespace, kind: str = "train") -> Outcome:
     if not eval_stats and not stopped:
         eval_stats = evaluate()
     unwrapped_params = sum(p.numel() for p in model.parameters())
+    digests = dist.gather_object(weights_digest(model))
     results = {
         "kind": kind, "task": a.task, "status": "stopped" if stopped else "ok",
         "steps": step, "max_steps": a.max_steps, "epochs": round(micro / per_epoch, 4),
@@ -554,6 +555,7 @@ def run_training(a: argparse.Namespace, kind: str = "train") -> Outcome:
         "world_size": dist.size, "dist": dist.mode, "device": str(device),
         "parameters": unwrapped_params, "wall_s": round(time.time() - started, 2),
         "model": str((a.output / "model").resolve()),
+        "replica_digests": digests, "replicas_identical": len(set(digests)) == 1,
     }
     if dist.is_main:
         from engine.workloads.models import save_model
@@ -575,6 +577,20 @@ def run_training(a: argparse.Namespace, kind: str = "train") -> Outcome:
         raise Interrupted(f"stopped by a signal at step {step}; checkpoint saved: rerun with "
                           "--resume to continue")
     return Outcome(results, loaded)
+
+
+def weights_digest(model: Any) -> str:
+    """A hash of every parameter's bytes: equal on all ranks when the
+    replicas are in sync."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 class Interrupted(WorkloadError):
