@@ -101,8 +101,9 @@ Pipeline profile: ``<dir>/NAME.toml``
     description = "..."
     [[stages]]              # at least one, run in dependency order
     name = "pretrain"       # required, ^[a-z][a-z0-9_-]{0,31}$, unique
-    profile = "pretrain-tiny"   # a job profile name, or a path (relative to
-                            # this file's folder when it has a '/')
+    profile = "pretrain-tiny"   # a job profile name (looked up in this file's
+                            # folder first), or a path (relative to this
+                            # file's folder when it has a '/')
     after = ["pretrain"]    # optional: earlier stages to wait for (default:
                             # the stages its "@stage" arguments name, else the
                             # previous stage)
@@ -1167,7 +1168,8 @@ def _pipeline_spec(data: Mapping[str, Any], path: Path, overrides: Sequence[str]
         if "/" in ref and not Path(ref).is_absolute():
             ref = str(path.parent / ref)
         try:
-            stage_path = find_profile(ref, dirs)
+            search = [path.parent, *(profile_dirs() if dirs is None else dirs)]
+            stage_path = find_profile(ref, search)
             extra, keys = _job_overrides(routed[stage.name])
             table = _deep_merge(_deep_merge(_read_toml(stage_path), dict(stage.set)), extra)
             spec = _job_spec(table, stage_path, keys)

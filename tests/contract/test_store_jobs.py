@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.lifecycle import JobState
-from engine.model import Job, JobSpec, Placement, Resources
+from engine.model import BatchRef, Job, JobSpec, Placement, Resources
 from engine.store import Store, StoreError, UnknownJob
 from tests.contract.store_helpers import make_spec
 
@@ -261,3 +261,21 @@ def test_bad_arguments_write_nothing(store: Store, db_path: Path) -> None:
     assert _raw_count(db_path, "jobs") == 0
     with pytest.raises(ValueError):
         Store(":memory:")
+
+
+def test_a_batch_item_can_wait_for_an_earlier_item(
+    store: Store, clock: Callable[[], float]
+) -> None:
+    jobs = store.submit_many(
+        [(make_spec("first"), 1, ()), (make_spec("second"), 1, [BatchRef(0)]),
+         (make_spec("third"), 1, [BatchRef(0), BatchRef(1)])],
+        actor="pipeline", now=clock(),
+    )
+    assert [j.state for j in jobs] == [JobState.QUEUED, JobState.HELD, JobState.HELD]
+    assert jobs[1].after == (jobs[0].id,)
+    assert jobs[2].after == tuple(sorted((jobs[0].id, jobs[1].id)))
+    assert store.get_job(jobs[2].id).after == jobs[2].after
+    for bad in (BatchRef(1), BatchRef(-1)):  # itself, or not an earlier item
+        with pytest.raises(ValueError, match="expected an earlier item"):
+            store.submit_many([(make_spec("a"), 1, ()), (make_spec("b"), 1, [bad])],
+                              actor="a", now=clock())
