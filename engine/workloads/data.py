@@ -229,10 +229,10 @@ def pack_blocks(tokenizer: Any, texts: Sequence[str], block_size: int) -> Any:
     ids: list[int] = []
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:  # the Rust tokenizer itself: batches in parallel
-        rows = [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=False)]
+        encoded = [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=False)]
     else:
-        rows = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    for row in rows:
+        encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    for row in encoded:
         ids.extend(row)
         if eos is not None:
             ids.append(eos)

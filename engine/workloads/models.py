@@ -73,7 +73,7 @@ def build_config(preset: str, vocab_size: int, max_positions: int, tokenizer: An
     if preset not in PRESETS:
         raise WorkloadError(f"model preset {preset!r} is unknown; expected one of "
                             f"{', '.join(PRESETS)} or a model folder")
-    fields = {**PRESETS[preset], **(overrides or {})}
+    fields: dict[str, Any] = {**PRESETS[preset], **(overrides or {})}
     return LlamaConfig(
         vocab_size=vocab_size,
         max_position_embeddings=max_positions,
@@ -122,8 +122,7 @@ def load_model(path: str | Path, task: str | None = None,
     on a causal-LM folder starts a classifier from its weights (a new head
     for `labels`). Every failure is a `WorkloadError` naming the folder."""
     import torch
-    from transformers import (AutoConfig, AutoModelForCausalLM,
-                              AutoModelForSequenceClassification)
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from engine.workloads.data import load_tokenizer
 

@@ -376,6 +376,7 @@ def run_training(a: argparse.Namespace, kind: str = "train") -> Outcome:
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": a.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
+    base_opt: torch.optim.Optimizer
     if a.optimizer == "adamw":
         base_opt = torch.optim.AdamW(groups, lr=lr)
     else:
@@ -445,17 +446,15 @@ def run_training(a: argparse.Namespace, kind: str = "train") -> Outcome:
         n = len(held["input_ids"])
         lo, hi = dist.rank * n // dist.size, (dist.rank + 1) * n // dist.size
         if a.task == "classification":
-            loss_sum, correct, count = classification_sums(
+            sums = classification_sums(
                 model, held["input_ids"][lo:hi], held["attention_mask"][lo:hi],
                 held["labels"][lo:hi], a.batch_size, device)
-            loss_sum, correct, count = dist.sum([loss_sum, correct, count])
+            loss_sum, correct, count = dist.sum(sums)
             model.train()
-            loss = loss_sum / max(1, count)
-            return {"eval_loss": loss, "accuracy": correct / max(1, count)}
+            return {"eval_loss": loss_sum / max(1, count), "accuracy": correct / max(1, count)}
         per_rank = math.ceil(a.eval_batches / dist.size)
-        loss_sum, count = lm_loss_sums(model, held["input_ids"][lo:hi], a.batch_size, device,
-                                       per_rank)
-        loss_sum, count = dist.sum([loss_sum, count])
+        lm_sums = lm_loss_sums(model, held["input_ids"][lo:hi], a.batch_size, device, per_rank)
+        loss_sum, count = dist.sum(lm_sums)
         model.train()
         loss = loss_sum / max(1, count)
         return {"eval_loss": loss, "perplexity": perplexity(loss)}

@@ -1,0 +1,51 @@
+"""The shipped pipeline through the real engine: `llmconsole submit
+pipeline-tiny` queues pretrain (two horovod workers) -> prune -> quantize ->
+evaluate as dependent jobs, each reading the folder of the one before, and
+the last one writes the comparison table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.integration.engine_fixture import EngineHandle
+
+MEASURE = ["max_docs=400", "block_size=64", "eval_batches=4"]
+FAST = [
+    *(f"pretrain.args.{a}" for a in [*MEASURE, "model=micro", "max_steps=8", "vocab_size=512",
+                                     "eval_every=8", "checkpoint_every=8"]),
+    *(f"prune.args.{a}" for a in [*MEASURE, "recover_steps=2"]),
+    *(f"quantize.args.{a}" for a in MEASURE),
+    *(f"evaluate.args.{a}" for a in MEASURE),
+]
+
+
+def test_pipeline_tiny_runs_end_to_end_and_compares(engine: EngineHandle) -> None:
+    sets = [x for item in FAST for x in ("--set", item)]
+    jobs = engine.json("submit", "pipeline-tiny", *sets)
+    assert [j["name"] for j in jobs] == ["pipeline-tiny/pretrain", "pipeline-tiny/prune",
+                                         "pipeline-tiny/quantize", "pipeline-tiny/evaluate"]
+    assert [j["state"] for j in jobs] == ["queued", "held", "held", "held"]
+    ids = [j["id"] for j in jobs]
+    assert jobs[1]["after"] == [ids[0]] and jobs[2]["after"] == [ids[1]]
+    assert sorted(jobs[3]["after"]) == ids[:3]
+
+    last = engine.wait_state(ids[-1], ["succeeded", "failed", "cancelled"], timeout=280)
+    states = {i: engine.job(i)["state"] for i in ids}
+    assert last["state"] == "succeeded", (states, engine.cli("logs", str(ids[-1])).stdout[-2000:])
+
+    outputs = [Path(j["output"]) for j in jobs]
+    assert all(o.parent == outputs[0].parent for o in outputs)
+    pretrain = json.loads((outputs[0] / "results.json").read_text())
+    assert pretrain["dist"] == "horovod" and pretrain["world_size"] == 2
+    prune = json.loads((outputs[1] / "results.json").read_text())
+    assert abs(prune["pruned_layers_sparsity"] - 0.5) <= 0.01
+    quantize = json.loads((outputs[2] / "results.json").read_text())
+    assert quantize["linear_size_ratio"] >= 3
+    table = (outputs[3] / "comparison.md").read_text()
+    for folder in outputs[:3]:
+        assert folder.name in table
+    assert "comparison" in engine.cli("logs", str(ids[-1])).stdout.lower()
+
+    metrics = engine.json("metrics", str(ids[0]))
+    assert metrics, "the pretrain job's metrics reached the engine"
