@@ -282,6 +282,30 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from engine.workloads import compare
+    from engine.workloads.common import WorkloadError
+
+    folders: list[str] = []
+    client = None
+    for item in args.items:
+        if item.isdigit():
+            client = client or _client()
+            job = client.job(int(item))
+            if not job.get("output"):
+                raise CliError(f"job {item} ({_printable(job['name'])}) is a {job['kind']} job "
+                               "with no output folder; compare train, compress and eval jobs")
+            folders.append(str(job["output"]))
+        else:
+            folders.append(item)
+    try:
+        rows = compare.load_results(folders)
+    except WorkloadError as err:
+        raise CliError(str(err)) from None
+    _emit(args, compare.to_json(rows), lambda _d: compare.render_table(rows).rstrip("\n"))
+    return 0
+
+
 def cmd_profiles(args: argparse.Namespace) -> int:
     from engine import profiles
 
@@ -443,6 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", type=int)
 
     add("nodes", cmd_nodes, "nodes, their GPUs and who uses them")
+
+    p = add("compare", cmd_compare,
+            "a table of the results of train, compress and eval jobs (size, latency, "
+            "perplexity)")
+    p.add_argument("items", nargs="+", metavar="ID|FOLDER",
+                   help="a job id or an output folder holding results.json")
 
     p = add("metrics", cmd_metrics, "a job's metric points (loss, lr, ...)")
     p.add_argument("id", type=int)
