@@ -124,6 +124,8 @@ def _show(job: dict[str, Any]) -> str:
         f"{res['cpus']} CPU slot(s), {res['memory_gb']} GB",
         f"  argv       {json.dumps(spec.get('argv', []))}",
     ]
+    if job.get("output"):
+        lines.append(f"  output     {_printable(job['output'])}")
     if job.get("after"):
         lines.append(f"  after      {', '.join(str(a) for a in job['after'])}")
     if job.get("exit_code") is not None:
