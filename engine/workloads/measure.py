@@ -89,13 +89,14 @@ def weight_bytes(folder: Path) -> int:
 
 
 def parameter_counts(model: Any) -> dict[str, int]:
-    """Parameters and non-zero parameters, quantized Linear weights included."""
+    """Parameters and non-zero parameters, quantized Linear weights included
+    (buffers such as rotary frequencies are not parameters)."""
     import torch
 
     model = _unwrap(model)
     total = nonzero = 0
     seen: set[int] = set()
-    for tensor in list(model.parameters()) + list(model.buffers()):
+    for tensor in model.parameters():
         if id(tensor) in seen or not tensor.is_floating_point():
             continue
         seen.add(id(tensor))

@@ -121,6 +121,8 @@ def load_model(path: str | Path, task: str | None = None,
     """Load the model (and its tokenizer) in `path`. `task` "classification"
     on a causal-LM folder starts a classifier from its weights (a new head
     for `labels`). Every failure is a `WorkloadError` naming the folder."""
+    import warnings
+
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -149,7 +151,9 @@ def load_model(path: str | Path, task: str | None = None,
                                     "model is incomplete: run the quantize pass again")
             model = build_model(config, saved_task, names)
             model = quantize_int8(model)
-            state = torch.load(weights, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # TypedStorage deprecation, from torch itself
+                warnings.simplefilter("ignore")
+                state = torch.load(weights, map_location="cpu", weights_only=True)
             model.load_state_dict(state)
         elif task == "classification" and saved_task != "classification":
             names = list(labels or [])

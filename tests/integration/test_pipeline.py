@@ -45,7 +45,9 @@ def test_pipeline_tiny_runs_end_to_end_and_compares(engine: EngineHandle) -> Non
     table = (outputs[3] / "comparison.md").read_text()
     for folder in outputs[:3]:
         assert folder.name in table
-    assert "comparison" in engine.cli("logs", str(ids[-1])).stdout.lower()
+    logged = engine.cli("logs", str(ids[-1])).stdout
+    for stage in ("pretrain", "prune", "quantize", "evaluate"):
+        assert f"| {stage} " in logged  # the table, printed by the last job
 
     metrics = engine.json("metrics", str(ids[0]))
     assert metrics, "the pretrain job's metrics reached the engine"

@@ -1,0 +1,462 @@
+"""Compression: make a trained model smaller or faster, and measure what that
+cost, before and after, on the same held-out data.
+
+    python -m engine.workloads.compress --model runs/pt --output runs/prune \\
+        --method prune --sparsity 0.5 --recover-steps 50
+    python -m engine.workloads.compress --model runs/pt --output runs/int8 --method int8
+    python -m engine.workloads.compress --model runs/pt --output runs/half --method bf16
+    horovodrun -np 2 --gloo python -m engine.workloads.compress --model runs/pt \\
+        --output runs/student --method distill --student micro --max-steps 200
+
+``--model`` is a model folder or the output folder of a train or compress job.
+The methods:
+
+- ``prune``: global unstructured magnitude pruning (L1) of the weights of
+  every ``nn.Linear`` except the output head (``--include-lm-head`` prunes it
+  too) to ``--sparsity``, made permanent, saved as fp32 with the zeros in it.
+  ``--recover-steps N`` fine-tunes the pruned model for N AdamW steps at
+  ``--lr`` on the training split, with the mask kept (pruned weights stay
+  zero).
+- ``int8``: dynamic int8 quantization of every ``nn.Linear`` (weights int8,
+  activations quantized on the fly; CPU only), saved as ``int8-dynamic``.
+- ``fp16`` / ``bf16``: the weights cast to half precision and saved so.
+- ``distill``: a student built from the preset ``--student`` with the
+  teacher's tokenizer, trained by `engine.workloads.train` against the
+  teacher (``--model``) for ``--max-steps`` steps: ``--alpha`` weighs the
+  soft (KL at ``--temperature``, times T^2) term, 1 - alpha the hard loss.
+  It runs as one process or under ``horovodrun`` / ``torchrun`` like train;
+  rank 0 measures and writes the results.
+
+The held-out data is the split training used (``--corpus``,
+``--eval-fraction``, ``--max-docs``; see `engine.workloads.evaluate`), scored
+on ``--eval-batches`` batches; latency is timed on one fixed batch of
+``--batch-size`` x ``--block-size`` held-out tokens on the CPU.
+
+What it writes under ``--output``:
+
+- ``model/``: the compressed model (see `engine.workloads.models`);
+- ``results.json``: ``kind`` "compress", ``method``, ``status`` "ok",
+  ``source`` (the model folder compressed), ``before`` and ``after`` (the
+  source, or teacher, and the saved model reloaded from disk), each with
+  ``size_bytes`` (weight files), ``folder_bytes``, ``linear_weight_bytes``,
+  ``parameters``, ``nonzero_parameters``, ``sparsity`` (prune: over the pruned
+  layers; else over every parameter), ``latency_ms``, ``latency_p90_ms``,
+  ``tokens_per_s``, ``eval_loss`` and ``perplexity`` (or ``accuracy`` for a
+  classifier); then ``size_ratio`` and ``linear_size_ratio`` (before /
+  after bytes), ``speedup`` (before / after latency) and
+  ``perplexity_change`` (after / before - 1). prune adds
+  ``pruned_layers_sparsity`` (zeros over exactly the pruned weights of the
+  saved model), ``perplexity_after_pruning`` and, with recovery,
+  ``perplexity_after_recovery``; distill adds ``training``. A number that is
+  not finite is written as null;
+- ``tensorboard/``: event files; metrics lines go to the metrics file.
+
+Exit codes: 0 done; 2 bad input (one ``error:`` line on stderr naming the
+folder or option and the fix); 3 the recovery or distillation loss diverged
+(the reason in results.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.workloads.common import (
+    Diverged,
+    MetricsLog,
+    WorkloadError,
+    finite_or_none,
+    metrics_path,
+    run_main,
+    seed_everything,
+    set_threads,
+    write_json_atomic,
+)
+from engine.workloads.distributed import MODES
+from engine.workloads.evaluate import (
+    HeldOut,
+    add_measure_options,
+    check_measure_options,
+    describe,
+    held_out,
+    layer_zeros,
+    lm_texts,
+    match_labels,
+    measure_model,
+    quality,
+    quiet,
+)
+from engine.workloads.models import PRESETS
+
+METHODS = ("prune", "int8", "fp16", "bf16", "distill")
+#: The output heads pruning leaves alone unless --include-lm-head.
+HEADS = ("lm_head", "score")
+FORMAT_OF = {"prune": "fp32", "int8": "int8-dynamic", "fp16": "fp16", "bf16": "bf16",
+             "distill": "fp32"}
+
+
+def parser(prog: str = "python -m engine.workloads.compress") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True,
+                   help="the model to compress (distill: the teacher): a model folder or a "
+                        "train/compress job's output folder")
+    p.add_argument("--output", required=True, type=Path, help="folder for everything written")
+    p.add_argument("--method", required=True, choices=METHODS)
+    g = p.add_argument_group("prune")
+    g.add_argument("--sparsity", type=float, default=0.5,
+                   help="share of the pruned layers' weights set to zero")
+    g.add_argument("--include-lm-head", action="store_true",
+                   help="prune the output head (lm_head, or a classifier's score) too")
+    g.add_argument("--recover-steps", type=int, default=0,
+                   help="fine-tuning steps after pruning, the zeros kept (0: none)")
+    g = p.add_argument_group("distill")
+    g.add_argument("--student", default="micro", choices=tuple(PRESETS),
+                   help="the student's preset")
+    g.add_argument("--max-steps", type=int, default=100, help="distillation steps")
+    g.add_argument("--temperature", type=float, default=2.0, help="distillation temperature")
+    g.add_argument("--alpha", type=float, default=0.5,
+                   help="weight of the soft (KL) term; 1 - alpha for the hard loss")
+    g.add_argument("--warmup-steps", type=int, default=10, help="linear warm-up steps")
+    g.add_argument("--checkpoint-every", type=int, default=50,
+                   help="steps between checkpoints (for --resume)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue distillation from the newest checkpoint in --output")
+    g.add_argument("--dist", choices=MODES, default="auto",
+                   help="auto: horovod under horovodrun, ddp under torchrun, else single")
+    g = p.add_argument_group("training (prune recovery, distill)")
+    g.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
+    g.add_argument("--log-every", type=int, default=10, help="steps per metrics line")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where recovery and distillation train (measuring is on the CPU)")
+    add_measure_options(p)
+    return p
+
+
+def check_args(a: argparse.Namespace) -> None:
+    check_measure_options(a)
+    if not 0 < a.sparsity < 1:
+        raise WorkloadError(f"--sparsity {a.sparsity}: expected a number in (0, 1)")
+    if a.recover_steps < 0:
+        raise WorkloadError(f"--recover-steps {a.recover_steps}: expected 0 or more")
+    if not a.lr > 0 or not math.isfinite(a.lr):
+        raise WorkloadError(f"--lr {a.lr}: expected a positive number")
+    for name in ("max_steps", "log_every", "checkpoint_every"):
+        if getattr(a, name) < 1:
+            raise WorkloadError(f"--{name.replace('_', '-')} {getattr(a, name)}: expected an "
+                                "integer >= 1")
+
+
+def _check_output(output: Path, source: Path) -> None:
+    """Writing ``<output>/model`` must not replace the model read."""
+    target = (output / "model").resolve()
+    src = source.resolve()
+    if target == src or src in target.parents or target in src.parents:
+        raise WorkloadError(f"--output {output}: writing {target} would overwrite the model "
+                            f"being compressed ({src}); choose another --output folder")
+
+
+def _device(choice: str) -> Any:
+    import torch
+
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise WorkloadError("--device cuda: no CUDA device is visible; use --device cpu")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _ratio(before: Any, after: Any) -> float | None:
+    if not isinstance(before, int | float) or not isinstance(after, int | float) or not after:
+        return None
+    return finite_or_none(before / after)
+
+
+def comparison(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The before/after ratios of results.json."""
+    out: dict[str, Any] = {
+        "size_ratio": _ratio(before.get("size_bytes"), after.get("size_bytes")),
+        "linear_size_ratio": _ratio(before.get("linear_weight_bytes"),
+                                    after.get("linear_weight_bytes")),
+        "speedup": _ratio(before.get("latency_ms"), after.get("latency_ms")),
+    }
+    if "perplexity" in before:
+        change = _ratio(after.get("perplexity"), before.get("perplexity"))
+        out["perplexity_change"] = None if change is None else change - 1
+    if "accuracy" in before:
+        b, c = before.get("accuracy"), after.get("accuracy")
+        out["accuracy_change"] = None if b is None or c is None else c - b
+    return out
+
+
+# ---------------------------------------------------------------- pruning
+def prunable_layers(model: Any, include_head: bool) -> list[str]:
+    """Names of the nn.Linear modules pruning touches."""
+    import torch
+
+    return [name for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear)
+            and (include_head or name.rsplit(".", 1)[-1] not in HEADS)]
+
+
+def prune_global(model: Any, names: list[str], sparsity: float) -> None:
+    """Global L1 magnitude pruning of the named layers' weights; the mask
+    stays attached (as a parametrization) until `make_permanent`."""
+    import torch.nn.utils.prune as prune
+
+    modules = dict(model.named_modules())
+    prune.global_unstructured([(modules[n], "weight") for n in names],
+                              pruning_method=prune.L1Unstructured, amount=sparsity)
+
+
+def make_permanent(model: Any, names: list[str]) -> None:
+    import torch.nn.utils.prune as prune
+
+    modules = dict(model.named_modules())
+    for name in names:
+        prune.remove(modules[name], "weight")
+
+
+def recover(model: Any, a: argparse.Namespace, metrics: MetricsLog, tokenizer: Any) -> float:
+    """Fine-tune the still-masked model for ``--recover-steps`` steps on the
+    training split; the masked weights stay zero because the mask is applied
+    on every forward pass. Returns the last training loss."""
+    import torch
+
+    from engine.workloads import data as datasets
+
+    train_texts, _ = lm_texts(a)
+    blocks = datasets.pack_blocks(tokenizer, train_texts, a.block_size)
+    device = _device(a.device)
+    model.to(device)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(a.seed)
+    order: list[int] = []
+    loss_value = float("nan")
+    for step in range(1, a.recover_steps + 1):
+        if len(order) < min(a.batch_size, len(blocks)):
+            order = torch.randperm(len(blocks), generator=g).tolist()
+        idx, order = order[:a.batch_size], order[a.batch_size:]
+        batch = blocks[idx].to(device)
+        loss = model(input_ids=batch, labels=batch).loss
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise Diverged(f"recovery loss became {loss_value} at step {step}; lower --lr")
+        opt.zero_grad()
+        loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
+        opt.step()
+        if step % a.log_every == 0 or step == a.recover_steps:
+            metrics.write({"step": step, "loss": loss_value, "lr": a.lr,
+                           "grad_norm": grad_norm, "phase": "recover"})
+    model.to("cpu")
+    model.eval()
+    return loss_value
+
+
+# ---------------------------------------------------------------- the passes
+def compress(a: argparse.Namespace) -> dict[str, Any]:
+    """prune, int8, fp16, bf16: load, measure, compress, save, reload,
+    measure."""
+    import torch
+
+    from engine.workloads.models import load_model, model_folder, save_model
+
+    started = time.time()
+    seed_everything(a.seed)
+    threads = set_threads(1)
+    source_folder = model_folder(a.model)
+    _check_output(a.output, source_folder)
+    loaded = load_model(source_folder)
+    assert loaded.folder is not None
+    if loaded.format == "int8-dynamic":
+        raise WorkloadError(f"model {loaded.folder}: already int8; compress the fp32 model "
+                            "it came from instead")
+    if a.method == "prune" and a.recover_steps and loaded.task != "causal-lm":
+        raise WorkloadError(f"--recover-steps: recovery fine-tunes causal-LM models only and "
+                            f"{loaded.folder} is a classifier; prune with --recover-steps 0, "
+                            "then fine-tune it with train --task classification")
+    held = held_out(a, loaded.tokenizer, loaded.task)
+    if loaded.task == "classification":
+        match_labels(loaded, held)
+    a.output.mkdir(parents=True, exist_ok=True)
+    metrics = MetricsLog(metrics_path(a.output), a.output / "tensorboard")
+    extra: dict[str, Any] = {}
+    layers: list[str] | None = None
+    try:
+        if a.method == "prune":
+            layers = prunable_layers(loaded.model, a.include_lm_head)
+            if not layers:
+                raise WorkloadError(f"model {loaded.folder}: no nn.Linear layers to prune")
+        before = measure_model(loaded.model, loaded.folder, held, a, layers)
+        model = loaded.model
+        if a.method == "prune":
+            assert layers is not None
+            model = model.float()
+            prune_global(model, layers, a.sparsity)
+            pruned = quality(model, held, a)
+            extra["perplexity_after_pruning"] = pruned.get("perplexity")
+            extra["accuracy_after_pruning"] = pruned.get("accuracy")
+            if a.recover_steps:
+                extra["recovery_final_loss"] = finite_or_none(recover(model, a, metrics,
+                                                                      loaded.tokenizer))
+            make_permanent(model, layers)
+        elif a.method == "int8":
+            from engine.workloads.models import quantize_int8
+
+            model = quantize_int8(model)
+        elif a.method in ("fp16", "bf16"):
+            model = model.to(torch.float16 if a.method == "fp16" else torch.bfloat16)
+        loaded.model = model
+        loaded.format = FORMAT_OF[a.method]
+        saved = save_model(loaded, a.output / "model",
+                           {"compressed": {"method": a.method, "source": str(loaded.folder)}})
+        reloaded = load_model(saved)
+        after = measure_model(reloaded.model, saved, held, a, layers)
+        results: dict[str, Any] = {
+            "kind": "compress", "method": a.method, "status": "ok",
+            "source": str(loaded.folder.resolve()), "model": str(saved.resolve()),
+            "format": loaded.format, "task": loaded.task,
+            "before": before, "after": after, **comparison(before, after),
+        }
+        if a.method == "prune":
+            assert layers is not None
+            zeros, total = layer_zeros(reloaded.model, layers)
+            results.update({
+                "sparsity_target": a.sparsity, "include_lm_head": a.include_lm_head,
+                "pruned_layers": len(layers), "pruned_parameters": total,
+                "pruned_layers_sparsity": zeros / total if total else None,
+                "recover_steps": a.recover_steps,
+                **{k: finite_or_none(v) for k, v in extra.items() if v is not None},
+            })
+            if a.recover_steps:
+                results["perplexity_after_recovery"] = after.get("perplexity")
+        results.update({"threads": threads, "wall_s": round(time.time() - started, 2)})
+        write_metrics(metrics, results, a.recover_steps if a.method == "prune" else 0)
+    except Diverged as exc:
+        write_json_atomic(a.output / "results.json", {
+            "kind": "compress", "method": a.method, "status": "diverged", "reason": str(exc),
+            "source": str(loaded.folder.resolve()), "wall_s": round(time.time() - started, 2)})
+        raise
+    finally:
+        metrics.close()
+    write_json_atomic(a.output / "results.json", results)
+    return results
+
+
+def write_metrics(metrics: MetricsLog, results: dict[str, Any], step: int) -> None:
+    """One metrics line: before_*/after_* numbers and the ratios."""
+    record: dict[str, Any] = {"step": step}
+    for side in ("before", "after"):
+        for key, value in results[side].items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                record[f"{side}_{key}"] = value
+    for key in ("size_ratio", "linear_size_ratio", "speedup", "perplexity_change",
+                "accuracy_change", "pruned_layers_sparsity"):
+        if isinstance(results.get(key), int | float):
+            record[key] = results[key]
+    metrics.write(record)
+
+
+def _rank(dist_mode: str) -> int:
+    import os
+
+    from engine.workloads.distributed import detect
+
+    mode = detect(dist_mode)
+    var = {"horovod": "HOROVOD_RANK", "ddp": "RANK"}.get(mode)
+    value = os.environ.get(var, "0") if var else "0"
+    return int(value) if value.isdigit() else 0
+
+
+def distill(a: argparse.Namespace) -> dict[str, Any] | None:
+    """Train a student against the teacher with `train.run_training`; rank 0
+    then measures both. Returns the results on rank 0, None elsewhere."""
+    from engine.workloads import train
+    from engine.workloads.models import load_model, model_folder
+
+    started = time.time()
+    teacher_folder = model_folder(a.model)
+    _check_output(a.output, teacher_folder)
+    argv = ["--output", str(a.output), "--model", a.student,
+            "--tokenizer", str(teacher_folder), "--teacher", str(teacher_folder),
+            "--temperature", repr(a.temperature), "--alpha", repr(a.alpha),
+            "--max-steps", str(a.max_steps), "--lr", repr(a.lr),
+            "--warmup-steps", str(a.warmup_steps), "--corpus", a.corpus,
+            "--block-size", str(a.block_size), "--eval-fraction", repr(a.eval_fraction),
+            "--max-docs", str(a.max_docs), "--batch-size", str(a.batch_size),
+            "--eval-batches", str(a.eval_batches), "--eval-every", str(a.max_steps),
+            "--log-every", str(a.log_every), "--checkpoint-every", str(a.checkpoint_every),
+            "--seed", str(a.seed), "--dist", a.dist, "--device", a.device]
+    if a.resume:
+        argv.append("--resume")
+    outcome = train.run_training(train.parser().parse_args(argv), kind="distill")
+    if _rank(a.dist) != 0:
+        return None
+    teacher = load_model(teacher_folder)
+    assert teacher.folder is not None
+    held: HeldOut = held_out(a, teacher.tokenizer, "causal-lm")
+    before = measure_model(teacher.model, teacher.folder, held, a)
+    student_folder = a.output / "model"
+    student = load_model(student_folder)
+    after = measure_model(student.model, student_folder, held, a)
+    training = {k: outcome.results.get(k) for k in (
+        "steps", "final_loss", "eval_loss", "perplexity", "tokens_per_s", "world_size",
+        "dist", "device", "wall_s")}
+    results: dict[str, Any] = {
+        "kind": "compress", "method": "distill", "status": "ok",
+        "source": str(teacher.folder.resolve()), "model": str(student_folder.resolve()),
+        "format": "fp32", "task": "causal-lm", "teacher": str(teacher.folder.resolve()),
+        "student": a.student, "temperature": a.temperature, "alpha": a.alpha,
+        "training": training, "before": before, "after": after, **comparison(before, after),
+        "wall_s": round(time.time() - started, 2),
+    }
+    metrics = MetricsLog(metrics_path(a.output), a.output / "tensorboard")
+    try:
+        write_metrics(metrics, results, int(training.get("steps") or a.max_steps))
+    finally:
+        metrics.close()
+    write_json_atomic(a.output / "results.json", results)
+    return results
+
+
+def summary(r: dict[str, Any]) -> str:
+    """A few lines for people reading the job log."""
+    names = ("teacher", "student") if r["method"] == "distill" else ("before", "after")
+
+    def x(value: Any) -> str:
+        return "-" if value is None else f"{value:.2f}x"
+
+    lines = [f"compress {r['method']}: {r['source']} -> {r['model']} ({r['format']})",
+             f"  {names[0]}: {describe(r['before'])}",
+             f"  {names[1]}: {describe(r['after'])}",
+             f"  weights {x(r.get('size_ratio'))} smaller (Linear layers "
+             f"{x(r.get('linear_size_ratio'))}), {x(r.get('speedup'))} faster"]
+    change = r.get("perplexity_change")
+    if change is not None:
+        lines[-1] += f", perplexity {change:+.1%}"
+    if r.get("accuracy_change") is not None:
+        lines[-1] += f", accuracy {r['accuracy_change']:+.3f}"
+    if r.get("pruned_layers_sparsity") is not None:
+        lines.append(f"  pruned layers: {r['pruned_layers_sparsity']:.1%} zeros over "
+                     f"{r['pruned_parameters']:,} weights in {r['pruned_layers']} layers")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    quiet()
+    a = parser().parse_args()
+    check_args(a)
+    results = distill(a) if a.method == "distill" else compress(a)
+    if results is not None:
+        print(summary(results), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
