@@ -176,6 +176,27 @@ def load_model(path: str | Path, task: str | None = None,
     return LoadedModel(model, tokenizer, folder, fmt, task, names)
 
 
+#: Quantized-kernel engines in order of preference. oneDNN's int8 GEMM is
+#: faster than fbgemm's on the shapes of small LMs; on 1 thread, tiny preset:
+#: the 128 -> 2048 output head takes 4.6 ms in int8 on onednn against 15.5 ms
+#: on the default x86/fbgemm engine (8.0 ms in fp32), and the whole model runs
+#: 1.42x faster than fp32 against 1.15x.
+INT8_ENGINES = ("onednn", "x86", "fbgemm")
+
+
+def select_int8_engine() -> str:
+    """Make the preferred available engine current (process-wide: packed
+    int8 weights are packed for it, so set it before quantizing or loading)."""
+    import torch
+
+    supported = set(torch.backends.quantized.supported_engines)
+    for engine in INT8_ENGINES:
+        if engine in supported:
+            torch.backends.quantized.engine = engine
+            break
+    return str(torch.backends.quantized.engine)
+
+
 def quantize_int8(model: Any) -> Any:
     """int8 dynamic quantization of every nn.Linear (weights int8, activations
     quantized on the fly); CPU only."""
@@ -183,6 +204,7 @@ def quantize_int8(model: Any) -> Any:
 
     import torch
 
+    select_int8_engine()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return torch.ao.quantization.quantize_dynamic(
