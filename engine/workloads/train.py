@@ -389,14 +389,16 @@ def run_training(a: argparse.Namespace, kind: str = "train") -> Outcome:
                                     checkpoints(a.output) else None)
     if resume_from is not None:
         state = load_checkpoint_state(resume_from) if dist.is_main else None
-        if dist.is_main:
-            from engine.workloads.models import load_model as _load
-
-            weights = _load(resume_from / "model").model.state_dict()
-            model.load_state_dict(weights)
-            assert state is not None
-            base_opt.load_state_dict(state["optimizer"])
-            schedule.load_state_dict(state["schedule"])
+        if dist.is_main and state is not None:
+            try:
+                model.load_state_dict(load_model(resume_from / "model").model.state_dict())
+                base_opt.load_state_dict(state["optimizer"])
+                schedule.load_state_dict(state["schedule"])
+            except (RuntimeError, ValueError, KeyError) as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise WorkloadError(
+                    f"checkpoint {resume_from} does not fit this run ({first[:200]}); resume "
+                    "with the options it was written with, or use a new --output") from None
         shared = dist.broadcast_object(
             {"step": state["step"], "micro": state["micro"], "rng": state["rng"],
              "schedule": state["schedule"]} if state is not None else None)

@@ -123,6 +123,13 @@ def test_a_corrupt_checkpoint_is_a_clear_error(tmp_path: Path, wl_env: dict[str,
     assert missing.returncode == 2 and "no such folder" in missing.stderr
     assert "Traceback" not in missing.stderr
 
+    older = str(out / "checkpoints" / "step-000002")
+    other = [*args, "--resume-from", older]
+    other[other.index("micro")] = "tiny"  # another model shape than the checkpoint's
+    mismatch = run_workload("train", other, wl_env, check=False)
+    assert mismatch.returncode == 2 and "Traceback" not in mismatch.stderr
+    assert f"checkpoint {older} does not fit this run" in mismatch.stderr
+
 
 def test_a_missing_or_broken_model_folder_is_a_clear_error(
         tmp_path: Path, wl_env: dict[str, str]) -> None:
