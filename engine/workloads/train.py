@@ -454,8 +454,11 @@ def run_training(a: argparse.Namespace, kind: str = "train") -> Outcome:
             loss_sum, correct, count = dist.sum(sums)
             model.train()
             return {"eval_loss": loss_sum / max(1, count), "accuracy": correct / max(1, count)}
-        per_rank = math.ceil(a.eval_batches / dist.size)
-        lm_sums = lm_loss_sums(model, held["input_ids"][lo:hi], a.batch_size, device, per_rank)
+        # The first eval_batches x batch_size held-out rows, the rows that
+        # evaluate and compress score, shared out among the ranks.
+        rows = held["input_ids"][:a.eval_batches * a.batch_size]
+        lo, hi = dist.rank * len(rows) // dist.size, (dist.rank + 1) * len(rows) // dist.size
+        lm_sums = lm_loss_sums(model, rows[lo:hi], a.batch_size, device)
         loss_sum, count = dist.sum(lm_sums)
         model.train()
         loss = loss_sum / max(1, count)
