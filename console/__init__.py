@@ -1,3 +1,9 @@
-"""llmconsole's Textual screen: a client of the engine (engine.client), never
-of its store or agents. The screen itself lands with the [console] issue;
-until then the bare `llmconsole` command prints the same overview as text."""
+"""llmconsole's Textual screen. A client of the engine (`engine.client`)
+only, never of its store or agents.
+
+    state.py    what the screen knows: jobs, nodes, loss series; pure
+    bridge.py   the one module that talks to the engine: snapshot, event
+                stream with reconnect and backoff, actions
+    app.py      the Textual app: widgets render `state`, actions go through
+                the bridge, background work runs in workers
+"""

@@ -402,9 +402,10 @@ def cmd_engine(args: argparse.Namespace) -> int:
 
 def cmd_overview(args: argparse.Namespace) -> int:
     """Bare `llmconsole`: the screen when it is installed, else a summary."""
+    run: Callable[[], int] | None
     try:
-        from console.app import run  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
+        from console.app import run
+    except ImportError:  # installed without the screen's dependencies
         run = None
     if run is not None and sys.stdout.isatty() and not args.json:
         client = _client()

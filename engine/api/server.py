@@ -271,15 +271,34 @@ async def logs(request: web.Request) -> web.StreamResponse:
             if current.state.is_terminal() and attempt_key(job.id, number) not in rt.running:
                 position = await _copy_from(path, position, response)
                 break
-            try:
-                await asyncio.wait_for(sub.get(), timeout=1.0)
-            except asyncio.TimeoutError:
-                pass
+            if request.app[SHUTDOWN].is_set():
+                break
+            await _next_event(sub, request.app[SHUTDOWN], 1.0)
     finally:
         if sub is not None:
             sub.close()
     await response.write_eof()
     return response
+
+
+async def _next_event(sub: Any, shutdown: asyncio.Event, timeout: float
+                      ) -> dict[str, Any] | None:
+    """The subscription's next event; None after `timeout` seconds or as soon
+    as the engine is shutting down (so open streams never hold a shutdown
+    up: aiohttp would wait a minute for their handlers)."""
+    getter = asyncio.ensure_future(sub.get())
+    stopper = asyncio.ensure_future(shutdown.wait())
+    try:
+        await asyncio.wait({getter, stopper}, timeout=timeout,
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (getter, stopper):
+            if not task.done():
+                task.cancel()
+    if getter.done() and not getter.cancelled():
+        event: dict[str, Any] = getter.result()
+        return event
+    return None
 
 
 async def _copy_from(path: Any, position: int, response: web.StreamResponse) -> int:
@@ -306,12 +325,13 @@ async def events(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     try:
         await response.write(json.dumps({"type": "hello", "time": time.time()}).encode() + b"\n")
-        while True:
-            try:
-                event = await asyncio.wait_for(sub.get(), timeout=15.0)
-            except asyncio.TimeoutError:
+        shutdown = request.app[SHUTDOWN]
+        while not shutdown.is_set():
+            event = await _next_event(sub, shutdown, 15.0)
+            if event is None:
                 event = {"type": "keepalive", "time": time.time()}
-            await response.write(json.dumps(event).encode() + b"\n")
+            if not shutdown.is_set():
+                await response.write(json.dumps(event).encode() + b"\n")
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:

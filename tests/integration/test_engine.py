@@ -422,3 +422,39 @@ def test_a_kept_alive_client_survives_an_engine_restart(engine: EngineHandle) ->
     with pytest.raises(NotFound, match="no job 42"):
         client.job(42)
     assert client.jobs() == []  # the connection is still good after an error reply
+
+
+def test_engine_stop_ends_open_streams_at_once(engine: EngineHandle) -> None:
+    """An open event stream (a screen left running) or a followed log must
+    not hold the daemon up when it is asked to stop."""
+    from engine.client import EngineClient
+
+    engine.cli("engine", "start")
+    job_id = engine.submit("sleep")
+    engine.wait_state(job_id, ["running"])
+    pid = int((engine.home / "engine.pid").read_text())
+    ended: list[str] = []
+
+    def events() -> None:
+        for _event in EngineClient(engine.home / "engine.sock").events():
+            pass
+        ended.append("events")
+
+    def follow() -> None:
+        for _line in EngineClient(engine.home / "engine.sock").logs(job_id, follow=True):
+            pass
+        ended.append("logs")
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (events, follow)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    started = time.monotonic()
+    engine.cli("engine", "stop")
+    for t in threads:
+        t.join(timeout=10)
+    assert sorted(ended) == ["events", "logs"]
+    while alive(pid) and time.monotonic() - started < 10:
+        time.sleep(0.05)
+    assert not alive(pid), "the daemon kept running behind open streams"
+    assert time.monotonic() - started < 5

@@ -1,0 +1,399 @@
+"""The llmconsole screen: every GPU of every node, the jobs, and the live
+loss of the selected job, driven from the keyboard.
+
+Widgets render `ConsoleState`; the `EngineBridge` feeds it (snapshot, then
+the engine's pushed events, drained four times a second so bursts arrive
+merged); actions run in thread workers and report the engine's answer,
+refusals included, as notifications.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import DataTable, Footer, Header, Input, Label, RichLog, Sparkline, Static
+
+from console.bridge import Down, EngineBridge, Snapshot
+from console.state import ConsoleState, bar, smoothed, spark
+from engine.errors import EngineError
+
+DRAIN_INTERVAL = 0.25
+STATE_STYLE = {"running": "green", "succeeded": "bold green", "failed": "bold red",
+               "lost": "bold red", "cancelled": "yellow", "queued": "cyan", "held": "dim",
+               "starting": "cyan"}
+
+
+def _elapsed(job: dict[str, Any], now: float) -> str:
+    start = job.get("submitted_at") or now
+    end = now if job["state"] in ("held", "queued", "starting", "running") else \
+        (job.get("updated_at") or now)
+    seconds = max(0, int(end - start))
+    if seconds < 3600:
+        return f"{seconds // 60}:{seconds % 60:02d}"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}"
+
+
+def _resources(job: dict[str, Any]) -> str:
+    r = job.get("resources") or {}
+    gpus = r.get("gpus_per_node", 0)
+    nodes = r.get("nodes", 1)
+    return f"{nodes}x{gpus}g" if gpus else f"{nodes}x{r.get('cpus', 1)}c"
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """Yes or no, for actions that stop work."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("y", "answer(True)", "Yes"),
+        Binding("n,escape", "answer(False)", "No"),
+    ]
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label(self.question, id="question")
+            yield Label("[b]y[/b] yes    [b]n[/b] no", id="answers")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
+class LogScreen(ModalScreen[None]):
+    """A job's output: the last lines, then new ones as they arrive."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,q,l", "close", "Close")]
+
+    def __init__(self, job_id: int, title: str) -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.title_text = title
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="logbox"):
+            yield Label(self.title_text, id="logtitle")
+            yield RichLog(id="log", max_lines=5000, wrap=False, markup=False)
+
+    def write(self, lines: list[str]) -> None:
+        log = self.query_one(RichLog)
+        for line in lines:
+            log.write(line)
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class LlmConsole(App[None]):
+    TITLE = "llmconsole"
+    CSS = """
+    #banner { background: $error; color: $text; height: 1; display: none; }
+    #banner.shown { display: block; }
+    #gpus { height: 1fr; min-height: 5; }
+    #jobs { height: 2fr; }
+    #losspanel { height: 5; }
+    #losslabel { width: 28; }
+    #loss { width: 1fr; }
+    #filter { display: none; }
+    #filter.shown { display: block; }
+    #status { height: 1; background: $panel; }
+    ConfirmScreen, LogScreen { align: center middle; }
+    #dialog { width: 60; height: 7; border: thick $warning; padding: 1 2; background: $surface; }
+    #logbox { width: 95%; height: 90%; border: thick $primary; background: $surface; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("q", "quit", "Quit"),
+        Binding("c", "cancel_job", "Cancel"),
+        Binding("r", "retry_job", "Retry"),
+        Binding("l", "show_logs", "Logs"),
+        Binding("a", "toggle_ended", "All/active"),
+        Binding("/", "filter", "Filter"),
+        Binding("escape", "clear_filter", "Clear filter", show=False),
+    ]
+
+    def __init__(self, bridge: EngineBridge | None = None) -> None:
+        super().__init__()
+        self.bridge = bridge or EngineBridge()
+        self.state = ConsoleState()
+        self.show_ended = True
+        self.filter_text = ""
+        self.selected: int | None = None
+        self._log_screen: LogScreen | None = None
+
+    # ------------------------------------------------------------ layout
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="banner")
+        yield DataTable(id="gpus", cursor_type="none", zebra_stripes=True)
+        yield Input(placeholder="filter jobs: name, kind, state, owner", id="filter")
+        yield DataTable(id="jobs", cursor_type="row", zebra_stripes=True)
+        with Horizontal(id="losspanel"):
+            yield Static("loss: select a job", id="losslabel")
+            yield Sparkline([], id="loss")
+        yield Static("connecting to the engine...", id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        gpus = self.query_one("#gpus", DataTable)
+        gpus.add_columns("NODE", "GPU", "UTIL", "MEMORY", "TEMP", "JOB", "HISTORY")
+        jobs = self.query_one("#jobs", DataTable)
+        jobs.add_columns("ID", "NAME", "KIND", "OWNER", "STATE", "RES", "STEP", "LOSS",
+                         "ELAPSED")
+        jobs.focus()
+        self.bridge.start()
+        self.set_interval(DRAIN_INTERVAL, self.drain)
+        self.set_interval(1.0, self._tick)
+
+    def on_unmount(self) -> None:
+        self.bridge.stop()
+
+    # ------------------------------------------------------------ updates
+    def drain(self) -> None:
+        items = self.bridge.drain()
+        if not items:
+            return
+        changed: set[str] = set()
+        events: list[dict[str, Any]] = []
+        for item in items:
+            if isinstance(item, Snapshot):
+                changed |= self.state.apply(events)
+                events = []
+                self.state.load(item.nodes, item.jobs)
+                changed |= {"jobs", "nodes", "status"}
+                self._banner(None)
+            elif isinstance(item, Down):
+                self.state.connected = False
+                self.state.error = item.reason
+                self._banner(f"engine unreachable: {item.reason} - retrying in "
+                             f"{item.retry_in:.1f}s")
+                changed.add("status")
+            else:
+                events.append(item)
+        changed |= self.state.apply(events)
+        if self._log_screen is not None:
+            lines = [e["line"] for e in events if e.get("type") == "log"
+                     and e.get("job") == self._log_screen.job_id]
+            if lines:
+                self._log_screen.write(lines)
+        if "nodes" in changed:
+            self.render_gpus()
+        if "jobs" in changed or "metrics" in changed:
+            self.render_jobs()
+        if "metrics" in changed or "jobs" in changed:
+            self.render_loss()
+        self.render_status()
+
+    def _tick(self) -> None:
+        if self.state.connected:
+            self.render_jobs()  # elapsed times move
+
+    def _banner(self, text: str | None) -> None:
+        banner = self.query_one("#banner", Static)
+        banner.update(text or "")
+        banner.set_class(text is not None, "shown")
+
+    def render_status(self) -> None:
+        counts = self.state.counts()
+        parts = [f"{counts.get(s, 0)} {s}" for s in ("running", "queued", "held", "failed")]
+        gpus = sum(len(n.get("gpus") or []) for n in self.state.nodes.values())
+        up = sum(1 for n in self.state.nodes.values() if n.get("up"))
+        engine = "engine: connected" if self.state.connected else "engine: DISCONNECTED"
+        view = "all jobs" if self.show_ended else "active jobs"
+        text = f"{engine} | {up}/{len(self.state.nodes)} nodes up, {gpus} GPUs | " \
+               + ", ".join(parts) + f" | showing {view}"
+        if self.filter_text:
+            text += f" matching {self.filter_text!r}"
+        self.query_one("#status", Static).update(text)
+
+    def render_gpus(self) -> None:
+        table = self.query_one("#gpus", DataTable)
+        table.clear()
+        for name, node in sorted(self.state.nodes.items()):
+            up = node.get("up", True)
+            if not node.get("gpus"):
+                cpu = node.get("cpu_percent")
+                table.add_row(name if up else f"[b red]{name} DOWN[/]", "cpu", bar(cpu),
+                              "-" if node.get("memory_percent") is None
+                              else f"{node['memory_percent']:.0f}% RAM", "-",
+                              ",".join(str(j) for j in node.get("jobs") or []) or "-", "")
+                continue
+            for gpu in node["gpus"]:
+                used, total = gpu.get("memory_used_mb"), gpu.get("memory_total_mb")
+                util = gpu.get("util_percent")
+                job = gpu.get("job")
+                idle = job is not None and util is not None and util < 5
+                history: Iterable[float] = self.state.gpu_history.get(
+                    (name, int(gpu.get("index") or 0)), [])
+                table.add_row(
+                    name if up else f"[b red]{name} DOWN[/]", str(gpu.get("index")),
+                    f"[yellow]{bar(util)}[/]" if idle else bar(util),
+                    "-" if used is None or not total
+                    else f"{used / 1024:.1f}/{total / 1024:.0f} GiB",
+                    "-" if gpu.get("temperature_c") is None else f"{gpu['temperature_c']}C",
+                    "-" if job is None else (f"[yellow]{job} idle[/]" if idle else str(job)),
+                    spark(history))
+
+    def render_jobs(self) -> None:
+        table = self.query_one("#jobs", DataTable)
+        jobs = self.state.visible_jobs(self.show_ended, self.filter_text)
+        keep = self.selected
+        table.clear()
+        now = time.time()
+        for job in jobs:
+            series = self.state.series.get(int(job["id"]))
+            loss = series.last.get("loss") if series else None
+            style = STATE_STYLE.get(job["state"], "")
+            table.add_row(
+                str(job["id"]), str(job["name"])[:32], job["kind"], str(job.get("owner", "")),
+                f"[{style}]{job['state']}[/]" if style else job["state"], _resources(job),
+                "-" if series is None or series.step is None else str(series.step),
+                "-" if loss is None else f"{loss:.4f}", _elapsed(job, now),
+                key=str(job["id"]))
+        if keep is not None and str(keep) in table.rows:
+            table.move_cursor(row=table.get_row_index(str(keep)), animate=False)
+        elif jobs:
+            self.selected = int(jobs[0]["id"])
+
+    def render_loss(self) -> None:
+        label = self.query_one("#losslabel", Static)
+        spark_widget = self.query_one("#loss", Sparkline)
+        if self.selected is None:
+            label.update("loss: select a job")
+            spark_widget.data = []
+            return
+        series = self.state.series.get(self.selected)
+        if series is None or not series.loss:
+            label.update(f"job {self.selected}: no loss yet")
+            spark_widget.data = []
+            return
+        values = [v for _s, v in series.loss]
+        smooth = smoothed(values)
+        held = f"\nheld-out {series.eval_loss[-1][1]:.4f}" if series.eval_loss else ""
+        label.update(f"job {self.selected} step {series.step}\nloss {values[-1]:.4f} "
+                     f"(smoothed {smooth[-1]:.4f}){held}")
+        spark_widget.data = smooth[-200:]
+
+    # ------------------------------------------------------------ selection
+    @on(DataTable.RowHighlighted, "#jobs")
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.row_key.value is None:
+            return
+        job_id = int(event.row_key.value)
+        if job_id != self.selected:
+            self.selected = job_id
+            self.render_loss()
+            if job_id not in self.state.series:
+                self.load_metrics(job_id)
+
+    @work(thread=True, exclusive=True, group="metrics")
+    def load_metrics(self, job_id: int) -> None:
+        try:
+            points = self.bridge.metrics(job_id)
+        except EngineError:
+            return
+        self.call_from_thread(self._metrics_loaded, job_id, points)
+
+    def _metrics_loaded(self, job_id: int, points: list[dict[str, Any]]) -> None:
+        if points:
+            self.state.load_metrics(job_id, points)
+            self.render_loss()
+            self.render_jobs()
+
+    def _selected_job(self) -> dict[str, Any] | None:
+        if self.selected is None:
+            self.notify("no job selected", severity="warning")
+            return None
+        return self.state.jobs.get(self.selected)
+
+    # ------------------------------------------------------------ actions
+    def action_cancel_job(self) -> None:
+        job = self._selected_job()
+        if job is None:
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.run_action_in_thread("cancel", int(job["id"]))
+
+        self.push_screen(ConfirmScreen(f"Cancel job {job['id']} ({job['name']})?"), answered)
+
+    def action_retry_job(self) -> None:
+        job = self._selected_job()
+        if job is not None:
+            self.run_action_in_thread("retry", int(job["id"]))
+
+    @work(thread=True, group="actions")
+    def run_action_in_thread(self, verb: str, job_id: int) -> None:
+        try:
+            job = getattr(self.bridge, verb)(job_id)
+        except EngineError as err:
+            self.call_from_thread(self.notify, f"{verb} job {job_id}: {err}",
+                                  severity="error", timeout=8)
+            return
+        self.call_from_thread(self.notify, f"job {job_id}: {job['state']}")
+
+    def action_show_logs(self) -> None:
+        job = self._selected_job()
+        if job is None:
+            return
+        screen = LogScreen(int(job["id"]), f"job {job['id']} {job['name']} - {job['state']} "
+                           "(esc to close)")
+        self._log_screen = screen
+
+        def closed(_result: None) -> None:
+            self._log_screen = None
+
+        self.push_screen(screen, closed)
+        self.load_logs(int(job["id"]), screen)
+
+    @work(thread=True, group="logs")
+    def load_logs(self, job_id: int, screen: LogScreen) -> None:
+        try:
+            lines = self.bridge.logs(job_id)
+        except EngineError as err:
+            lines = [f"(no logs: {err})"]
+        self.call_from_thread(screen.write, lines)
+
+    def action_toggle_ended(self) -> None:
+        self.show_ended = not self.show_ended
+        self.render_jobs()
+        self.render_status()
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.add_class("shown")
+        box.focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.value = ""
+        box.remove_class("shown")
+        self.filter_text = ""
+        self.query_one("#jobs", DataTable).focus()
+        self.render_jobs()
+        self.render_status()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value
+        self.render_jobs()
+        self.render_status()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self, _event: Input.Submitted) -> None:
+        self.query_one("#jobs", DataTable).focus()
+
+
+def run() -> int:
+    """The bare `llmconsole` command: the screen until the user quits (jobs
+    keep running)."""
+    LlmConsole().run()
+    return 0

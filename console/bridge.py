@@ -1,0 +1,116 @@
+"""The one module that talks to the engine for the screen: a reader thread
+that takes a snapshot and then follows the engine's event stream, putting
+everything on a queue the screen drains on its own timer (so bursts of
+telemetry and metric points reach the widgets merged, a few times a second),
+reconnecting with backoff when the engine goes away; and the actions
+(cancel, retry, submit), each on its own short-lived client so threads never
+share one. No screen library here."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from engine.client import EngineClient
+
+RECENT_ENDED = 500           # ended jobs loaded with a snapshot
+BACKOFF_START, BACKOFF_MAX = 0.5, 10.0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    nodes: list[dict[str, Any]]
+    jobs: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Down:
+    """The engine cannot be reached; the reader retries in `retry_in` s."""
+
+    reason: str
+    retry_in: float
+
+
+Item = Snapshot | Down | dict[str, Any]
+
+
+class EngineBridge:
+    def __init__(self, client_factory: Callable[[], EngineClient] = EngineClient) -> None:
+        self._factory = client_factory
+        self._queue: queue.Queue[Item] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------ stream
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._read, name="engine-events", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def drain(self, limit: int = 10_000) -> list[Item]:
+        """Everything received since the last call (at most `limit` items)."""
+        out: list[Item] = []
+        while len(out) < limit:
+            try:
+                out.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return out
+
+    def _read(self) -> None:
+        backoff = BACKOFF_START
+        while not self._stop.is_set():
+            try:
+                client = self._factory()
+                stream = client.events()
+                next(stream)  # the hello: subscribed, so no event is missed after the snapshot
+                self._queue.put(self._snapshot(client))
+                backoff = BACKOFF_START
+                for event in stream:
+                    if self._stop.is_set():
+                        return
+                    if event.get("type") != "keepalive":
+                        self._queue.put(event)
+                reason = "the engine closed the event stream"
+            except Exception as exc:  # noqa: BLE001 - the reader must outlive any failure
+                reason = str(exc) or type(exc).__name__
+            self._queue.put(Down(reason, backoff))
+            self._stop.wait(backoff)
+            backoff = min(BACKOFF_MAX, backoff * 2)
+
+    @staticmethod
+    def _snapshot(client: EngineClient) -> Snapshot:
+        active = client.jobs(states=("held", "queued", "starting", "running"))
+        recent = client.jobs(limit=RECENT_ENDED)
+        jobs = {j["id"]: j for j in [*recent, *active]}
+        return Snapshot(client.nodes(), list(jobs.values()))
+
+    # ------------------------------------------------------------ actions
+    def _call(self, fn: Callable[[EngineClient], Any]) -> Any:
+        with self._factory() as client:
+            return fn(client)
+
+    def cancel(self, job_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(lambda c: c.cancel(job_id))
+        return result
+
+    def retry(self, job_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(lambda c: c.retry(job_id))
+        return result
+
+    def submit(self, spec: dict[str, Any], after: Sequence[int] = ()) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(lambda c: c.submit(spec, after))
+        return result
+
+    def metrics(self, job_id: int) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call(lambda c: c.metrics(job_id))
+        return result
+
+    def logs(self, job_id: int, tail: int = 500) -> list[str]:
+        return list(self._call(lambda c: list(c.logs(job_id, tail=tail))))
+

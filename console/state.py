@@ -1,0 +1,174 @@
+"""What the screen knows, kept as plain data and updated by the engine's
+events. Pure: no I/O, no screen library, so it is tested on its own.
+
+Events (from `GET /v1/events`):
+    {"type": "job", "job": {...job view...}}
+    {"type": "node", "node": NAME, "up": bool, "error": str | None}
+    {"type": "telemetry", "node": NAME, "gpus": [...], "cpu_percent": ...}
+    {"type": "metric", "job": ID, "attempt": N, "step": S, "values": {...}}
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ACTIVE_STATES = ("held", "queued", "starting", "running")
+SERIES_POINTS = 2000      # loss points kept per job
+HISTORY_POINTS = 60       # telemetry samples kept per GPU (a minute at 1 Hz)
+
+
+@dataclass
+class Series:
+    """One job's metric history (its newest attempt)."""
+
+    attempt: int = 0
+    loss: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=SERIES_POINTS))
+    eval_loss: deque[tuple[int, float]] = field(
+        default_factory=lambda: deque(maxlen=SERIES_POINTS))
+    last: dict[str, float] = field(default_factory=dict)
+    step: int | None = None
+
+
+@dataclass
+class ConsoleState:
+    jobs: dict[int, dict[str, Any]] = field(default_factory=dict)
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    series: dict[int, Series] = field(default_factory=dict)
+    gpu_history: dict[tuple[str, int], deque[float]] = field(default_factory=dict)
+    connected: bool = False
+    error: str | None = None
+
+    # ---------------------------------------------------------- loading
+    def load(self, nodes: Iterable[Mapping[str, Any]], jobs: Iterable[Mapping[str, Any]]
+             ) -> None:
+        """Replace everything with a fresh snapshot (after a (re)connect)."""
+        self.nodes = {str(n["name"]): dict(n) for n in nodes}
+        self.jobs = {int(j["id"]): dict(j) for j in jobs}
+        self.connected, self.error = True, None
+
+    def load_metrics(self, job_id: int, points: Iterable[Mapping[str, Any]]) -> None:
+        """A job's metric points as the API lists them (one per name)."""
+        by_step: dict[tuple[int, int], dict[str, float]] = {}
+        for p in points:
+            by_step.setdefault((int(p["attempt"]), int(p["step"])), {})[p["name"]] = p["value"]
+        self.series.pop(job_id, None)
+        for (attempt, step), values in sorted(by_step.items()):
+            self._metric(job_id, attempt, step, values)
+
+    # ---------------------------------------------------------- events
+    def apply(self, events: Iterable[Mapping[str, Any]]) -> set[str]:
+        """Apply events in order; the parts of the screen they changed
+        ("jobs", "nodes", "metrics")."""
+        changed: set[str] = set()
+        for event in events:
+            kind = event.get("type")
+            if kind == "job" and isinstance(event.get("job"), Mapping):
+                job = dict(event["job"])
+                self.jobs[int(job["id"])] = job
+                changed.add("jobs")
+            elif kind == "node":
+                node = self.nodes.setdefault(str(event["node"]), {"name": event["node"],
+                                                                  "gpus": [], "jobs": []})
+                node["up"] = bool(event.get("up"))
+                node["error"] = event.get("error")
+                changed.add("nodes")
+            elif kind == "telemetry":
+                self._telemetry(event)
+                changed.add("nodes")
+            elif kind == "metric":
+                self._metric(int(event["job"]), int(event.get("attempt", 1)),
+                             int(event["step"]), event.get("values") or {})
+                changed.add("metrics")
+                if int(event["job"]) in self.jobs:
+                    changed.add("jobs")
+        return changed
+
+    def _telemetry(self, event: Mapping[str, Any]) -> None:
+        name = str(event.get("node"))
+        node = self.nodes.setdefault(name, {"name": name, "gpus": [], "jobs": [], "up": True})
+        for key in ("cpu_percent", "memory_percent", "load"):
+            if key in event:
+                node[key] = event[key]
+        known = {g.get("index"): g for g in node.get("gpus") or []}
+        for tele in event.get("gpus") or []:
+            index = tele.get("index")
+            gpu = known.setdefault(index, {"index": index})
+            gpu.update({k: v for k, v in tele.items() if k != "job"})
+            util = tele.get("util_percent")
+            if isinstance(util, int | float):
+                history = self.gpu_history.setdefault((name, int(index)),
+                                                      deque(maxlen=HISTORY_POINTS))
+                history.append(float(util))
+        node["gpus"] = [known[i] for i in sorted(known, key=lambda i: (i is None, i))]
+
+    def _metric(self, job_id: int, attempt: int, step: int, values: Mapping[str, Any]) -> None:
+        series = self.series.get(job_id)
+        if series is None or attempt > series.attempt:
+            series = self.series[job_id] = Series(attempt=attempt)
+        elif attempt < series.attempt:
+            return  # an older attempt's late point
+        for name, value in values.items():
+            if isinstance(value, int | float) and math.isfinite(value):
+                series.last[name] = float(value)
+        series.step = step
+        if isinstance(values.get("loss"), int | float) and math.isfinite(values["loss"]):
+            series.loss.append((step, float(values["loss"])))
+        if isinstance(values.get("eval_loss"), int | float) and math.isfinite(values["eval_loss"]):
+            series.eval_loss.append((step, float(values["eval_loss"])))
+
+    # ---------------------------------------------------------- views
+    def visible_jobs(self, show_ended: bool, text: str = "") -> list[dict[str, Any]]:
+        """Jobs to list, newest first: active ones (all with `show_ended`),
+        those whose name, kind, state or owner contain `text`."""
+        needle = text.lower().strip()
+        out = []
+        for job in sorted(self.jobs.values(), key=lambda j: -int(j["id"])):
+            if not show_ended and job["state"] not in ACTIVE_STATES:
+                continue
+            hay = " ".join(str(job.get(k, "")) for k in ("id", "name", "kind", "state", "owner"))
+            if needle and needle not in hay.lower():
+                continue
+            out.append(job)
+        return out
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for job in self.jobs.values():
+            out[job["state"]] = out.get(job["state"], 0) + 1
+        return out
+
+
+def smoothed(values: list[float], weight: float = 0.8) -> list[float]:
+    """Exponential moving average, as TensorBoard's smoothing slider."""
+    out: list[float] = []
+    last: float | None = None
+    for v in values:
+        last = v if last is None else weight * last + (1 - weight) * v
+        out.append(last)
+    return out
+
+
+def progress(job: Mapping[str, Any], series: Series | None) -> str:
+    """"step 40" or "-"."""
+    if series is None or series.step is None:
+        return "-"
+    return f"{series.step}"
+
+
+def bar(percent: float | None, width: int = 10) -> str:
+    """A text bar for a utilisation percentage."""
+    if percent is None:
+        return "-".ljust(width)
+    filled = max(0, min(width, round(percent / 100 * width)))
+    return "█" * filled + "░" * (width - filled)
+
+
+def spark(values: Iterable[float], width: int = 12) -> str:
+    """A one-line sparkline of the newest `width` values (0..100)."""
+    ticks = "▁▂▃▄▅▆▇█"
+    vals = list(values)[-width:]
+    return "".join(ticks[min(7, max(0, int(v / 100 * 7.999)))] for v in vals)

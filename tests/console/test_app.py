@@ -1,0 +1,93 @@
+"""The real screen against a real engine daemon on a temporary home,
+driven by Textual's Pilot."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from textual.widgets import DataTable, Static
+
+from console.app import ConfirmScreen, LlmConsole, LogScreen
+from tests.integration.engine_fixture import EngineHandle, new_engine
+
+
+@pytest.fixture
+def engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[EngineHandle]:
+    handle = new_engine()
+    monkeypatch.setenv("LLMCONSOLE_HOME", str(handle.home))
+    monkeypatch.delenv("LLMCONSOLE_SOCKET", raising=False)
+    handle.cli("engine", "start")
+    try:
+        yield handle
+    finally:
+        handle.close()
+
+
+async def until(pilot: Any, predicate: Any, timeout: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "timed out waiting on the screen"
+        await pilot.pause(0.1)
+
+
+def job_cells(app: LlmConsole, job_id: int) -> list[str]:
+    table = app.query_one("#jobs", DataTable)
+    if str(job_id) not in table.rows:
+        return []
+    return [str(c) for c in table.get_row(str(job_id))]
+
+
+async def test_jobs_appear_run_and_finish_live(engine: EngineHandle) -> None:
+    app = LlmConsole()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.state.connected)
+        job_id = engine.submit("hello")
+        await until(pilot, lambda: "succeeded" in " ".join(job_cells(app, job_id)))
+        cells = job_cells(app, job_id)
+        assert cells[1] == "hello" and cells[2] == "command"
+        status = str(app.query_one("#status", Static).render())
+        assert "engine: connected" in status
+        gpus = app.query_one("#gpus", DataTable)
+        assert gpus.row_count >= 1  # the head node, as a CPU row
+
+        await pilot.press("l")
+        await until(pilot, lambda: isinstance(app.screen, LogScreen))
+        log = app.screen.query_one("RichLog")
+        await until(pilot, lambda: any("hello from" in str(line.text)
+                                       for line in log.lines))  # type: ignore[attr-defined]
+        await pilot.press("escape")
+
+
+async def test_cancel_asks_first_then_stops_the_job(engine: EngineHandle) -> None:
+    job_id = engine.submit("sleep")
+    engine.wait_state(job_id, ["running"])
+    app = LlmConsole()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: "running" in " ".join(job_cells(app, job_id)))
+        app.selected = job_id
+        await pilot.press("c")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("n")  # no: nothing happens
+        await pilot.pause(0.3)
+        assert engine.job(job_id)["state"] == "running"
+        await pilot.press("c")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, lambda: "cancelled" in " ".join(job_cells(app, job_id)))
+    assert engine.job(job_id)["state"] == "cancelled"
+
+
+async def test_losing_the_engine_shows_a_banner_and_reconnects(engine: EngineHandle) -> None:
+    app = LlmConsole()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.state.connected)
+        engine.cli("engine", "stop")
+        banner = app.query_one("#banner", Static)
+        await until(pilot, lambda: banner.has_class("shown"))
+        assert "engine unreachable" in str(banner.render())
+        engine.cli("engine", "start")
+        await until(pilot, lambda: not banner.has_class("shown") and app.state.connected)

@@ -1,0 +1,63 @@
+"""The screen's model, fed events as the engine sends them."""
+
+from __future__ import annotations
+
+from console.state import ConsoleState, bar, smoothed, spark
+
+
+def job(id_: int, state: str, name: str = "j") -> dict:
+    return {"id": id_, "name": name, "kind": "train", "state": state, "owner": "ann"}
+
+
+def test_events_update_jobs_nodes_and_loss_in_order() -> None:
+    s = ConsoleState()
+    s.load([{"name": "n1", "up": True, "gpus": [], "jobs": []}], [job(1, "queued")])
+    changed = s.apply([
+        {"type": "job", "job": job(1, "running")},
+        {"type": "metric", "job": 1, "attempt": 1, "step": 1, "values": {"loss": 4.0}},
+        {"type": "metric", "job": 1, "attempt": 1, "step": 2,
+         "values": {"loss": 3.0, "eval_loss": 3.5, "lr": float("nan")}},
+        {"type": "telemetry", "node": "n1", "cpu_percent": 50.0,
+         "gpus": [{"index": 0, "util_percent": 80.0, "memory_used_mb": 1024}]},
+        {"type": "node", "node": "n2", "up": False, "error": "ssh: timeout"},
+    ])
+    assert changed == {"jobs", "metrics", "nodes"}
+    assert s.jobs[1]["state"] == "running"
+    series = s.series[1]
+    assert list(series.loss) == [(1, 4.0), (2, 3.0)] and list(series.eval_loss) == [(2, 3.5)]
+    assert "lr" not in series.last and series.step == 2
+    assert s.nodes["n1"]["gpus"][0]["util_percent"] == 80.0
+    assert list(s.gpu_history[("n1", 0)]) == [80.0]
+    assert s.nodes["n2"] == {"name": "n2", "gpus": [], "jobs": [], "up": False,
+                             "error": "ssh: timeout"}
+
+
+def test_a_new_attempt_starts_a_new_series_and_old_points_are_ignored() -> None:
+    s = ConsoleState()
+    s.apply([{"type": "metric", "job": 7, "attempt": 1, "step": 5, "values": {"loss": 2.0}}])
+    s.apply([{"type": "metric", "job": 7, "attempt": 2, "step": 1, "values": {"loss": 9.0}},
+             {"type": "metric", "job": 7, "attempt": 1, "step": 6, "values": {"loss": 1.0}}])
+    assert s.series[7].attempt == 2 and list(s.series[7].loss) == [(1, 9.0)]
+
+
+def test_visible_jobs_filter_and_hide_ended() -> None:
+    s = ConsoleState()
+    s.load([], [job(1, "succeeded", "pretrain"), job(2, "running", "prune"),
+                job(3, "queued", "eval")])
+    assert [j["id"] for j in s.visible_jobs(show_ended=True)] == [3, 2, 1]
+    assert [j["id"] for j in s.visible_jobs(show_ended=False)] == [3, 2]
+    assert [j["id"] for j in s.visible_jobs(True, "PRE")] == [1]
+    assert s.counts() == {"succeeded": 1, "running": 1, "queued": 1}
+
+
+def test_metric_history_loads_from_the_api_listing() -> None:
+    s = ConsoleState()
+    s.load_metrics(4, [{"attempt": 1, "step": 2, "name": "loss", "value": 2.0},
+                       {"attempt": 1, "step": 1, "name": "loss", "value": 3.0}])
+    assert list(s.series[4].loss) == [(1, 3.0), (2, 2.0)]
+
+
+def test_text_helpers() -> None:
+    assert bar(50, 10) == "█████░░░░░" and bar(None, 3) == "-  "
+    assert smoothed([1.0, 0.0], 0.5) == [1.0, 0.5]
+    assert spark([0, 100], 4) == "▁█"
