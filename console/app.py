@@ -18,11 +18,23 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import DataTable, Footer, Header, Input, Label, RichLog, Sparkline, Static
+from textual.suggester import SuggestFromList
+from textual.widgets import (
+    DataTable,
+    Footer,
+    Header,
+    Input,
+    Label,
+    RichLog,
+    Sparkline,
+    Static,
+)
 
 from console.bridge import Down, EngineBridge, Snapshot
 from console.state import ConsoleState, bar, smoothed, spark
-from engine.errors import EngineError
+from engine import pipelines, profiles
+from engine.errors import EngineError, UserError
+from engine.paths import outputs_dir
 
 DRAIN_INTERVAL = 0.25
 STATE_STYLE = {"running": "green", "succeeded": "bold green", "failed": "bold red",
@@ -92,6 +104,64 @@ class LogScreen(ModalScreen[None]):
         self.dismiss(None)
 
 
+class SubmitScreen(ModalScreen["pipelines.Submission | None"]):
+    """Pick a profile, give overrides, and see validation errors here,
+    before anything is queued."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "close", "Cancel"),
+        Binding("ctrl+s", "submit", "Submit"),
+    ]
+
+    def __init__(self, find_output: Any) -> None:
+        super().__init__()
+        self.find_output = find_output
+        self.names = [i.name for i in profiles.list_profiles()
+                      if i.kind != "cluster" and not i.error]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="form"):
+            yield Label("Submit a job  (enter: submit, tab: next field, esc: cancel)")
+            yield Label("profiles: " + ", ".join(self.names), id="names")
+            yield Input(placeholder="profile name (right arrow completes)", id="profile",
+                        suggester=SuggestFromList(self.names, case_sensitive=False))
+            yield Input(placeholder="overrides: key=value ... e.g. args.max_steps=50 "
+                        "resources.cpus=2", id="overrides")
+            yield Static("", id="submit-error")
+
+    def on_mount(self) -> None:
+        self.query_one("#profile", Input).focus()
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+    @on(Input.Submitted, "#overrides, #profile")
+    def _entered(self, _event: Input.Submitted) -> None:
+        self.action_submit()
+
+    def action_submit(self) -> None:
+        import os
+        import shlex
+
+        error = self.query_one("#submit-error", Static)
+        profile = self.query_one("#profile", Input).value.strip()
+        if not profile:
+            error.update("type a profile name first (see the list above)")
+            return
+        try:
+            overrides = shlex.split(self.query_one("#overrides", Input).value)
+            sub = pipelines.prepare(profile, overrides, outputs_dir(),
+                                    pipelines.make_stamp(time.time(), os.getpid()),
+                                    self.find_output)
+        except ValueError as exc:  # shlex: an unclosed quote
+            error.update(f"overrides: {exc}")
+            return
+        except UserError as exc:
+            error.update(str(exc))
+            return
+        self.dismiss(sub)
+
+
 class LlmConsole(App[None]):
     TITLE = "llmconsole"
     CSS = """
@@ -105,12 +175,15 @@ class LlmConsole(App[None]):
     #filter { display: none; }
     #filter.shown { display: block; }
     #status { height: 1; background: $panel; }
-    ConfirmScreen, LogScreen { align: center middle; }
+    ConfirmScreen, LogScreen, SubmitScreen { align: center middle; }
+    #form { width: 90; height: auto; border: thick $accent; padding: 1 2; background: $surface; }
+    #submit-error { color: $error; height: auto; }
     #dialog { width: 60; height: 7; border: thick $warning; padding: 1 2; background: $surface; }
     #logbox { width: 95%; height: 90%; border: thick $primary; background: $surface; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "Quit"),
+        Binding("s", "submit_job", "Submit"),
         Binding("c", "cancel_job", "Cancel"),
         Binding("r", "retry_job", "Retry"),
         Binding("l", "show_logs", "Logs"),
@@ -314,6 +387,24 @@ class LlmConsole(App[None]):
         return self.state.jobs.get(self.selected)
 
     # ------------------------------------------------------------ actions
+    def action_submit_job(self) -> None:
+        def chosen(sub: pipelines.Submission | None) -> None:
+            if sub is not None:
+                self.send_submission(sub)
+
+        find = lambda name: pipelines.newest_output(self.state.jobs.values(), name)  # noqa: E731
+        self.push_screen(SubmitScreen(find), chosen)
+
+    @work(thread=True, group="actions")
+    def send_submission(self, sub: pipelines.Submission) -> None:
+        try:
+            jobs = self.bridge.submit_many(sub.items)
+        except EngineError as err:
+            self.call_from_thread(self.notify, f"submit: {err}", severity="error", timeout=8)
+            return
+        ids = ", ".join(str(j["id"]) for j in jobs)
+        self.call_from_thread(self.notify, f"submitted job(s) {ids}")
+
     def action_cancel_job(self) -> None:
         job = self._selected_job()
         if job is None:

@@ -103,8 +103,10 @@ class EngineBridge:
         result: dict[str, Any] = self._call(lambda c: c.retry(job_id))
         return result
 
-    def submit(self, spec: dict[str, Any], after: Sequence[int] = ()) -> dict[str, Any]:
-        result: dict[str, Any] = self._call(lambda c: c.submit(spec, after))
+    def submit_many(self, items: Sequence[tuple[dict[str, Any], Sequence[Any]]]
+                    ) -> list[dict[str, Any]]:
+        """Jobs in one all-or-none batch (a single job is a batch of one)."""
+        result: list[dict[str, Any]] = self._call(lambda c: c.submit_many(items))
         return result
 
     def metrics(self, job_id: int) -> list[dict[str, Any]]:

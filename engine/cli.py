@@ -13,7 +13,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 from engine.errors import Unavailable, UserError
@@ -170,40 +169,31 @@ def _socket_is_ours(client: Any) -> bool:
 
 # --------------------------------------------------------------- commands
 def cmd_submit(args: argparse.Namespace) -> int:
-    from engine import pipelines, profiles
+    from engine import pipelines
     from engine.paths import outputs_dir
 
-    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid() % 10000:04d}"
-    if profiles.profile_kind(args.profile) == "pipeline":
-        return _submit_pipeline(args, stamp)
-    spec = profiles.load_job_profile(args.profile, args.set or ())
-    if args.name:
-        spec = replace(spec, name=args.name)
     client = _client()
-    spec = pipelines.single_job(spec, outputs_dir(), stamp,
-                                lambda profile: _newest_output(client, profile))
-    job = client.submit(spec.to_dict(), after=args.after or ())
-    _emit(args, job, lambda j: f"submitted job {j['id']} ({_printable(j['name'])}): {j['state']}"
-          + (f"\n  output {j['output']}" if j.get("output") else ""))
-    return 0
+    found: dict[str, str | None] = {}
 
+    def find_output(profile: str) -> str | None:
+        if profile not in found:
+            found[profile] = pipelines.newest_output(client.jobs(states=["succeeded"]),
+                                                     profile)
+        return found[profile]
 
-def _submit_pipeline(args: argparse.Namespace, stamp: str) -> int:
-    from engine import pipelines, profiles
-    from engine.paths import outputs_dir
-
-    pipeline = profiles.load_pipeline_profile(args.profile, args.set or ())
-    if args.name:
-        pipeline = replace(pipeline, name=args.name)
-    jobs = pipelines.expand(pipeline, outputs_dir(), stamp)
-    first = set(pipelines.roots(jobs))
-    items = [(spec.to_dict(), [*(args.after or [] if i in first else []),
-                               *({"batch": r.index} for r in refs)])
-             for i, (spec, refs) in enumerate(jobs)]
-    submitted = _client().submit_many(items)
+    sub = pipelines.prepare(args.profile, args.set or (), outputs_dir(),
+                            pipelines.make_stamp(time.time(), os.getpid()), find_output,
+                            name=args.name, after=args.after or ())
+    if sub.pipeline is None:
+        spec, after = sub.items[0]
+        job = client.submit(spec, after=[a for a in after if isinstance(a, int)])
+        _emit(args, job, lambda j: f"submitted job {j['id']} ({_printable(j['name'])}): "
+              f"{j['state']}" + (f"\n  output {j['output']}" if j.get("output") else ""))
+        return 0
+    submitted = client.submit_many(sub.items)
 
     def text(js: list[dict[str, Any]]) -> str:
-        lines = [f"submitted pipeline {_printable(pipeline.name)}: {len(js)} jobs"]
+        lines = [f"submitted pipeline {_printable(sub.pipeline or '')}: {len(js)} jobs"]
         for j in js:
             waits = f" after {', '.join(map(str, j['after']))}" if j.get("after") else ""
             lines.append(f"  job {j['id']:<5} {_printable(j['name'])}: {j['state']}{waits}")
@@ -214,14 +204,6 @@ def _submit_pipeline(args: argparse.Namespace, stamp: str) -> int:
 
     _emit(args, submitted, text)
     return 0
-
-
-def _newest_output(client: Any, profile: str) -> str | None:
-    """The output folder of the newest succeeded job of `profile`."""
-    for job in sorted(client.jobs(states=["succeeded"]), key=lambda j: -j["id"]):
-        if job.get("profile") == profile and job.get("output"):
-            return str(job["output"])
-    return None
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:

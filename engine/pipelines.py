@@ -19,10 +19,13 @@ rewritten.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+from engine import profiles
 from engine.errors import UserError
 from engine.model import WORKLOAD_KINDS, BatchRef, JobSpec, PipelineSpec, output_dir
 
@@ -134,3 +137,52 @@ def expand(pipeline: PipelineSpec, outputs: Path, stamp: str
 def roots(jobs: Sequence[tuple[JobSpec, Sequence[BatchRef]]]) -> list[int]:
     """Indices of the jobs that wait for no other job of the batch."""
     return [i for i, (_spec, after) in enumerate(jobs) if not after]
+
+
+def make_stamp(now: float, salt: int) -> str:
+    """The time part of output folder names: ``YYYYmmdd-HHMMSS-NNNN``."""
+    return time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + f"-{salt % 10000:04d}"
+
+
+def newest_output(jobs: Iterable[Mapping[str, Any]], profile: str) -> str | None:
+    """The output folder of the newest succeeded job of `profile` among job
+    views (as the API lists them)."""
+    for job in sorted(jobs, key=lambda j: -int(j["id"])):
+        if job.get("state") == "succeeded" and job.get("profile") == profile \
+                and job.get("output"):
+            return str(job["output"])
+    return None
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What to send for one `submit`: the jobs (as API payloads, with their
+    ``after`` lists), and the pipeline's name when it is one."""
+
+    items: list[tuple[dict[str, Any], list[int | dict[str, int]]]]
+    pipeline: str | None = None
+
+
+def prepare(profile: str, overrides: Sequence[str], outputs: Path, stamp: str,
+            find_output: Callable[[str], str | None], name: str | None = None,
+            after: Sequence[int] = ()) -> Submission:
+    """A job or pipeline profile, validated and ready to submit: output
+    folders assigned, references resolved, a pipeline's stages chained (the
+    first stages wait for `after`). Raises `ProfileError` or
+    `ReferenceError` (both `UserError`) before anything is sent."""
+    if profiles.profile_kind(profile) == "pipeline":
+        pipeline = profiles.load_pipeline_profile(profile, overrides)
+        if name:
+            pipeline = replace(pipeline, name=name)
+        jobs = expand(pipeline, outputs, stamp)
+        first = set(roots(jobs))
+        items: list[tuple[dict[str, Any], list[int | dict[str, int]]]] = [
+            (spec.to_dict(), [*(list(after) if i in first else []),
+                              *({"batch": r.index} for r in refs)])
+            for i, (spec, refs) in enumerate(jobs)]
+        return Submission(items, pipeline.name)
+    spec = profiles.load_job_profile(profile, overrides)
+    if name:
+        spec = replace(spec, name=name)
+    spec = single_job(spec, outputs, stamp, find_output)
+    return Submission([(spec.to_dict(), list(after))])

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from textual.widgets import DataTable, Static
+from textual.widgets import DataTable, Input, Static
 
-from console.app import ConfirmScreen, LlmConsole, LogScreen
+from console.app import ConfirmScreen, LlmConsole, LogScreen, SubmitScreen
 from tests.integration.engine_fixture import EngineHandle, new_engine
 
 
@@ -91,3 +91,32 @@ async def test_losing_the_engine_shows_a_banner_and_reconnects(engine: EngineHan
         assert "engine unreachable" in str(banner.render())
         engine.cli("engine", "start")
         await until(pilot, lambda: not banner.has_class("shown") and app.state.connected)
+
+
+async def test_submit_form_queues_a_valid_job_and_refuses_bad_input(
+        engine: EngineHandle) -> None:
+    app = LlmConsole()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.state.connected)
+        await pilot.press("s")
+        await until(pilot, lambda: isinstance(app.screen, SubmitScreen))
+        form = app.screen
+        error = form.query_one("#submit-error", Static)
+        for overrides, fragment in [("bogus=1", "bogus: unknown field"),
+                                    ("resources.gpus_per_node=-1",
+                                     "resources.gpus_per_node: input should be greater")]:
+            form.query_one("#profile", Input).value = "hello"
+            form.query_one("#overrides", Input).value = overrides
+            await pilot.press("enter")
+            await until(pilot, lambda fragment=fragment: fragment in str(error.render()))
+            assert isinstance(app.screen, SubmitScreen)  # still open, nothing queued
+        assert engine.json("jobs", "--all") == []
+
+        form.query_one("#overrides", Input).value = "priority=5"
+        form.query_one("#profile", Input).focus()
+        await pilot.press("enter")
+        await until(pilot, lambda: not isinstance(app.screen, SubmitScreen))
+        await until(pilot, lambda: len(engine.json("jobs", "--all")) == 1)
+        job = engine.json("jobs", "--all")[0]
+        assert job["name"] == "hello" and job["priority"] == 5
+        await until(pilot, lambda: "succeeded" in " ".join(job_cells(app, job["id"])))
