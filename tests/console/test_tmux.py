@@ -1,0 +1,90 @@
+"""The installed `llmconsole` command in a real terminal (tmux): keys in
+with send-keys, the screen read back with capture-pane."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.engine_fixture import EngineHandle, new_engine
+
+LLMCONSOLE = Path(sys.executable).parent / "llmconsole"
+
+
+@pytest.fixture
+def engine() -> Iterator[EngineHandle]:
+    handle = new_engine()
+    try:
+        yield handle
+    finally:
+        handle.close()
+
+
+class Terminal:
+    def __init__(self, engine: EngineHandle) -> None:
+        assert shutil.which("tmux"), "tmux is needed (installed by .ci/run)"
+        self.socket = f"llc-{uuid.uuid4().hex[:8]}"
+        self.engine = engine
+
+    def tmux(self, *args: str) -> str:
+        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True,
+                              text=True, check=True).stdout
+
+    def start(self) -> None:
+        env = [f"LLMCONSOLE_HOME={self.engine.home}",
+               f"LLMCONSOLE_PROFILES={self.engine.profiles}", "TERM=xterm-256color"]
+        self.tmux("new-session", "-d", "-s", "main", "-x", "120", "-y", "40",
+                  "env", *env, str(LLMCONSOLE))
+
+    def screen(self) -> str:
+        return self.tmux("capture-pane", "-p", "-t", "main")
+
+    def keys(self, *keys: str) -> None:
+        self.tmux("send-keys", "-t", "main", *keys)
+
+    def wait(self, predicate: Callable[[str], bool], timeout: float = 40.0) -> str:
+        deadline = time.monotonic() + timeout
+        text = ""
+        while time.monotonic() < deadline:
+            text = self.screen()
+            if predicate(text):
+                return text
+            time.sleep(0.2)
+        raise AssertionError(f"screen never matched; last screen:\n{text}")
+
+    def alive(self) -> bool:
+        return subprocess.run(["tmux", "-L", self.socket, "has-session", "-t", "main"],
+                              capture_output=True).returncode == 0
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
+
+
+def test_submit_watch_and_quit_in_a_real_terminal(engine: EngineHandle) -> None:
+    term = Terminal(engine)
+    try:
+        term.start()
+        term.wait(lambda s: "engine: connected" in s)
+        term.keys("s")
+        term.wait(lambda s: "Submit a job" in s)
+        term.keys("hello", "Enter")
+        screen = term.wait(lambda s: "succeeded" in s and "hello" in s)
+        assert "Submit a job" not in screen
+        term.keys("q")
+        deadline = time.monotonic() + 15
+        while term.alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not term.alive(), "q did not quit the screen"
+    finally:
+        term.close()
+    jobs = engine.json("jobs", "--all")
+    assert [(j["name"], j["state"]) for j in jobs] == [("hello", "succeeded")]
+    status = engine.cli("engine", "status")  # quitting the screen leaves the engine up
+    assert status.returncode == 0 and "running" in status.stdout
