@@ -170,7 +170,7 @@ class LlmConsole(App[None]):
     #gpus { height: 1fr; min-height: 5; }
     #jobs { height: 2fr; }
     #losspanel { height: 5; }
-    #losslabel { width: 28; }
+    #losslabel { width: 34; }
     #loss { width: 1fr; }
     #filter { display: none; }
     #filter.shown { display: block; }
@@ -189,12 +189,15 @@ class LlmConsole(App[None]):
         Binding("l", "show_logs", "Logs"),
         Binding("a", "toggle_ended", "All/active"),
         Binding("/", "filter", "Filter"),
+        Binding("question_mark", "show_help_panel", "Help"),
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
 
-    def __init__(self, bridge: EngineBridge | None = None) -> None:
+    def __init__(self, bridge: EngineBridge | None = None,
+                 clock: Any = time.time) -> None:
         super().__init__()
         self.bridge = bridge or EngineBridge()
+        self.clock = clock
         self.state = ConsoleState()
         self.show_ended = True
         self.filter_text = ""
@@ -319,13 +322,13 @@ class LlmConsole(App[None]):
         jobs = self.state.visible_jobs(self.show_ended, self.filter_text)
         keep = self.selected
         table.clear()
-        now = time.time()
+        now = self.clock()
         for job in jobs:
             series = self.state.series.get(int(job["id"]))
             loss = series.last.get("loss") if series else None
             style = STATE_STYLE.get(job["state"], "")
             table.add_row(
-                str(job["id"]), str(job["name"])[:32], job["kind"], str(job.get("owner", "")),
+                str(job["id"]), str(job["name"])[:24], job["kind"], str(job.get("owner", "")),
                 f"[{style}]{job['state']}[/]" if style else job["state"], _resources(job),
                 "-" if series is None or series.step is None else str(series.step),
                 "-" if loss is None else f"{loss:.4f}", _elapsed(job, now),
