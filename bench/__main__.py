@@ -6,10 +6,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bench import engine_api, scheduling, workloads
+from bench import console, engine_api, scheduling, workloads
 from bench.harness import Figure, machine, save, table
 
-MODULES = (scheduling, engine_api, workloads)
+MODULES = (scheduling, engine_api, console, workloads)
 
 
 def main() -> int:

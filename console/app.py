@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
+from rich.markup import escape
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
@@ -37,6 +38,11 @@ from engine.errors import EngineError, UserError
 from engine.paths import outputs_dir
 
 DRAIN_INTERVAL = 0.25
+GPU_COLUMNS = (("NODE", 14), ("GPU", 4), ("UTIL", 11), ("MEMORY", 14), ("TEMP", 5),
+               ("JOB", 10), ("HISTORY", 12))
+JOB_COLUMNS = (("ID", 6), ("NAME", 17), ("KIND", 9), ("OWNER", 7), ("STATE", 10), ("RES", 6),
+               ("STEP", 7), ("LOSS", 8), ("ELAPSED", 8))
+MAX_ROWS = 200  # jobs shown at once, newest first; `/` filters the rest in
 STATE_STYLE = {"running": "green", "succeeded": "bold green", "failed": "bold red",
                "lost": "bold red", "cancelled": "yellow", "queued": "cyan", "held": "dim",
                "starting": "cyan"}
@@ -202,15 +208,18 @@ class LlmConsole(App[None]):
         self.show_ended = True
         self.filter_text = ""
         self.selected: int | None = None
+        self.hidden_rows = 0
+        self._cells: dict[str, dict[str, tuple[str, ...]]] = {}
+        self._latest: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
         self._log_screen: LogScreen | None = None
 
     # ------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static("", id="banner")
-        yield DataTable(id="gpus", cursor_type="none", zebra_stripes=True)
+        yield DataTable(id="gpus", cursor_type="none", zebra_stripes=True, cell_padding=0)
         yield Input(placeholder="filter jobs: name, kind, state, owner", id="filter")
-        yield DataTable(id="jobs", cursor_type="row", zebra_stripes=True)
+        yield DataTable(id="jobs", cursor_type="row", zebra_stripes=True, cell_padding=0)
         with Horizontal(id="losspanel"):
             yield Static("loss: select a job", id="losslabel")
             yield Sparkline([], id="loss")
@@ -218,12 +227,16 @@ class LlmConsole(App[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        # Fixed widths: cells are updated in place, never re-measured.
         gpus = self.query_one("#gpus", DataTable)
-        gpus.add_columns("NODE", "GPU", "UTIL", "MEMORY", "TEMP", "JOB", "HISTORY")
+        for label, width in GPU_COLUMNS:
+            gpus.add_column(label, width=width)
         jobs = self.query_one("#jobs", DataTable)
-        jobs.add_columns("ID", "NAME", "KIND", "OWNER", "STATE", "RES", "STEP", "LOSS",
-                         "ELAPSED")
+        for label, width in JOB_COLUMNS:
+            jobs.add_column(label, width=width)
         jobs.focus()
+        for table in (gpus, jobs):
+            self.watch(table, "scroll_y", lambda _y, t=table: self._scrolled(t), init=False)
         self.bridge.start()
         self.set_interval(DRAIN_INTERVAL, self.drain)
         self.set_interval(1.0, self._tick)
@@ -287,19 +300,56 @@ class LlmConsole(App[None]):
                + ", ".join(parts) + f" | showing {view}"
         if self.filter_text:
             text += f" matching {self.filter_text!r}"
+        if self.hidden_rows:
+            text += f" ({self.hidden_rows:,} older not shown: / to filter)"
         self.query_one("#status", Static).update(text)
 
-    def render_gpus(self) -> None:
-        table = self.query_one("#gpus", DataTable)
-        table.clear()
+    def _sync(self, table: DataTable[Any], rows: list[tuple[str, tuple[str, ...]]]) -> None:
+        """Make `table` show `rows` (key, cells): when the keys are the same
+        as last time only the changed cells are updated (a telemetry tick on
+        512 GPUs touches a few hundred cells, not 3,500); otherwise the rows
+        are rebuilt."""
+        cache: dict[str, tuple[str, ...]] = self._cells.setdefault(table.id or "", {})
+        keys = [k for k, _ in rows]
+        if keys != list(cache):
+            table.clear()
+            cache.clear()
+            for key, cells in rows:
+                table.add_row(*cells, key=key)
+                cache[key] = cells
+            return
+        columns = list(table.columns)
+        self._latest[table.id or ""] = rows
+        first = int(table.scroll_y)
+        last = first + table.size.height + 2
+        for index, (key, cells) in enumerate(rows):
+            old = cache[key]
+            if old == cells:
+                continue
+            if not first <= index <= last:
+                continue  # off screen: updated when scrolled into view (`_scrolled`)
+            for i, (before, after) in enumerate(zip(old, cells, strict=True)):
+                if before != after:
+                    table.update_cell(key, columns[i], after)
+            cache[key] = cells
+
+    def _scrolled(self, table: DataTable[Any]) -> None:
+        rows = self._latest.get(table.id or "")
+        if rows is not None:
+            self._sync(table, rows)
+
+    def gpu_rows(self) -> list[tuple[str, tuple[str, ...]]]:
+        rows: list[tuple[str, tuple[str, ...]]] = []
         for name, node in sorted(self.state.nodes.items()):
             up = node.get("up", True)
+            label = name[:13] if up else f"[b red]{name[:8]} DOWN[/]"
             if not node.get("gpus"):
                 cpu = node.get("cpu_percent")
-                table.add_row(name if up else f"[b red]{name} DOWN[/]", "cpu", bar(cpu),
-                              "-" if node.get("memory_percent") is None
-                              else f"{node['memory_percent']:.0f}% RAM", "-",
-                              ",".join(str(j) for j in node.get("jobs") or []) or "-", "")
+                rows.append((f"{name}:cpu", (
+                    label, "cpu", bar(cpu),
+                    "-" if node.get("memory_percent") is None
+                    else f"{node['memory_percent']:.0f}% RAM", "-",
+                    ",".join(str(j) for j in node.get("jobs") or []) or "-", "")))
                 continue
             for gpu in node["gpus"]:
                 used, total = gpu.get("memory_used_mb"), gpu.get("memory_total_mb")
@@ -308,35 +358,47 @@ class LlmConsole(App[None]):
                 idle = job is not None and util is not None and util < 5
                 history: Iterable[float] = self.state.gpu_history.get(
                     (name, int(gpu.get("index") or 0)), [])
-                table.add_row(
-                    name if up else f"[b red]{name} DOWN[/]", str(gpu.get("index")),
+                rows.append((f"{name}:{gpu.get('index')}", (
+                    label, str(gpu.get("index")),
                     f"[yellow]{bar(util)}[/]" if idle else bar(util),
                     "-" if used is None or not total
                     else f"{used / 1024:.1f}/{total / 1024:.0f} GiB",
                     "-" if gpu.get("temperature_c") is None else f"{gpu['temperature_c']}C",
                     "-" if job is None else (f"[yellow]{job} idle[/]" if idle else str(job)),
-                    spark(history))
+                    spark(history))))
+        return rows
 
-    def render_jobs(self) -> None:
-        table = self.query_one("#jobs", DataTable)
-        jobs = self.state.visible_jobs(self.show_ended, self.filter_text)
-        keep = self.selected
-        table.clear()
+    def render_gpus(self) -> None:
+        self._sync(self.query_one("#gpus", DataTable), self.gpu_rows())
+
+    def job_rows(self) -> list[tuple[str, tuple[str, ...]]]:
+        shown, total = self.state.visible_jobs(self.show_ended, self.filter_text, MAX_ROWS)
+        self.hidden_rows = total - len(shown)
         now = self.clock()
-        for job in jobs:
+        rows: list[tuple[str, tuple[str, ...]]] = []
+        for job in shown:
             series = self.state.series.get(int(job["id"]))
             loss = series.last.get("loss") if series else None
             style = STATE_STYLE.get(job["state"], "")
-            table.add_row(
-                str(job["id"]), str(job["name"])[:24], job["kind"], str(job.get("owner", "")),
+            rows.append((str(job["id"]), (
+                str(job["id"]), escape(str(job["name"])[:16]), job["kind"],
+                escape(str(job.get("owner", ""))),
                 f"[{style}]{job['state']}[/]" if style else job["state"], _resources(job),
                 "-" if series is None or series.step is None else str(series.step),
-                "-" if loss is None else f"{loss:.4f}", _elapsed(job, now),
-                key=str(job["id"]))
+                "-" if loss is None else f"{loss:.4f}", _elapsed(job, now))))
+        return rows
+
+    def render_jobs(self) -> None:
+        table = self.query_one("#jobs", DataTable)
+        keep = self.selected
+        rows = self.job_rows()
+        self._sync(table, rows)
         if keep is not None and str(keep) in table.rows:
-            table.move_cursor(row=table.get_row_index(str(keep)), animate=False)
-        elif jobs:
-            self.selected = int(jobs[0]["id"])
+            index = table.get_row_index(str(keep))
+            if table.cursor_row != index:
+                table.move_cursor(row=index, animate=False)
+        elif rows:
+            self.selected = int(rows[0][0])
 
     def render_loss(self) -> None:
         label = self.query_one("#losslabel", Static)

@@ -121,19 +121,28 @@ class ConsoleState:
             series.eval_loss.append((step, float(values["eval_loss"])))
 
     # ---------------------------------------------------------- views
-    def visible_jobs(self, show_ended: bool, text: str = "") -> list[dict[str, Any]]:
-        """Jobs to list, newest first: active ones (all with `show_ended`),
-        those whose name, kind, state or owner contain `text`."""
+    def visible_jobs(self, show_ended: bool, text: str = "", limit: int | None = None
+                     ) -> tuple[list[dict[str, Any]], int]:
+        """(jobs to list, newest first, at most `limit`; how many match):
+        active ones (all with `show_ended`) whose id, name, kind, state or
+        owner contain `text`. Only a filter makes it look inside jobs, so a
+        screen of 10,000 jobs stays cheap."""
         needle = text.lower().strip()
-        out = []
-        for job in sorted(self.jobs.values(), key=lambda j: -int(j["id"])):
+        out: list[dict[str, Any]] = []
+        total = 0
+        for job_id in sorted(self.jobs, reverse=True):
+            job = self.jobs[job_id]
             if not show_ended and job["state"] not in ACTIVE_STATES:
                 continue
-            hay = " ".join(str(job.get(k, "")) for k in ("id", "name", "kind", "state", "owner"))
-            if needle and needle not in hay.lower():
-                continue
-            out.append(job)
-        return out
+            if needle:
+                hay = " ".join(str(job.get(k, "")) for k in ("id", "name", "kind", "state",
+                                                              "owner"))
+                if needle not in hay.lower():
+                    continue
+            total += 1
+            if limit is None or len(out) < limit:
+                out.append(job)
+        return out, total
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}

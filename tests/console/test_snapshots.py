@@ -43,7 +43,7 @@ JOBS = [
     _job(1, "pipeline-tiny/pretrain", "train", "succeeded", ago=3600, profile="pretrain-tiny"),
     _job(2, "pipeline-tiny/prune", "compress", "failed", ago=1800),
     _job(3, "llama-7b-finetune", "train", "running", gpus=3, ago=900),
-    _job(4, "eval; rm -rf ~", "eval", "queued", ago=30),
+    _job(4, "eval; rm -rf ~ [b]x", "eval", "queued", ago=30),
     _job(5, "nightly-pretrain", "train", "held", gpus=8, ago=10),
 ]
 METRICS = [{"type": "metric", "job": 3, "attempt": 1, "step": step,

@@ -44,9 +44,13 @@ def test_visible_jobs_filter_and_hide_ended() -> None:
     s = ConsoleState()
     s.load([], [job(1, "succeeded", "pretrain"), job(2, "running", "prune"),
                 job(3, "queued", "eval")])
-    assert [j["id"] for j in s.visible_jobs(show_ended=True)] == [3, 2, 1]
-    assert [j["id"] for j in s.visible_jobs(show_ended=False)] == [3, 2]
-    assert [j["id"] for j in s.visible_jobs(True, "PRE")] == [1]
+    def ids(shown_total: tuple[list[dict], int]) -> tuple[list[int], int]:
+        return [j["id"] for j in shown_total[0]], shown_total[1]
+
+    assert ids(s.visible_jobs(show_ended=True)) == ([3, 2, 1], 3)
+    assert ids(s.visible_jobs(show_ended=False)) == ([3, 2], 2)
+    assert ids(s.visible_jobs(True, "PRE")) == ([1], 1)
+    assert ids(s.visible_jobs(True, limit=2)) == ([3, 2], 3)
     assert s.counts() == {"succeeded": 1, "running": 1, "queued": 1}
 
 
