@@ -50,32 +50,18 @@ def _telemetry(tick: int) -> list[dict[str, Any]]:
             for n in range(NODES)]
 
 
-class GeneratedBridge:
-    def __init__(self) -> None:
-        from console.bridge import Snapshot
+def _bridge() -> Any:
+    from console.bridge import FixedBridge, Snapshot
 
-        now = time.time()
-        self.items: list[Any] = [Snapshot([_node(n) for n in range(NODES)],
-                                          [_job(i, now) for i in range(1, JOBS + 1)])]
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-    def drain(self) -> list[Any]:
-        items, self.items = self.items, []
-        return items
-
-    def metrics(self, job_id: int) -> list[dict[str, Any]]:
-        return []
+    now = time.time()
+    return FixedBridge([Snapshot([_node(n) for n in range(NODES)],
+                                 [_job(i, now) for i in range(1, JOBS + 1)])])
 
 
 async def _measure() -> dict[str, float]:
     from console.app import LlmConsole
 
-    bridge = GeneratedBridge()
+    bridge = _bridge()
     app = LlmConsole(bridge=bridge)  # type: ignore[arg-type]
     started = time.perf_counter()
     out: dict[str, float] = {}

@@ -116,3 +116,28 @@ class EngineBridge:
     def logs(self, job_id: int, tail: int = 500) -> list[str]:
         return list(self._call(lambda c: list(c.logs(job_id, tail=tail))))
 
+
+
+class FixedBridge:
+    """The bridge's surface over fixed items, served once, never connecting:
+    for pictures (snapshot tests) and benchmarks of the screen."""
+
+    def __init__(self, items: Sequence[Item], logs: Sequence[str] = ()) -> None:
+        self.items: list[Item] = list(items)
+        self.log_lines = list(logs)
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def drain(self, limit: int = 10_000) -> list[Item]:
+        items, self.items = self.items[:limit], self.items[limit:]
+        return items
+
+    def metrics(self, job_id: int) -> list[dict[str, Any]]:
+        return []
+
+    def logs(self, job_id: int, tail: int = 500) -> list[str]:
+        return self.log_lines[-tail:]

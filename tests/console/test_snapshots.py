@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from console.app import LlmConsole
-from console.bridge import Snapshot
+from console.bridge import FixedBridge, Snapshot
 
 NOW = 1_800_000_000.0
 
@@ -53,31 +53,10 @@ METRICS.append({"type": "metric", "job": 3, "attempt": 1, "step": 120,
                 "values": {"eval_loss": 1.2}})
 
 
-class FixedBridge:
-    """The bridge's surface, serving fixed data once and never connecting."""
-
-    def __init__(self) -> None:
-        self.items: list[Any] = [Snapshot(NODES, JOBS), *METRICS]
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-    def drain(self) -> list[Any]:
-        items, self.items = self.items, []
-        return items
-
-    def metrics(self, job_id: int) -> list[dict[str, Any]]:
-        return []
-
-    def logs(self, job_id: int, tail: int = 500) -> list[str]:
-        return [f"[0]<stdout>:step {i} loss {4.0 / i:.4f}" for i in range(1, 30)]
-
-
 def make_app() -> LlmConsole:
-    return LlmConsole(bridge=FixedBridge(), clock=lambda: NOW)  # type: ignore[arg-type]
+    logs = [f"[0]<stdout>:step {i} loss {4.0 / i:.4f}" for i in range(1, 30)]
+    bridge = FixedBridge([Snapshot(NODES, JOBS), *METRICS], logs)
+    return LlmConsole(bridge=bridge, clock=lambda: NOW)  # type: ignore[arg-type]
 
 
 async def _loaded(pilot: Any) -> None:
