@@ -8,23 +8,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
-from tests.integration.engine_fixture import EngineHandle, new_engine
+from tests.integration.engine_fixture import EngineHandle
 
 LLMCONSOLE = Path(sys.executable).parent / "llmconsole"
-
-
-@pytest.fixture
-def engine() -> Iterator[EngineHandle]:
-    handle = new_engine()
-    try:
-        yield handle
-    finally:
-        handle.close()
 
 
 class Terminal:

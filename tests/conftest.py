@@ -1,3 +1,6 @@
+"""Fixtures for every test folder: `engine`, a real daemon in a throw-away
+home, driven through the real CLI (see tests/integration/engine_fixture.py)."""
+
 from __future__ import annotations
 
 import shutil
