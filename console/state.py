@@ -161,13 +161,6 @@ def smoothed(values: list[float], weight: float = 0.8) -> list[float]:
     return out
 
 
-def progress(job: Mapping[str, Any], series: Series | None) -> str:
-    """"step 40" or "-"."""
-    if series is None or series.step is None:
-        return "-"
-    return f"{series.step}"
-
-
 def bar(percent: float | None, width: int = 10) -> str:
     """A text bar for a utilisation percentage."""
     if percent is None:

@@ -145,6 +145,21 @@ def set_threads(local_size: int) -> int:
     return threads
 
 
+def select_device(choice: str) -> Any:
+    """The torch device for ``--device auto|cpu|cuda``: on GPU, this worker's
+    local rank's device (Horovod or torchrun), made current."""
+    import torch
+
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise WorkloadError("--device cuda: no CUDA device is visible; use --device cpu")
+        local = int(os.environ.get("HOROVOD_LOCAL_RANK", os.environ.get("LOCAL_RANK", "0")))
+        index = local % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
+    return torch.device("cpu")
+
+
 def quiet_libraries() -> None:
     """No progress bars or advice in job logs."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -155,4 +170,5 @@ def quiet_libraries() -> None:
     import warnings
 
     warnings.filterwarnings("ignore", message=".*torch.ao.quantization.*")
+    warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
     warnings.filterwarnings("ignore", category=DeprecationWarning)

@@ -70,8 +70,10 @@ from engine.workloads.common import (
     WorkloadError,
     finite_or_none,
     metrics_path,
+    quiet_libraries,
     run_main,
     seed_everything,
+    select_device,
     set_threads,
     write_json_atomic,
 )
@@ -87,7 +89,6 @@ from engine.workloads.evaluate import (
     match_labels,
     measure_model,
     quality,
-    quiet,
 )
 from engine.workloads.models import PRESETS
 
@@ -159,16 +160,6 @@ def _check_output(output: Path, source: Path) -> None:
                             f"being compressed ({src}); choose another --output folder")
 
 
-def _device(choice: str) -> Any:
-    import torch
-
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise WorkloadError("--device cuda: no CUDA device is visible; use --device cpu")
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 def _ratio(before: Any, after: Any) -> float | None:
     if not isinstance(before, int | float) or not isinstance(after, int | float) or not after:
         return None
@@ -230,7 +221,7 @@ def recover(model: Any, a: argparse.Namespace, metrics: MetricsLog, tokenizer: A
 
     train_texts, _ = lm_texts(a)
     blocks = datasets.pack_blocks(tokenizer, train_texts, a.block_size)
-    device = _device(a.device)
+    device = select_device(a.device)
     model.to(device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -449,7 +440,7 @@ def summary(r: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    quiet()
+    quiet_libraries()
     a = parser().parse_args()
     check_args(a)
     results = distill(a) if a.method == "distill" else compress(a)

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,13 +59,6 @@ from engine.workloads.common import (
 )
 
 TASKS = ("auto", "causal-lm", "classification")
-
-
-def quiet() -> None:
-    """`quiet_libraries`, and no storage deprecation notice from loading an
-    int8 state dict."""
-    quiet_libraries()
-    warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
 
 
 def add_measure_options(p: argparse.ArgumentParser) -> None:
@@ -289,7 +281,7 @@ def evaluate_model(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> int:
-    quiet()
+    quiet_libraries()
     a = parser().parse_args()
     check_measure_options(a)
     if not a.model and not a.compare:

@@ -48,6 +48,7 @@ from engine.workloads.common import (
     quiet_libraries,
     run_main,
     seed_everything,
+    select_device,
     set_threads,
     write_json_atomic,
 )
@@ -300,18 +301,6 @@ class StopFlag:
         self.set = True
 
 
-def _device(choice: str) -> Any:
-    import torch
-
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise WorkloadError("--device cuda: no CUDA device is visible; use --device cpu")
-        local = int(os.environ.get("HOROVOD_LOCAL_RANK", os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(local % torch.cuda.device_count())
-        return torch.device("cuda", local % torch.cuda.device_count())
-    return torch.device("cpu")
-
-
 def _starting_model(a: argparse.Namespace, dist: Dist, texts_for_tokenizer: Callable[[], list[str]]
                     ) -> tuple[LoadedModel, Any]:
     """The model to train and its tokenizer, and the labels (classification)."""
@@ -344,7 +333,7 @@ def run_training(a: argparse.Namespace, kind: str = "train") -> Outcome:
     check_args(a)
     stop = StopFlag()
     stop.install()
-    device = _device(a.device)
+    device = select_device(a.device)
     dist = Dist(a.dist, device)
     threads = set_threads(dist.local_size)
     a.output.mkdir(parents=True, exist_ok=True)
