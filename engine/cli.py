@@ -241,6 +241,12 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_priority(args: argparse.Namespace) -> int:
+    job = _client().set_priority(args.id, args.priority)
+    _emit(args, job, lambda j: f"job {j['id']}: priority {j['priority']} ({j['state']})")
+    return 0
+
+
 def cmd_nodes(args: argparse.Namespace) -> int:
     _emit(args, _client().nodes(), _nodes_table)
     return 0
@@ -450,6 +456,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("retry", cmd_retry, "run an ended job again, as a new attempt")
     p.add_argument("id", type=int)
+
+    p = add("priority", cmd_priority,
+            "change a waiting job's priority (higher starts first)")
+    p.add_argument("id", type=int)
+    p.add_argument("priority", type=int, help="from -1000 to 1000; profiles default to 0")
 
     add("nodes", cmd_nodes, "nodes, their GPUs and who uses them")
 

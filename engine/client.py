@@ -183,6 +183,11 @@ class EngineClient:
         result: dict[str, Any] = self._json("POST", f"/v1/jobs/{int(job_id)}/retry")
         return result
 
+    def set_priority(self, job_id: int, priority: int) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("POST", f"/v1/jobs/{int(job_id)}/priority",
+                                            {"priority": priority})
+        return result
+
     def metrics(self, job_id: int, attempt: int | None = None,
                 names: Sequence[str] = (), since_step: int | None = None) -> list[dict[str, Any]]:
         query = {k: v for k, v in (("attempt", attempt), ("name", ",".join(names)),

@@ -33,6 +33,7 @@ from engine.hub import EventHub
 from engine.launch import job_environment, launch_argv
 from engine.lifecycle import InvalidTransition, JobState
 from engine.model import (
+    LIMITS,
     Attempt,
     BatchRef,
     ClusterSpec,
@@ -281,6 +282,27 @@ class Runtime:
                                    now=self.clock())
         except InvalidTransition as err:
             raise Conflict(str(err)) from err
+        job = self.job(job_id)
+        self._publish_job(job)
+        self.kick()
+        return job
+
+    def set_priority(self, job_id: int, priority: int, caller: Caller) -> Job:
+        """Reorder a waiting job: higher priority starts first."""
+        low, high = LIMITS["priority"]
+        if isinstance(priority, bool) or not isinstance(priority, int) \
+                or not low <= priority <= high:
+            raise BadRequest(f"priority must be a whole number from {low} to {high}, "
+                             f"not {priority!r}")
+        job = self.job(job_id)
+        self._authorize(caller, job, "reprioritize")
+        before = job.spec.priority
+        cause = f"priority {before} -> {priority} by {caller.name}"
+        if not self.store.set_priority(job.id, priority, cause=cause, actor=caller.name,
+                                       now=self.clock()):
+            job = self.job(job_id)
+            raise Conflict(f"job {job_id} is {job.state}; priority only orders jobs that are "
+                           "waiting to start (held or queued)")
         job = self.job(job_id)
         self._publish_job(job)
         self.kick()

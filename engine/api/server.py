@@ -82,6 +82,7 @@ def make_app(runtime: Runtime, shutdown: asyncio.Event) -> web.Application:
     app.router.add_get("/v1/jobs/{id}", show_job)
     app.router.add_post("/v1/jobs/{id}/cancel", cancel)
     app.router.add_post("/v1/jobs/{id}/retry", retry)
+    app.router.add_post("/v1/jobs/{id}/priority", set_priority)
     app.router.add_get("/v1/jobs/{id}/logs", logs)
     app.router.add_get("/v1/jobs/{id}/metrics", metrics)
     app.router.add_get("/v1/nodes", nodes)
@@ -218,6 +219,15 @@ async def cancel(request: web.Request) -> web.Response:
 async def retry(request: web.Request) -> web.Response:
     rt = _rt(request)
     return web.json_response(rt.job_view(rt.retry(_job_id(request), caller(request))))
+
+
+async def set_priority(request: web.Request) -> web.Response:
+    rt = _rt(request)
+    body = await _body(request)
+    if set(body) != {"priority"}:
+        raise BadRequest('send {"priority": N}, N a whole number (higher starts first)')
+    job = rt.set_priority(_job_id(request), body["priority"], caller(request))
+    return web.json_response(rt.job_view(job))
 
 
 async def metrics(request: web.Request) -> web.Response:

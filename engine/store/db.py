@@ -703,6 +703,29 @@ class Store:
             )
         return Attempt(job_id=job_id, number=number, state=JobState.QUEUED, created_at=now)
 
+    def set_priority(self, job_id: int, priority: int, *, cause: str, actor: str,
+                     now: float) -> bool:
+        """Change a waiting (HELD or QUEUED) job's priority, in its column
+        and its spec, with an event (state to itself, `cause`). False, and
+        nothing written, when the job is no longer waiting."""
+        priority = _int_arg("priority", priority)
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT spec_json, state, attempt FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+            if row is None:
+                raise UnknownJob(job_id)
+            if row[1] not in (JobState.HELD.value, JobState.QUEUED.value):
+                return False
+            spec = json.loads(row[0])
+            spec["priority"] = priority
+            conn.execute(
+                "UPDATE jobs SET priority = ?, spec_json = ?, updated_at = ? WHERE id = ?",
+                (priority, _SPEC_ENCODER.encode(spec), now, job_id),
+            )
+            conn.execute(_INSERT_EVENT, (job_id, row[2], now, row[1], row[1], cause, actor))
+        return True
+
     def request_cancel(self, job_id: int) -> Attempt:
         """Flag the current attempt for cancellation (no state change, no
         event; whoever runs it acts on the flag). A terminal attempt is left

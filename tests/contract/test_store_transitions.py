@@ -407,3 +407,21 @@ def test_random_walks_match_the_table(
 
 def test_store_error_hierarchy() -> None:
     assert issubclass(UnknownJob, StoreError) and issubclass(StaleState, StoreError)
+
+
+def test_priority_changes_only_while_waiting(store: Store, clock: Callable[[], float]) -> None:
+    low = store.submit(make_spec("low"), 1, actor="t", now=clock())
+    high = store.submit(make_spec("high"), 1, actor="t", now=clock())
+    assert store.set_priority(high.id, 7, cause="p", actor="t", now=clock())
+    assert [j.id for j in store.pending()] == [high.id, low.id]
+    assert store.get_job(high.id).spec.priority == 7
+    assert [(e.from_state, e.to_state, e.cause) for e in store.history(high.id)][-1] == \
+        (S.QUEUED, S.QUEUED, "p")
+
+    store.transition(low.id, 1, S.QUEUED, S.STARTING, cause="c", actor="t", now=clock(),
+                     placements=PLACEMENTS)
+    before = _snapshot(store, low)
+    assert not store.set_priority(low.id, 3, cause="p", actor="t", now=clock())
+    assert _snapshot(store, low) == before
+    with pytest.raises(UnknownJob):
+        store.set_priority(9999, 1, cause="p", actor="t", now=clock())

@@ -458,3 +458,34 @@ def test_engine_stop_ends_open_streams_at_once(engine: EngineHandle) -> None:
         time.sleep(0.05)
     assert not alive(pid), "the daemon kept running behind open streams"
     assert time.monotonic() - started < 5
+
+
+def test_priority_reorders_waiting_jobs_and_is_refused_once_running(
+        engine: EngineHandle) -> None:
+    slots = engine.json("nodes")[0]["slots"]  # each job takes the whole node
+    whole = f"{{ cpus = {slots} }}"
+    engine.write_profile("block", command_profile(
+        [sys.executable, "-c", "import time; time.sleep(60)"], resources=whole))
+    engine.write_profile("short", command_profile(
+        [sys.executable, "-c", "import time; time.sleep(0.3)"], resources=whole))
+    blocker = engine.submit("block")
+    engine.wait_state(blocker, {"running"})
+    first, second = engine.submit("short"), engine.submit("short")
+    assert engine.job(second)["state"] == "queued"
+
+    changed = engine.json("priority", str(second), "10")
+    assert changed["priority"] == 10 and changed["state"] == "queued"
+    shown = engine.job(second)
+    assert shown["spec"]["priority"] == 10
+    assert shown["history"][-1]["cause"] == "priority 0 -> 10 by root"
+
+    bad = engine.cli("priority", str(second), "5000", check=False)
+    assert bad.returncode == 1 and "from -1000 to 1000" in bad.stderr
+    running = engine.cli("priority", str(blocker), "3", check=False)
+    assert running.returncode == 1
+    assert f"job {blocker} is running; priority only orders jobs" in running.stderr
+
+    engine.cli("cancel", str(blocker))
+    done = [engine.wait_state(j, {"succeeded"}, timeout=30) for j in (first, second)]
+    started = [d["attempts"][-1]["started_at"] for d in done]
+    assert started[1] < started[0], "the higher-priority job should have started first"
