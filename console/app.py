@@ -17,25 +17,16 @@ from rich.markup import escape
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
-from textual.suggester import SuggestFromList
-from textual.widgets import (
-    DataTable,
-    Footer,
-    Header,
-    Input,
-    Label,
-    RichLog,
-    Sparkline,
-    Static,
-)
+from textual.containers import Horizontal
+from textual.widgets import DataTable, Footer, Header, Input, Static
 
+from console import detail
 from console.bridge import Down, EngineBridge, Snapshot
+from console.chart import Line, MetricChart
+from console.screens import ConfirmScreen, JobScreen, PriorityScreen, SubmitScreen
 from console.state import ConsoleState, bar, smoothed, spark
-from engine import pipelines, profiles
-from engine.errors import EngineError, UserError
-from engine.paths import outputs_dir
+from engine import pipelines
+from engine.errors import EngineError
 
 DRAIN_INTERVAL = 0.25
 GPU_COLUMNS = (("NODE", 14), ("GPU", 4), ("UTIL", 11), ("MEMORY", 14), ("TEMP", 5),
@@ -65,109 +56,6 @@ def _resources(job: dict[str, Any]) -> str:
     return f"{nodes}x{gpus}g" if gpus else f"{nodes}x{r.get('cpus', 1)}c"
 
 
-class ConfirmScreen(ModalScreen[bool]):
-    """Yes or no, for actions that stop work."""
-
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("y", "answer(True)", "Yes"),
-        Binding("n,escape", "answer(False)", "No"),
-    ]
-
-    def __init__(self, question: str) -> None:
-        super().__init__()
-        self.question = question
-
-    def compose(self) -> ComposeResult:
-        with Vertical(id="dialog"):
-            yield Label(self.question, id="question")
-            yield Label("[b]y[/b] yes    [b]n[/b] no", id="answers")
-
-    def action_answer(self, yes: bool) -> None:
-        self.dismiss(yes)
-
-
-class LogScreen(ModalScreen[None]):
-    """A job's output: the last lines, then new ones as they arrive."""
-
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,q,l", "close", "Close")]
-
-    def __init__(self, job_id: int, title: str) -> None:
-        super().__init__()
-        self.job_id = job_id
-        self.title_text = title
-
-    def compose(self) -> ComposeResult:
-        with Vertical(id="logbox"):
-            yield Label(self.title_text, id="logtitle")
-            yield RichLog(id="log", max_lines=5000, wrap=False, markup=False)
-
-    def write(self, lines: list[str]) -> None:
-        log = self.query_one(RichLog)
-        for line in lines:
-            log.write(line)
-
-    def action_close(self) -> None:
-        self.dismiss(None)
-
-
-class SubmitScreen(ModalScreen["pipelines.Submission | None"]):
-    """Pick a profile, give overrides, and see validation errors here,
-    before anything is queued."""
-
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "close", "Cancel"),
-        Binding("ctrl+s", "submit", "Submit"),
-    ]
-
-    def __init__(self, find_output: Any) -> None:
-        super().__init__()
-        self.find_output = find_output
-        self.names = [i.name for i in profiles.list_profiles()
-                      if i.kind != "cluster" and not i.error]
-
-    def compose(self) -> ComposeResult:
-        with Vertical(id="form"):
-            yield Label("Submit a job  (enter: submit, tab: next field, esc: cancel)")
-            yield Label("profiles: " + ", ".join(self.names), id="names")
-            yield Input(placeholder="profile name (right arrow completes)", id="profile",
-                        suggester=SuggestFromList(self.names, case_sensitive=False))
-            yield Input(placeholder="overrides: key=value ... e.g. args.max_steps=50 "
-                        "resources.cpus=2", id="overrides")
-            yield Static("", id="submit-error")
-
-    def on_mount(self) -> None:
-        self.query_one("#profile", Input).focus()
-
-    def action_close(self) -> None:
-        self.dismiss(None)
-
-    @on(Input.Submitted, "#overrides, #profile")
-    def _entered(self, _event: Input.Submitted) -> None:
-        self.action_submit()
-
-    def action_submit(self) -> None:
-        import os
-        import shlex
-
-        error = self.query_one("#submit-error", Static)
-        profile = self.query_one("#profile", Input).value.strip()
-        if not profile:
-            error.update("type a profile name first (see the list above)")
-            return
-        try:
-            overrides = shlex.split(self.query_one("#overrides", Input).value)
-            sub = pipelines.prepare(profile, overrides, outputs_dir(),
-                                    pipelines.make_stamp(time.time(), os.getpid()),
-                                    self.find_output)
-        except ValueError as exc:  # shlex: an unclosed quote
-            error.update(f"overrides: {exc}")
-            return
-        except UserError as exc:
-            error.update(str(exc))
-            return
-        self.dismiss(sub)
-
-
 class LlmConsole(App[None]):
     TITLE = "llmconsole"
     CSS = """
@@ -175,23 +63,32 @@ class LlmConsole(App[None]):
     #banner.shown { display: block; }
     #gpus { height: 1fr; min-height: 5; }
     #jobs { height: 2fr; }
-    #losspanel { height: 5; }
-    #losslabel { width: 34; }
-    #loss { width: 1fr; }
+    #losspanel { height: 1fr; min-height: 5; max-height: 16; }
+    #losslabel { width: 30; }
+    #loss { width: 1fr; height: 1fr; }
     #filter { display: none; }
     #filter.shown { display: block; }
     #status { height: 1; background: $panel; }
-    ConfirmScreen, LogScreen, SubmitScreen { align: center middle; }
-    #form { width: 90; height: auto; border: thick $accent; padding: 1 2; background: $surface; }
-    #submit-error { color: $error; height: auto; }
-    #dialog { width: 60; height: 7; border: thick $warning; padding: 1 2; background: $surface; }
-    #logbox { width: 95%; height: 90%; border: thick $primary; background: $surface; }
+    ConfirmScreen, PriorityScreen, SubmitScreen { align: center middle; }
+    #form { width: 90; max-width: 100%; height: auto; border: thick $accent; padding: 1 2;
+            background: $surface; }
+    .error { color: $error; height: auto; }
+    #dialog { width: 64; max-width: 100%; height: auto; border: thick $warning; padding: 1 2;
+              background: $surface; }
+    #jobtitle { height: auto; background: $panel; }
+    #logsearch { display: none; }
+    #logsearch.shown { display: block; }
+    #loginfo { height: 1; color: $text-muted; }
+    #tabs { height: 1fr; }
+    #attempts { height: auto; max-height: 10; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "Quit"),
         Binding("s", "submit_job", "Submit"),
         Binding("c", "cancel_job", "Cancel"),
         Binding("r", "retry_job", "Retry"),
+        Binding("p", "change_priority", "Priority"),
+        Binding("d", "show_job", "Details"),
         Binding("l", "show_logs", "Logs"),
         Binding("a", "toggle_ended", "All/active"),
         Binding("/", "filter", "Filter"),
@@ -211,7 +108,7 @@ class LlmConsole(App[None]):
         self.hidden_rows = 0
         self._cells: dict[str, dict[str, tuple[str, ...]]] = {}
         self._latest: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
-        self._log_screen: LogScreen | None = None
+        self._job_screen: JobScreen | None = None
 
     # ------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -222,7 +119,7 @@ class LlmConsole(App[None]):
         yield DataTable(id="jobs", cursor_type="row", zebra_stripes=True, cell_padding=0)
         with Horizontal(id="losspanel"):
             yield Static("loss: select a job", id="losslabel")
-            yield Sparkline([], id="loss")
+            yield MetricChart("loss", id="loss")
         yield Static("connecting to the engine...", id="status")
         yield Footer()
 
@@ -267,11 +164,8 @@ class LlmConsole(App[None]):
             else:
                 events.append(item)
         changed |= self.state.apply(events)
-        if self._log_screen is not None:
-            lines = [e["line"] for e in events if e.get("type") == "log"
-                     and e.get("job") == self._log_screen.job_id]
-            if lines:
-                self._log_screen.write(lines)
+        if self._job_screen is not None:
+            self._feed_job_screen(self._job_screen, events, changed)
         if "nodes" in changed:
             self.render_gpus()
         if "jobs" in changed or "metrics" in changed:
@@ -402,22 +296,26 @@ class LlmConsole(App[None]):
 
     def render_loss(self) -> None:
         label = self.query_one("#losslabel", Static)
-        spark_widget = self.query_one("#loss", Sparkline)
+        chart = self.query_one("#loss", MetricChart)
         if self.selected is None:
             label.update("loss: select a job")
-            spark_widget.data = []
+            chart.show([], key=None, title="loss")
             return
         series = self.state.series.get(self.selected)
         if series is None or not series.loss:
             label.update(f"job {self.selected}: no loss yet")
-            spark_widget.data = []
+            chart.show([], key=(self.selected, -1), title=f"job {self.selected}: loss")
             return
+        steps = [s for s, _v in series.loss]
         values = [v for _s, v in series.loss]
         smooth = smoothed(values)
         held = f"\nheld-out {series.eval_loss[-1][1]:.4f}" if series.eval_loss else ""
-        label.update(f"job {self.selected} step {series.step}\nloss {values[-1]:.4f} "
-                     f"(smoothed {smooth[-1]:.4f}){held}")
-        spark_widget.data = smooth[-200:]
+        label.update(f"job {self.selected} step {series.step}\nloss {values[-1]:.4f}\n"
+                     f"smoothed {smooth[-1]:.4f}{held}")
+        chart.show([Line("loss", series.loss), Line("smoothed", list(zip(steps, smooth,
+                                                                         strict=True))),
+                    Line("held-out", series.eval_loss, scatter=True)],
+                   key=(self.selected, series.version), title=f"job {self.selected}: loss")
 
     # ------------------------------------------------------------ selection
     @on(DataTable.RowHighlighted, "#jobs")
@@ -430,6 +328,10 @@ class LlmConsole(App[None]):
             self.render_loss()
             if job_id not in self.state.series:
                 self.load_metrics(job_id)
+
+    @on(DataTable.RowSelected, "#jobs")
+    async def _selected_row(self, _event: DataTable.RowSelected) -> None:
+        await self.action_show_job()
 
     @work(thread=True, exclusive=True, group="metrics")
     def load_metrics(self, job_id: int) -> None:
@@ -444,6 +346,8 @@ class LlmConsole(App[None]):
             self.state.load_metrics(job_id, points)
             self.render_loss()
             self.render_jobs()
+            if self._job_screen is not None and self._job_screen.job_id == job_id:
+                self._job_screen.set_series(self.state.series.get(job_id))
 
     def _selected_job(self) -> dict[str, Any] | None:
         if self.selected is None:
@@ -486,37 +390,80 @@ class LlmConsole(App[None]):
         if job is not None:
             self.run_action_in_thread("retry", int(job["id"]))
 
-    @work(thread=True, group="actions")
-    def run_action_in_thread(self, verb: str, job_id: int) -> None:
-        try:
-            job = getattr(self.bridge, verb)(job_id)
-        except EngineError as err:
-            self.call_from_thread(self.notify, f"{verb} job {job_id}: {err}",
-                                  severity="error", timeout=8)
-            return
-        self.call_from_thread(self.notify, f"job {job_id}: {job['state']}")
-
-    def action_show_logs(self) -> None:
+    def action_change_priority(self) -> None:
         job = self._selected_job()
         if job is None:
             return
-        screen = LogScreen(int(job["id"]), f"job {job['id']} {job['name']} - {job['state']} "
-                           "(esc to close)")
-        self._log_screen = screen
+
+        def chosen(priority: int | None) -> None:
+            if priority is not None:
+                self.run_action_in_thread("set_priority", int(job["id"]), priority)
+
+        self.push_screen(PriorityScreen(job), chosen)
+
+    @work(thread=True, group="actions")
+    def run_action_in_thread(self, verb: str, job_id: int, *args: Any) -> None:
+        try:
+            job = getattr(self.bridge, verb)(job_id, *args)
+        except EngineError as err:
+            self.call_from_thread(self.notify, f"{verb.replace('_', ' ')} job {job_id}: {err}",
+                                  severity="error", timeout=8)
+            return
+        note = f"priority {job['priority']}" if verb == "set_priority" else job["state"]
+        self.call_from_thread(self.notify, f"job {job_id}: {note}")
+
+    async def action_show_logs(self) -> None:
+        await self.action_show_job("logs")
+
+    async def action_show_job(self, tab: str = "charts") -> None:
+        job = self._selected_job()
+        if job is None:
+            return
+        screen = JobScreen(job, tab)
+        self._job_screen = screen
 
         def closed(_result: None) -> None:
-            self._log_screen = None
+            self._job_screen = None
 
-        self.push_screen(screen, closed)
-        self.load_logs(int(job["id"]), screen)
+        await self.push_screen(screen, closed)  # mounted: its widgets exist
+        screen.set_series(self.state.series.get(screen.job_id))
+        self.load_logs(screen)
+        self.load_detail(screen)
+
+    def _feed_job_screen(self, screen: JobScreen, events: list[dict[str, Any]],
+                         changed: set[str]) -> None:
+        lines = [e["line"] for e in events if e.get("type") == "log"
+                 and e.get("job") == screen.job_id and isinstance(e.get("line"), str)]
+        if lines:
+            screen.add_lines(lines)
+        if "metrics" in changed:
+            screen.set_series(self.state.series.get(screen.job_id))
+        if any(e.get("type") == "job" and (e.get("job") or {}).get("id") == screen.job_id
+               for e in events):
+            screen.set_job(self.state.jobs[screen.job_id])
+            self.load_detail(screen)
 
     @work(thread=True, group="logs")
-    def load_logs(self, job_id: int, screen: LogScreen) -> None:
+    def load_logs(self, screen: JobScreen) -> None:
         try:
-            lines = self.bridge.logs(job_id)
+            lines = self.bridge.logs(screen.job_id, tail=5000)
         except EngineError as err:
             lines = [f"(no logs: {err})"]
-        self.call_from_thread(screen.write, lines)
+        self.call_from_thread(screen.add_lines, lines)
+
+    @work(thread=True, exclusive=True, group="detail")
+    def load_detail(self, screen: JobScreen) -> None:
+        """The job's attempts, history and spec, and its results.json."""
+        try:
+            job = self.bridge.job(screen.job_id)
+        except EngineError as err:
+            self.call_from_thread(self.notify, f"job {screen.job_id}: {err}", severity="error")
+            return
+        data, note = detail.load_results(job.get("output"))
+        self.call_from_thread(screen.set_job, job)
+        self.call_from_thread(screen.set_results, data, note)
+        if screen.job_id not in self.state.series:
+            self.load_metrics(screen.job_id)
 
     def action_toggle_ended(self) -> None:
         self.show_ended = not self.show_ended

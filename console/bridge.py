@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from engine.client import EngineClient
+from engine.errors import NotFound
 
 RECENT_ENDED = 500           # ended jobs loaded with a snapshot
 BACKOFF_START, BACKOFF_MAX = 0.5, 10.0
@@ -103,6 +104,15 @@ class EngineBridge:
         result: dict[str, Any] = self._call(lambda c: c.retry(job_id))
         return result
 
+    def set_priority(self, job_id: int, priority: int) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(lambda c: c.set_priority(job_id, priority))
+        return result
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        """The job with its spec, attempts and event history."""
+        result: dict[str, Any] = self._call(lambda c: c.job(job_id))
+        return result
+
     def submit_many(self, items: Sequence[tuple[dict[str, Any], Sequence[Any]]]
                     ) -> list[dict[str, Any]]:
         """Jobs in one all-or-none batch (a single job is a batch of one)."""
@@ -117,14 +127,17 @@ class EngineBridge:
         return list(self._call(lambda c: list(c.logs(job_id, tail=tail))))
 
 
-
 class FixedBridge:
     """The bridge's surface over fixed items, served once, never connecting:
     for pictures (snapshot tests) and benchmarks of the screen."""
 
-    def __init__(self, items: Sequence[Item], logs: Sequence[str] = ()) -> None:
+    def __init__(self, items: Sequence[Item], logs: Sequence[str] = (),
+                 details: Mapping[int, dict[str, Any]] | None = None,
+                 metrics: Mapping[int, list[dict[str, Any]]] | None = None) -> None:
         self.items: list[Item] = list(items)
         self.log_lines = list(logs)
+        self.details = dict(details or {})
+        self.points = dict(metrics or {})
 
     def start(self) -> None:
         pass
@@ -137,7 +150,12 @@ class FixedBridge:
         return items
 
     def metrics(self, job_id: int) -> list[dict[str, Any]]:
-        return []
+        return self.points.get(job_id, [])
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        if job_id not in self.details:
+            raise NotFound(f"no job {job_id}")
+        return self.details[job_id]
 
     def logs(self, job_id: int, tail: int = 500) -> list[str]:
         return self.log_lines[-tail:]

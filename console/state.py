@@ -21,16 +21,32 @@ SERIES_POINTS = 2000      # loss points kept per job
 HISTORY_POINTS = 60       # telemetry samples kept per GPU (a minute at 1 Hz)
 
 
+CHARTED = ("loss", "eval_loss", "lr", "tokens_per_s")  # metrics kept as series
+
+
+def _points() -> deque[tuple[int, float]]:
+    return deque(maxlen=SERIES_POINTS)
+
+
 @dataclass
 class Series:
-    """One job's metric history (its newest attempt)."""
+    """One job's metric history (its newest attempt): the last value of
+    every metric, and the (step, value) points of the charted ones."""
 
     attempt: int = 0
-    loss: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=SERIES_POINTS))
-    eval_loss: deque[tuple[int, float]] = field(
-        default_factory=lambda: deque(maxlen=SERIES_POINTS))
+    points: dict[str, deque[tuple[int, float]]] = field(
+        default_factory=lambda: {name: _points() for name in CHARTED})
     last: dict[str, float] = field(default_factory=dict)
     step: int | None = None
+    version: int = 0  # bumped on every point, so views redraw only on change
+
+    @property
+    def loss(self) -> deque[tuple[int, float]]:
+        return self.points["loss"]
+
+    @property
+    def eval_loss(self) -> deque[tuple[int, float]]:
+        return self.points["eval_loss"]
 
 
 @dataclass
@@ -114,11 +130,10 @@ class ConsoleState:
         for name, value in values.items():
             if isinstance(value, int | float) and math.isfinite(value):
                 series.last[name] = float(value)
+                if name in series.points:
+                    series.points[name].append((step, float(value)))
         series.step = step
-        if isinstance(values.get("loss"), int | float) and math.isfinite(values["loss"]):
-            series.loss.append((step, float(values["loss"])))
-        if isinstance(values.get("eval_loss"), int | float) and math.isfinite(values["eval_loss"]):
-            series.eval_loss.append((step, float(values["eval_loss"])))
+        series.version += 1
 
     # ---------------------------------------------------------- views
     def visible_jobs(self, show_ended: bool, text: str = "", limit: int | None = None

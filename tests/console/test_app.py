@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from textual.widgets import DataTable, Input, Static
 
-from console.app import ConfirmScreen, LlmConsole, LogScreen, SubmitScreen
+from console.app import LlmConsole
+from console.screens import ConfirmScreen, JobScreen, PriorityScreen, SubmitScreen
 from tests.integration.engine_fixture import EngineHandle, new_engine
 
 
@@ -55,11 +56,58 @@ async def test_jobs_appear_run_and_finish_live(engine: EngineHandle) -> None:
         assert gpus.row_count >= 1  # the head node, as a CPU row
 
         await pilot.press("l")
-        await until(pilot, lambda: isinstance(app.screen, LogScreen))
-        log = app.screen.query_one("RichLog")
+        await until(pilot, lambda: isinstance(app.screen, JobScreen))
+        screen = app.screen
+        log = screen.query_one("RichLog")
         await until(pilot, lambda: any("hello from" in str(line.text)
                                        for line in log.lines))  # type: ignore[attr-defined]
+        # its history, from the engine: queued -> starting -> running -> succeeded
+        events = screen.query_one("#events", DataTable)
+        await until(pilot, lambda: events.row_count == 4)
+        assert [str(events.get_row_at(i)[2]) for i in range(4)][-1] == "running -> succeeded"
+        attempts = screen.query_one("#attempts", DataTable)
+        assert [str(c) for c in attempts.get_row_at(0)][:2] == ["1", "succeeded"]
+        assert "socket.gethostname()" in str(screen.query_one("#spec", Static).render())
         await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, JobScreen))
+
+
+def notes(app: LlmConsole) -> str:
+    return " | ".join(n.message for n in app._notifications)
+
+
+async def test_priority_of_a_queued_job_and_the_engines_refusal(engine: EngineHandle) -> None:
+    slots = engine.json("nodes")[0]["slots"]
+    engine.write_profile("whole", f'kind = "command"\ncommand = ["sleep", "60"]\n'
+                         f"resources = {{ cpus = {slots} }}\n")
+    running = engine.submit("whole")
+    engine.wait_state(running, ["running"])
+    waiting = engine.submit("whole")
+    app = LlmConsole()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: "queued" in " ".join(job_cells(app, waiting)))
+        app.selected = waiting
+        await pilot.press("p")
+        await until(pilot, lambda: isinstance(app.screen, PriorityScreen))
+        box = app.screen.query_one(Input)
+        box.value = "abc"
+        await pilot.press("enter")
+        assert isinstance(app.screen, PriorityScreen)  # refused here, nothing sent
+        assert "whole number from -1000 to 1000" in str(
+            app.screen.query_one("#priority-error", Static).render())
+        box.value = "7"
+        await pilot.press("enter")
+        await until(pilot, lambda: engine.job(waiting)["priority"] == 7)
+        await until(pilot, lambda: "priority 7" in notes(app))
+
+        app.selected = running
+        await pilot.press("p")
+        await until(pilot, lambda: isinstance(app.screen, PriorityScreen))
+        app.screen.query_one(Input).value = "3"
+        await pilot.press("enter")
+        await until(pilot, lambda: "priority only orders jobs" in notes(app))
+        assert engine.job(running)["priority"] == 0
+        engine.cli("cancel", str(running), str(waiting))
 
 
 async def test_cancel_asks_first_then_stops_the_job(engine: EngineHandle) -> None:

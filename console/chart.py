@@ -1,0 +1,62 @@
+"""A metric chart: plotext drawn by textual-plotext, fed (step, value)
+points thinned to what the widget's width can show, and redrawn only when
+its data changes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from textual_plotext import PlotextPlot
+
+Points = Sequence[tuple[int, float]]
+
+
+@dataclass(frozen=True)
+class Line:
+    label: str
+    points: Points
+    scatter: bool = False  # points (held-out loss) rather than a line
+
+
+def thin(points: Points, most: int) -> list[tuple[int, float]]:
+    """At most `most` evenly spaced points, always keeping the newest."""
+    pts = list(points)
+    if most <= 0 or len(pts) <= most:
+        return pts
+    stride = len(pts) / most
+    picked = [pts[int(i * stride)] for i in range(most - 1)]
+    return [*picked, pts[-1]]
+
+
+class MetricChart(PlotextPlot):
+    """One chart; `show` replaces what it draws."""
+
+    DEFAULT_CSS = "MetricChart { height: 1fr; min-height: 5; }"
+
+    def __init__(self, title: str = "", *, id: str | None = None) -> None:  # noqa: A002
+        super().__init__(id=id)
+        self.chart_title = title
+        self._drawn: object = None
+
+    def show(self, lines: Sequence[Line], key: object = None, title: str | None = None) -> None:
+        """Draw `lines`; `key` (data version) skips the work when unchanged."""
+        title = self.chart_title if title is None else title
+        if key is not None and (key, title, self.size.width) == self._drawn:
+            return
+        self._drawn = (key, title, self.size.width)
+        plt = self.plt
+        plt.clear_data()
+        plt.clear_figure()
+        plt.title(title)
+        most = max(20, self.size.width * 2)
+        for line in lines:
+            pts = thin(line.points, most)
+            if not pts:
+                continue
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            if line.scatter:
+                plt.scatter(xs, ys, label=line.label, marker="dot")
+            else:
+                plt.plot(xs, ys, label=line.label, marker="braille")
+        self.refresh()

@@ -1,0 +1,329 @@
+"""The screens stacked over the dashboard: a job's detail (logs, charts,
+history, profile, results), the submit form, the priority prompt and the
+yes/no confirmation. They show what they are given; the app fetches."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical, VerticalScroll
+from textual.screen import ModalScreen, Screen
+from textual.suggester import SuggestFromList
+from textual.widgets import (
+    DataTable,
+    Footer,
+    Input,
+    Label,
+    RichLog,
+    Static,
+    TabbedContent,
+    TabPane,
+)
+
+from console import detail
+from console.chart import Line, MetricChart
+from console.state import Series, smoothed
+from engine import pipelines, profiles
+from engine.errors import UserError
+from engine.model import LIMITS
+from engine.paths import outputs_dir
+
+LOG_LINES = 20_000  # kept per open job screen, searched in place
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """Yes or no, for actions that stop work."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("y", "answer(True)", "Yes"),
+        Binding("n,escape", "answer(False)", "No"),
+    ]
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label(self.question, id="question")
+            yield Label("[b]y[/b] yes    [b]n[/b] no", id="answers")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
+class PriorityScreen(ModalScreen["int | None"]):
+    """A new priority for a waiting job, checked before it is sent."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "close", "Cancel")]
+
+    def __init__(self, job: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.job = job
+
+    def compose(self) -> ComposeResult:
+        low, high = LIMITS["priority"]
+        with Vertical(id="dialog"):
+            yield Label(f"Priority of job {self.job['id']} ({self.job['name']}), now "
+                        f"{self.job.get('priority', 0)}; higher starts first, {low}..{high}")
+            yield Input(value=str(self.job.get("priority", 0)), id="priority")
+            yield Static("", id="priority-error", classes="error")
+
+    def on_mount(self) -> None:
+        self.query_one(Input).focus()
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+    @on(Input.Submitted)
+    def _entered(self, event: Input.Submitted) -> None:
+        low, high = LIMITS["priority"]
+        try:
+            value = int(event.value.strip())
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            self.query_one("#priority-error", Static).update(
+                f"{event.value.strip()!r}: type a whole number from {low} to {high}")
+            return
+        self.dismiss(value)
+
+
+class SubmitScreen(ModalScreen["pipelines.Submission | None"]):
+    """Pick a profile, give overrides, and see validation errors here,
+    before anything is queued."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "close", "Cancel"),
+        Binding("ctrl+s", "submit", "Submit"),
+    ]
+
+    def __init__(self, find_output: Callable[[str], str | None]) -> None:
+        super().__init__()
+        self.find_output = find_output
+        self.names = [i.name for i in profiles.list_profiles()
+                      if i.kind != "cluster" and not i.error]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="form"):
+            yield Label("Submit a job  (enter: submit, tab: next field, esc: cancel)")
+            yield Label("profiles: " + ", ".join(self.names), id="names")
+            yield Input(placeholder="profile name (right arrow completes)", id="profile",
+                        suggester=SuggestFromList(self.names, case_sensitive=False))
+            yield Input(placeholder="overrides: key=value ... e.g. args.max_steps=50 "
+                        "resources.cpus=2", id="overrides")
+            yield Static("", id="submit-error", classes="error")
+
+    def on_mount(self) -> None:
+        self.query_one("#profile", Input).focus()
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+    @on(Input.Submitted, "#overrides, #profile")
+    def _entered(self, _event: Input.Submitted) -> None:
+        self.action_submit()
+
+    def action_submit(self) -> None:
+        error = self.query_one("#submit-error", Static)
+        profile = self.query_one("#profile", Input).value.strip()
+        if not profile:
+            error.update("type a profile name first (see the list above)")
+            return
+        try:
+            overrides = shlex.split(self.query_one("#overrides", Input).value)
+            sub = pipelines.prepare(profile, overrides, outputs_dir(),
+                                    pipelines.make_stamp(time.time(), os.getpid()),
+                                    self.find_output)
+        except ValueError as exc:  # shlex: an unclosed quote
+            error.update(f"overrides: {exc}")
+            return
+        except UserError as exc:
+            error.update(str(exc))
+            return
+        self.dismiss(sub)
+
+
+class JobScreen(Screen[None]):
+    """One job: its logs (followed, searched, one rank or all), charts of
+    loss, learning rate and throughput, attempts and events, the profile it
+    came from, and its results table."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,q", "close", "Back"),
+        Binding("slash", "search", "Search logs"),
+        Binding("right_square_bracket", "rank(1)", "Next rank"),
+        Binding("left_square_bracket", "rank(-1)", "Prev rank"),
+        Binding("f", "toggle_follow", "Follow"),
+        Binding("1", "tab('logs')", "Logs", show=False),
+        Binding("2", "tab('charts')", "Charts", show=False),
+        Binding("3", "tab('history')", "History", show=False),
+        Binding("4", "tab('profile')", "Profile", show=False),
+        Binding("5", "tab('results')", "Results", show=False),
+    ]
+
+    def __init__(self, job: Mapping[str, Any], tab: str = "logs") -> None:
+        super().__init__()
+        self.job_id = int(job["id"])
+        self.job: dict[str, Any] = dict(job)
+        self.initial_tab = tab
+        self.lines: deque[str] = deque(maxlen=LOG_LINES)
+        self.rank: int | None = None
+        self.ranks: list[int] = []
+        self.needle = ""
+        self.follow = True
+
+    def compose(self) -> ComposeResult:
+        yield Static(self._title(), id="jobtitle")
+        with TabbedContent(initial=self.initial_tab, id="tabs"):
+            with TabPane("Logs", id="logs"):
+                yield Input(placeholder="search the log (enter: done, esc: clear)",
+                            id="logsearch")
+                yield Static(self._log_label(), id="loginfo")
+                yield RichLog(id="log", max_lines=LOG_LINES, wrap=False, markup=False)
+            with TabPane("Charts", id="charts"):
+                yield MetricChart("loss", id="chart-loss")
+                yield MetricChart("learning rate", id="chart-lr")
+                yield MetricChart("tokens/s", id="chart-tps")
+            with TabPane("History", id="history"):
+                yield Label("attempts")
+                yield DataTable(id="attempts", cursor_type="none", zebra_stripes=True)
+                yield Label("events")
+                yield DataTable(id="events", cursor_type="none", zebra_stripes=True)
+            with TabPane("Profile", id="profile"), VerticalScroll():
+                yield Static(detail.describe(self.job), id="spec")
+            with TabPane("Results", id="results"):
+                yield Static("", id="resultsinfo")
+                yield DataTable(id="resultstable", cursor_type="none", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        attempts = self.query_one("#attempts", DataTable)
+        attempts.add_columns("#", "state", "where", "started", "ended", "exit", "reason")
+        events = self.query_one("#events", DataTable)
+        events.add_columns("time", "attempt", "change", "cause", "by")
+        self.query_one("#log", RichLog).focus()
+
+    # ------------------------------------------------------------ data in
+    def _title(self) -> str:
+        j = self.job
+        reason = f" - {j['reason']}" if j.get("reason") else ""
+        return (f"job {j['id']}  {j.get('name')}  [{j.get('kind')}]  {j.get('state')}  "
+                f"attempt {j.get('attempt')}  priority {j.get('priority', 0)}{reason}")
+
+    def set_job(self, job: Mapping[str, Any]) -> None:
+        """A newer view of the job (from the event stream or `show`)."""
+        self.job.update(job)
+        self.query_one("#jobtitle", Static).update(Text(self._title()))
+        if "history" in job:
+            self.query_one("#spec", Static).update(Text(detail.describe(self.job)))
+            self._fill(self.query_one("#attempts", DataTable), detail.attempt_rows(self.job))
+            self._fill(self.query_one("#events", DataTable), detail.history_rows(self.job))
+
+    def set_results(self, data: dict[str, Any] | None, note: str) -> None:
+        self.query_one("#resultsinfo", Static).update(Text(note))
+        table = self.query_one("#resultstable", DataTable)
+        table.clear(columns=True)
+        if data is not None:
+            headers, rows = detail.results_table(data)
+            table.add_columns(*headers)
+            table.add_rows(rows)
+
+    @staticmethod
+    def _fill(table: DataTable[Any], rows: Iterable[tuple[str, ...]]) -> None:
+        table.clear()
+        table.add_rows([tuple(Text(c) for c in row) for row in rows])
+
+    def add_lines(self, lines: Iterable[str]) -> None:
+        fresh = list(lines)
+        self.lines.extend(fresh)
+        ranks = detail.ranks_in(fresh)
+        if any(r not in self.ranks for r in ranks):
+            self.ranks = sorted({*self.ranks, *ranks})
+            self.query_one("#loginfo", Static).update(self._log_label())
+        if self.follow:
+            self._write(detail.select_lines(fresh, self.rank, self.needle))
+
+    def set_series(self, series: Series | None) -> None:
+        charts = {c.id: c for c in self.query(MetricChart)}
+        if series is None:
+            for chart in charts.values():
+                chart.show([], key=0)
+            return
+        loss = list(series.points["loss"])
+        smooth = list(zip([s for s, _ in loss], smoothed([v for _, v in loss]), strict=True))
+        charts["chart-loss"].show(
+            [Line("loss", loss), Line("smoothed", smooth),
+             Line("held-out", series.points["eval_loss"], scatter=True)], key=series.version)
+        charts["chart-lr"].show([Line("lr", series.points["lr"])], key=series.version)
+        charts["chart-tps"].show([Line("tokens/s", series.points["tokens_per_s"])],
+                                 key=series.version)
+
+    # ------------------------------------------------------------ logs view
+    def _log_label(self) -> str:
+        ranks = "all ranks" if self.rank is None else f"rank {self.rank}"
+        known = f" (ranks {', '.join(map(str, self.ranks))}; [ ] to switch)" if self.ranks else ""
+        search = f"  search {self.needle!r}" if self.needle else ""
+        follow = "following" if self.follow else "paused (f to follow)"
+        return f"{ranks}{known}{search}  {follow}"
+
+    def _write(self, lines: Iterable[str]) -> None:
+        log = self.query_one("#log", RichLog)
+        for line in lines:
+            text = Text(line)
+            if self.needle:
+                text.highlight_words([self.needle], "reverse", case_sensitive=False)
+            log.write(text)
+
+    def _redraw_log(self) -> None:
+        self.query_one("#log", RichLog).clear()
+        self._write(detail.select_lines(self.lines, self.rank, self.needle))
+        self.query_one("#loginfo", Static).update(self._log_label())
+
+    def action_search(self) -> None:
+        self.query_one("#tabs", TabbedContent).active = "logs"
+        box = self.query_one("#logsearch", Input)
+        box.add_class("shown")
+        box.focus()
+
+    @on(Input.Changed, "#logsearch")
+    def _search_changed(self, event: Input.Changed) -> None:
+        self.needle = event.value
+        self._redraw_log()
+
+    @on(Input.Submitted, "#logsearch")
+    def _search_done(self, _event: Input.Submitted) -> None:
+        self.query_one("#log", RichLog).focus()
+
+    def action_rank(self, step: int) -> None:
+        choices: list[int | None] = [None, *self.ranks]
+        self.rank = choices[(choices.index(self.rank) + step) % len(choices)]
+        self._redraw_log()
+
+    def action_toggle_follow(self) -> None:
+        self.follow = not self.follow
+        self.query_one("#log", RichLog).auto_scroll = self.follow
+        if self.follow:
+            self._redraw_log()
+        else:
+            self.query_one("#loginfo", Static).update(self._log_label())
+
+    def action_tab(self, name: str) -> None:
+        self.query_one("#tabs", TabbedContent).active = name
+
+    def action_close(self) -> None:
+        box = self.query_one("#logsearch", Input)
+        if box.has_focus and box.value:
+            box.value = ""
+            self.query_one("#log", RichLog).focus()
+            return
+        self.dismiss(None)
