@@ -15,9 +15,10 @@ from typing import Any, ClassVar
 
 from rich.markup import escape
 from textual import on, work
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
+from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from console import detail
@@ -83,16 +84,19 @@ class LlmConsole(App[None]):
     #attempts { height: auto; max-height: 10; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("q", "quit", "Quit"),
-        Binding("s", "submit_job", "Submit"),
-        Binding("c", "cancel_job", "Cancel"),
-        Binding("r", "retry_job", "Retry"),
-        Binding("p", "change_priority", "Priority"),
-        Binding("d", "show_job", "Details"),
-        Binding("l", "show_logs", "Logs"),
-        Binding("a", "toggle_ended", "All/active"),
-        Binding("/", "filter", "Filter"),
-        Binding("question_mark", "show_help_panel", "Help"),
+        Binding("q", "quit", "Quit", tooltip="Leave the screen; jobs keep running"),
+        Binding("s", "submit_job", "Submit",
+                tooltip="Queue a job or pipeline from a profile, with overrides"),
+        Binding("c", "cancel_job", "Cancel", tooltip="Cancel the selected job (asks first)"),
+        Binding("r", "retry_job", "Retry", tooltip="Run the selected ended job again"),
+        Binding("p", "change_priority", "Priority",
+                tooltip="Change the selected waiting job's priority"),
+        Binding("d", "show_job", "Details",
+                tooltip="The selected job's charts, logs, history, profile and results"),
+        Binding("l", "show_logs", "Logs", tooltip="Follow the selected job's logs"),
+        Binding("a", "toggle_ended", "All/active", tooltip="Show or hide ended jobs"),
+        Binding("/", "filter", "Filter", tooltip="Filter jobs by id, name, kind, state, owner"),
+        Binding("question_mark", "show_help_panel", "Help", tooltip="Show the keys"),
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
 
@@ -137,6 +141,26 @@ class LlmConsole(App[None]):
         self.bridge.start()
         self.set_interval(DRAIN_INTERVAL, self.drain)
         self.set_interval(1.0, self._tick)
+
+    DASHBOARD_ONLY = frozenset({"toggle_ended", "filter", "clear_filter", "show_job",
+                                "show_logs"})
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Dashboard actions are off (and out of the footer) on other screens."""
+        if action in self.DASHBOARD_ONLY and self.screen is not self.screen_stack[0]:
+            return False
+        return True
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        """The command palette (ctrl+p) offers every key's action, by name."""
+        yield from super().get_system_commands(screen)
+        for binding in self.BINDINGS:
+            assert isinstance(binding, Binding)
+            if not binding.show or self.check_action(binding.action, ()) is False:
+                continue
+            yield SystemCommand(f"{binding.description} ({self.get_key_display(binding)})",
+                                binding.tooltip,
+                                lambda action=binding.action: self.run_action(action))
 
     def on_unmount(self) -> None:
         self.bridge.stop()
@@ -348,6 +372,12 @@ class LlmConsole(App[None]):
             self.render_jobs()
             if self._job_screen is not None and self._job_screen.job_id == job_id:
                 self._job_screen.set_series(self.state.series.get(job_id))
+
+    def select(self, job_id: int) -> None:
+        """Put the jobs table's cursor on a job (and the loss chart on it)."""
+        self.selected = job_id
+        self.render_jobs()
+        self.render_loss()
 
     def _selected_job(self) -> dict[str, Any] | None:
         if self.selected is None:

@@ -164,7 +164,7 @@ class JobScreen(Screen[None]):
         Binding("right_square_bracket", "rank(1)", "Next rank"),
         Binding("left_square_bracket", "rank(-1)", "Prev rank"),
         Binding("f", "toggle_follow", "Follow"),
-        Binding("1", "tab('logs')", "Logs", show=False),
+        Binding("1,l", "tab('logs')", "Logs", show=False),
         Binding("2", "tab('charts')", "Charts", show=False),
         Binding("3", "tab('history')", "History", show=False),
         Binding("4", "tab('profile')", "Profile", show=False),
@@ -211,7 +211,10 @@ class JobScreen(Screen[None]):
         attempts.add_columns("#", "state", "where", "started", "ended", "exit", "reason")
         events = self.query_one("#events", DataTable)
         events.add_columns("time", "attempt", "change", "cause", "by")
-        self.query_one("#log", RichLog).focus()
+        if self.initial_tab == "logs":  # focus inside a pane would make it the active tab
+            self.query_one("#log", RichLog).focus()
+        else:
+            self.query_one("#tabs", TabbedContent).query_one("Tabs").focus()
 
     # ------------------------------------------------------------ data in
     def _title(self) -> str:

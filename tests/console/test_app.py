@@ -86,7 +86,7 @@ async def test_priority_of_a_queued_job_and_the_engines_refusal(engine: EngineHa
     app = LlmConsole()
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: "queued" in " ".join(job_cells(app, waiting)))
-        app.selected = waiting
+        app.select(waiting)
         await pilot.press("p")
         await until(pilot, lambda: isinstance(app.screen, PriorityScreen))
         box = app.screen.query_one(Input)
@@ -100,7 +100,7 @@ async def test_priority_of_a_queued_job_and_the_engines_refusal(engine: EngineHa
         await until(pilot, lambda: engine.job(waiting)["priority"] == 7)
         await until(pilot, lambda: "priority 7" in notes(app))
 
-        app.selected = running
+        app.select(running)
         await pilot.press("p")
         await until(pilot, lambda: isinstance(app.screen, PriorityScreen))
         app.screen.query_one(Input).value = "3"
@@ -116,7 +116,7 @@ async def test_cancel_asks_first_then_stops_the_job(engine: EngineHandle) -> Non
     app = LlmConsole()
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: "running" in " ".join(job_cells(app, job_id)))
-        app.selected = job_id
+        app.select(job_id)
         await pilot.press("c")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         await pilot.press("n")  # no: nothing happens

@@ -1,5 +1,6 @@
 """Pictures of the screen with fixed data (pytest-textual-snapshot): the
-dashboard, a job's log and the submit form, at 80x24 and 160x48. Update
+dashboard, a job's detail (charts, logs, results) and the submit form, at
+80x24 and 160x48. Update
 them with `pytest tests/console/test_snapshots.py --snapshot-update` and
 look at the report before committing."""
 
@@ -47,37 +48,70 @@ JOBS = [
     _job(5, "nightly-pretrain", "train", "held", gpus=8, ago=10),
 ]
 METRICS = [{"type": "metric", "job": 3, "attempt": 1, "step": step,
-            "values": {"loss": 4.0 / (1 + step / 20) + (0.1 if step % 3 else 0.0)}}
+            "values": {"loss": 4.0 / (1 + step / 20) + (0.1 if step % 3 else 0.0),
+                       "lr": 3e-4 * min(1.0, step / 20), "tokens_per_s": 9000 + 40 * (step % 7)}}
            for step in range(1, 121)]
 METRICS.append({"type": "metric", "job": 3, "attempt": 1, "step": 120,
                 "values": {"eval_loss": 1.2}})
 
 
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+#: Fixed places for what the screens name (a profile in the form's error, an
+#: output folder), so the pictures do not depend on the checkout's path.
+FIXED = Path("/tmp/llmconsole-snapshot")
+FIXED_PROFILES = FIXED / "profiles"
+PRUNE_OUTPUT = FIXED / "outputs" / "prune"
+
+
+def _detail(job: dict[str, Any], argv: list[str], history: list[tuple[str, str, str]]
+            ) -> dict[str, Any]:
+    start = NOW - 900
+    return {**job, "spec": {"argv": argv, "launcher": "horovodrun", "retries": 1,
+                            "env": ["HF_HOME"], "resources": job["resources"], "cwd": None},
+            "attempts": [{"number": 1, "state": job["state"], "pid": 4242,
+                          "placements": [{"node": "gpu1", "gpus": [0, 1, 2], "cpus": 24}],
+                          "exit_code": None, "reason": job["reason"], "created_at": start,
+                          "started_at": start + 2, "ended_at": None,
+                          "cancel_requested": False}],
+            "history": [{"attempt": 1, "time": start + i, "from": f or None, "to": t,
+                         "cause": c, "actor": "scheduler"}
+                        for i, (f, t, c) in enumerate(history)]}
+
+
+DETAILS = {
+    3: _detail(JOBS[2], ["horovodrun", "-np", "3", "python", "-m", "engine.workloads.train",
+                         "--preset", "tiny", "--output", "/outputs/llama-7b-finetune"],
+               [("", "queued", "submitted by ann"), ("queued", "starting", "placed on gpu1"),
+                ("starting", "running", "started")]),
+    2: {**_detail({**JOBS[1], "output": str(PRUNE_OUTPUT), "state": "succeeded"},
+                  ["python", "-m", "engine.workloads.compress", "--method", "prune"],
+                  [("", "queued", "submitted by ann"), ("running", "succeeded", "exit code 0")])},
+}
+
+
 def make_app() -> LlmConsole:
-    logs = [f"[0]<stdout>:step {i} loss {4.0 / i:.4f}" for i in range(1, 30)]
-    bridge = FixedBridge([Snapshot(NODES, JOBS), *METRICS], logs)
+    logs = [f"[{i % 3}]<stdout>:step {i} loss {4.0 / i:.4f}" for i in range(1, 30)]
+    logs.insert(0, "horovodrun: 3 workers on gpu1")
+    bridge = FixedBridge([Snapshot(NODES, JOBS), *METRICS], logs, details=DETAILS)
     return LlmConsole(bridge=bridge, clock=lambda: NOW)  # type: ignore[arg-type]
 
 
 async def _loaded(pilot: Any) -> None:
     pilot.app.drain()
-    pilot.app.selected = 3
-    pilot.app.render_jobs()
-    pilot.app.render_loss()
+    pilot.app.select(3)
     await pilot.pause()
 
 
 SIZES = [(80, 24), (160, 48)]
 SHIPPED = Path(__file__).resolve().parents[2] / "profiles"
-#: A fixed place for the profile the form names in its error, so the picture
-#: does not depend on where the repository is checked out.
-FIXED_PROFILES = Path("/tmp/llmconsole-snapshot-profiles")
 
 
 @pytest.fixture(autouse=True)
-def _fixed_profile_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    FIXED_PROFILES.mkdir(exist_ok=True)
+def _fixed_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    FIXED_PROFILES.mkdir(parents=True, exist_ok=True)
+    PRUNE_OUTPUT.mkdir(parents=True, exist_ok=True)
     shutil.copy(SHIPPED / "hello.toml", FIXED_PROFILES / "hello.toml")
+    shutil.copy(FIXTURES / "prune-results.json", PRUNE_OUTPUT / "results.json")
     monkeypatch.setenv("LLMCONSOLE_PROFILES", str(FIXED_PROFILES))
 
 
@@ -86,14 +120,31 @@ def test_dashboard(snap_compare: Any, size: tuple[int, int]) -> None:
     assert snap_compare(make_app(), terminal_size=size, run_before=_loaded)
 
 
-@pytest.mark.parametrize("size", SIZES)
-def test_job_logs(snap_compare: Any, size: tuple[int, int]) -> None:
-    async def open_logs(pilot: Any) -> None:
+def _open(keys: tuple[str, ...], job: int = 3) -> Any:
+    async def run_before(pilot: Any) -> None:
         await _loaded(pilot)
-        await pilot.press("l")
+        pilot.app.select(job)
+        await pilot.press(*keys)
         await pilot.pause(0.3)
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause(0.3)
+    return run_before
 
-    assert snap_compare(make_app(), terminal_size=size, run_before=open_logs)
+
+@pytest.mark.parametrize("size", SIZES)
+def test_job_detail_charts(snap_compare: Any, size: tuple[int, int]) -> None:
+    assert snap_compare(make_app(), terminal_size=size, run_before=_open(("d",)))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_job_logs_one_rank_searched(snap_compare: Any, size: tuple[int, int]) -> None:
+    keys = ("l", "right_square_bracket", "right_square_bracket", "slash", *"loss 0.1")
+    assert snap_compare(make_app(), terminal_size=size, run_before=_open(keys))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_job_results_of_a_compression(snap_compare: Any, size: tuple[int, int]) -> None:
+    assert snap_compare(make_app(), terminal_size=size, run_before=_open(("d", "5"), job=2))
 
 
 @pytest.mark.parametrize("size", SIZES)
