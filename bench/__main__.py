@@ -12,12 +12,23 @@ from bench.harness import Figure, machine, save, table
 MODULES = (scheduling, engine_api, console, workloads)
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    """`python -m bench [NAME...]`: every benchmark, or the named ones
+    (scheduling, engine_api, console, workloads)."""
+    names = {m.__name__.rsplit(".", 1)[-1]: m for m in MODULES}
+    unknown = [a for a in argv if a not in names]
+    if unknown:
+        print(f"no benchmark {', '.join(unknown)}; choose from {', '.join(names)}",
+              file=sys.stderr)
+        return 2
     figures: list[Figure] = []
     for module in MODULES:
-        figures.extend(module.run())
+        if not argv or module.__name__.rsplit(".", 1)[-1] in argv:
+            figures.extend(module.run())
     print(f"machine: {machine()}")
     print(table(figures))
+    if argv:
+        return 0  # a partial run does not replace the saved figures
     out = Path(__file__).resolve().parent / "results" / "latest.json"
     save(figures, out)
     print(f"saved {out}")
@@ -25,4 +36,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

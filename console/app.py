@@ -13,28 +13,29 @@ import time
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from rich.markup import escape
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.timer import Timer
+from textual.widgets import Footer, Header, Input, Static
 
 from console import detail
 from console.bridge import Down, EngineBridge, Snapshot
 from console.chart import Line, MetricChart
 from console.screens import ConfirmScreen, JobScreen, PriorityScreen, SubmitScreen
 from console.state import ConsoleState, bar, smoothed, spark
+from console.table import Cell, VirtualTable
 from engine import pipelines
 from engine.errors import EngineError
 
 DRAIN_INTERVAL = 0.25
-GPU_COLUMNS = (("NODE", 14), ("GPU", 4), ("UTIL", 11), ("MEMORY", 14), ("TEMP", 5),
+GPU_COLUMNS = (("NODE", 13), ("GPU", 3), ("UTIL", 10), ("MEMORY", 13), ("TEMP", 4),
                ("JOB", 10), ("HISTORY", 12))
-JOB_COLUMNS = (("ID", 6), ("NAME", 17), ("KIND", 9), ("OWNER", 7), ("STATE", 10), ("RES", 6),
-               ("STEP", 7), ("LOSS", 8), ("ELAPSED", 8))
-MAX_ROWS = 200  # jobs shown at once, newest first; `/` filters the rest in
+JOB_COLUMNS = (("ID", 5), ("NAME", 16), ("KIND", 8), ("OWNER", 6), ("STATE", 9), ("RES", 5),
+               ("STEP", 6), ("LOSS", 7), ("ELAPSED", 7))  # 77 cells: fits 80 with a scrollbar
+SORTS = ("newest", "state", "name", "owner", "loss")
 STATE_STYLE = {"running": "green", "succeeded": "bold green", "failed": "bold red",
                "lost": "bold red", "cancelled": "yellow", "queued": "cyan", "held": "dim",
                "starting": "cyan"}
@@ -95,6 +96,8 @@ class LlmConsole(App[None]):
                 tooltip="The selected job's charts, logs, history, profile and results"),
         Binding("l", "show_logs", "Logs", tooltip="Follow the selected job's logs"),
         Binding("a", "toggle_ended", "All/active", tooltip="Show or hide ended jobs"),
+        Binding("o", "sort_jobs", "Sort",
+                tooltip="Order jobs by newest, state, name, owner or loss"),
         Binding("/", "filter", "Filter", tooltip="Filter jobs by id, name, kind, state, owner"),
         Binding("question_mark", "show_help_panel", "Help", tooltip="Show the keys"),
         Binding("escape", "clear_filter", "Clear filter", show=False),
@@ -109,18 +112,21 @@ class LlmConsole(App[None]):
         self.show_ended = True
         self.filter_text = ""
         self.selected: int | None = None
-        self.hidden_rows = 0
-        self._cells: dict[str, dict[str, tuple[str, ...]]] = {}
-        self._latest: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+        self.shown_jobs = 0
+        self.sort_by = SORTS[0]
+        self._status_text = ""
+        self._gpu_refs: dict[str, tuple[str, dict[str, Any] | None]] = {}
+        self._metrics_timer: Timer | None = None
         self._job_screen: JobScreen | None = None
 
     # ------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static("", id="banner")
-        yield DataTable(id="gpus", cursor_type="none", zebra_stripes=True, cell_padding=0)
+        yield VirtualTable(GPU_COLUMNS, self.gpu_cells, show_cursor=False, flex=0, flex_max=32,
+                           id="gpus")
         yield Input(placeholder="filter jobs: name, kind, state, owner", id="filter")
-        yield DataTable(id="jobs", cursor_type="row", zebra_stripes=True, cell_padding=0)
+        yield VirtualTable(JOB_COLUMNS, self.job_cells, flex=1, id="jobs")
         with Horizontal(id="losspanel"):
             yield Static("loss: select a job", id="losslabel")
             yield MetricChart("loss", id="loss")
@@ -128,22 +134,13 @@ class LlmConsole(App[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        # Fixed widths: cells are updated in place, never re-measured.
-        gpus = self.query_one("#gpus", DataTable)
-        for label, width in GPU_COLUMNS:
-            gpus.add_column(label, width=width)
-        jobs = self.query_one("#jobs", DataTable)
-        for label, width in JOB_COLUMNS:
-            jobs.add_column(label, width=width)
-        jobs.focus()
-        for table in (gpus, jobs):
-            self.watch(table, "scroll_y", lambda _y, t=table: self._scrolled(t), init=False)
+        self.query_one("#jobs", VirtualTable).focus()
         self.bridge.start()
         self.set_interval(DRAIN_INTERVAL, self.drain)
         self.set_interval(1.0, self._tick)
 
     DASHBOARD_ONLY = frozenset({"toggle_ended", "filter", "clear_filter", "show_job",
-                                "show_logs"})
+                                "show_logs", "sort_jobs"})
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Dashboard actions are off (and out of the footer) on other screens."""
@@ -192,15 +189,17 @@ class LlmConsole(App[None]):
             self._feed_job_screen(self._job_screen, events, changed)
         if "nodes" in changed:
             self.render_gpus()
-        if "jobs" in changed or "metrics" in changed:
+        if "jobs" in changed or ("metrics" in changed and self.sort_by == "loss"):
             self.render_jobs()
+        elif "metrics" in changed:
+            self.render_jobs(order_changed=False)
         if "metrics" in changed or "jobs" in changed:
             self.render_loss()
         self.render_status()
 
     def _tick(self) -> None:
         if self.state.connected:
-            self.render_jobs()  # elapsed times move
+            self.render_jobs(order_changed=False)  # elapsed times move
 
     def _banner(self, text: str | None) -> None:
         banner = self.query_one("#banner", Static)
@@ -215,146 +214,125 @@ class LlmConsole(App[None]):
         engine = "engine: connected" if self.state.connected else "engine: DISCONNECTED"
         view = "all jobs" if self.show_ended else "active jobs"
         text = f"{engine} | {up}/{len(self.state.nodes)} nodes up, {gpus} GPUs | " \
-               + ", ".join(parts) + f" | showing {view}"
+               + ", ".join(parts) + f" | {self.shown_jobs:,} {view}"
         if self.filter_text:
             text += f" matching {self.filter_text!r}"
-        if self.hidden_rows:
-            text += f" ({self.hidden_rows:,} older not shown: / to filter)"
-        self.query_one("#status", Static).update(text)
+        text += f", by {self.sort_by}"
+        if text != self._status_text:  # an update re-lays out the screen: only on change
+            self._status_text = text
+            self.query_one("#status", Static).update(text, layout=False)
 
-    def _sync(self, table: DataTable[Any], rows: list[tuple[str, tuple[str, ...]]]) -> None:
-        """Make `table` show `rows` (key, cells): when the keys are the same
-        as last time only the changed cells are updated (a telemetry tick on
-        512 GPUs touches a few hundred cells, not 3,500); otherwise the rows
-        are rebuilt."""
-        cache: dict[str, tuple[str, ...]] = self._cells.setdefault(table.id or "", {})
-        keys = [k for k, _ in rows]
-        if keys != list(cache):
-            table.clear()
-            cache.clear()
-            for key, cells in rows:
-                table.add_row(*cells, key=key)
-                cache[key] = cells
-            return
-        columns = list(table.columns)
-        self._latest[table.id or ""] = rows
-        first = int(table.scroll_y)
-        last = first + table.size.height + 2
-        for index, (key, cells) in enumerate(rows):
-            old = cache[key]
-            if old == cells:
-                continue
-            if not first <= index <= last:
-                continue  # off screen: updated when scrolled into view (`_scrolled`)
-            for i, (before, after) in enumerate(zip(old, cells, strict=True)):
-                if before != after:
-                    table.update_cell(key, columns[i], after)
-            cache[key] = cells
-
-    def _scrolled(self, table: DataTable[Any]) -> None:
-        rows = self._latest.get(table.id or "")
-        if rows is not None:
-            self._sync(table, rows)
-
-    def gpu_rows(self) -> list[tuple[str, tuple[str, ...]]]:
-        rows: list[tuple[str, tuple[str, ...]]] = []
+    def gpu_keys(self) -> list[str]:
+        """One row per GPU of every node (a CPU row for a node without)."""
+        keys: list[str] = []
+        refs: dict[str, tuple[str, dict[str, Any] | None]] = {}
         for name, node in sorted(self.state.nodes.items()):
-            up = node.get("up", True)
-            label = name[:13] if up else f"[b red]{name[:8]} DOWN[/]"
-            if not node.get("gpus"):
-                cpu = node.get("cpu_percent")
-                rows.append((f"{name}:cpu", (
-                    label, "cpu", bar(cpu),
-                    "-" if node.get("memory_percent") is None
-                    else f"{node['memory_percent']:.0f}% RAM", "-",
-                    ",".join(str(j) for j in node.get("jobs") or []) or "-", "")))
-                continue
-            for gpu in node["gpus"]:
-                used, total = gpu.get("memory_used_mb"), gpu.get("memory_total_mb")
-                util = gpu.get("util_percent")
-                job = gpu.get("job")
-                idle = job is not None and util is not None and util < 5
-                history: Iterable[float] = self.state.gpu_history.get(
-                    (name, int(gpu.get("index") or 0)), [])
-                rows.append((f"{name}:{gpu.get('index')}", (
-                    label, str(gpu.get("index")),
-                    f"[yellow]{bar(util)}[/]" if idle else bar(util),
-                    "-" if used is None or not total
-                    else f"{used / 1024:.1f}/{total / 1024:.0f} GiB",
-                    "-" if gpu.get("temperature_c") is None else f"{gpu['temperature_c']}C",
-                    "-" if job is None else (f"[yellow]{job} idle[/]" if idle else str(job)),
-                    spark(history))))
-        return rows
+            gpus = node.get("gpus") or []
+            if not gpus:
+                keys.append(f"{name}\0cpu")
+                refs[keys[-1]] = (name, None)
+            for gpu in gpus:
+                keys.append(f"{name}\0{gpu.get('index')}")
+                refs[keys[-1]] = (name, gpu)
+        self._gpu_refs = refs
+        return keys
+
+    def gpu_cells(self, key: str) -> list[Cell]:
+        name, gpu = self._gpu_refs[key]
+        node = self.state.nodes.get(name, {})
+        label: Cell = name if node.get("up", True) else (f"{name[:8]} DOWN", "bold red")
+        if gpu is None:
+            mem = node.get("memory_percent")
+            return [label, "cpu", bar(node.get("cpu_percent")),
+                    "-" if mem is None else f"{mem:.0f}% RAM", "-",
+                    ",".join(str(j) for j in node.get("jobs") or []) or "-", ""]
+        used, total = gpu.get("memory_used_mb"), gpu.get("memory_total_mb")
+        util = gpu.get("util_percent")
+        job = gpu.get("job")
+        idle = job is not None and util is not None and util < 5
+        temp = gpu.get("temperature_c")
+        return [label, str(gpu.get("index")), (bar(util), "yellow") if idle else bar(util),
+                "-" if used is None or not total else f"{used / 1024:.1f}/{total / 1024:.0f} GiB",
+                "-" if temp is None else f"{temp}C",
+                "-" if job is None else ((f"{job} idle", "bold yellow") if idle else str(job)),
+                spark(self.state.gpu_history.get((name, int(gpu.get("index") or 0)), ()))]
 
     def render_gpus(self) -> None:
-        self._sync(self.query_one("#gpus", DataTable), self.gpu_rows())
+        self.query_one("#gpus", VirtualTable).set_keys(self.gpu_keys())
 
-    def job_rows(self) -> list[tuple[str, tuple[str, ...]]]:
-        shown, total = self.state.visible_jobs(self.show_ended, self.filter_text, MAX_ROWS)
-        self.hidden_rows = total - len(shown)
-        now = self.clock()
-        rows: list[tuple[str, tuple[str, ...]]] = []
-        for job in shown:
-            series = self.state.series.get(int(job["id"]))
-            loss = series.last.get("loss") if series else None
-            style = STATE_STYLE.get(job["state"], "")
-            rows.append((str(job["id"]), (
-                str(job["id"]), escape(str(job["name"])[:16]), job["kind"],
-                escape(str(job.get("owner", ""))),
-                f"[{style}]{job['state']}[/]" if style else job["state"], _resources(job),
+    def job_cells(self, key: str) -> list[Cell]:
+        job = self.state.jobs.get(int(key))
+        if job is None:
+            return [key]
+        series = self.state.series.get(int(key))
+        loss = series.last.get("loss") if series else None
+        state = job["state"]
+        return [key, str(job["name"]), str(job["kind"]), str(job.get("owner", "")),
+                (state, STATE_STYLE.get(state, "")), _resources(job),
                 "-" if series is None or series.step is None else str(series.step),
-                "-" if loss is None else f"{loss:.4f}", _elapsed(job, now))))
-        return rows
+                "-" if loss is None else f"{loss:.4f}", _elapsed(job, self.clock())]
 
-    def render_jobs(self) -> None:
-        table = self.query_one("#jobs", DataTable)
-        keep = self.selected
-        rows = self.job_rows()
-        self._sync(table, rows)
-        if keep is not None and str(keep) in table.rows:
-            index = table.get_row_index(str(keep))
-            if table.cursor_row != index:
-                table.move_cursor(row=index, animate=False)
-        elif rows:
-            self.selected = int(rows[0][0])
+    def render_jobs(self, order_changed: bool = True) -> None:
+        """Re-list the jobs (after jobs came or went, or the filter or sort
+        changed) or, with `order_changed` False, only repaint the rows shown."""
+        table = self.query_one("#jobs", VirtualTable)
+        if not order_changed:
+            table.refresh()
+            return
+        shown, total = self.state.visible_jobs(self.show_ended, self.filter_text,
+                                               sort=self.sort_by)
+        self.shown_jobs = total
+        table.set_keys([str(j["id"]) for j in shown])
+        if self.selected is not None and table.move_to(str(self.selected)):
+            return
+        key = table.cursor_key
+        self.selected = int(key) if key is not None else None
 
     def render_loss(self) -> None:
-        label = self.query_one("#losslabel", Static)
+        static = self.query_one("#losslabel", Static)
+
+        def label(text: str) -> None:  # a fixed-size box: no re-layout of the screen
+            static.update(text, layout=False)
+
         chart = self.query_one("#loss", MetricChart)
         if self.selected is None:
-            label.update("loss: select a job")
+            label("loss: select a job")
             chart.show([], key=None, title="loss")
             return
         series = self.state.series.get(self.selected)
         if series is None or not series.loss:
-            label.update(f"job {self.selected}: no loss yet")
+            label(f"job {self.selected}: no loss yet")
             chart.show([], key=(self.selected, -1), title=f"job {self.selected}: loss")
             return
         steps = [s for s, _v in series.loss]
         values = [v for _s, v in series.loss]
         smooth = smoothed(values)
         held = f"\nheld-out {series.eval_loss[-1][1]:.4f}" if series.eval_loss else ""
-        label.update(f"job {self.selected} step {series.step}\nloss {values[-1]:.4f}\n"
-                     f"smoothed {smooth[-1]:.4f}{held}")
+        label(f"job {self.selected} step {series.step}\nloss {values[-1]:.4f}\n"
+              f"smoothed {smooth[-1]:.4f}{held}")
         chart.show([Line("loss", series.loss), Line("smoothed", list(zip(steps, smooth,
                                                                          strict=True))),
                     Line("held-out", series.eval_loss, scatter=True)],
                    key=(self.selected, series.version), title=f"job {self.selected}: loss")
 
     # ------------------------------------------------------------ selection
-    @on(DataTable.RowHighlighted, "#jobs")
-    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
-        if event.row_key.value is None:
+    @on(VirtualTable.Highlighted, "#jobs")
+    def _highlighted(self, event: VirtualTable.Highlighted) -> None:
+        if isinstance(event, VirtualTable.Selected):
             return
-        job_id = int(event.row_key.value)
+        job_id = int(event.key)
         if job_id != self.selected:
             self.selected = job_id
             self.render_loss()
             if job_id not in self.state.series:
-                self.load_metrics(job_id)
+                # after the cursor rests, so holding a key does not ask for each row
+                if self._metrics_timer is not None:
+                    self._metrics_timer.stop()
+                self._metrics_timer = self.set_timer(
+                    0.2, lambda: self.load_metrics(job_id) if self.selected == job_id else None)
 
-    @on(DataTable.RowSelected, "#jobs")
-    async def _selected_row(self, _event: DataTable.RowSelected) -> None:
+    @on(VirtualTable.Selected, "#jobs")
+    async def _selected_row(self, _event: VirtualTable.Selected) -> None:
         await self.action_show_job()
 
     @work(thread=True, exclusive=True, group="metrics")
@@ -376,7 +354,7 @@ class LlmConsole(App[None]):
     def select(self, job_id: int) -> None:
         """Put the jobs table's cursor on a job (and the loss chart on it)."""
         self.selected = job_id
-        self.render_jobs()
+        self.query_one("#jobs", VirtualTable).move_to(str(job_id))
         self.render_loss()
 
     def _selected_job(self) -> dict[str, Any] | None:
@@ -495,6 +473,11 @@ class LlmConsole(App[None]):
         if screen.job_id not in self.state.series:
             self.load_metrics(screen.job_id)
 
+    def action_sort_jobs(self) -> None:
+        self.sort_by = SORTS[(SORTS.index(self.sort_by) + 1) % len(SORTS)]
+        self.render_jobs()
+        self.render_status()
+
     def action_toggle_ended(self) -> None:
         self.show_ended = not self.show_ended
         self.render_jobs()
@@ -510,7 +493,7 @@ class LlmConsole(App[None]):
         box.value = ""
         box.remove_class("shown")
         self.filter_text = ""
-        self.query_one("#jobs", DataTable).focus()
+        self.query_one("#jobs", VirtualTable).focus()
         self.render_jobs()
         self.render_status()
 
@@ -522,7 +505,7 @@ class LlmConsole(App[None]):
 
     @on(Input.Submitted, "#filter")
     def _filter_done(self, _event: Input.Submitted) -> None:
-        self.query_one("#jobs", DataTable).focus()
+        self.query_one("#jobs", VirtualTable).focus()
 
 
 def run() -> int:

@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rich.text import Text
+from textual.app import RenderResult
 from textual_plotext import PlotextPlot
 
 Points = Sequence[tuple[int, float]]
@@ -38,6 +40,7 @@ class MetricChart(PlotextPlot):
         super().__init__(id=id)
         self.chart_title = title
         self._drawn: object = None
+        self._empty: str | None = "no data yet"
 
     def show(self, lines: Sequence[Line], key: object = None, title: str | None = None) -> None:
         """Draw `lines`; `key` (data version) skips the work when unchanged."""
@@ -45,6 +48,11 @@ class MetricChart(PlotextPlot):
         if key is not None and (key, title, self.size.width) == self._drawn:
             return
         self._drawn = (key, title, self.size.width)
+        if not any(line.points for line in lines):
+            self._empty = f"{title}: no points yet"  # plotext would draw an empty frame
+            self.refresh()
+            return
+        self._empty = None
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
@@ -60,3 +68,8 @@ class MetricChart(PlotextPlot):
             else:
                 plt.plot(xs, ys, label=line.label, marker="braille")
         self.refresh()
+
+    def render(self) -> RenderResult:
+        if self._empty is not None:
+            return Text(self._empty, style="dim")
+        return super().render()

@@ -57,6 +57,8 @@ class ConsoleState:
     gpu_history: dict[tuple[str, int], deque[float]] = field(default_factory=dict)
     connected: bool = False
     error: str | None = None
+    _counts: dict[str, int] = field(default_factory=dict)
+    _newest_first: list[int] | None = None  # job ids, sorted once per new id
 
     # ---------------------------------------------------------- loading
     def load(self, nodes: Iterable[Mapping[str, Any]], jobs: Iterable[Mapping[str, Any]]
@@ -64,6 +66,10 @@ class ConsoleState:
         """Replace everything with a fresh snapshot (after a (re)connect)."""
         self.nodes = {str(n["name"]): dict(n) for n in nodes}
         self.jobs = {int(j["id"]): dict(j) for j in jobs}
+        self._counts = {}
+        for job in self.jobs.values():
+            self._counts[job["state"]] = self._counts.get(job["state"], 0) + 1
+        self._newest_first = None
         self.connected, self.error = True, None
 
     def load_metrics(self, job_id: int, points: Iterable[Mapping[str, Any]]) -> None:
@@ -84,6 +90,12 @@ class ConsoleState:
             kind = event.get("type")
             if kind == "job" and isinstance(event.get("job"), Mapping):
                 job = dict(event["job"])
+                old = self.jobs.get(int(job["id"]))
+                if old is None:
+                    self._newest_first = None
+                else:
+                    self._counts[old["state"]] -= 1
+                self._counts[job["state"]] = self._counts.get(job["state"], 0) + 1
                 self.jobs[int(job["id"])] = job
                 changed.add("jobs")
             elif kind == "node":
@@ -99,8 +111,6 @@ class ConsoleState:
                 self._metric(int(event["job"]), int(event.get("attempt", 1)),
                              int(event["step"]), event.get("values") or {})
                 changed.add("metrics")
-                if int(event["job"]) in self.jobs:
-                    changed.add("jobs")
         return changed
 
     def _telemetry(self, event: Mapping[str, Any]) -> None:
@@ -136,16 +146,17 @@ class ConsoleState:
         series.version += 1
 
     # ---------------------------------------------------------- views
-    def visible_jobs(self, show_ended: bool, text: str = "", limit: int | None = None
-                     ) -> tuple[list[dict[str, Any]], int]:
-        """(jobs to list, newest first, at most `limit`; how many match):
-        active ones (all with `show_ended`) whose id, name, kind, state or
-        owner contain `text`. Only a filter makes it look inside jobs, so a
-        screen of 10,000 jobs stays cheap."""
+    def visible_jobs(self, show_ended: bool, text: str = "", limit: int | None = None,
+                     sort: str = "newest") -> tuple[list[dict[str, Any]], int]:
+        """(jobs to list, at most `limit`; how many match): active ones (all
+        with `show_ended`) whose id, name, kind, state or owner contain
+        `text`, newest first or sorted by "state" (active first), "name",
+        "owner" or "loss" (lowest first, jobs without a loss last)."""
+        if self._newest_first is None:
+            self._newest_first = sorted(self.jobs, reverse=True)
         needle = text.lower().strip()
         out: list[dict[str, Any]] = []
-        total = 0
-        for job_id in sorted(self.jobs, reverse=True):
+        for job_id in self._newest_first:
             job = self.jobs[job_id]
             if not show_ended and job["state"] not in ACTIVE_STATES:
                 continue
@@ -154,16 +165,24 @@ class ConsoleState:
                                                               "owner"))
                 if needle not in hay.lower():
                     continue
-            total += 1
-            if limit is None or len(out) < limit:
-                out.append(job)
-        return out, total
+            out.append(job)
+        if sort == "state":
+            order = {s: i for i, s in enumerate((*ACTIVE_STATES[::-1], "failed", "lost",
+                                                 "cancelled", "succeeded"))}
+            out.sort(key=lambda j: order.get(j["state"], len(order)))
+        elif sort in ("name", "owner"):
+            out.sort(key=lambda j: str(j.get(sort, "")).lower())
+        elif sort == "loss":
+            def loss(j: dict[str, Any]) -> tuple[bool, float]:
+                series = self.series.get(int(j["id"]))
+                value = series.last.get("loss") if series else None
+                return (value is None, value if value is not None else 0.0)
+            out.sort(key=loss)
+        return (out if limit is None else out[:limit]), len(out)
 
     def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for job in self.jobs.values():
-            out[job["state"]] = out.get(job["state"], 0) + 1
-        return out
+        """Jobs per state (kept up to date as events arrive)."""
+        return {k: v for k, v in self._counts.items() if v}
 
 
 def smoothed(values: list[float], weight: float = 0.8) -> list[float]:

@@ -12,6 +12,7 @@ from textual.widgets import DataTable, Input, Static
 
 from console.app import LlmConsole
 from console.screens import ConfirmScreen, JobScreen, PriorityScreen, SubmitScreen
+from console.table import VirtualTable
 from tests.integration.engine_fixture import EngineHandle, new_engine
 
 
@@ -36,10 +37,10 @@ async def until(pilot: Any, predicate: Any, timeout: float = 30.0) -> None:
 
 
 def job_cells(app: LlmConsole, job_id: int) -> list[str]:
-    table = app.query_one("#jobs", DataTable)
-    if str(job_id) not in table.rows:
+    table = app.query_one("#jobs", VirtualTable)
+    if str(job_id) not in table.keys:
         return []
-    return [str(c) for c in table.get_row(str(job_id))]
+    return table.row_text(str(job_id))
 
 
 async def test_jobs_appear_run_and_finish_live(engine: EngineHandle) -> None:
@@ -52,8 +53,9 @@ async def test_jobs_appear_run_and_finish_live(engine: EngineHandle) -> None:
         assert cells[1] == "hello" and cells[2] == "command"
         status = str(app.query_one("#status", Static).render())
         assert "engine: connected" in status
-        gpus = app.query_one("#gpus", DataTable)
-        assert gpus.row_count >= 1  # the head node, as a CPU row
+        gpus = app.query_one("#gpus", VirtualTable)
+        assert len(gpus.keys) >= 1  # the head node, as a CPU row
+        assert gpus.row_text(gpus.keys[0])[1] == "cpu"
 
         await pilot.press("l")
         await until(pilot, lambda: isinstance(app.screen, JobScreen))

@@ -53,6 +53,27 @@ def test_visible_jobs_filter_and_hide_ended() -> None:
     assert ids(s.visible_jobs(True, limit=2)) == ([3, 2], 3)
     assert s.counts() == {"succeeded": 1, "running": 1, "queued": 1}
 
+    # counts and order follow events: a state change, then a new job
+    s.apply([{"type": "job", "job": job(3, "running", "eval")},
+             {"type": "job", "job": job(4, "queued", "zeta")}])
+    assert s.counts() == {"succeeded": 1, "running": 2, "queued": 1}
+    assert ids(s.visible_jobs(True)) == ([4, 3, 2, 1], 4)
+
+
+def test_visible_jobs_sorts_by_state_name_and_loss() -> None:
+    s = ConsoleState()
+    s.load([], [job(1, "succeeded", "b"), job(2, "running", "C"), job(3, "queued", "a"),
+                job(4, "failed", "d")])
+    s.apply([{"type": "metric", "job": 1, "step": 1, "values": {"loss": 2.0}},
+             {"type": "metric", "job": 4, "step": 1, "values": {"loss": 1.0}}])
+
+    def order(sort: str) -> list[int]:
+        return [j["id"] for j in s.visible_jobs(True, sort=sort)[0]]
+
+    assert order("state") == [2, 3, 4, 1]  # running, queued, then ended ones
+    assert order("name") == [3, 1, 2, 4]
+    assert order("loss") == [4, 1, 3, 2]  # no loss yet: last, newest first
+
 
 def test_metric_history_loads_from_the_api_listing() -> None:
     s = ConsoleState()
