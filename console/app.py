@@ -33,8 +33,8 @@ from engine.errors import EngineError
 DRAIN_INTERVAL = 0.25
 GPU_COLUMNS = (("NODE", 13), ("GPU", 3), ("UTIL", 10), ("MEMORY", 13), ("TEMP", 4),
                ("JOB", 10), ("HISTORY", 12))
-JOB_COLUMNS = (("ID", 5), ("NAME", 16), ("KIND", 8), ("OWNER", 6), ("STATE", 9), ("RES", 5),
-               ("STEP", 6), ("LOSS", 7), ("ELAPSED", 7))  # 77 cells: fits 80 with a scrollbar
+JOB_COLUMNS = (("ID", 5), ("NAME", 14), ("KIND", 8), ("OWNER", 6), ("STATE", 9), ("RES", 5),
+               ("STEP", 9), ("LOSS", 7), ("TIME", 6))  # 77 cells: fits 80 with a scrollbar
 SORTS = ("newest", "state", "name", "owner", "loss")
 STATE_STYLE = {"running": "green", "succeeded": "bold green", "failed": "bold red",
                "lost": "bold red", "cancelled": "yellow", "queued": "cyan", "held": "dim",
@@ -49,6 +49,16 @@ def _elapsed(job: dict[str, Any], now: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}:{seconds % 60:02d}"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}"
+
+
+def _progress(step: int | None, total: float | None) -> str:
+    """step/total, or a percentage when that does not fit the column."""
+    if step is None:
+        return "-"
+    if not total:
+        return str(step)
+    text = f"{step}/{int(total)}"
+    return text if len(text) <= 9 else f"{100 * step / total:.0f}%"
 
 
 def _resources(job: dict[str, Any]) -> str:
@@ -269,7 +279,7 @@ class LlmConsole(App[None]):
         state = job["state"]
         return [key, str(job["name"]), str(job["kind"]), str(job.get("owner", "")),
                 (state, STATE_STYLE.get(state, "")), _resources(job),
-                "-" if series is None or series.step is None else str(series.step),
+                _progress(series.step, series.last.get("total_steps")) if series else "-",
                 "-" if loss is None else f"{loss:.4f}", _elapsed(job, self.clock())]
 
     def render_jobs(self, order_changed: bool = True) -> None:

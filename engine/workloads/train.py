@@ -520,7 +520,8 @@ def run_training(a: argparse.Namespace, kind: str = "train") -> Outcome:
         samples_per_s = tokens_per_s / a.block_size
         if step % a.log_every == 0 or step == a.max_steps:
             if metrics is not None:
-                metrics.write({"step": step, "epoch": round(micro / per_epoch, 4),
+                metrics.write({"step": step, "total_steps": a.max_steps,
+                               "epoch": round(micro / per_epoch, 4),
                                "loss": last_loss, "lr": schedule.get_last_lr()[0],
                                "grad_norm": grad_norm, "tokens_per_s": round(tokens_per_s, 1),
                                "samples_per_s": round(samples_per_s, 2)})

@@ -49,7 +49,8 @@ JOBS = [
 ]
 METRICS = [{"type": "metric", "job": 3, "attempt": 1, "step": step,
             "values": {"loss": 4.0 / (1 + step / 20) + (0.1 if step % 3 else 0.0),
-                       "lr": 3e-4 * min(1.0, step / 20), "tokens_per_s": 9000 + 40 * (step % 7)}}
+                       "lr": 3e-4 * min(1.0, step / 20), "tokens_per_s": 9000 + 40 * (step % 7),
+                       "total_steps": 200}}
            for step in range(1, 121)]
 METRICS.append({"type": "metric", "job": 3, "attempt": 1, "step": 120,
                 "values": {"eval_loss": 1.2}})

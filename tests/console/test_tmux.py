@@ -26,10 +26,10 @@ class Terminal:
         return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True,
                               text=True, check=True).stdout
 
-    def start(self) -> None:
+    def start(self, width: int = 120, height: int = 40) -> None:
         env = [f"LLMCONSOLE_HOME={self.engine.home}",
                f"LLMCONSOLE_PROFILES={self.engine.profiles}", "TERM=xterm-256color"]
-        self.tmux("new-session", "-d", "-s", "main", "-x", "120", "-y", "40",
+        self.tmux("new-session", "-d", "-s", "main", "-x", str(width), "-y", str(height),
                   "env", *env, str(LLMCONSOLE))
 
     def screen(self) -> str:
@@ -59,13 +59,18 @@ class Terminal:
 def test_submit_watch_and_quit_in_a_real_terminal(engine: EngineHandle) -> None:
     term = Terminal(engine)
     try:
-        term.start()
-        term.wait(lambda s: "engine: connected" in s)
+        term.start(80, 24)  # the smallest terminal it promises to work in
+        first = term.wait(lambda s: "engine: connected" in s)
+        assert "LOSS" in first and "TIME" in first and "q Quit" in first  # the columns and keys fit
         term.keys("s")
         term.wait(lambda s: "Submit a job" in s)
         term.keys("hello", "Enter")
         screen = term.wait(lambda s: "succeeded" in s and "hello" in s)
         assert "Submit a job" not in screen
+        term.keys("l")  # its logs, in the job's detail
+        term.wait(lambda s: "hello from" in s and "Logs" in s and "History" in s)
+        term.keys("Escape")
+        term.wait(lambda s: "TIME" in s and "History" not in s)
         term.keys("q")
         deadline = time.monotonic() + 15
         while term.alive() and time.monotonic() < deadline:
