@@ -62,7 +62,7 @@ async def _measure() -> dict[str, float]:
     from console.app import LlmConsole
 
     bridge = _bridge()
-    app = LlmConsole(bridge=bridge)  # type: ignore[arg-type]
+    app = LlmConsole(bridge=bridge)
     started = time.perf_counter()
     out: dict[str, float] = {}
     async with app.run_test(size=(160, 48)) as pilot:
