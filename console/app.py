@@ -76,7 +76,7 @@ class LlmConsole(App[None]):
     #gpus { height: 1fr; min-height: 5; }
     #jobs { height: 2fr; }
     #losspanel { height: 1fr; min-height: 5; max-height: 16; }
-    #losslabel { width: 30; }
+    #losslabel { width: 30; height: 1fr; }
     #loss { width: 1fr; height: 1fr; }
     #filter { display: none; }
     #filter.shown { display: block; }
@@ -171,9 +171,13 @@ class LlmConsole(App[None]):
 
     def on_unmount(self) -> None:
         self.bridge.stop()
+        if self._job_screen is not None:
+            self._job_screen.stop_following(final=True)
 
     # ------------------------------------------------------------ updates
     def drain(self) -> None:
+        if self._job_screen is not None:
+            self._job_screen.take_lines()
         items = self.bridge.drain()
         if not items:
             return
@@ -442,32 +446,47 @@ class LlmConsole(App[None]):
 
         def closed(_result: None) -> None:
             self._job_screen = None
+            screen.stop_following(final=True)
 
         await self.push_screen(screen, closed)  # mounted: its widgets exist
         screen.set_series(self.state.series.get(screen.job_id))
-        self.load_logs(screen)
+        self.follow_logs(screen, int(job.get("attempt") or 1))
         self.load_detail(screen)
 
     def _feed_job_screen(self, screen: JobScreen, events: list[dict[str, Any]],
                          changed: set[str]) -> None:
-        lines = [e["line"] for e in events if e.get("type") == "log"
-                 and e.get("job") == screen.job_id and isinstance(e.get("line"), str)]
-        if lines:
-            screen.add_lines(lines)
         if "metrics" in changed:
             screen.set_series(self.state.series.get(screen.job_id))
         if any(e.get("type") == "job" and (e.get("job") or {}).get("id") == screen.job_id
                for e in events):
-            screen.set_job(self.state.jobs[screen.job_id])
+            job = self.state.jobs[screen.job_id]
+            screen.set_job(job)
             self.load_detail(screen)
+            attempt = int(job.get("attempt") or 1)
+            if attempt > screen.following_attempt:  # retried: follow the new attempt
+                screen.inbox.append(f"--- attempt {attempt} ---")
+                self.follow_logs(screen, attempt)
 
     @work(thread=True, group="logs")
-    def load_logs(self, screen: JobScreen) -> None:
+    def follow_logs(self, screen: JobScreen, attempt: int) -> None:
+        """The attempt's log, its last lines then new ones as they are written,
+        into the screen's inbox (taken on the drain timer) until the attempt
+        ends or the screen closes. The engine's follow stream carries both,
+        so no line is missed or shown twice between them."""
+        screen.stop_following()
+        screen.following_attempt = attempt
         try:
-            lines = self.bridge.logs(screen.job_id, tail=5000)
+            stream = self.bridge.follow_logs(screen.job_id, attempt)
         except EngineError as err:
-            lines = [f"(no logs: {err})"]
-        self.call_from_thread(screen.add_lines, lines)
+            screen.inbox.append(f"(no logs: {err})")
+            return
+        if not screen.follow_with(stream):
+            return
+        try:
+            for line in stream:
+                screen.inbox.append(line)
+        except EngineError as err:
+            screen.inbox.append(f"(log stream ended: {err})")
 
     @work(thread=True, exclusive=True, group="detail")
     def load_detail(self, screen: JobScreen) -> None:

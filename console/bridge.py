@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.client import EngineClient
+from engine.client import EngineClient, LineStream
 from engine.errors import NotFound
 
 RECENT_ENDED = 500           # ended jobs loaded with a snapshot
+#: What the screen follows. Log lines are not among them: a job's detail
+#: follows its own log (`follow_logs`), so the screen does not receive every
+#: line of every job.
+EVENT_TYPES = ("job", "node", "telemetry", "metric")
 BACKOFF_START, BACKOFF_MAX = 0.5, 10.0
 
 
@@ -68,7 +72,7 @@ class EngineBridge:
         while not self._stop.is_set():
             try:
                 client = self._factory()
-                stream = client.events()
+                stream = client.events(EVENT_TYPES)
                 next(stream)  # the hello: subscribed, so no event is missed after the snapshot
                 self._queue.put(self._snapshot(client))
                 backoff = BACKOFF_START
@@ -123,8 +127,12 @@ class EngineBridge:
         result: list[dict[str, Any]] = self._call(lambda c: c.metrics(job_id))
         return result
 
-    def logs(self, job_id: int, tail: int = 500) -> list[str]:
-        return list(self._call(lambda c: list(c.logs(job_id, tail=tail))))
+    def follow_logs(self, job_id: int, attempt: int | None = None, tail: int = 5000
+                    ) -> LineStream:
+        """The last `tail` lines of an attempt, then new ones until it ends or
+        the stream is closed (from any thread). A client's streams have their
+        own connections, so the client itself is not kept."""
+        return self._factory().logs(job_id, attempt, follow=True, tail=tail)
 
 
 class FixedBridge:
@@ -138,6 +146,7 @@ class FixedBridge:
         self.log_lines = list(logs)
         self.details = dict(details or {})
         self.points = dict(metrics or {})
+        self.live_logs: queue.Queue[str | None] = queue.Queue()
 
     def start(self) -> None:
         pass
@@ -157,5 +166,26 @@ class FixedBridge:
             raise NotFound(f"no job {job_id}")
         return self.details[job_id]
 
-    def logs(self, job_id: int, tail: int = 500) -> list[str]:
-        return self.log_lines[-tail:]
+    def follow_logs(self, job_id: int, attempt: int | None = None, tail: int = 5000
+                    ) -> FixedStream:
+        return FixedStream(self.log_lines[-tail:], self.live_logs)
+
+
+class FixedStream:
+    """Fixed lines, then whatever is put on `live` until None or close()."""
+
+    def __init__(self, lines: Sequence[str], live: queue.Queue[str | None]) -> None:
+        self.lines, self.live = list(lines), live
+        self.closed = False
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.lines
+        while not self.closed:
+            line = self.live.get()
+            if line is None:
+                return
+            yield line
+
+    def close(self) -> None:
+        self.closed = True
+        self.live.put(None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -38,6 +39,7 @@ from engine.model import LIMITS
 from engine.paths import outputs_dir
 
 LOG_LINES = 20_000  # kept per open job screen, searched in place
+DRAIN_LINES = 2_000  # shown per drain (4 a second); a faster log is skipped through
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -181,6 +183,11 @@ class JobScreen(Screen[None]):
         self.ranks: list[int] = []
         self.needle = ""
         self.follow = True
+        self.inbox: deque[str] = deque()  # lines from the follower thread
+        self.following_attempt = 0
+        self._log_stream: Any = None
+        self._log_lock = threading.Lock()
+        self._gone = False
 
     def compose(self) -> ComposeResult:
         yield Static(self._title(), id="jobtitle")
@@ -245,6 +252,40 @@ class JobScreen(Screen[None]):
     def _fill(table: DataTable[Any], rows: Iterable[tuple[str, ...]]) -> None:
         table.clear()
         table.add_rows([tuple(Text(c) for c in row) for row in rows])
+
+    # ------------------------------------------------------------ following
+    def follow_with(self, stream: Any) -> bool:
+        """Adopt a log stream (closing the one before); False, with the
+        stream closed, when the screen is already gone."""
+        with self._log_lock:
+            previous, self._log_stream = self._log_stream, stream
+            closed = self._gone
+        if previous is not None:
+            previous.close()
+        if closed:
+            stream.close()
+        return not closed
+
+    def stop_following(self, final: bool = False) -> None:
+        with self._log_lock:
+            stream, self._log_stream = self._log_stream, None
+            self._gone = self._gone or final
+        if stream is not None:
+            stream.close()
+
+    def take_lines(self) -> None:
+        """Show what the follower thread has received since the last call:
+        at most DRAIN_LINES of the newest, so a job printing faster than
+        anyone can read does not stall the screen."""
+        lines = []
+        while self.inbox:
+            lines.append(self.inbox.popleft())
+        if len(lines) > DRAIN_LINES:
+            skipped = len(lines) - DRAIN_LINES
+            lines = [f"... {skipped:,} lines skipped here (llmconsole logs {self.job_id} "
+                     "has every line)", *lines[-DRAIN_LINES:]]
+        if lines:
+            self.add_lines(lines)
 
     def add_lines(self, lines: Iterable[str]) -> None:
         fresh = list(lines)

@@ -81,6 +81,36 @@ class Wire:
         return status, self.rfile.read(length)
 
 
+class LineStream:
+    """The lines of a streamed reply. `close()` may be called from another
+    thread: it shuts the socket, so a reader blocked on a quiet stream wakes
+    and the iteration ends."""
+
+    def __init__(self, conn: UnixHTTPConnection, response: http.client.HTTPResponse) -> None:
+        self._conn, self._response = conn, response
+        self._closed = False
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            for raw in self._response:
+                yield raw.decode("utf-8", errors="replace").rstrip("\n")
+        except (OSError, ValueError, http.client.HTTPException):
+            if not self._closed:
+                raise
+        finally:
+            self._response.close()
+            self._conn.close()
+
+    def close(self) -> None:
+        self._closed = True
+        sock = self._conn.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
 class EngineClient:
     def __init__(self, socket_path: Path | str | None = None, timeout: float = 30.0) -> None:
         self.socket_path = Path(socket_path) if socket_path else paths.socket_path()
@@ -130,7 +160,7 @@ class EngineClient:
             raise _error(status, data)
         return json.loads(data)
 
-    def _stream(self, path: str) -> http.client.HTTPResponse:
+    def _stream(self, path: str) -> LineStream:
         """A GET whose reply is read as it comes (logs, events), on its own
         connection with no timeout."""
         conn = UnixHTTPConnection(self.socket_path, None)
@@ -143,7 +173,7 @@ class EngineClient:
         if response.status >= 400:
             conn.close()
             raise _error(response.status, response.read())
-        return response
+        return LineStream(conn, response)
 
     # ----------------------------------------------------------------- API
     def health(self) -> dict[str, Any]:
@@ -204,25 +234,20 @@ class EngineClient:
         self._json("POST", "/v1/shutdown")
 
     def logs(self, job_id: int, attempt: int | None = None, follow: bool = False,
-             tail: int | None = None) -> Iterator[str]:
+             tail: int | None = None) -> LineStream:
         """Lines of an attempt's output (stdout and stderr); with follow, until
-        the attempt ends."""
+        the attempt ends (or the stream is closed)."""
         query = {k: v for k, v in (("attempt", attempt), ("follow", 1 if follow else None),
                                    ("tail", tail)) if v is not None}
-        response = self._stream(f"/v1/jobs/{int(job_id)}/logs?" + urlencode(query))
-        with response:
-            for raw in response:
-                yield raw.decode("utf-8", errors="replace").rstrip("\n")
+        return self._stream(f"/v1/jobs/{int(job_id)}/logs?" + urlencode(query))
 
     def events(self, types: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
         """The engine's pushed events (job, node, telemetry, metric, log), as
         dicts, until the connection ends."""
         query = urlencode({"types": ",".join(types)}) if types else ""
-        response = self._stream("/v1/events?" + query)
-        with response:
-            for raw in response:
-                if raw.strip():
-                    yield json.loads(raw)
+        for line in self._stream("/v1/events?" + query):
+            if line.strip():
+                yield json.loads(line)
 
 
 def _error(status: int, data: bytes) -> EngineError:

@@ -4,6 +4,7 @@ driven by Textual's Pilot."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -72,6 +73,30 @@ async def test_jobs_appear_run_and_finish_live(engine: EngineHandle) -> None:
         assert "socket.gethostname()" in str(screen.query_one("#spec", Static).render())
         await pilot.press("escape")
         await until(pilot, lambda: not isinstance(app.screen, JobScreen))
+
+
+async def test_a_followed_log_has_every_line_once_in_order(engine: EngineHandle) -> None:
+    """Opened mid-run: the lines written before and after the screen opened
+    meet without a gap or a repeat."""
+    script = "import time\nfor i in range(40):\n    print('line', i, flush=True)\n" \
+             "    time.sleep(0.05)\n"
+    engine.write_profile("count", 'kind = "command"\n'
+                         f'command = ["python3", "-c", {json.dumps(script)}]\n')
+    job_id = engine.submit("count")
+    app = LlmConsole()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: "running" in " ".join(job_cells(app, job_id)))
+        await until(pilot, lambda: len(engine.cli("logs", str(job_id)).stdout.split("\n")) > 5)
+        app.select(job_id)
+        await pilot.press("l")
+        await until(pilot, lambda: isinstance(app.screen, JobScreen))
+        log = app.screen.query_one("RichLog")
+
+        def text() -> list[str]:
+            return [str(line.text) for line in log.lines]  # type: ignore[attr-defined]
+
+        await until(pilot, lambda: "line 39" in text())
+        assert text() == [f"line {i}" for i in range(40)]
 
 
 def notes(app: LlmConsole) -> str:

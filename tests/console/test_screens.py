@@ -14,7 +14,7 @@ from console.app import LlmConsole
 from console.bridge import FixedBridge, Snapshot
 from console.chart import MetricChart, thin
 from console.screens import JobScreen, SubmitScreen
-from tests.console.test_snapshots import DETAILS, JOBS, NODES, NOW
+from tests.console.test_snapshots import DETAILS, JOBS, NODES, NOW, settle
 
 
 def make_app(logs: list[str]) -> tuple[LlmConsole, FixedBridge]:
@@ -32,26 +32,19 @@ async def test_job_screen_follows_lines_and_points_and_filters_by_rank() -> None
         app.drain()
         app.select(3)
         await pilot.press("l")
-        await pilot.pause(0.2)
-        await app.workers.wait_for_complete()
-        await pilot.pause(0.1)
+        await settle(pilot, lines=3)
         screen = app.screen
         assert isinstance(screen, JobScreen) and screen.job_id == 3
         assert shown(screen) == ["launcher up", "[0]<stdout>:a 1", "[1]<stdout>:b 1"]
         assert "ranks 0, 1" in str(screen.query_one("#loginfo", Static).render())
 
-        # new lines and points arrive through the event stream
-        bridge.items = [
-            {"type": "log", "job": 3, "attempt": 1, "line": "[0]<stdout>:a 2"},
-            {"type": "log", "job": 4, "attempt": 1, "line": "another job's line"},
-            {"type": "log", "job": 3, "attempt": 1, "line": "[2]<stdout>:c 1"},
-            {"type": "metric", "job": 3, "attempt": 1, "step": 5,
-             "values": {"loss": 2.5, "lr": 1e-4, "tokens_per_s": 800.0}},
-        ]
-        app.drain()
-        await pilot.pause(0.1)
+        # new lines arrive on the followed log, points on the event stream
+        bridge.live_logs.put("[0]<stdout>:a 2")
+        bridge.live_logs.put("[2]<stdout>:c 1")
+        bridge.items = [{"type": "metric", "job": 3, "attempt": 1, "step": 5,
+                         "values": {"loss": 2.5, "lr": 1e-4, "tokens_per_s": 800.0}}]
+        await settle(pilot, lines=5)
         assert shown(screen)[-2:] == ["[0]<stdout>:a 2", "[2]<stdout>:c 1"]
-        assert "another job's line" not in shown(screen)
         assert app.state.series[3].points["tokens_per_s"][-1] == (5, 800.0)
         assert "ranks 0, 1, 2" in str(screen.query_one("#loginfo", Static).render())
 
@@ -66,6 +59,7 @@ async def test_job_screen_follows_lines_and_points_and_filters_by_rank() -> None
         await pilot.press("escape")
         assert not isinstance(app.screen, JobScreen)
         assert app.check_action("toggle_ended", ())
+        await app.workers.wait_for_complete()  # closing the screen ended its follower
 
 
 async def test_command_palette_runs_actions_by_name() -> None:
@@ -108,3 +102,21 @@ def test_thin_keeps_the_newest_point_and_at_most_n() -> None:
     assert len(out) == 50 and out[-1] == (999, 999.0) and out[0] == (0, 0.0)
     assert thin(pts[:10], 50) == pts[:10]
     assert MetricChart.DEFAULT_CSS  # the widget styles itself
+
+
+async def test_a_flood_of_log_lines_is_skipped_through_with_a_note() -> None:
+    from console.screens import DRAIN_LINES
+
+    app, _ = make_app([])
+    async with app.run_test(size=(100, 30)) as pilot:
+        app.drain()
+        app.select(3)
+        await pilot.press("l")
+        await settle(pilot, lines=0)
+        screen = app.screen
+        assert isinstance(screen, JobScreen)
+        screen.inbox.extend(f"line {i}" for i in range(DRAIN_LINES + 500))
+        screen.take_lines()
+        lines = shown(screen)
+        assert lines[0].startswith("... 500 lines skipped here (llmconsole logs 3")
+        assert lines[1] == "line 500" and lines[-1] == f"line {DRAIN_LINES + 499}"

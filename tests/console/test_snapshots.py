@@ -121,6 +121,22 @@ def test_dashboard(snap_compare: Any, size: tuple[int, int]) -> None:
     assert snap_compare(make_app(), terminal_size=size, run_before=_loaded)
 
 
+async def settle(pilot: Any, lines: int = 1) -> None:
+    """Wait for the detail's fetches and for at least `lines` log lines on
+    screen (the log follower runs until the screen closes, so it is not
+    waited for)."""
+    app = pilot.app
+    fetches = [w for w in app.workers if w.group != "logs"]
+    if fetches:  # an empty list would mean "all", the follower included
+        await app.workers.wait_for_complete(fetches)
+    for _ in range(100):
+        app.drain()
+        if getattr(app.screen, "lines", None) is None or len(app.screen.lines) >= lines:
+            break
+        await pilot.pause(0.05)
+    await pilot.pause(0.1)
+
+
 def _open(key: str, then: tuple[str, ...] = (), job: int = 3) -> Any:
     """Select `job`, open its detail with `key`, let the fetches land, then
     press `then`."""
@@ -128,9 +144,7 @@ def _open(key: str, then: tuple[str, ...] = (), job: int = 3) -> Any:
         await _loaded(pilot)
         pilot.app.select(job)
         await pilot.press(key)
-        await pilot.pause(0.2)
-        await pilot.app.workers.wait_for_complete()
-        await pilot.pause(0.2)
+        await settle(pilot)
         await pilot.press(*then)
         await pilot.pause(0.2)
     return run_before
