@@ -152,18 +152,20 @@ class LlmConsole(App[None]):
     DASHBOARD_ONLY = frozenset({"toggle_ended", "filter", "clear_filter", "show_job",
                                 "show_logs", "sort_jobs"})
 
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+    def _allowed_on(self, action: str, screen: Screen[Any]) -> bool:
         """Dashboard actions are off (and out of the footer) on other screens."""
-        if action in self.DASHBOARD_ONLY and self.screen is not self.screen_stack[0]:
-            return False
-        return True
+        return action not in self.DASHBOARD_ONLY or screen is self.screen_stack[0]
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return self._allowed_on(action, self.screen)
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
-        """The command palette (ctrl+p) offers every key's action, by name."""
+        """The command palette (ctrl+p) offers every key's action, by name:
+        those of the screen it was opened on (the palette is a screen too)."""
         yield from super().get_system_commands(screen)
         for binding in self.BINDINGS:
             assert isinstance(binding, Binding)
-            if not binding.show or self.check_action(binding.action, ()) is False:
+            if not binding.show or not self._allowed_on(binding.action, screen):
                 continue
             yield SystemCommand(f"{binding.description} ({self.get_key_display(binding)})",
                                 binding.tooltip,
