@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from textual.widgets import Input
 
 from console.app import LlmConsole
 from console.bridge import FixedBridge, Snapshot
@@ -137,6 +138,13 @@ async def settle(pilot: Any, lines: int = 1) -> None:
     await pilot.pause(0.1)
 
 
+def steady_cursors(pilot: Any) -> None:
+    """A text box's caret blinks twice a second, so a picture would catch it
+    on or off by chance: hold it on."""
+    for box in pilot.app.screen.query(Input):
+        box.cursor_blink = False
+
+
 def _open(key: str, then: tuple[str, ...] = (), job: int = 3) -> Any:
     """Select `job`, open its detail with `key`, let the fetches land, then
     press `then`."""
@@ -147,6 +155,7 @@ def _open(key: str, then: tuple[str, ...] = (), job: int = 3) -> Any:
         await settle(pilot)
         await pilot.press(*then)
         await pilot.pause(0.2)
+        steady_cursors(pilot)
     return run_before
 
 
@@ -174,5 +183,6 @@ def test_submit_form_with_an_error(snap_compare: Any, size: tuple[int, int]) -> 
         await pilot.pause()
         await pilot.press(*"hello", "tab", *"resources.gpus_per_node=-1", "enter")
         await pilot.pause()
+        steady_cursors(pilot)
 
     assert snap_compare(make_app(), terminal_size=size, run_before=bad_submit)
