@@ -37,6 +37,14 @@ async def until(pilot: Any, predicate: Any, timeout: float = 30.0) -> None:
         await pilot.pause(0.1)
 
 
+async def press_on(pilot: Any, job_id: int, key: str, opens: type) -> Any:
+    """Select `job_id`, press `key`, and wait for the `opens` screen."""
+    pilot.app.select(job_id)
+    await pilot.press(key)
+    await until(pilot, lambda: isinstance(pilot.app.screen, opens))
+    return pilot.app.screen
+
+
 def job_cells(app: LlmConsole, job_id: int) -> list[str]:
     table = app.query_one("#jobs", VirtualTable)
     if str(job_id) not in table.keys:
@@ -113,10 +121,7 @@ async def test_priority_of_a_queued_job_and_the_engines_refusal(engine: EngineHa
     app = LlmConsole()
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: "queued" in " ".join(job_cells(app, waiting)))
-        app.select(waiting)
-        await pilot.press("p")
-        await until(pilot, lambda: isinstance(app.screen, PriorityScreen))
-        box = app.screen.query_one(Input)
+        box = (await press_on(pilot, waiting, "p", PriorityScreen)).query_one(Input)
         box.value = "abc"
         await pilot.press("enter")
         assert isinstance(app.screen, PriorityScreen)  # refused here, nothing sent
@@ -127,10 +132,7 @@ async def test_priority_of_a_queued_job_and_the_engines_refusal(engine: EngineHa
         await until(pilot, lambda: engine.job(waiting)["priority"] == 7)
         await until(pilot, lambda: "priority 7" in notes(app))
 
-        app.select(running)
-        await pilot.press("p")
-        await until(pilot, lambda: isinstance(app.screen, PriorityScreen))
-        app.screen.query_one(Input).value = "3"
+        (await press_on(pilot, running, "p", PriorityScreen)).query_one(Input).value = "3"
         await pilot.press("enter")
         await until(pilot, lambda: "priority only orders jobs" in notes(app))
         assert engine.job(running)["priority"] == 0
@@ -143,14 +145,11 @@ async def test_cancel_asks_first_then_stops_the_job(engine: EngineHandle) -> Non
     app = LlmConsole()
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: "running" in " ".join(job_cells(app, job_id)))
-        app.select(job_id)
-        await pilot.press("c")
-        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await press_on(pilot, job_id, "c", ConfirmScreen)
         await pilot.press("n")  # no: nothing happens
         await pilot.pause(0.3)
         assert engine.job(job_id)["state"] == "running"
-        await pilot.press("c")
-        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await press_on(pilot, job_id, "c", ConfirmScreen)
         await pilot.press("y")
         await until(pilot, lambda: "cancelled" in " ".join(job_cells(app, job_id)))
     assert engine.job(job_id)["state"] == "cancelled"

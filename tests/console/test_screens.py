@@ -22,6 +22,17 @@ def make_app(logs: list[str]) -> tuple[LlmConsole, FixedBridge]:
     return LlmConsole(bridge=bridge, clock=lambda: NOW), bridge  # type: ignore[arg-type]
 
 
+async def open_logs(pilot: Any, job_id: int, lines: int) -> JobScreen:
+    """Load the fixed data, open `job_id`'s log and wait for `lines` lines."""
+    pilot.app.drain()
+    pilot.app.select(job_id)
+    await pilot.press("l")
+    await settle(pilot, lines=lines)
+    screen = pilot.app.screen
+    assert isinstance(screen, JobScreen) and screen.job_id == job_id
+    return screen
+
+
 def shown(screen: Any) -> list[str]:
     return [str(line.text) for line in screen.query_one("#log", RichLog).lines]
 
@@ -29,12 +40,7 @@ def shown(screen: Any) -> list[str]:
 async def test_job_screen_follows_lines_and_points_and_filters_by_rank() -> None:
     app, bridge = make_app(["launcher up", "[0]<stdout>:a 1", "[1]<stdout>:b 1"])
     async with app.run_test(size=(120, 40)) as pilot:
-        app.drain()
-        app.select(3)
-        await pilot.press("l")
-        await settle(pilot, lines=3)
-        screen = app.screen
-        assert isinstance(screen, JobScreen) and screen.job_id == 3
+        screen = await open_logs(pilot, 3, lines=3)
         assert shown(screen) == ["launcher up", "[0]<stdout>:a 1", "[1]<stdout>:b 1"]
         assert "ranks 0, 1" in str(screen.query_one("#loginfo", Static).render())
 
@@ -118,12 +124,7 @@ async def test_a_flood_of_log_lines_is_skipped_through_with_a_note() -> None:
 
     app, _ = make_app([])
     async with app.run_test(size=(100, 30)) as pilot:
-        app.drain()
-        app.select(3)
-        await pilot.press("l")
-        await settle(pilot, lines=0)
-        screen = app.screen
-        assert isinstance(screen, JobScreen)
+        screen = await open_logs(pilot, 3, lines=0)
         screen.inbox.extend(f"line {i}" for i in range(DRAIN_LINES + 500))
         screen.take_lines()
         lines = shown(screen)
