@@ -123,10 +123,6 @@ class VirtualTable(ScrollView, can_focus=True):
             self.cursor = self._index[key]
         return True
 
-    def visible_keys(self) -> list[str]:
-        top = self.scroll_offset.y
-        return self.keys[top: top + max(0, self.size.height - 1)]
-
     def row_text(self, key: str) -> list[str]:
         """A row's cells as plain text (for tests and the CLI's eye)."""
         return [c if isinstance(c, str) else c[0] for c in self.cells(key)]
