@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from engine import host_gpus
 from engine.model import JobSpec, NodeSpec, Placement
+
+HOST_GPUS_SCRIPT = Path(host_gpus.__file__).resolve()
+TORCHRUN_RDZV_PORT = 29400  # torchrun's own default for its c10d rendezvous
 
 ALLOWED_ENV = frozenset(
     {
@@ -53,7 +58,8 @@ def launch_argv(
     nodes: Mapping[str, NodeSpec],
     python: str = sys.executable,
 ) -> list[str]:
-    """The full argv run on the first node of the allocation."""
+    """The full argv run on the first node of the allocation (for torchrun
+    across nodes, on every node: see `launch_parts`)."""
     argv = list(spec.argv)
     if spec.launcher == "local":
         return argv
@@ -64,6 +70,9 @@ def launch_argv(
         wrapped = [launcher_program("horovodrun", python), "-np", str(total), "-H", hosts]
         if spec.resources.gpus_per_node == 0:
             wrapped.append("--gloo")
+        if _per_host_gpus(spec, placements):
+            # every rank gets the same env: it picks its host's GPUs itself
+            wrapped += [python, "-I", "-S", str(HOST_GPUS_SCRIPT), "--"]
         return [*wrapped, *argv]
     if spec.launcher == "torchrun":
         wrapped = [launcher_program("torchrun", python), f"--nproc-per-node={per_node}"]
@@ -72,11 +81,48 @@ def launch_argv(
         else:
             head = _host(nodes[placements[0].node])
             wrapped += [f"--nnodes={len(placements)}", "--rdzv-backend=c10d",
-                        f"--rdzv-endpoint={head}:29400"]
+                        f"--rdzv-endpoint={head}:{TORCHRUN_RDZV_PORT}"]
         if Path(argv[0]).name.startswith("python"):
             return [*wrapped, *argv[1:]]  # torchrun starts Python itself (-m is its flag too)
         return [*wrapped, "--no-python", *argv]
     raise ValueError(f"unknown launcher {spec.launcher!r}")
+
+
+@dataclass(frozen=True)
+class LaunchPart:
+    """What one node's agent is asked to start for an attempt."""
+
+    node: str
+    argv: tuple[str, ...]
+    gpus: tuple[int, ...]  # this node's GPUs: the launcher's CUDA_VISIBLE_DEVICES
+
+
+def launch_parts(
+    spec: JobSpec,
+    placements: Sequence[Placement],
+    nodes: Mapping[str, NodeSpec],
+    python: str = sys.executable,
+) -> list[LaunchPart]:
+    """The processes to start, one per node that runs a launcher: the first
+    node for local and horovodrun jobs (horovodrun reaches the others over
+    SSH itself), every node for torchrun across nodes (each node's torchrun
+    meets the others at the rendezvous on the first)."""
+    argv = tuple(launch_argv(spec, placements, nodes, python))
+    return [LaunchPart(placements[0].node, argv, placements[0].gpus)]
+
+
+def placement_environment(spec: JobSpec, placements: Sequence[Placement],
+                          nodes: Mapping[str, NodeSpec]) -> dict[str, str]:
+    """Variables that depend on where the job was placed: for horovodrun with
+    GPUs on several nodes, each host's GPUs (read by host_gpus.py)."""
+    if not _per_host_gpus(spec, placements):
+        return {}
+    table = {_host(nodes[p.node]): p.gpus for p in placements}
+    return {host_gpus.VARIABLE: host_gpus.format_map(table)}
+
+
+def _per_host_gpus(spec: JobSpec, placements: Sequence[Placement]) -> bool:
+    return False
 
 
 def _host(node: NodeSpec) -> str:

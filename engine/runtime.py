@@ -1,119 +1,70 @@
-"""The one place that wires store, scheduler, node agents and API together.
+"""The one place that wires store, scheduler, node agents and API together,
+and the job operations (submit, cancel, retry, priority) the API calls.
 
 Contract:
 - Every state change goes through the store first (compare-and-set), then to
   memory and to subscribers. A crash at any point leaves the store right and
   the next start reconciles it with what the agents report.
-- Node agents are long-lived channels (`engine.transport`). A channel that
-  ends marks its node down; the runtime reconnects with backoff and
-  re-attaches every run it knew. Attempts on a node down for longer than
-  `lost_after` seconds become `lost` (and are retried if their profile says).
+- Node agents are long-lived channels (`engine.nodes`). A channel that ends
+  marks its node down; it is reconnected with backoff and every run it knew
+  is re-attached. Attempts holding a node that is down for longer than
+  `lost_after` seconds, any node of the allocation, become `lost` (and are
+  retried if their profile says) — `engine.health` decides, this applies.
 - An attempt is started at most once: `start` is idempotent on the agent by
   attempt id, so a resend after a reconnect never runs a job twice.
+- A job runs as its owner: every `start` carries the owner's uid, and the
+  agents (root on a shared cluster) start the job with that uid, its gid
+  and groups. An engine that is not root cannot do that, so it refuses other
+  users' submissions.
+- What the agents stream (output, metrics, telemetry) is made durable by
+  `engine.ingest`; the API's JSON shapes are `engine.api.views`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
-import json
 import logging
 import os
-import pwd
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from engine import scheduler
+from engine import health, scheduler
+from engine.api import views
+from engine.api.views import attempt_view
 from engine.errors import BadRequest, Conflict, Forbidden, NotFound
 from engine.hub import EventHub
-from engine.launch import job_environment, launch_argv
+from engine.identity import Caller, user_name
+from engine.ingest import Ingest, Part, Running
+from engine.launch import job_environment, launch_parts, placement_environment
 from engine.lifecycle import InvalidTransition, JobState
 from engine.model import (
     LIMITS,
-    Attempt,
     BatchRef,
     ClusterSpec,
     Job,
     JobSpec,
-    NodeSpec,
     Placement,
     attempt_key,
-    output_dir,
 )
-from engine.store import MetricPoint, StaleState, Store, TelemetryRow, UnknownJob
-from engine.transport.base import AgentChannel
+from engine.nodes import ChannelFactory, Nodes, NodeState
+from engine.store import StaleState, Store, UnknownJob
+
+__all__ = ["Caller", "ChannelFactory", "NodeState", "Running", "Runtime", "attempt_view",
+           "user_name"]
 
 log = logging.getLogger("llmconsole.engine")
 
-ChannelFactory = Callable[[NodeSpec], AgentChannel]
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who is asking, from the socket's peer credentials."""
-
-    uid: int
-    name: str
-
-    @classmethod
-    def from_uid(cls, uid: int) -> Caller:
-        return cls(uid, user_name(uid))
-
-
-@functools.lru_cache(maxsize=1024)
-def user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid {uid}"
-
-
-@dataclass
-class NodeState:
-    spec: NodeSpec
-    channel: AgentChannel | None = None
-    up: bool = False
-    gpus: int = 0
-    slots: int = 1
-    memory_gb: float | None = None
-    gpu_names: list[str] = field(default_factory=list)
-    telemetry: dict[str, Any] | None = None
-    error: str | None = None
-    down_since: float | None = None
-    seen: bool = False  # has said hello at least once: its capacity is known
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-
-@dataclass
-class Running:
-    """An attempt holding resources: what the runtime needs without a query."""
-
-    job_id: int
-    number: int
-    spec: JobSpec
-    placements: tuple[Placement, ...]
-    log_offset: int = -1  # start of the last output line received
-    log_lines: int = 0  # lines in the engine's copy of the output
-    skip_lines: int = 0  # lines already in the copy that a re-attach will replay
-    metric_offset: int = -1  # start of the last metrics.jsonl line received
-    log_file: TextIO | None = None
-    start_error: str | None = None  # the agent could not start it: why
-    cancelled_by: str | None = None
-
-    @property
-    def key(self) -> str:
-        return attempt_key(self.job_id, self.number)
-
-    @property
-    def node(self) -> str:
-        return self.placements[0].node
+# A cancel races with the scheduler and the agents; it re-reads the job and
+# tries again this many times before saying the job kept changing.
+CANCEL_TRIES = 5
+# An agent that refuses a start outright sends an error and no exit report;
+# its exit report, when there is one, comes within this time.
+START_REFUSED_WAIT_S = 2.0
+FLUSH_EVERY_S = 0.5  # metric points and offsets reach the store this often
+WATCHDOG_EVERY_S = 1.0
+TELEMETRY_PRUNE_EVERY_S = 3600.0
 
 
 class Runtime:
@@ -135,7 +86,6 @@ class Runtime:
         self.cluster = cluster
         self.home = home
         self.logs_dir = home / "logs"
-        self.channel_factory = channel_factory
         self.base_env = dict(os.environ if base_env is None else base_env)
         self.engine_uid = os.getuid() if engine_uid is None else engine_uid
         self.lost_after = lost_after
@@ -143,16 +93,13 @@ class Runtime:
         self.telemetry_keep_s = telemetry_keep_s  # node telemetry history kept this long
         self.clock = clock
         self.hub = EventHub()
-        self.nodes: dict[str, NodeState] = {n.name: NodeState(n) for n in cluster.nodes}
+        self.nodes = Nodes(list(cluster.nodes), channel_factory, self.hub, clock,
+                           on_hello=self._on_hello, on_event=self._on_event)
+        self.ingest = Ingest(store, self.logs_dir, self.hub, clock)
         self.running: dict[str, Running] = {}
         self._kick = asyncio.Event()
         self._deps_dirty = True
         self._tasks: list[asyncio.Task[None]] = []
-        self._metric_buffer: list[MetricPoint] = []
-        self._telemetry_buffer: list[TelemetryRow] = []
-        self._offsets_dirty: set[str] = set()
-        self._stopping = False
-        self._background: set[asyncio.Task[None]] = set()
         self.started_at = clock()
 
     # ----------------------------------------------------------------- life
@@ -160,12 +107,11 @@ class Runtime:
         self.logs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for attempt in self.store.active_attempts():
             job = self.store.get_job(attempt.job_id)
-            run = Running(job.id, attempt.number, job.spec, attempt.placements)
-            self._load_offsets(run)
+            run = self._running(job, attempt.number, attempt.placements)
+            self.ingest.load_offsets(run)
             self.running[run.key] = run
         loop = asyncio.get_running_loop()
-        for node in self.nodes.values():
-            self._tasks.append(loop.create_task(self._node_loop(node), name=f"node {node.name}"))
+        self.nodes.start()
         self._tasks.append(loop.create_task(self._schedule_loop(), name="scheduler"))
         self._tasks.append(loop.create_task(self._flush_loop(), name="flush"))
         self._tasks.append(loop.create_task(self._watchdog_loop(), name="watchdog"))
@@ -173,32 +119,29 @@ class Runtime:
 
     async def stop(self) -> None:
         """Stop the engine; job processes keep running on their nodes."""
-        self._stopping = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            try:
                 await task
-        for node in self.nodes.values():
-            if node.channel is not None:
-                with contextlib.suppress(Exception):
-                    await node.channel.close()
-        self._flush()
+            except (asyncio.CancelledError, Exception):  # noqa: S110 — stopping anyway
+                pass
+        await self.nodes.stop()
+        self.ingest.flush(self.running)
         for run in self.running.values():
-            if run.log_file:
-                run.log_file.close()
+            self.ingest.close(run)
 
     async def wait_nodes_up(self, timeout: float = 15.0) -> bool:
-        deadline = self.clock() + timeout
-        while self.clock() < deadline:
-            if all(n.up for n in self.nodes.values()):
-                return True
-            await asyncio.sleep(0.02)
-        return False
+        return await self.nodes.wait_up(timeout)
 
     def kick(self) -> None:
         """Ask for a scheduling pass soon (passes coalesce)."""
         self._kick.set()
+
+    def _running(self, job: Job, number: int, placements: tuple[Placement, ...]) -> Running:
+        parts = launch_parts(job.spec, placements, self.nodes.specs())
+        return Running(job.id, number, job.spec, placements, owner_uid=job.owner_uid,
+                       launch_nodes=tuple(p.node for p in parts))
 
     # ------------------------------------------------------------------ API
     def submit(self, spec: JobSpec, caller: Caller, after: Sequence[int | BatchRef] = ()
@@ -210,10 +153,11 @@ class Runtime:
     ) -> list[Job]:
         """Jobs in one transaction: all are queued, or none (in a batch, the
         error names the first bad one by its index)."""
+        self._check_can_run_as(caller)
         for index, (spec, _after) in enumerate(items):
             reason = scheduler.unplaceable_reason(_pending(0, spec),
                                                   self._capacities(idle=True))
-            if reason is not None and self._capacity_known():
+            if reason is not None and self.nodes.capacity_known():
                 which = f"jobs[{index}]" if len(items) > 1 else "job"
                 raise BadRequest(f"{which} {spec.name!r} can never run on cluster "
                                  f"{self.cluster.name!r}: {reason}")
@@ -231,9 +175,16 @@ class Runtime:
             self.kick()
         return jobs
 
-    def _capacity_known(self) -> bool:
-        return all(n.seen or (n.spec.gpus is not None and n.spec.slots is not None)
-                   for n in self.nodes.values())
+    def _check_can_run_as(self, caller: Caller) -> None:
+        """Jobs run as their owner: only an engine running as root can start
+        another user's job (its agents switch to the owner's uid)."""
+        if caller.uid == self.engine_uid or self.engine_uid == 0:
+            return
+        owner = user_name(self.engine_uid)
+        raise Forbidden(f"this engine runs as {owner}, not as root, so it cannot run jobs as "
+                        f"{caller.name}; start your own (use your own LLMCONSOLE_HOME, then "
+                        f"`llmconsole engine start`), or ask {owner} to run a shared engine "
+                        f"as root")
 
     def job(self, job_id: int) -> Job:
         try:
@@ -244,7 +195,7 @@ class Runtime:
     def cancel(self, job_id: int, caller: Caller) -> Job:
         job = self.job(job_id)
         self._authorize(caller, job, "cancel")
-        for _ in range(5):
+        for _ in range(CANCEL_TRIES):
             if job.state.is_terminal():
                 raise Conflict(f"job {job_id} already {job.state}; nothing to cancel")
             if job.state in (JobState.HELD, JobState.QUEUED):
@@ -260,23 +211,26 @@ class Runtime:
                 job = self.job(job_id)
                 self._publish_job(job)
                 return job
-            # starting or running: ask the agent; its exit report ends the attempt
+            # starting or running: ask the agents; their exit reports end the attempt
             self.store.request_cancel(job.id)
             run = self.running.get(attempt_key(job.id, job.attempt))
             if run is not None:
                 run.cancelled_by = caller.name
-                self._send(run.node, {"op": "stop", "attempt": run.key, "grace": self.stop_grace})
+                self._stop_parts(run)
             return job
         raise Conflict(f"job {job_id} kept changing state; try again")
 
     def retry(self, job_id: int, caller: Caller) -> Job:
+        """Run an ended job again as its next attempt: failed, lost and
+        cancelled jobs, and succeeded ones too (a training resumes from its
+        last checkpoint, so a succeeded one ends quickly unless its profile
+        asks for more)."""
         job = self.job(job_id)
         self._authorize(caller, job, "retry")
         if not job.state.is_terminal():
             raise Conflict(f"job {job_id} is {job.state}; only an ended job can be retried "
                            f"(cancel it first)")
-        if job.state is JobState.SUCCEEDED:
-            raise Conflict(f"job {job_id} succeeded; submit its profile again to rerun it")
+        self._check_can_run_as(Caller.from_uid(job.owner_uid))
         try:
             self.store.new_attempt(job.id, cause=f"retry by {caller.name}", actor=caller.name,
                                    now=self.clock())
@@ -309,68 +263,13 @@ class Runtime:
         return job
 
     def log_path(self, job_id: int, number: int) -> Path:
-        return self.logs_dir / attempt_key(job_id, number) / "output.log"
+        return self.ingest.log_path(job_id, number)
 
     def node_views(self) -> list[dict[str, Any]]:
-        owners: dict[tuple[str, int], int] = {}
-        slots_used: dict[str, int] = {}
-        jobs_on: dict[str, list[int]] = {}
-        for run in self.running.values():
-            for p in run.placements:
-                for g in p.gpus:
-                    owners[(p.node, g)] = run.job_id
-                slots_used[p.node] = slots_used.get(p.node, 0) + p.cpus
-                jobs_on.setdefault(p.node, []).append(run.job_id)
-        views = []
-        for node in self.nodes.values():
-            tele = node.telemetry or {}
-            gpu_tele = {g.get("index"): g for g in tele.get("gpus", [])}
-            gpus = []
-            for i in range(node.gpus):
-                gpu: dict[str, Any] = dict(gpu_tele.get(i, {}))
-                gpu["index"] = i
-                gpu["name"] = node.gpu_names[i] if i < len(node.gpu_names) else gpu.get("name")
-                gpu["job"] = owners.get((node.name, i))
-                gpus.append(gpu)
-            views.append({
-                "name": node.name,
-                "host": node.spec.host,
-                "up": node.up,
-                "error": node.error,
-                "gpus": gpus,
-                "slots": node.slots,
-                "slots_used": slots_used.get(node.name, 0),
-                "memory_gb": node.memory_gb,
-                "jobs": sorted(set(jobs_on.get(node.name, []))),
-                "cpu_percent": tele.get("cpu_percent"),
-                "memory_percent": tele.get("memory_percent"),
-                "load": tele.get("load"),
-                "telemetry_time": tele.get("time"),
-            })
-        return views
+        return views.node_views(self.nodes, self.running.values())
 
     def job_view(self, job: Job) -> dict[str, Any]:
-        run = self.running.get(attempt_key(job.id, job.attempt))
-        return {
-            "id": job.id,
-            "name": job.spec.name,
-            "kind": job.spec.kind,
-            "profile": job.spec.profile,
-            "launcher": job.spec.launcher,
-            "state": job.state.value,
-            "attempt": job.attempt,
-            "owner_uid": job.owner_uid,
-            "owner": user_name(job.owner_uid),
-            "priority": job.spec.priority,
-            "submitted_at": job.submitted_at,
-            "updated_at": job.updated_at,
-            "after": list(job.after),
-            "reason": job.reason,
-            "exit_code": job.exit_code,
-            "placements": [_placement_view(p) for p in run.placements] if run else [],
-            "resources": job.spec.to_dict()["resources"],
-            "output": output_dir(job.spec),
-        }
+        return views.job_view(job, self.running.get(attempt_key(job.id, job.attempt)))
 
     # ----------------------------------------------------------- scheduling
     async def _schedule_loop(self) -> None:
@@ -406,7 +305,7 @@ class Runtime:
                 )
             except (StaleState, InvalidTransition):
                 continue
-            run = Running(job.id, attempt.number, job.spec, attempt.placements)
+            run = self._running(job, attempt.number, attempt.placements)
             self.running[run.key] = run
             self._launch(run)
             self._announce(job.id)
@@ -468,147 +367,113 @@ class Runtime:
         return caps
 
     # ------------------------------------------------------------- launching
-    def _launch(self, run: Running) -> None:
-        message = {
-            "op": "start",
-            "attempt": run.key,
-            "argv": launch_argv(run.spec, run.placements,
-                                {n.name: n.spec for n in self.nodes.values()}),
-            "env": job_environment(self.base_env, run.spec),
-            "cwd": run.spec.workdir,
-            "gpus": list(run.placements[0].gpus),
-        }
-        self._send(run.node, message)
+    def _launch(self, run: Running, only: str | None = None) -> None:
+        """Send `start` for every part of the attempt (or only the part on
+        node `only`). The agents start an attempt once, whatever is resent."""
+        specs = self.nodes.specs()
+        env = job_environment(self.base_env, run.spec)
+        env.update(placement_environment(run.spec, run.placements, specs))
+        for part in launch_parts(run.spec, run.placements, specs):
+            if only is not None and part.node != only:
+                continue
+            self.nodes.send(part.node, {
+                "op": "start",
+                "attempt": run.key,
+                "argv": list(part.argv),
+                "env": env,
+                "cwd": run.spec.workdir,
+                "gpus": list(part.gpus),
+                "uid": run.owner_uid,
+            })
 
-    def _send(self, node_name: str, message: dict[str, Any]) -> None:
-        node = self.nodes.get(node_name)
-        if node is None or node.channel is None or not node.up:
-            return  # resent by _reconcile when the node comes back
-        channel = node.channel
-
-        async def send() -> None:
-            try:
-                await channel.send(message)
-            except Exception as err:  # the reader notices the channel ending
-                log.warning("node %s: could not send %s: %s", node_name, message.get("op"), err)
-
-        task = asyncio.get_running_loop().create_task(send())
-        self._background.add(task)  # keep a reference until it is done
-        task.add_done_callback(self._background.discard)
+    def _stop_parts(self, run: Running) -> None:
+        for part in run.parts.values():
+            if not part.ended:
+                self.nodes.send(part.node, {"op": "stop", "attempt": run.key,
+                                            "grace": self.stop_grace})
 
     # ---------------------------------------------------------------- nodes
-    async def _node_loop(self, node: NodeState) -> None:
-        backoff = 0.5
-        while not self._stopping:
-            try:
-                channel = self.channel_factory(node.spec)
-                node.channel = channel
-                await channel.start()
-            except Exception as err:
-                self._node_down(node, f"agent did not start: {err}")
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-                continue
-            backoff = 0.5
-            hello = getattr(channel, "hello", {}) or {}
-            self._node_up(node, hello)
-            try:
-                self._reconcile(node, hello.get("runs", []))
-                async for event in channel.events():
-                    try:
-                        self._on_event(node, event)
-                    except Exception:
-                        log.exception("node %s: event %s failed", node.name, event.get("ev"))
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:
-                log.warning("node %s: channel failed: %s", node.name, err)
-            self._node_down(node, "agent connection ended")
-            await asyncio.sleep(backoff)
-
-    def _node_up(self, node: NodeState, hello: dict[str, Any]) -> None:
-        reported = hello.get("gpus") or []
-        node.gpus = node.spec.gpus if node.spec.gpus is not None else len(reported)
-        node.gpu_names = [str(g.get("name", "")) for g in reported]
-        node.slots = node.spec.slots if node.spec.slots is not None else int(
-            hello.get("cpus") or 1)
-        node.memory_gb = node.spec.memory_gb
-        node.up, node.error, node.down_since, node.seen = True, None, None, True
-        log.info("node %s up: %d GPUs, %d slots", node.name, node.gpus, node.slots)
-        self.hub.publish({"type": "node", "node": node.name, "up": True})
+    def _on_hello(self, node: NodeState, hello: dict[str, Any]) -> None:
+        self._reconcile(node, hello.get("runs") or [])
         self.kick()
 
-    def _node_down(self, node: NodeState, why: str) -> None:
-        if node.up or node.error is None:
-            log.warning("node %s down: %s", node.name, why)
-        if node.down_since is None:
-            node.down_since = self.clock()
-        node.up, node.error = False, why
-        self.hub.publish({"type": "node", "node": node.name, "up": False, "error": why})
-
-    def _reconcile(self, node: NodeState, runs: list[dict[str, Any]]) -> None:
+    def _reconcile(self, node: NodeState, reported_runs: list[Any]) -> None:
         """Match what the store says runs on `node` with what its agent has."""
-        on_node = {r.get("attempt"): r for r in runs}
-        for run in list(self.running.values()):
-            if run.node != node.name:
-                continue
-            found = on_node.pop(run.key, None)
-            if found is not None:
-                self._send(node.name, {"op": "attach", "attempt": run.key, "offsets": {
-                    "output": max(run.log_offset, 0), "metrics": max(run.metric_offset, 0)}})
-                if self.store.get_attempt(run.job_id, run.number).cancel_requested:
-                    self._send(node.name, {"op": "stop", "attempt": run.key,
-                                           "grace": self.stop_grace})
-                continue
-            attempt = self.store.get_attempt(run.job_id, run.number)
-            if attempt.state is JobState.STARTING:
-                self._launch(run)  # the start never reached the agent; idempotent anyway
-            else:
-                self._end(run, JobState.LOST, cause=f"run directory missing on node {node.name}",
-                          reason=f"node {node.name} has no record of the process")
-        for key, found in on_node.items():
-            if found.get("alive") and isinstance(key, str):
+        mine = [r for r in self.running.values() if node.name in r.nodes]
+        attempts = {r.key: self.store.get_attempt(r.job_id, r.number) for r in mine}
+        known = [health.Known(r.key, attempts[r.key].state is JobState.STARTING,
+                              attempts[r.key].cancel_requested, node.name in r.parts)
+                 for r in mine]
+        reported = [health.Reported(str(r.get("attempt")), bool(r.get("alive")))
+                    for r in reported_runs
+                    if isinstance(r, dict) and isinstance(r.get("attempt"), str)]
+        for key, action in health.reconcile(known, reported):
+            run = self.running.get(key)
+            part = run.part(node.name) if run is not None else None
+            if action is health.Action.STOP:
                 # a process the store says has ended (e.g. lost while the node was away)
-                self._send(node.name, {"op": "stop", "attempt": key, "grace": self.stop_grace})
+                self.nodes.send(node.name, {"op": "stop", "attempt": key,
+                                            "grace": self.stop_grace})
+            elif run is None or part is None:
+                continue
+            elif action in (health.Action.ATTACH, health.Action.ATTACH_AND_STOP):
+                self.nodes.send(node.name, {"op": "attach", "attempt": key, "offsets": {
+                    "output": max(part.log_offset, 0), "metrics": max(part.metric_offset, 0)}})
+                if action is health.Action.ATTACH_AND_STOP:
+                    self.nodes.send(node.name, {"op": "stop", "attempt": key,
+                                                "grace": self.stop_grace})
+            elif action is health.Action.LAUNCH:
+                self._launch(run, only=node.name)  # never reached the agent; idempotent
+            elif action is health.Action.LOSE:
+                self._part_ended(run, part, lost=f"node {node.name} has no record of the "
+                                 "process", cause=f"run directory missing on node {node.name}")
 
     async def _watchdog_loop(self) -> None:
         while True:
-            await asyncio.sleep(1.0)
-            now = self.clock()
-            for node in self.nodes.values():
-                if node.up or node.down_since is None or now - node.down_since < self.lost_after:
+            await asyncio.sleep(WATCHDOG_EVERY_S)
+            attempts = [health.AttemptNodes(r.key, r.nodes) for r in self.running.values()]
+            for lost in health.lost_attempts(self.nodes.statuses(), attempts, self.clock(),
+                                             self.lost_after):
+                run = self.running.get(lost.key)
+                if run is None:
                     continue
-                for run in [r for r in self.running.values() if r.node == node.name]:
-                    self._end(run, JobState.LOST, cause=f"node {node.name} unreachable",
-                              reason=f"node {node.name} unreachable for "
-                                     f"{now - node.down_since:.0f}s: {node.error}")
+                self._stop_parts(run)  # whatever still runs on the nodes that answer
+                self._end(run, JobState.LOST, cause=f"node {lost.node} unreachable",
+                          reason=lost.reason)
 
     # --------------------------------------------------------------- events
     def _on_event(self, node: NodeState, event: dict[str, Any]) -> None:
         kind = event.get("ev")
         if kind == "telemetry":
-            self._on_telemetry(node, event)
+            node.telemetry = event
+            self.ingest.telemetry(node.name, event)
             return
         key = event.get("attempt")
         run = self.running.get(key) if isinstance(key, str) else None
-        if kind == "log" and run is not None:
-            self._on_log(run, event)
-        elif kind == "metric" and run is not None:
-            self._on_metric(run, event)
-        elif kind == "started" and run is not None:
-            self._on_started(run, event)
-        elif kind == "exited" and run is not None:
-            self._on_exited(run, event)
-        elif kind == "lost" and run is not None:
-            self._end(run, JobState.LOST, cause=f"lost on node {node.name}",
-                      reason=str(event.get("reason") or "process vanished"))
-        elif kind == "error":
+        part = run.part(node.name) if run is not None else None
+        if kind == "error":
             log.warning("node %s: agent error%s: %s", node.name,
                         f" for {key}" if key else "", event.get("message"))
-            if run is not None and event.get("op") == "start":
+            if run is not None and part is not None and event.get("op") == "start":
                 run.start_error = str(event.get("message") or "the agent could not start it")
                 # a start the agent refused outright is followed by no exit report
-                asyncio.get_running_loop().call_later(2.0, self._start_refused, run)
+                asyncio.get_running_loop().call_later(START_REFUSED_WAIT_S,
+                                                      self._start_refused, run)
+            return
+        if run is None or part is None:
+            return  # an attempt that has ended, or a node that runs no part of it
+        if kind == "log":
+            self.ingest.log(run, part, event)
+        elif kind == "metric":
+            self.ingest.metric(run, part, event)
+        elif kind == "started":
+            self._on_started(run, node.name, event)
+        elif kind == "exited":
+            self._part_ended(run, part, code=_int(event.get("code")),
+                             sig=_int(event.get("signal")))
+        elif kind == "lost":
+            self._part_ended(run, part, lost=str(event.get("reason") or "process vanished"),
+                             cause=f"lost on node {node.name}")
 
     def _start_refused(self, run: Running) -> None:
         if self.running.get(run.key) is not run:
@@ -617,99 +482,58 @@ class Runtime:
             self._end(run, JobState.FAILED, cause="the agent could not start it",
                       reason=run.start_error, from_state=JobState.STARTING)
 
-    def _on_telemetry(self, node: NodeState, event: dict[str, Any]) -> None:
-        node.telemetry = event
-        load = event.get("load") or [None]
-        self._telemetry_buffer.append(TelemetryRow(
-            node=node.name, time=float(event.get("time") or self.clock()),
-            cpu_percent=event.get("cpu_percent"), memory_percent=event.get("memory_percent"),
-            load1=load[0] if load else None, gpus=list(event.get("gpus") or []),
-        ))
-        self.hub.publish({"type": "telemetry", **event})
-
-    def _on_started(self, run: Running, event: dict[str, Any]) -> None:
+    def _on_started(self, run: Running, node: str, event: dict[str, Any]) -> None:
         attempt = self.store.get_attempt(run.job_id, run.number)
         if attempt.state is not JobState.STARTING:
-            return  # a re-sent "started" after a re-attach
+            return  # a re-sent "started" after a re-attach, or another node's part
         self._transition(run, JobState.STARTING, JobState.RUNNING,
-                         cause=f"process {event.get('pid')} started on {run.node}",
-                         actor=f"agent@{run.node}", pid=_int(event.get("pid")))
+                         cause=f"process {event.get('pid')} started on {node}",
+                         actor=f"agent@{node}", pid=_int(event.get("pid")))
 
-    def _on_log(self, run: Running, event: dict[str, Any]) -> None:
-        offset = _int(event.get("offset"))
-        if offset is not None and offset <= run.log_offset:
-            return  # already have it (re-attach replays from the last offset)
-        if offset is not None:
-            run.log_offset = offset
-            self._offsets_dirty.add(run.key)
-        if run.skip_lines > 0:  # written before a crash, after the last saved offset
-            run.skip_lines -= 1
+    def _part_ended(self, run: Running, part: Part, *, code: int | None = None,
+                    sig: int | None = None, lost: str | None = None,
+                    cause: str | None = None) -> None:
+        """One node's process of the attempt has ended (or was lost). The
+        attempt ends when every part has; the first part to fail stops the
+        others, and its reason is the attempt's."""
+        if part.ended:
             return
-        self._append_log(run, str(event.get("line", "")))
+        part.ended, part.code, part.signal, part.lost = True, code, sig, lost
+        failed = lost is not None or sig is not None or code != 0
+        if failed and run.failure is None and len(run.parts) > 1:
+            run.failure = f"on node {part.node}: {_why(part)}"
+            self._stop_parts(run)
+        if all(p.ended for p in run.parts.values()):
+            self._attempt_ended(run, lost_cause=cause)
 
-    def _append_log(self, run: Running, line: str) -> None:
-        if run.log_file is None:
-            path = self.log_path(run.job_id, run.number)
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            run.log_file = open(path, "a", encoding="utf-8")  # noqa: SIM115
-        run.log_file.write(line + "\n")
-        run.log_file.flush()
-        run.log_lines += 1
-        self.hub.publish({"type": "log", "job": run.job_id, "attempt": run.number,
-                          "line": line})
-
-    def _on_metric(self, run: Running, event: dict[str, Any]) -> None:
-        offset = _int(event.get("offset"))
-        if offset is not None and offset <= run.metric_offset:
-            return
-        if offset is not None:
-            run.metric_offset = offset
-            self._offsets_dirty.add(run.key)
-        record = event.get("record")
-        if not isinstance(record, dict):
-            return
-        step = _int(record.get("step"))
-        if step is None:
-            return
-        now = self.clock()
-        t = record.get("time")
-        when = float(t) if isinstance(t, (int, float)) else now
-        values: dict[str, float] = {}
-        for name, value in record.items():
-            if name in ("step", "time") or isinstance(value, bool):
-                continue
-            if isinstance(value, (int, float)):
-                values[name] = float(value)
-                self._metric_buffer.append(
-                    MetricPoint(run.job_id, run.number, step, name, float(value), when))
-        if values:
-            self.hub.publish({"type": "metric", "job": run.job_id, "attempt": run.number,
-                              "step": step, "time": when, "values": values})
-
-    def _on_exited(self, run: Running, event: dict[str, Any]) -> None:
-        code, sig = _int(event.get("code")), _int(event.get("signal"))
+    def _attempt_ended(self, run: Running, lost_cause: str | None) -> None:
         attempt = self.store.get_attempt(run.job_id, run.number)
         if attempt.state.is_terminal():
             self._forget(run)
             return
+        first = run.parts[run.node]
+        lost = next((p for p in run.parts.values() if p.lost is not None), None)
+        failing = next((p for p in run.parts.values() if _why(p) is not None), None)
         if attempt.cancel_requested:
             state, reason = JobState.CANCELLED, f"cancelled by {run.cancelled_by or 'a user'}"
         elif run.start_error is not None:
             state, reason = JobState.FAILED, run.start_error
-        elif code == 0:
+        elif lost is not None:
+            self._end(run, JobState.LOST, cause=lost_cause or f"lost on node {lost.node}",
+                      reason=run.failure or lost.lost)
+            return
+        elif failing is None:
             state, reason = JobState.SUCCEEDED, None
-        elif sig is not None:
-            state, reason = JobState.FAILED, f"killed by signal {sig}"
         else:
-            state, reason = JobState.FAILED, f"exit code {code}"
+            state, reason = JobState.FAILED, run.failure or _why(failing)
         current = attempt.state
         if current is JobState.STARTING and run.start_error is None:
             # it ran, but its "started" report was missed (an agent restart)
             self._transition(run, JobState.STARTING, JobState.RUNNING,
                              cause="process seen at exit", actor=f"agent@{run.node}")
             current = JobState.RUNNING
-        self._end(run, state, cause=reason or "exit code 0", reason=reason, exit_code=code,
-                  from_state=current)
+        self._end(run, state, cause=reason or "exit code 0", reason=reason,
+                  exit_code=first.code, from_state=current)
 
     def _end(self, run: Running, state: JobState, *, cause: str, reason: str | None,
              exit_code: int | None = None, from_state: JobState | None = None) -> None:
@@ -743,67 +567,23 @@ class Runtime:
 
     def _forget(self, run: Running) -> None:
         self.running.pop(run.key, None)
-        if run.log_file is not None:
-            run.log_file.close()
-            run.log_file = None
-        self._flush()
+        self.ingest.close(run)
+        self.ingest.flush(self.running)
         self.hub.publish({"type": "attempt-ended", "job": run.job_id, "attempt": run.number})
 
     # ---------------------------------------------------------- persistence
     async def _flush_loop(self) -> None:
         last_prune = 0.0
         while True:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(FLUSH_EVERY_S)
             try:
-                self._flush()
+                self.ingest.flush(self.running)
                 now = self.clock()
-                if now - last_prune > 3600:
+                if now - last_prune > TELEMETRY_PRUNE_EVERY_S:
                     last_prune = now
                     self.store.prune_telemetry(now - self.telemetry_keep_s)
             except Exception:
                 log.exception("flush failed")
-
-    def _flush(self) -> None:
-        if self._metric_buffer:
-            points, self._metric_buffer = self._metric_buffer, []
-            self.store.record_metrics(points)
-        if self._telemetry_buffer:
-            rows, self._telemetry_buffer = self._telemetry_buffer, []
-            self.store.record_telemetry(rows)
-        for key in list(self._offsets_dirty):
-            run = self.running.get(key)
-            if run is not None:
-                self._save_offsets(run)
-        self._offsets_dirty.clear()
-
-    def _offsets_path(self, run: Running) -> Path:
-        return self.logs_dir / run.key / "offsets.json"
-
-    def _save_offsets(self, run: Running) -> None:
-        path = self._offsets_path(run)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"output": run.log_offset, "output_lines": run.log_lines,
-                                   "metrics": run.metric_offset}))
-        os.replace(tmp, path)
-
-    def _load_offsets(self, run: Running) -> None:
-        """After an engine restart: where to resume. Metric points and their
-        offset are saved together; output lines are written at once, so the
-        lines written after the last saved offset are skipped on replay."""
-        try:
-            data = json.loads(self._offsets_path(run).read_text())
-        except (OSError, ValueError):
-            data = {}
-        try:
-            with open(self.log_path(run.job_id, run.number), "rb") as f:
-                in_copy = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
-        except OSError:
-            in_copy = 0
-        run.log_offset = int(data.get("output", -1))
-        run.metric_offset = int(data.get("metrics", -1))
-        run.log_lines = in_copy
-        run.skip_lines = max(0, in_copy - int(data.get("output_lines", 0)))
 
     # -------------------------------------------------------------- helpers
     def _authorize(self, caller: Caller, job: Job, verb: str) -> None:
@@ -829,8 +609,17 @@ def _pending(job_id: int, spec: JobSpec) -> scheduler.PendingJob:
                                 memory_gb=r.memory_gb)
 
 
-def _placement_view(p: Placement) -> dict[str, Any]:
-    return {"node": p.node, "gpus": list(p.gpus), "cpus": p.cpus}
+def _why(part: Part) -> str | None:
+    """Why a part failed, or None if it succeeded (or has not ended)."""
+    if not part.ended:
+        return None
+    if part.lost is not None:
+        return part.lost
+    if part.signal is not None:
+        return f"killed by signal {part.signal}"
+    if part.code != 0:
+        return f"exit code {part.code}"
+    return None
 
 
 def _int(value: Any) -> int | None:
@@ -838,20 +627,5 @@ def _int(value: Any) -> int | None:
         return None
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-
-
-def attempt_view(a: Attempt) -> dict[str, Any]:
-    return {
-        "number": a.number,
-        "state": a.state.value,
-        "placements": [_placement_view(p) for p in a.placements],
-        "pid": a.pid,
-        "exit_code": a.exit_code,
-        "reason": a.reason,
-        "created_at": a.created_at,
-        "started_at": a.started_at,
-        "ended_at": a.ended_at,
-        "cancel_requested": a.cancel_requested,
-    }

@@ -1,0 +1,94 @@
+"""The JSON shapes the API answers with, built from what the runtime holds.
+Pure: values in, dicts out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from engine.identity import user_name
+from engine.ingest import Running
+from engine.model import Attempt, Job, Placement, output_dir
+from engine.nodes import NodeState
+
+
+def placement_view(p: Placement) -> dict[str, Any]:
+    return {"node": p.node, "gpus": list(p.gpus), "cpus": p.cpus}
+
+
+def job_view(job: Job, run: Running | None) -> dict[str, Any]:
+    """`run`: the job's current attempt if it holds resources."""
+    return {
+        "id": job.id,
+        "name": job.spec.name,
+        "kind": job.spec.kind,
+        "profile": job.spec.profile,
+        "launcher": job.spec.launcher,
+        "state": job.state.value,
+        "attempt": job.attempt,
+        "owner_uid": job.owner_uid,
+        "owner": user_name(job.owner_uid),
+        "priority": job.spec.priority,
+        "submitted_at": job.submitted_at,
+        "updated_at": job.updated_at,
+        "after": list(job.after),
+        "reason": job.reason,
+        "exit_code": job.exit_code,
+        "placements": [placement_view(p) for p in run.placements] if run else [],
+        "resources": job.spec.to_dict()["resources"],
+        "output": output_dir(job.spec),
+    }
+
+
+def attempt_view(a: Attempt) -> dict[str, Any]:
+    return {
+        "number": a.number,
+        "state": a.state.value,
+        "placements": [placement_view(p) for p in a.placements],
+        "pid": a.pid,
+        "exit_code": a.exit_code,
+        "reason": a.reason,
+        "created_at": a.created_at,
+        "started_at": a.started_at,
+        "ended_at": a.ended_at,
+        "cancel_requested": a.cancel_requested,
+    }
+
+
+def node_views(nodes: Iterable[NodeState], running: Iterable[Running]) -> list[dict[str, Any]]:
+    owners: dict[tuple[str, int], int] = {}
+    slots_used: dict[str, int] = {}
+    jobs_on: dict[str, list[int]] = {}
+    for run in running:
+        for p in run.placements:
+            for g in p.gpus:
+                owners[(p.node, g)] = run.job_id
+            slots_used[p.node] = slots_used.get(p.node, 0) + p.cpus
+            jobs_on.setdefault(p.node, []).append(run.job_id)
+    views = []
+    for node in nodes:
+        tele = node.telemetry or {}
+        gpu_tele = {g.get("index"): g for g in tele.get("gpus", []) if isinstance(g, dict)}
+        gpus = []
+        for i in range(node.gpus):
+            gpu: dict[str, Any] = dict(gpu_tele.get(i, {}))
+            gpu["index"] = i
+            gpu["name"] = node.gpu_names[i] if i < len(node.gpu_names) else gpu.get("name")
+            gpu["job"] = owners.get((node.name, i))
+            gpus.append(gpu)
+        views.append({
+            "name": node.name,
+            "host": node.spec.host,
+            "up": node.up,
+            "error": node.error,
+            "gpus": gpus,
+            "slots": node.slots,
+            "slots_used": slots_used.get(node.name, 0),
+            "memory_gb": node.memory_gb,
+            "jobs": sorted(set(jobs_on.get(node.name, []))),
+            "cpu_percent": tele.get("cpu_percent"),
+            "memory_percent": tele.get("memory_percent"),
+            "load": tele.get("load"),
+            "telemetry_time": tele.get("time"),
+        })
+    return views

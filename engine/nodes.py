@@ -1,0 +1,192 @@
+"""The engine's side of its node agents: one long-lived channel per node
+(`engine.transport`), reconnected with capped, jittered backoff
+(`health.reconnect_delay`), and what is known of each node (up or down and
+why, since when, its GPUs, slots and latest telemetry).
+
+Contract:
+- `Nodes.start()` runs one connection loop per node until `stop()`. Each
+  successful connection calls `on_hello(node, hello)` once, then
+  `on_event(node, event)` for every event, in order; a channel that ends or
+  cannot start marks the node down (published as a "node" event) and the
+  loop tries again.
+- `send` never blocks and never raises: a command for a node that is down is
+  dropped, because what matters is re-sent when the node says hello again
+  (the runtime reconciles then).
+- Nothing here decides what happens to jobs; `engine.health` does, and the
+  runtime applies it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine import health
+from engine.hub import EventHub
+from engine.model import NodeSpec
+from engine.transport.base import AgentChannel
+
+log = logging.getLogger("llmconsole.engine")
+
+ChannelFactory = Callable[[NodeSpec], AgentChannel]
+HelloHandler = Callable[["NodeState", dict[str, Any]], None]
+EventHandler = Callable[["NodeState", dict[str, Any]], None]
+
+
+@dataclass
+class NodeState:
+    spec: NodeSpec
+    channel: AgentChannel | None = None
+    up: bool = False
+    gpus: int = 0
+    slots: int = 1
+    memory_gb: float | None = None
+    gpu_names: list[str] = field(default_factory=list)
+    telemetry: dict[str, Any] | None = None
+    error: str | None = None
+    down_since: float | None = None
+    seen: bool = False  # has said hello at least once: its capacity is known
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def status(self) -> health.NodeStatus:
+        return health.NodeStatus(self.name, self.up, self.down_since, self.error)
+
+
+class Nodes:
+    def __init__(self, specs: Mapping[str, NodeSpec] | list[NodeSpec],
+                 channel_factory: ChannelFactory, hub: EventHub,
+                 clock: Callable[[], float], *, on_hello: HelloHandler,
+                 on_event: EventHandler, rand: Callable[[], float] = random.random) -> None:
+        items = specs.values() if isinstance(specs, Mapping) else specs
+        self.states: dict[str, NodeState] = {n.name: NodeState(n) for n in items}
+        self.channel_factory = channel_factory
+        self.hub = hub
+        self.clock = clock
+        self.on_hello = on_hello
+        self.on_event = on_event
+        self.rand = rand
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sends: set[asyncio.Task[None]] = set()
+
+    def __iter__(self) -> Iterator[NodeState]:
+        return iter(self.states.values())
+
+    def __getitem__(self, name: str) -> NodeState:
+        return self.states[name]
+
+    def values(self) -> list[NodeState]:
+        return list(self.states.values())
+
+    def get(self, name: str) -> NodeState | None:
+        return self.states.get(name)
+
+    def specs(self) -> dict[str, NodeSpec]:
+        return {n.name: n.spec for n in self.states.values()}
+
+    def statuses(self) -> dict[str, health.NodeStatus]:
+        return {n.name: n.status() for n in self.states.values()}
+
+    def capacity_known(self) -> bool:
+        return all(n.seen or (n.spec.gpus is not None and n.spec.slots is not None)
+                   for n in self.states.values())
+
+    # ------------------------------------------------------------- life
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for node in self.states.values():
+            self._tasks.append(loop.create_task(self._loop(node), name=f"node {node.name}"))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for node in self.states.values():
+            if node.channel is not None:
+                with contextlib.suppress(Exception):
+                    await node.channel.close()
+
+    async def wait_up(self, timeout: float) -> bool:
+        deadline = self.clock() + timeout
+        while self.clock() < deadline:
+            if all(n.up for n in self.states.values()):
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+    # --------------------------------------------------------------- send
+    def send(self, node_name: str, message: dict[str, Any]) -> None:
+        node = self.states.get(node_name)
+        if node is None or node.channel is None or not node.up:
+            return  # resent by the reconcile when the node comes back
+        channel = node.channel
+
+        async def send() -> None:
+            try:
+                await channel.send(message)
+            except Exception as err:  # the reader notices the channel ending
+                log.warning("node %s: could not send %s: %s", node_name, message.get("op"), err)
+
+        task = asyncio.get_running_loop().create_task(send())
+        self._sends.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._sends.discard)
+
+    # --------------------------------------------------------- connection
+    async def _loop(self, node: NodeState) -> None:
+        failures = 0
+        while not self._stopping:
+            try:
+                channel = self.channel_factory(node.spec)
+                node.channel = channel
+                await channel.start()
+            except Exception as err:
+                failures += 1
+                self.mark_down(node, f"agent did not start: {err}")
+                await asyncio.sleep(health.reconnect_delay(failures, self.rand()))
+                continue
+            failures = 0
+            hello = getattr(channel, "hello", {}) or {}
+            self._mark_up(node, hello)
+            try:
+                self.on_hello(node, hello)
+                async for event in channel.events():
+                    try:
+                        self.on_event(node, event)
+                    except Exception:
+                        log.exception("node %s: event %s failed", node.name, event.get("ev"))
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                log.warning("node %s: channel failed: %s", node.name, err)
+            self.mark_down(node, "agent connection ended")
+            await asyncio.sleep(health.reconnect_delay(1, self.rand()))
+
+    def _mark_up(self, node: NodeState, hello: dict[str, Any]) -> None:
+        reported = hello.get("gpus") or []
+        node.gpus = node.spec.gpus if node.spec.gpus is not None else len(reported)
+        node.gpu_names = [str(g.get("name", "")) for g in reported if isinstance(g, dict)]
+        node.slots = node.spec.slots if node.spec.slots is not None else int(
+            hello.get("cpus") or 1)
+        node.memory_gb = node.spec.memory_gb
+        node.up, node.error, node.down_since, node.seen = True, None, None, True
+        log.info("node %s up: %d GPUs, %d slots", node.name, node.gpus, node.slots)
+        self.hub.publish({"type": "node", "node": node.name, "up": True})
+
+    def mark_down(self, node: NodeState, why: str) -> None:
+        if node.up or node.error is None:
+            log.warning("node %s down: %s", node.name, why)
+        if node.down_since is None:
+            node.down_since = self.clock()
+        node.up, node.error = False, why
+        self.hub.publish({"type": "node", "node": node.name, "up": False, "error": why})
