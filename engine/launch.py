@@ -108,6 +108,8 @@ def launch_parts(
     SSH itself), every node for torchrun across nodes (each node's torchrun
     meets the others at the rendezvous on the first)."""
     argv = tuple(launch_argv(spec, placements, nodes, python))
+    if spec.launcher == "torchrun" and len(placements) > 1:
+        return [LaunchPart(p.node, argv, p.gpus) for p in placements]
     return [LaunchPart(placements[0].node, argv, placements[0].gpus)]
 
 
@@ -122,7 +124,8 @@ def placement_environment(spec: JobSpec, placements: Sequence[Placement],
 
 
 def _per_host_gpus(spec: JobSpec, placements: Sequence[Placement]) -> bool:
-    return False
+    return spec.launcher == "horovodrun" and len(placements) > 1 \
+        and spec.resources.gpus_per_node > 0
 
 
 def _host(node: NodeSpec) -> str:

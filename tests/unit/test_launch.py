@@ -3,9 +3,19 @@ wrapped by its launcher, never a shell string."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-from engine.launch import job_environment, launch_argv, ranks_per_node
+from engine.launch import (
+    HOST_GPUS_SCRIPT,
+    job_environment,
+    launch_argv,
+    launch_parts,
+    placement_environment,
+    ranks_per_node,
+)
 from engine.model import JobSpec, NodeSpec, Placement, Resources
 
 BASE = {
@@ -52,7 +62,9 @@ def test_horovodrun_gets_one_rank_per_gpu_on_every_node() -> None:
                        nodes, python="/nonexistent/python")
     assert argv[:5] == ["horovodrun", "-np", "8", "-H", "10.0.0.1:4,10.0.0.2:4"]
     assert "--gloo" not in argv
-    assert argv[5:] == list(s.argv)
+    # each rank selects its own host's GPUs (horovodrun gives every rank one env)
+    assert argv[5:10] == ["/nonexistent/python", "-I", "-S", str(HOST_GPUS_SCRIPT), "--"]
+    assert argv[10:] == list(s.argv)
 
 
 def test_horovodrun_on_cpus_uses_gloo_and_a_rank_per_slot(tmp_path: Path) -> None:
@@ -73,3 +85,39 @@ def test_torchrun_runs_python_modules_itself() -> None:
     plain = spec(launcher="torchrun", argv=("./train.sh", "x"))
     assert launch_argv(plain, [Placement("local", (), 1)], {"local": NodeSpec("local")},
                        python="/nonexistent/python")[-3:] == ["--no-python", "./train.sh", "x"]
+
+
+TWO_NODES = {"a": NodeSpec("a", host="10.0.0.1"), "b": NodeSpec("b", host="10.0.0.2")}
+SPLIT = [Placement("a", (0, 1), 2), Placement("b", (2, 3), 2)]
+
+
+def test_each_host_of_a_horovodrun_job_gets_its_own_gpus() -> None:
+    s = spec(launcher="horovodrun", resources=Resources(nodes=2, gpus_per_node=2, cpus=2))
+    env = placement_environment(s, SPLIT, TWO_NODES)
+    assert env == {"LLMCONSOLE_HOST_GPUS": "10.0.0.1=0,1;10.0.0.2=2,3"}
+    [part] = launch_parts(s, SPLIT, TWO_NODES)  # horovodrun reaches node b itself
+    assert part.node == "a" and part.gpus == (0, 1)
+    cpu_only = spec(launcher="horovodrun", resources=Resources(nodes=2, cpus=2))
+    assert placement_environment(cpu_only, [Placement("a", (), 2), Placement("b", (), 2)],
+                                 TWO_NODES) == {}
+
+
+def test_the_host_gpu_shim_sets_this_hosts_devices_and_refuses_unknown_hosts() -> None:
+    show = [sys.executable, "-c", "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"]
+    env = {**os.environ, "LLMCONSOLE_HOST_GPUS": "10.0.0.1=0,1;10.0.0.2=2,3",
+           "HOROVOD_HOSTNAME": "10.0.0.2", "CUDA_VISIBLE_DEVICES": "0,1"}
+    run = subprocess.run([sys.executable, "-I", "-S", str(HOST_GPUS_SCRIPT), "--", *show],
+                         env=env, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0 and run.stdout.strip() == "2,3"
+    env["HOROVOD_HOSTNAME"] = "10.0.0.9"
+    run = subprocess.run([sys.executable, "-I", "-S", str(HOST_GPUS_SCRIPT), "--", *show],
+                         env=env, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 2 and "'10.0.0.9' is not in LLMCONSOLE_HOST_GPUS" in run.stderr
+
+
+def test_torchrun_across_nodes_starts_on_every_node() -> None:
+    s = spec(launcher="torchrun", resources=Resources(nodes=2, gpus_per_node=2, cpus=2))
+    parts = launch_parts(s, SPLIT, TWO_NODES, python="/nonexistent/python")
+    assert [(p.node, p.gpus) for p in parts] == [("a", (0, 1)), ("b", (2, 3))]
+    for p in parts:
+        assert "--nnodes=2" in p.argv and "--rdzv-endpoint=10.0.0.1:29400" in p.argv
