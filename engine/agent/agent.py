@@ -9,6 +9,11 @@ Contract (the engine's runtime codes against this):
 - Then {"ev":"telemetry"} every `interval` seconds while the agent lives.
 - Commands arrive on stdin (see protocol.parse_command). A malformed or
   unknown one is answered with {"ev":"error"} and the agent keeps going.
+- A start with "uid" runs the job as that user (uid, gid, groups and HOME
+  from this node's passwd; cwd defaults to the run directory's work/): an
+  agent running as root does it through supervise.py --uid, on every node
+  alike; an agent that is not root refuses any uid but its own with an
+  "error" event (op "start"). Run-directory ownership: see engine.agent.runs.
 - Jobs never depend on the agent: each is started through supervise.py in a
   new session. EOF on stdin, {"op":"shutdown"}, SIGTERM or a broken stdout
   end the agent and leave every job running.
@@ -140,7 +145,8 @@ class Agent:
 
     async def run(self) -> int:
         self._loop = asyncio.get_running_loop()
-        runs.runs_dir(self.root).mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)  # private unless _open_way
+        runs.runs_dir(self.root).mkdir(exist_ok=True, mode=0o700)
         gpus = await asyncio.to_thread(self._nvml.inventory)
         if not gpus and self._nvml.unavailable_reason:
             log(f"no GPU: {self._nvml.unavailable_reason}")
@@ -269,12 +275,25 @@ class Agent:
                 (d / f).exists() for f in (runs.SPEC, runs.PID, runs.EXIT)):
             self._start_again(cmd.attempt)
             return
+        as_owner = cmd.uid is not None and cmd.uid != os.geteuid()
+        if as_owner and os.geteuid() != 0:
+            self.error(f"start: cannot run the job as its owner (uid {cmd.uid}): the agent on "
+                       f"node {self.node} runs as uid {os.geteuid()}, not root; run the engine "
+                       "as root to run other users' jobs, or as their owner", cmd.attempt,
+                       "start")
+            return
         try:
+            if as_owner:
+                self._open_way()
             d.mkdir(parents=True, exist_ok=True)
+            if as_owner:  # the owner may enter it, not list or write it
+                os.chmod(d, 0o711)  # noqa: S103 — traverse only, no read or write
             runs.write_json_atomic(d / runs.SPEC, {
                 "attempt": cmd.attempt, "argv": list(cmd.argv), "cwd": cmd.cwd,
                 "gpus": list(cmd.gpus), "env_names": sorted(cmd.env), "created": time.time(),
             })
+            if as_owner:
+                os.chmod(d / runs.SPEC, 0o600)
         except OSError as e:
             self.error(f"cannot create run directory {d}: {e}", cmd.attempt, "start")
             return
@@ -284,11 +303,14 @@ class Agent:
         env["LLMCONSOLE_ATTEMPT"] = cmd.attempt
         env["LLMCONSOLE_RUN_DIR"] = str(d)
         env["PYTHONUNBUFFERED"] = "1"
+        cwd = cmd.cwd or str(d / runs.WORK if as_owner else d)
+        owner = ["--uid", str(cmd.uid)] if as_owner else []
         argv = [sys.executable, "-I", "-S", str(SUPERVISE), str(d),
-                "--cwd", cmd.cwd or str(d), "--grace", str(self.grace), "--", *cmd.argv]
+                "--cwd", cwd, "--grace", str(self.grace), *owner, "--", *cmd.argv]
         proc = None
         try:
-            out = os.open(d / runs.OUTPUT, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            out = os.open(d / runs.OUTPUT, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                          0o600 if as_owner else 0o644)
             try:
                 # stdout/stderr: output.log, so even a supervisor crash is visible
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
@@ -302,6 +324,17 @@ class Agent:
                                                    "ended": time.time(), "child": None,
                                                    "error": message})
         self._watch(cmd.attempt, proc=proc)
+
+    def _open_way(self) -> None:
+        """Let other users traverse (o+x) the agent's root and runs/, so that
+        a job running as its owner reaches its run directory; never o+r or
+        o+w: nobody else may list or add run directories."""
+        base = runs.runs_dir(self.root)
+        for path, drop in ((self.root, 0), (base, 0o006)):
+            mode = path.stat().st_mode & 0o7777
+            wanted = (mode & ~drop) | 0o001
+            if wanted != mode:
+                os.chmod(path, wanted)
 
     def _start_again(self, attempt: str) -> None:
         """A start for an attempt that already exists: answer as if attached."""

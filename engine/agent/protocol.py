@@ -4,6 +4,8 @@ validates incoming commands into typed values (`ProtocolError` says what is
 wrong, and is answered with an "error" event); it does no I/O.
 
 Commands: start, stop, attach, list, ping, shutdown (see `parse_command`).
+`start` carries "uid": the job's owner, whom the agent runs it as (null: the
+agent's own user; an agent that is not root refuses any other uid).
 Events: hello, telemetry, started, log, metric, exited, lost, runs, pong, error.
 """
 
@@ -18,6 +20,7 @@ from engine.agent.runs import valid_attempt
 
 VERSION = 1
 MAX_COMMAND_BYTES = 16 * 1024 * 1024
+MAX_UID = 2**32 - 2  # (uid_t)-1 means "no change" to setreuid, so it is never a user
 
 
 class ProtocolError(ValueError):
@@ -36,6 +39,7 @@ class Start:
     env: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
     gpus: tuple[int, ...] = ()
+    uid: int | None = None  # the job's owner; None: run as the agent's own user
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,12 @@ def _parse_start(msg: dict[str, Any]) -> Start:
     if not isinstance(gpus, list) or not all(
             isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in gpus):
         raise ProtocolError("start: gpus must be a list of GPU indices", attempt, "start")
-    return Start(attempt, tuple(argv), clean_env, cwd, tuple(gpus))
+    uid = msg.get("uid")
+    if uid is not None and (not isinstance(uid, int) or isinstance(uid, bool)
+                            or not 0 <= uid <= MAX_UID):
+        raise ProtocolError(f"start: uid must be null or a user id in [0, {MAX_UID}]",
+                            attempt, "start")
+    return Start(attempt, tuple(argv), clean_env, cwd, tuple(gpus), uid)
 
 
 def _offset(value: object, name: str, attempt: str) -> int:

@@ -11,6 +11,16 @@ Layout: ROOT/runs/<attempt>/ holds
   stop           {"requested","grace"}, written by the agent on a stop
   exit.json      {"code","signal","ended","child"[, "error"]}, written
                  atomically by the supervisor last
+  work/          only for a job run as another user (see supervise.py): its
+                 default working directory, owned by that user
+
+A job run as another user (a root agent, a start with that "uid") finds its
+run directory mode 0711, the supervisor's files (spec.json, output.log, pid,
+heartbeat, stop, exit.json) owned by root and private, and only
+metrics.jsonl and work/ its own: it cannot rewrite `pid`, whose pgid the
+root agent signals. ROOT and ROOT/runs get o+x (never o+r or o+w) so that it
+can reach them. Everything below reads these files as root, so it works
+unchanged for either layout.
 
 This module owns: attempt-id validation (the id is a path component), atomic
 JSON files, liveness of supervisors and process groups (robust to pid reuse
@@ -39,6 +49,7 @@ PID = "pid"
 HEARTBEAT = "heartbeat"
 STOP = "stop"
 EXIT = "exit.json"
+WORK = "work"
 
 STALE_S = 30.0
 # psutil's create_time and time.time() can disagree by about a second.

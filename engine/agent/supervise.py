@@ -1,6 +1,6 @@
 """The per-job supervisor: a stdlib-only script the agent starts as
 
-    python -I -S supervise.py RUN_DIR [--cwd DIR] [--grace SECONDS] -- PROGRAM [ARG...]
+    python -I -S supervise.py RUN_DIR [--cwd DIR] [--grace SECONDS] [--uid UID] -- PROGRAM [ARG...]
 
 in a new session (the agent uses start_new_session=True), so it outlives the
 agent and any SSH connection. It imports nothing from the package and must
@@ -32,6 +32,18 @@ Contract, all files inside RUN_DIR:
   program could not be started (code 127: not found; 126: any other
   exec/chdir failure), in which case a line naming the cause is also
   appended to output.log and no `pid` file is written.
+- `--uid UID` (the supervisor runs as root): the job runs as that user, with
+  the uid, primary gid and supplementary groups (os.getgrouplist) of its
+  passwd entry on this node, and HOME, USER, LOGNAME and SHELL from that entry
+  in its environment; it enters its working directory as that user, and its
+  umask is the supervisor's original one. Before the job starts the
+  supervisor checks that the user can traverse every directory down to
+  RUN_DIR, then creates the two things in RUN_DIR the job may write, owned by
+  the user: `metrics.jsonl` (mode 0600) and `work/` (mode 0700). Its own files
+  (pid, heartbeat, exit.json) are created with umask 077 in a RUN_DIR the
+  user cannot write, so the job can neither rewrite `pid` (which the root
+  agent signals) nor fake its exit. A uid with no passwd entry here, or a run
+  directory the user cannot reach, is an exit.json error with code 126.
 Exit status of the supervisor: 0 once exit.json is written, 2 on usage error.
 """
 
@@ -68,20 +80,24 @@ def _say(message: str) -> None:
         pass
 
 
-def _parse(args: list[str]) -> tuple[str, str | None, float, list[str]] | None:
-    """-> (run_dir, cwd, grace, argv) or None on a usage error."""
+def _parse(args: list[str]) -> tuple[str, str | None, float, int | None, list[str]] | None:
+    """-> (run_dir, cwd, grace, uid, argv) or None on a usage error."""
     if len(args) < 3:
         return None
     run_dir, rest = args[0], args[1:]
     cwd: str | None = None
     grace = 10.0
+    uid: int | None = None
     i = 0
     while i < len(rest) and rest[i] != "--":
         if rest[i] == "--cwd" and i + 1 < len(rest):
             cwd = rest[i + 1]
-        elif rest[i] == "--grace" and i + 1 < len(rest):
+        elif rest[i] in ("--grace", "--uid") and i + 1 < len(rest):
             try:
-                grace = float(rest[i + 1])
+                if rest[i] == "--grace":
+                    grace = float(rest[i + 1])
+                else:
+                    uid = int(rest[i + 1])
             except ValueError:
                 return None
         else:
@@ -90,7 +106,77 @@ def _parse(args: list[str]) -> tuple[str, str | None, float, list[str]] | None:
     argv = rest[i + 1:]
     if i >= len(rest) or not argv:
         return None
-    return run_dir, cwd, grace, argv
+    return run_dir, cwd, grace, uid, argv
+
+
+class Owner:
+    """The user a job runs as (from this node's passwd and group files)."""
+
+    def __init__(self, uid: int, gid: int, name: str, home: str, shell: str,
+                 groups: list[int]) -> None:
+        self.uid, self.gid, self.name = uid, gid, name
+        self.home, self.shell, self.groups = home, shell, groups
+
+    def __str__(self) -> str:
+        return f"user {self.name} (uid {self.uid})"
+
+
+def _owner(uid: int) -> Owner | str:
+    """The passwd entry of `uid` on this node, or an error message."""
+    import pwd
+
+    try:
+        pw = pwd.getpwuid(uid)
+    except KeyError:
+        return (f"no user with uid {uid} on this node ({os.uname().nodename}): a job runs as "
+                "its owner, so every node needs the same users (uids) as the head node")
+    return Owner(uid, pw.pw_gid, pw.pw_name, pw.pw_dir, pw.pw_shell,
+                 os.getgrouplist(pw.pw_name, pw.pw_gid))
+
+
+def _untraversable(path: str, owner: Owner) -> tuple[str, int] | None:
+    """The first directory on the way down to `path` that `owner` may not
+    search (the kernel's owner / group / other rule), with its mode."""
+    parts = path.strip("/").split("/")
+    for depth in range(len(parts) + 1):
+        d = "/" + "/".join(parts[:depth])
+        st = os.stat(d)
+        if st.st_uid == owner.uid:
+            bit = 0o100
+        elif st.st_gid in owner.groups:
+            bit = 0o010
+        else:
+            bit = 0o001
+        if not st.st_mode & bit:
+            return d, st.st_mode & 0o7777
+    return None
+
+
+def _prepare_for(owner: Owner, run_dir: str) -> str | None:
+    """Check the way to RUN_DIR and create what the job may write there;
+    an error message if the job could not run as `owner`."""
+    try:
+        blocked = _untraversable(run_dir, owner)
+    except OSError as e:
+        return f"cannot check the way to the run directory {run_dir}: {e}"
+    if blocked is not None:
+        where, mode = blocked
+        return (f"{owner} cannot reach the run directory {run_dir}: {where} is mode "
+                f"{mode:04o}; make it traversable (chmod o+x {where}) or put the engine "
+                "home (LLMCONSOLE_HOME) where other users can traverse")
+    work = os.path.join(run_dir, "work")
+    try:
+        os.mkdir(work, 0o700)
+        os.lchown(work, owner.uid, owner.gid)
+        fd = os.open(os.path.join(run_dir, "metrics.jsonl"),
+                     os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        try:
+            os.fchown(fd, owner.uid, owner.gid)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        return f"cannot prepare the run directory {run_dir} for {owner}: {e}"
+    return None
 
 
 def _forward(signum: int, frame: object) -> None:
@@ -203,14 +289,25 @@ def _reap_leftovers(pgid: int, grace: float) -> None:
     _kill_all(left, signal.SIGKILL)
 
 
+def _fail(exit_path: str, code: int, error: str) -> int:
+    """The job could not be started: say why in output.log and exit.json."""
+    _say(error)
+    _write_json_atomic(exit_path, {"code": code, "signal": None, "ended": time.time(),
+                                   "child": None, "error": error}, fsync=True)
+    return 0
+
+
 def main(args: list[str]) -> int:
     global _child
     parsed = _parse(args)
     if parsed is None:
-        _say("usage: supervise.py RUN_DIR [--cwd DIR] [--grace S] -- PROGRAM [ARG...]")
+        _say("usage: supervise.py RUN_DIR [--cwd DIR] [--grace S] [--uid UID] -- PROGRAM "
+             "[ARG...]")
         return 2
-    run_dir, cwd, grace, argv = parsed
+    run_dir, cwd, grace, uid, argv = parsed
     run_dir = os.path.abspath(run_dir)
+    # another user's job: the supervisor's own files are private (umask 077)
+    job_umask = os.umask(0o077) if uid is not None else -1
     out = os.open(os.path.join(run_dir, "output.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND,
                   0o644)
     null = os.open(os.devnull, os.O_RDONLY)
@@ -229,12 +326,32 @@ def main(args: list[str]) -> int:
     env.setdefault("PYTHONUNBUFFERED", "1")
     exit_path = os.path.join(run_dir, "exit.json")
     kwargs: dict[str, object] = {}
+    steps = []  # preexec_fn: single-threaded here, so it is safe
     if sys.version_info >= (3, 11):
         kwargs["process_group"] = 0
-    else:  # single-threaded here, so preexec_fn is safe
-        kwargs["preexec_fn"] = os.setpgrp
+    else:
+        steps.append(os.setpgrp)
+    owner: Owner | None = None
+    popen_cwd = cwd
+    if uid is not None:
+        found = _owner(uid)
+        if isinstance(found, str):
+            return _fail(exit_path, 126, found)
+        problem = _prepare_for(found, run_dir)
+        if problem is not None:
+            return _fail(exit_path, 126, problem)
+        owner = found
+        env.update(HOME=owner.home, USER=owner.name, LOGNAME=owner.name, SHELL=owner.shell)
+        kwargs.update(user=owner.uid, group=owner.gid, extra_groups=owner.groups,
+                      umask=job_umask)
+        if cwd is not None:  # entered as the owner (Popen's cwd= would chdir as root)
+            where = cwd
+            steps.append(lambda: os.chdir(where))
+            popen_cwd = None
+    if steps:
+        kwargs["preexec_fn"] = lambda: [step() for step in steps]
     try:
-        child = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+        child = subprocess.Popen(argv, cwd=popen_cwd, env=env, stdin=subprocess.DEVNULL,
                                  close_fds=True, restore_signals=True,
                                  **kwargs)  # type: ignore[call-overload]
     except OSError as e:
@@ -246,16 +363,13 @@ def main(args: list[str]) -> int:
             code, error = 126, f"permission denied: {argv[0]}"
         else:
             code, error = 126, f"cannot run {argv[0]}: {e}"
-        _say(error)
-        _write_json_atomic(exit_path, {"code": code, "signal": None, "ended": time.time(),
-                                       "child": None, "error": error}, fsync=True)
-        return 0
+        return _fail(exit_path, code, error)
+    except subprocess.SubprocessError:  # only the chdir runs in preexec_fn
+        why = "it is not a directory" if not os.path.isdir(str(cwd)) else \
+            f"{owner} may not enter it"
+        return _fail(exit_path, 126, f"cannot change to working directory {cwd}: {why}")
     except ValueError as e:  # e.g. an embedded NUL byte
-        error = f"cannot run {argv[0]}: {e}"
-        _say(error)
-        _write_json_atomic(exit_path, {"code": 126, "signal": None, "ended": time.time(),
-                                       "child": None, "error": error}, fsync=True)
-        return 0
+        return _fail(exit_path, 126, f"cannot run {argv[0]}: {e}")
 
     _child = child
     _write_json_atomic(os.path.join(run_dir, "pid"), {

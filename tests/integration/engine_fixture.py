@@ -30,10 +30,29 @@ class EngineHandle:
         }
         self.env.pop("LLMCONSOLE_SOCKET", None)
         self.env.pop("LLMCONSOLE_CLUSTER", None)
+        self._server: subprocess.Popen[bytes] | None = None
+
+    def serve(self, *args: str, timeout: float = 30) -> None:
+        """Start the daemon with `engine serve ARGS` (e.g. --socket-mode 666)
+        instead of letting the first CLI call start it with the defaults;
+        return once it answers."""
+        with open(self.home / "engine.log", "ab") as log:
+            self._server = subprocess.Popen(
+                [sys.executable, "-m", "engine", "engine", "serve", *args], env=self.env,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.home,
+                start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while self.cli("engine", "status", check=False).returncode != 0:
+            if self._server.poll() is not None or time.monotonic() > deadline:
+                log_text = (self.home / "engine.log").read_text(errors="replace")
+                raise AssertionError(f"engine serve {' '.join(args)} did not come up "
+                                     f"(exit {self._server.poll()}): {log_text[-2000:]}")
+            time.sleep(0.05)
 
     def cli(self, *args: str, check: bool = True, timeout: float = 60,
-            prefix: Iterable[str] = ()) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([*prefix, sys.executable, "-m", "engine", *args], env=self.env,
+            prefix: Iterable[str] = (), python: str = sys.executable
+            ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([*prefix, python, "-m", "engine", *args], env=self.env,
                               capture_output=True, text=True, timeout=timeout, cwd=self.home)
         if check and proc.returncode != 0:
             raise AssertionError(f"llmconsole {' '.join(args)} exited {proc.returncode}: "
@@ -70,7 +89,12 @@ class EngineHandle:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.cli("engine", "stop", check=False, timeout=30)
+        if self._server is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._server.wait(timeout=10)
         kill_marked(str(self.home))
+        if self._server is not None:
+            self._server.wait()
 
 
 def kill_marked(marker: str) -> None:
@@ -88,9 +112,13 @@ def kill_marked(marker: str) -> None:
                 os.kill(int(pid_dir.name), signal.SIGKILL)
 
 
-def new_engine() -> EngineHandle:
+def new_engine(traversable: bool = False) -> EngineHandle:
+    """A throw-away home (mode 0700; 0711 with `traversable`, so that other
+    users reach the socket of a shared engine)."""
     # short path: a Unix socket path must stay under 108 bytes
     home = Path(tempfile.mkdtemp(prefix="llc-", dir="/tmp"))
+    if traversable:
+        home.chmod(0o711)
     profiles = home / "profiles"
     profiles.mkdir()
     return EngineHandle(home, profiles)

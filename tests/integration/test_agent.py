@@ -8,106 +8,30 @@ import asyncio
 import json
 import os
 import signal
-import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 
 from engine.transport import AgentChannel, AgentError, LocalAgentChannel, agent_argv
-
-PY = sys.executable
-JOB_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-Event = dict[str, Any]
-
-
-class Driver:
-    """A channel plus everything it has said, with waiting helpers."""
-
-    def __init__(self, root: Path, interval: float = 0.2, grace: float | None = None) -> None:
-        extra = ["--grace", str(grace)] if grace is not None else []
-        self.ch = LocalAgentChannel("n1", root, interval=interval, extra_args=extra)
-        self.root = root
-        self.events: list[Event] = []
-        self.times: list[float] = []
-        self._cond = asyncio.Condition()
-        self._pump: asyncio.Task[None] | None = None
-        self.ended = asyncio.Event()
-
-    async def start(self) -> Driver:
-        await self.ch.start()
-        self._pump = asyncio.create_task(self._run())
-        return self
-
-    async def _run(self) -> None:
-        async for ev in self.ch.events():
-            async with self._cond:
-                self.events.append(ev)
-                self.times.append(time.monotonic())
-                self._cond.notify_all()
-        self.ended.set()
-        async with self._cond:
-            self._cond.notify_all()
-
-    async def until(self, pred: Callable[[Event], bool], timeout: float = 10.0) -> Event:
-        async def scan() -> Event:
-            async with self._cond:
-                while True:
-                    for ev in self.events:
-                        if pred(ev):
-                            return ev
-                    if self.ended.is_set():
-                        raise AssertionError(f"agent ended; events: {self.events[-20:]}")
-                    await self._cond.wait()
-        try:
-            return await asyncio.wait_for(scan(), timeout)
-        except asyncio.TimeoutError:
-            raise AssertionError(f"no matching event in {timeout} s; last events: "
-                                 f"{self.events[-20:]}") from None
-
-    async def exited(self, attempt: str, timeout: float = 10.0) -> Event:
-        return await self.until(lambda e: e["ev"] == "exited" and e["attempt"] == attempt,
-                                timeout)
-
-    def of(self, attempt: str, kind: str) -> list[Event]:
-        return [e for e in self.events if e.get("ev") == kind and e.get("attempt") == attempt]
-
-    def lines(self, attempt: str) -> list[str]:
-        return [e["line"] for e in self.of(attempt, "log")]
-
-    async def start_job(self, attempt: str, code: str, *args: str, gpus: list[int] | None = None,
-                        env: dict[str, str] | None = None, cwd: str | None = None) -> None:
-        await self.ch.send({"op": "start", "attempt": attempt, "argv": [PY, "-c", code, *args],
-                            "env": JOB_ENV if env is None else env, "cwd": cwd,
-                            "gpus": gpus or []})
-
-    async def close(self) -> None:
-        await self.ch.close()
-        if self._pump is not None:
-            await asyncio.wait_for(self._pump, 5)
-
-
-def _marked_processes(root: Path) -> list[int]:
-    marker = f"LLMCONSOLE_RUN_DIR={root}".encode()
-    found = []
-    for pid in psutil.pids():
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if any(e.startswith(marker) for e in f.read().split(b"\0")):
-                    found.append(pid)
-        except OSError:
-            continue
-    return found
+from tests.integration.agent_driver import (
+    JOB_ENV,
+    PY,
+    Driver,
+    gone,
+    marked_processes,
+    run_dir,
+    wait_gone,
+)
 
 
 @pytest.fixture()
 def root(tmp_path: Path) -> Iterator[Path]:
     r = tmp_path / "node"
     yield r
-    for pid in _marked_processes(r):
+    for pid in marked_processes(r):
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:
@@ -119,27 +43,6 @@ async def agent(root: Path) -> AsyncIterator[Driver]:
     d = await Driver(root).start()
     yield d
     await d.close()
-
-
-def gone(pid: int) -> bool:
-    """Dead: no such process, or a zombie (this box's PID 1 never reaps)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-async def wait_gone(pids: list[int], timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if all(gone(p) for p in pids):
-            return True
-        await asyncio.sleep(0.02)
-    return False
-
-
-def run_dir(root: Path, attempt: str) -> Path:
-    return root / "runs" / attempt
 
 
 # ---------------------------------------------------------------------------
