@@ -1,4 +1,6 @@
-# llmconsole — `make setup` then `make test`.
+# llmconsole — two commands on a fresh machine: `make run` (installs what is
+# missing, then opens the screen) and `make test` (installs what is missing,
+# then runs the suite). `make setup` installs alone.
 #
 # TORCH_SPEC selects the torch build (the CPU wheel by default); on a CUDA
 # cluster: make setup TORCH_SPEC='torch==2.13.0' TORCH_INDEX=<your CUDA index>
@@ -12,11 +14,23 @@ TORCH_INDEX ?=
 HOROVOD_VERSION ?= 0.28.1
 HOROVOD_GPU_OPERATIONS ?=
 PYTEST_ARGS ?=
+# Written when setup has finished; setup runs again when it is missing or
+# older than what decides what is installed.
+INSTALLED := $(VENV)/.llmconsole-installed
 
-.PHONY: setup venv torch horovod project test lint bench clean
+.PHONY: setup venv torch horovod project run test lint bench clean
 
 setup: venv torch horovod project
 	$(BIN)/horovodrun --check-build
+	touch $(INSTALLED)
+
+$(INSTALLED): pyproject.toml Makefile
+	$(MAKE) setup
+
+# The screen on the embedded default cluster (this machine alone); it starts
+# the engine if none runs, and quitting leaves jobs running.
+run: $(INSTALLED)
+	$(BIN)/llmconsole
 
 venv:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,14 +57,14 @@ horovod: torch
 project: venv
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 
-test:
+test: $(INSTALLED)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint:
+lint: $(INSTALLED)
 	$(BIN)/ruff check console engine tests bench
 	$(BIN)/mypy
 
-bench:
+bench: $(INSTALLED)
 	$(BIN)/python -m bench
 
 clean:

@@ -31,3 +31,22 @@ def test_horovod_torch_runs_two_gloo_workers(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "of 2: 3" in proc.stdout
+
+
+def _dry_run(tmp_path: Path, target: str) -> str:
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(["make", "-n", "-C", str(repo), target, f"VENV={tmp_path / 'venv'}"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_make_test_and_make_run_install_what_is_missing_first(tmp_path: Path) -> None:
+    for target, last in (("test", "-m pytest"), ("run", "bin/llmconsole")):
+        fresh = _dry_run(tmp_path, target)
+        assert "-m venv" in fresh and "horovod==" in fresh and "pip install" in fresh, fresh
+        assert fresh.index("-m venv") < fresh.index(last), fresh
+    (tmp_path / "venv").mkdir()
+    (tmp_path / "venv" / ".llmconsole-installed").touch()  # newer than Makefile, pyproject
+    installed = _dry_run(tmp_path, "test")
+    assert "-m venv" not in installed and "-m pytest" in installed, installed
