@@ -2,7 +2,13 @@
 (the screen is loaded only by the bare `llmconsole` command) and talks to
 the engine only through `engine.client`, starting the daemon when none runs.
 Every listing takes --json. Errors are one line on stderr and exit code 1
-(2 for bad usage), never a traceback.
+(2 for bad usage), never a traceback. Every user-controlled string it
+prints (names, reasons, paths, descriptions, error messages) goes through
+`_printable`, so control characters appear escaped, never raw; `logs`
+writes the bytes the engine sent, unchanged. `engine status` exits 0 when
+an engine answers, 3 when none runs, 4 when this user cannot reach the
+socket (someone else's engine, or a path too long for a socket). The CLI
+never starts an engine in a home that is not the caller's.
 """
 
 from __future__ import annotations
@@ -15,10 +21,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from engine.errors import Unavailable, UserError
+from engine.errors import TooLarge, Unavailable, Unreachable, UserError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_NO_ENGINE = 3
+EXIT_UNREACHABLE = 4
+NAME_WIDTH = 40  # `jobs` cuts longer names, ending them with an ellipsis
 STATES = ("held", "queued", "starting", "running", "succeeded", "failed", "cancelled", "lost")
 ACTIVE = ("held", "queued", "starting", "running")
 
@@ -53,12 +62,21 @@ def _where(job: dict[str, Any]) -> str:
     for p in job.get("placements") or []:
         gpus = ",".join(str(g) for g in p["gpus"])
         parts.append(f"{p['node']}:{gpus}" if gpus else p["node"])
-    return " ".join(parts) or "-"
+    return _printable(" ".join(parts) or "-")
 
 
-def _printable(text: str) -> str:
-    """Names are free text: show control characters escaped, never raw."""
+def _printable(text: object) -> str:
+    """Names, paths and messages are free text: control characters (and
+    lone surrogates from undecodable file names) escaped, never raw."""
+    text = str(text)
+    if text.isprintable():
+        return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _cut(text: str, width: int) -> str:
+    """`text` in at most `width` characters; a cut one ends with an ellipsis."""
+    return text if len(text) <= width else text[:width - 1] + "\u2026"
 
 
 def _emit(args: argparse.Namespace, data: Any, render: Callable[[Any], str]) -> None:
@@ -73,8 +91,9 @@ def _emit(args: argparse.Namespace, data: Any, render: Callable[[Any], str]) -> 
 def _jobs_table(jobs: list[dict[str, Any]]) -> str:
     if not jobs:
         return "no jobs here (`llmconsole jobs --all` lists ended ones too)"
-    rows = [[str(j["id"]), _printable(j["name"])[:40], j["kind"], j["state"], str(j["attempt"]),
-             j["owner"], _age(j["submitted_at"]), _where(j), _printable(j.get("reason") or "")]
+    rows = [[str(j["id"]), _cut(_printable(j["name"]), NAME_WIDTH), j["kind"], j["state"],
+             str(j["attempt"]), _printable(j["owner"]), _age(j["submitted_at"]), _where(j),
+             _printable(j.get("reason") or "")]
             for j in jobs]
     return _table(rows, ["ID", "NAME", "KIND", "STATE", "TRY", "OWNER", "AGE", "WHERE", "REASON"])
 
@@ -84,12 +103,13 @@ def _nodes_table(nodes: list[dict[str, Any]]) -> str:
     rows = []
     for n in nodes:
         load = n.get("load") or []
-        rows.append([n["name"], "up" if n["up"] else "DOWN", str(len(n["gpus"])),
+        rows.append([_printable(n["name"]), "up" if n["up"] else "DOWN", str(len(n["gpus"])),
                      f"{n['slots_used']}/{n['slots']}",
                      "-" if n.get("cpu_percent") is None else f"{n['cpu_percent']:.0f}%",
                      "-" if n.get("memory_percent") is None else f"{n['memory_percent']:.0f}%",
                      "-" if not load else f"{load[0]:.2f}",
-                     ",".join(str(j) for j in n["jobs"]) or "-", n.get("error") or ""])
+                     ",".join(str(j) for j in n["jobs"]) or "-",
+                     _printable(n.get("error") or "")])
     lines.append(_table(rows, ["NODE", "STATE", "GPUS", "SLOTS", "CPU", "MEM", "LOAD", "JOBS",
                                "ERROR"]))
     gpu_rows = []
@@ -97,7 +117,7 @@ def _nodes_table(nodes: list[dict[str, Any]]) -> str:
         for g in n["gpus"]:
             used, total = g.get("memory_used_mb"), g.get("memory_total_mb")
             gpu_rows.append([
-                n["name"], str(g["index"]), str(g.get("name") or "-"),
+                _printable(n["name"]), str(g["index"]), _printable(g.get("name") or "-"),
                 "-" if g.get("util_percent") is None else f"{g['util_percent']:.0f}%",
                 "-" if used is None or not total else f"{used / 1024:.1f}/{total / 1024:.0f} GiB",
                 "-" if g.get("job") is None else str(g["job"]),
@@ -117,8 +137,10 @@ def _show(job: dict[str, Any]) -> str:
         f"job {job['id']}: {_printable(job['name'])}",
         f"  state      {job['state']} (attempt {job['attempt']})"
         + (f" - {_printable(job['reason'])}" if job.get("reason") else ""),
-        f"  kind       {job['kind']}, launcher {job['launcher']}, profile {job['profile']}",
-        f"  owner      {job['owner']} (uid {job['owner_uid']}), priority {job['priority']}",
+        f"  kind       {job['kind']}, launcher {job['launcher']}, "
+        f"profile {_printable(job['profile'])}",
+        f"  owner      {_printable(job['owner'])} (uid {job['owner_uid']}), "
+        f"priority {job['priority']}",
         f"  resources  {res['nodes']} node(s) x {res['gpus_per_node']} GPU(s), "
         f"{res['cpus']} CPU slot(s), {res['memory_gb']} GB",
         f"  argv       {json.dumps(spec.get('argv', []))}",
@@ -131,8 +153,8 @@ def _show(job: dict[str, Any]) -> str:
         lines.append(f"  exit code  {job['exit_code']}")
     lines.append("  attempts")
     for a in job.get("attempts", []):
-        where = " ".join(f"{p['node']}:{','.join(map(str, p['gpus']))}".rstrip(":")
-                         for p in a["placements"]) or "-"
+        where = _printable(" ".join(f"{p['node']}:{','.join(map(str, p['gpus']))}".rstrip(":")
+                                    for p in a["placements"]) or "-")
         lines.append(f"    #{a['number']} {a['state']:<10} on {where}  pid {a['pid'] or '-'}  "
                      f"exit {a['exit_code'] if a['exit_code'] is not None else '-'}"
                      + (f"  ({_printable(a['reason'])})" if a.get("reason") else ""))
@@ -140,7 +162,7 @@ def _show(job: dict[str, Any]) -> str:
     for e in job.get("history", []):
         stamp = time.strftime("%H:%M:%S", time.localtime(e["time"]))
         lines.append(f"    {stamp} #{e['attempt']} {e['from'] or '-'} -> {e['to']}: "
-                     f"{_printable(e['cause'])} [{e['actor']}]")
+                     f"{_printable(e['cause'])} [{_printable(e['actor'])}]")
     return "\n".join(lines)
 
 
@@ -151,13 +173,22 @@ def _client(autostart: bool = True) -> Any:
     client = EngineClient()
     try:
         client.health()
+    except Unreachable:
+        raise  # someone else's engine, or no socket can live there: starting one cannot help
     except Unavailable:
-        if not autostart or client.socket_path.exists() and not _socket_is_ours(client):
+        if not autostart or _socket_exists(client) and not _socket_is_ours(client):
             raise
         from engine.daemon import start_background
 
         start_background(os.environ.get("LLMCONSOLE_CLUSTER"))
     return client
+
+
+def _socket_exists(client: Any) -> bool:
+    try:
+        return bool(client.socket_path.exists())
+    except OSError:
+        return True  # cannot even look: not ours to replace
 
 
 def _socket_is_ours(client: Any) -> bool:
@@ -184,13 +215,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
     sub = pipelines.prepare(args.profile, args.set or (), outputs_dir(),
                             pipelines.make_stamp(time.time(), os.getpid()), find_output,
                             name=args.name, after=args.after or ())
-    if sub.pipeline is None:
-        spec, after = sub.items[0]
-        job = client.submit(spec, after=[a for a in after if isinstance(a, int)])
-        _emit(args, job, lambda j: f"submitted job {j['id']} ({_printable(j['name'])}): "
-              f"{j['state']}" + (f"\n  output {j['output']}" if j.get("output") else ""))
-        return 0
-    submitted = client.submit_many(sub.items)
+    try:
+        if sub.pipeline is None:
+            spec, after = sub.items[0]
+            job = client.submit(spec, after=[a for a in after if isinstance(a, int)])
+            _emit(args, job, lambda j: f"submitted job {j['id']} ({_printable(j['name'])}): "
+                  f"{j['state']}"
+                  + (f"\n  output {_printable(j['output'])}" if j.get("output") else ""))
+            return 0
+        submitted = client.submit_many(sub.items)
+    except TooLarge:
+        raise CliError(_too_large(args.profile, sub.items)) from None
 
     def text(js: list[dict[str, Any]]) -> str:
         lines = [f"submitted pipeline {_printable(sub.pipeline or '')}: {len(js)} jobs"]
@@ -199,11 +234,39 @@ def cmd_submit(args: argparse.Namespace) -> int:
             lines.append(f"  job {j['id']:<5} {_printable(j['name'])}: {j['state']}{waits}")
         outputs = {j["output"] for j in js if j.get("output")}
         if outputs:
-            lines.append(f"  outputs under {os.path.commonpath(sorted(outputs))}")
+            lines.append(f"  outputs under {_printable(os.path.commonpath(sorted(outputs)))}")
         return "\n".join(lines)
 
     _emit(args, submitted, text)
     return 0
+
+
+def _too_large(profile: str, items: Sequence[tuple[dict[str, Any], Any]]) -> str:
+    """Why a submission is over the engine's request limit: the profile's
+    file, the size, and its largest field."""
+    from engine import profiles
+    from engine.errors import MAX_REQUEST_BYTES
+
+    try:
+        where = f"{profile} ({profiles.find_profile(profile)})"
+    except UserError:
+        where = profile
+    size = len(json.dumps([spec for spec, _after in items]).encode())
+    field, biggest = max((_largest_field(spec) for spec, _after in items), key=lambda f: f[1])
+    return (f"profile {where} makes a request of {size} bytes, over the engine's limit of "
+            f"{MAX_REQUEST_BYTES} bytes (its largest field, {field}, is {biggest} bytes); "
+            f"make the profile smaller, or put large data in files and name them in its args")
+
+
+def _largest_field(value: Any, key: str = "spec") -> tuple[str, int]:
+    """The dotted key of the largest leaf of `value` and its size in JSON."""
+    if isinstance(value, dict) and value:
+        return max((_largest_field(v, f"{key}.{k}") for k, v in value.items()),
+                   key=lambda f: f[1])
+    if isinstance(value, list) and value:
+        return max((_largest_field(v, f"{key}[{i}]") for i, v in enumerate(value)),
+                   key=lambda f: f[1])
+    return _printable(key), len(json.dumps(value).encode())
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -220,9 +283,15 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    """The bytes the engine sent, unchanged: a line the job wrote that is not
+    UTF-8 reaches the terminal (or a pipe) as it was written."""
+    out = sys.stdout.buffer
     for line in _client().logs(args.id, attempt=args.attempt, follow=args.follow,
-                               tail=args.tail):
-        print(line, flush=args.follow)
+                               tail=args.tail).raw():
+        out.write(line)
+        if args.follow:
+            out.flush()
+    out.flush()
     return 0
 
 
@@ -266,7 +335,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
                 names.append(p["name"])
         rows = [[str(a), str(s), *[f"{v[n]:.6g}" if n in v else "-" for n in names]]
                 for (a, s), v in sorted(by_step.items())]
-        return _table(rows, ["TRY", "STEP", *[n.upper() for n in names]])
+        return _table(rows, ["TRY", "STEP", *[_printable(n.upper()) for n in names]])
 
     _emit(args, points, render)
     return 0
@@ -304,7 +373,8 @@ def cmd_profiles(args: argparse.Namespace) -> int:
         data = [{"name": i.name, "kind": i.kind, "path": str(i.path),
                  "description": i.description, "error": i.error} for i in infos]
         _emit(args, data, lambda d: _table(
-            [[x["name"], x["kind"], x["error"] or x["description"]] for x in d],
+            [[_printable(x["name"]), _printable(x["kind"]),
+              _printable(x["error"] or x["description"])] for x in d],
             ["NAME", "KIND", "DESCRIPTION"]) if d else "no profiles found")
         return 0
     if args.action == "validate":
@@ -314,10 +384,10 @@ def cmd_profiles(args: argparse.Namespace) -> int:
             try:
                 path = profiles.find_profile(name)
                 profiles.validate_file(path)
-                print(f"ok       {path}")
+                print(f"ok       {_printable(path)}")
             except profiles.ProfileError as err:
                 bad += 1
-                print(f"invalid  {err}", file=sys.stderr)
+                print(f"invalid  {_printable(err)}", file=sys.stderr)
         return EXIT_ERROR if bad else 0
     if args.action == "show":
         if not args.names:
@@ -326,7 +396,7 @@ def cmd_profiles(args: argparse.Namespace) -> int:
         for name in args.names:
             path = known.get(name) or profiles.find_profile(name)
             profiles.validate_file(path)
-            print(f"# {path}")
+            print(f"# {_printable(path)}")
             print(path.read_text(), end="")
         return 0
     raise CliError(f"profiles {args.action}: expected list, validate or show")
@@ -344,6 +414,11 @@ def cmd_engine(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         cluster = load_cluster_profile(args.cluster or os.environ.get("LLMCONSOLE_CLUSTER"))
+        try:
+            socket_mode = int(args.socket_mode, 8)
+        except ValueError:
+            raise CliError(f"--socket-mode {args.socket_mode!r}: expected octal permissions "
+                           f"such as 600 or 660") from None
         try:  # a faster event loop when installed (it is, with the project)
             import uvloop
 
@@ -351,7 +426,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
         except ImportError:
             pass
         asyncio.run(daemon.serve(
-            cluster, socket_mode=int(args.socket_mode, 8), socket_group=args.socket_group,
+            cluster, socket_mode=socket_mode, socket_group=args.socket_group,
             telemetry_interval=args.telemetry_interval, lost_after=args.lost_after))
         return 0
     if args.action == "start":
@@ -359,12 +434,15 @@ def cmd_engine(args: argparse.Namespace) -> int:
 
         try:
             health = EngineClient().health()
-            print(f"engine already running (pid {health['pid']}) on {paths.socket_path()}")
+            print(f"engine already running (pid {health['pid']}) on "
+                  f"{_printable(paths.socket_path())}")
             return 0
+        except Unreachable:
+            raise  # never start an engine in someone else's home
         except Unavailable:
             pass
         pid = daemon.start_background(args.cluster or os.environ.get("LLMCONSOLE_CLUSTER"))
-        print(f"engine started (pid {pid}) on {paths.socket_path()}")
+        print(f"engine started (pid {pid}) on {_printable(paths.socket_path())}")
         return 0
     if args.action == "stop":
         print("engine stopped; jobs keep running" if daemon.stop() else "no engine running")
@@ -374,16 +452,23 @@ def cmd_engine(args: argparse.Namespace) -> int:
 
         try:
             health = EngineClient().health()
+        except Unreachable as err:  # an engine may run there, but not for this user
+            if args.json:
+                print(json.dumps({"running": None, "reachable": False, "error": err.message}))
+            else:
+                print(f"engine unreachable: {_printable(err.message)}")
+            return EXIT_UNREACHABLE
         except Unavailable as err:
             if args.json:
-                print(json.dumps({"running": False, "error": err.message}))
+                print(json.dumps({"running": False, "reachable": True, "error": err.message}))
             else:
-                print(f"no engine running ({err.message})")
-            return 3
+                print(f"no engine running ({_printable(err.message)})")
+            return EXIT_NO_ENGINE
         health["running"] = True
         health["socket"] = str(paths.socket_path())
-        _emit(args, health, lambda h: f"engine running: pid {h['pid']}, cluster {h['cluster']}, "
-              f"up {h['uptime_s']:.0f}s, socket {h['socket']}")
+        _emit(args, health, lambda h: f"engine running: pid {h['pid']}, "
+              f"cluster {_printable(h['cluster'])}, up {h['uptime_s']:.0f}s, "
+              f"socket {_printable(h['socket'])}")
         return 0
     raise CliError(f"engine {args.action}: expected start, stop, status or serve")
 
@@ -497,7 +582,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except UserError as err:
-        print(f"llmconsole: error: {err}", file=sys.stderr)
+        print(f"llmconsole: error: {_printable(err)}", file=sys.stderr)
+        return EXIT_ERROR
+    except PermissionError as err:  # a file of someone else's, not caught nearer
+        print(f"llmconsole: error: {_printable(err.filename or '')}: permission denied; use "
+              f"files and an LLMCONSOLE_HOME of your own", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

@@ -1,11 +1,15 @@
 """The engine client every UI uses (the CLI, the console, scripts): HTTP/1.1
 over the daemon's Unix socket, standard library only, one kept-alive
 connection. Errors arrive as the `engine.errors` class the server raised,
-with its one-line message; a missing daemon is `Unavailable`.
+with its one-line message; a missing daemon is `Unavailable`, a socket this
+user may not use (someone else's, or a path too long for a Unix socket) is
+`Unreachable`, raised before any connection is tried where it can be, and a
+request body over `MAX_REQUEST_BYTES` is `TooLarge`, raised before sending.
 
     client = EngineClient()            # $LLMCONSOLE_SOCKET or <home>/engine.sock
     job = client.submit(spec.to_dict())
     for line in client.logs(job["id"], follow=True): print(line)
+    sys.stdout.buffer.writelines(client.logs(job["id"]).raw())   # the bytes as written
 """
 
 from __future__ import annotations
@@ -19,7 +23,14 @@ from typing import Any
 from urllib.parse import urlencode
 
 from engine import paths
-from engine.errors import BY_STATUS, EngineError, Unavailable
+from engine.errors import (
+    BY_STATUS,
+    MAX_REQUEST_BYTES,
+    EngineError,
+    TooLarge,
+    Unavailable,
+    Unreachable,
+)
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -82,18 +93,25 @@ class Wire:
 
 
 class LineStream:
-    """The lines of a streamed reply. `close()` may be called from another
-    thread: it shuts the socket, so a reader blocked on a quiet stream wakes
-    and the iteration ends."""
+    """The lines of a streamed reply: iterated, as text without their line
+    end (bytes that are not UTF-8 shown as U+FFFD); through `raw()`, as the
+    bytes the engine sent, line ends included. Iterate one way only.
+    `close()` may be called from another thread: it shuts the socket, so a
+    reader blocked on a quiet stream wakes and the iteration ends."""
 
     def __init__(self, conn: UnixHTTPConnection, response: http.client.HTTPResponse) -> None:
         self._conn, self._response = conn, response
         self._closed = False
 
     def __iter__(self) -> Iterator[str]:
+        for line in self.raw():
+            yield line.decode("utf-8", errors="replace").rstrip("\n")
+
+    def raw(self) -> Iterator[bytes]:
+        """The reply's lines as bytes, exactly as sent (the last one may lack
+        its newline)."""
         try:
-            for raw in self._response:
-                yield raw.decode("utf-8", errors="replace").rstrip("\n")
+            yield from self._response
         except (OSError, ValueError, http.client.HTTPException):
             if not self._closed:
                 raise
@@ -131,15 +149,38 @@ class EngineClient:
 
     def _unavailable(self, err: Exception) -> Unavailable:
         if isinstance(err, PermissionError):
-            return Unavailable(f"no permission to use the engine socket {self.socket_path}; "
-                               f"it belongs to another user (ask them, or set "
-                               f"LLMCONSOLE_HOME to run your own engine)")
+            return self._denied()
         why = getattr(err, "strerror", None) or err
         return Unavailable(f"no engine answers on {self.socket_path} ({why}); "
                            f"start one with `llmconsole engine start`")
 
+    def _denied(self) -> Unreachable:
+        sock = self.socket_path
+        where, owner = paths.owner_of(sock)
+        share = "`llmconsole engine serve --socket-group G --socket-mode 660`"
+        if where == sock:
+            return Unreachable(
+                f"no permission to use the engine socket {sock}: permission denied (it "
+                f"belongs to {owner}); ask them to share it with {share}, or set "
+                f"LLMCONSOLE_HOME to a folder of your own to run your own engine")
+        return Unreachable(
+            f"no permission to reach the engine socket {sock}: permission denied ({where} "
+            f"belongs to {owner} and is closed to you); ask them to share the engine with "
+            f"{share} and {where} open to group G, or set LLMCONSOLE_HOME to a folder of "
+            f"your own to run your own engine")
+
+    def _check_socket(self) -> None:
+        problem = paths.socket_path_problem(self.socket_path)
+        if problem is not None:
+            raise Unreachable(problem)
+
     def _json(self, method: str, path: str, body: Any = None) -> Any:
         payload = None if body is None else json.dumps(body).encode()
+        if payload is not None and len(payload) > MAX_REQUEST_BYTES:
+            raise TooLarge(f"the request is {len(payload)} bytes, over the engine's limit of "
+                           f"{MAX_REQUEST_BYTES} bytes; send less (large data belongs in files "
+                           f"that the job's arguments name)")
+        self._check_socket()
         status, data = 0, b""
         for fresh in (False, True):
             try:
@@ -163,16 +204,21 @@ class EngineClient:
     def _stream(self, path: str) -> LineStream:
         """A GET whose reply is read as it comes (logs, events), on its own
         connection with no timeout."""
+        self._check_socket()
         conn = UnixHTTPConnection(self.socket_path, None)
         try:
             conn.request("GET", path)
             response = conn.getresponse()
-        except OSError as err:
+        except (OSError, http.client.HTTPException) as err:
             conn.close()
             raise self._unavailable(err) from err
         if response.status >= 400:
+            try:
+                body = response.read()
+            except (OSError, http.client.HTTPException):
+                body = b""
             conn.close()
-            raise _error(response.status, response.read())
+            raise _error(response.status, body)
         return LineStream(conn, response)
 
     # ----------------------------------------------------------------- API

@@ -2,7 +2,12 @@
 CLI when none runs (like tmux) or in the foreground by `llmconsole engine
 serve`. It holds an exclusive lock on <home>/engine.lock, serves the API on
 the Unix socket (mode 0600 unless a shared engine asks for a group), and on
-SIGTERM stops serving while the job processes keep running on their nodes."""
+SIGTERM stops serving while the job processes keep running on their nodes.
+
+Refused in one line (`DaemonError`), before anything starts: a socket path
+too long for a Unix socket, a home this user may not write, an unknown
+socket group. A background start that fails reports what that start wrote
+to engine.log, not the log's older failures."""
 
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engine import paths
-from engine.errors import Unavailable, UserError
+from engine.errors import Unavailable, Unreachable, UserError
 from engine.model import ClusterSpec, NodeSpec
 from engine.transport.base import AgentChannel
 from engine.transport.local import LocalAgentChannel
@@ -59,9 +64,23 @@ async def serve(
     from engine.runtime import Runtime
     from engine.store import Store
 
-    root = paths.ensure_home(home)
     sock = socket_path or paths.socket_path()
-    lock = open(root / "engine.lock", "a+")  # noqa: SIM115 — held for the daemon's life
+    problem = paths.socket_path_problem(sock)
+    if problem is not None:
+        raise DaemonError(problem)
+    gid = -1
+    if socket_group is not None:
+        try:
+            gid = grp.getgrnam(socket_group).gr_gid
+        except KeyError:
+            raise DaemonError(f"--socket-group {socket_group}: no such group; name one from "
+                              f"/etc/group (see `getent group`)") from None
+    root = paths.ensure_home(home)
+    try:
+        lock = open(root / "engine.lock", "a+")  # noqa: SIM115 — held for the daemon's life
+    except PermissionError:
+        raise DaemonError(f"cannot open {root / 'engine.lock'}: permission denied; set "
+                          f"LLMCONSOLE_HOME to a folder of your own") from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -85,8 +104,8 @@ async def serve(
         await site.start()
     finally:
         os.umask(old_umask)
-    if socket_group is not None:
-        os.chown(sock, -1, grp.getgrnam(socket_group).gr_gid)
+    if gid != -1:
+        os.chown(sock, -1, gid)
     os.chmod(sock, socket_mode)
     (root / "engine.pid").write_text(f"{os.getpid()}\n")
     loop = asyncio.get_running_loop()
@@ -109,11 +128,20 @@ async def serve(
 
 def start_background(cluster_profile: str | None = None, wait: float = 20.0) -> int:
     """Start a daemon detached from this terminal; return its pid once its
-    socket answers."""
+    socket answers. If it exits first, the error quotes only what this start
+    wrote to engine.log."""
     from engine.client import EngineClient
 
+    problem = paths.socket_path_problem(paths.socket_path())
+    if problem is not None:
+        raise DaemonError(problem)
     root = paths.ensure_home()
-    logfile = open(root / "engine.log", "ab")  # noqa: SIM115
+    try:
+        logfile = open(root / "engine.log", "ab")  # noqa: SIM115
+    except PermissionError:
+        raise DaemonError(f"cannot write {root / 'engine.log'}: permission denied; set "
+                          f"LLMCONSOLE_HOME to a folder of your own") from None
+    start_offset = logfile.tell()  # "ab" opens at the end: what this start writes comes after
     argv = [sys.executable, "-m", "engine", "engine", "serve"]
     if cluster_profile:
         argv += ["--cluster", cluster_profile]
@@ -125,7 +153,7 @@ def start_background(cluster_profile: str | None = None, wait: float = 20.0) -> 
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise DaemonError(f"the engine exited at start (code {proc.returncode}): "
-                              f"{_log_tail(root / 'engine.log')}")
+                              f"{_log_tail(root / 'engine.log', start_offset)}")
         try:
             client.health()
             client.close()
@@ -143,6 +171,8 @@ def stop(wait: float = 20.0) -> bool:
     client = EngineClient(timeout=5.0)
     try:
         client.shutdown()
+    except Unreachable:
+        raise  # someone else's engine, or a path no engine can have: say so
     except Unavailable:
         return False
     finally:
@@ -160,8 +190,20 @@ def stop(wait: float = 20.0) -> bool:
     return True
 
 
-def _log_tail(path: Path, lines: int = 5) -> str:
+def _log_tail(path: Path, offset: int = 0, lines: int = 5) -> str:
+    """What was written to `path` after `offset`, on one line: its own
+    `llmconsole: error:` line when there is one (that is the reason), else
+    its last `lines` lines."""
     try:
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+        with open(path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
     except OSError:
-        return "(no log)"
+        return f"(no log at {path})"
+    written = [line.strip() for line in text.splitlines() if line.strip()]
+    if not written:
+        return f"it wrote nothing to {path}"
+    for line in reversed(written):
+        if line.startswith("llmconsole: error: "):
+            return line.removeprefix("llmconsole: error: ")
+    return " | ".join(written[-lines:])

@@ -8,12 +8,21 @@ $LLMCONSOLE_HOME, else $XDG_DATA_HOME/llmconsole (~/.local/share/llmconsole).
     logs/         the engine's copy of every attempt's output, streamed by the agents
     outputs/      workload jobs' output folders (models, checkpoints, results.json);
                   $LLMCONSOLE_OUTPUTS overrides (a shared filesystem on a real cluster)
+
+A Unix socket path holds at most `SOCKET_PATH_MAX` bytes: `socket_path_problem`
+says so in one line (the client and the daemon both check it first). When a
+path is out of this user's reach, `owner_of` names who to ask.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 from pathlib import Path
+
+from engine.errors import UserError
+
+SOCKET_PATH_MAX = 107  # bytes: Linux's sun_path is 108, with the terminating NUL
 
 
 def home() -> Path:
@@ -25,14 +34,51 @@ def home() -> Path:
 
 
 def ensure_home(path: Path | None = None) -> Path:
+    """The engine home, created (0700) if missing. Raises `UserError` when
+    this user may not create or write it (someone else's home)."""
     root = path or home()
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except PermissionError:
+        where, owner = owner_of(root)
+        raise UserError(f"cannot create the engine home {root}: permission denied ({where} "
+                        f"belongs to {owner}); set LLMCONSOLE_HOME to a folder of your own"
+                        ) from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        _where, owner = owner_of(root)
+        raise UserError(f"the engine home {root} belongs to {owner} and you may not write to "
+                        f"it; set LLMCONSOLE_HOME to a folder of your own")
     return root
 
 
 def socket_path() -> Path:
     explicit = os.environ.get("LLMCONSOLE_SOCKET")
     return Path(explicit).expanduser() if explicit else home() / "engine.sock"
+
+
+def socket_path_problem(path: Path) -> str | None:
+    """Why `path` cannot be a Unix socket (one line with the fix), or None."""
+    size = len(os.fsencode(path))
+    if size <= SOCKET_PATH_MAX:
+        return None
+    return (f"the engine socket path {path} is {size} bytes, over the {SOCKET_PATH_MAX}-byte "
+            f"limit of a Unix socket path; set a shorter LLMCONSOLE_HOME or LLMCONSOLE_SOCKET")
+
+
+def owner_of(path: Path) -> tuple[Path, str]:
+    """The nearest of `path` and its parents that this user can see, and the
+    name of its owner (``uid N`` without a name): who to ask when `path` is
+    out of reach."""
+    for candidate in (path, *path.absolute().parents):
+        try:
+            uid = os.stat(candidate).st_uid
+        except OSError:
+            continue
+        try:
+            return candidate, pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return candidate, f"uid {uid}"
+    return Path("/"), "root"
 
 
 def db_path() -> Path:

@@ -1,7 +1,12 @@
 """The daemon's HTTP API, served on a Unix socket only. The caller's identity
 is the socket's peer credentials (SO_PEERCRED), never anything the client
 says. Every route answers JSON; errors are {"error": one line} with the
-status of the `engine.errors` class that caused them.
+status of the `engine.errors` class that caused them, and so are aiohttp's
+own refusals (unknown route 404, wrong method 405, body over
+`MAX_REQUEST_BYTES` 413). Job ids are 1..2**63-1 (SQLite's integers): any
+other id is 404 before the store is asked; a query integer outside its
+range is 400 naming the parameter. A client that leaves a stream is normal
+and logged at debug only.
 
     GET  /v1/health                       engine pid, uid, version, uptime
     POST /v1/jobs                         {"spec": {...}, "after": [ids]} -> job
@@ -32,7 +37,7 @@ from typing import Any
 from aiohttp import web
 
 from engine import __version__
-from engine.errors import BadRequest, EngineError, Forbidden
+from engine.errors import MAX_REQUEST_BYTES, BadRequest, EngineError, Forbidden, NotFound, TooLarge
 from engine.lifecycle import JobState
 from engine.model import BatchRef, JobSpec, attempt_key
 from engine.runtime import Caller, Runtime, attempt_view
@@ -41,6 +46,7 @@ from engine.spec_check import spec_from_payload
 log = logging.getLogger("llmconsole.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_ID = 2**63 - 1  # SQLite's largest integer: ids, steps and counts stay below it
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
 SHUTDOWN: web.AppKey[asyncio.Event] = web.AppKey("shutdown", asyncio.Event)
 
@@ -64,15 +70,38 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except EngineError as err:
         return web.json_response({"error": err.message}, status=err.status)
-    except web.HTTPException:
-        raise
+    except web.HTTPException as err:
+        if err.status < 400:
+            raise
+        headers = {k: v for k, v in err.headers.items() if k.lower() == "allow"}
+        return web.json_response({"error": _http_error(request, err)}, status=err.status,
+                                 headers=headers)
     except Exception as err:  # a bug: say so without leaking a traceback to clients
         log.exception("%s %s failed", request.method, request.path)
         return web.json_response({"error": f"internal error: {err}"}, status=500)
 
 
+def _http_error(request: web.Request, err: web.HTTPException) -> str:
+    """One line for one of aiohttp's own refusals."""
+    where = f"{request.method} {request.path}"
+    if isinstance(err, web.HTTPNotFound):
+        return f"no such route: {where} (the routes are listed in engine/api/server.py)"
+    if isinstance(err, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(err.allowed_methods))
+        return f"{request.method} is not allowed on {request.path}; use {allowed}"
+    if isinstance(err, web.HTTPRequestEntityTooLarge):
+        return _too_large(request.content_length)
+    return f"{where}: {err.reason}"
+
+
+def _too_large(size: int | None) -> str:
+    sent = f" {size} bytes," if size is not None else ""
+    return (f"request body is{sent} over the engine's limit of {MAX_REQUEST_BYTES} bytes "
+            f"(4 MiB); send less: large data belongs in files the job's arguments name")
+
+
 def make_app(runtime: Runtime, shutdown: asyncio.Event) -> web.Application:
-    app = web.Application(middlewares=[errors], client_max_size=4 * 1024 * 1024)
+    app = web.Application(middlewares=[errors], client_max_size=MAX_REQUEST_BYTES)
     app[RUNTIME] = runtime
     app[SHUTDOWN] = shutdown
     app.router.add_get("/v1/health", health)
@@ -97,20 +126,37 @@ def _rt(request: web.Request) -> Runtime:
 
 def _job_id(request: web.Request) -> int:
     raw = request.match_info["id"]
-    try:
-        return int(raw)
-    except ValueError:
-        raise BadRequest(f"job id {raw!r} is not a number") from None
+    job_id = _parse_int(raw)
+    if job_id is None:
+        raise BadRequest(f"job id {raw!r} is not a number; see `llmconsole jobs`")
+    if not 1 <= job_id <= MAX_ID:
+        raise NotFound(f"no job {raw}: job ids run from 1 to {MAX_ID}; see `llmconsole jobs`")
+    return job_id
 
 
-def _int_param(request: web.Request, name: str) -> int | None:
-    raw = request.query.get(name)
-    if raw in (None, ""):
+def _parse_int(raw: str) -> int | None:
+    """ASCII digits with an optional minus (int() would also take spaces,
+    underscores and other scripts' digits), else None. Past 2**63 the value
+    is only known to be out of every range, so MAX_ID + 1 (or its negative)
+    stands for it, and a million digits cost no more than twenty."""
+    negative = raw.startswith("-")
+    digits = raw[1:] if negative else raw
+    if not (digits and digits.isascii() and digits.isdigit()):
         return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise BadRequest(f"{name}={raw!r}: expected an integer") from None
+    value = int(digits) if len(digits.lstrip("0")) <= 19 else MAX_ID + 1
+    return -value if negative else value
+
+
+def _int_param(request: web.Request, name: str, low: int, high: int = MAX_ID) -> int | None:
+    """Query parameter `name` as a whole number from `low` to `high`; None
+    when absent or empty."""
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    value = _parse_int(raw)
+    if value is None or not low <= value <= high:
+        raise BadRequest(f"{name}={raw!r}: expected a whole number from {low} to {high}")
+    return value
 
 
 async def health(request: web.Request) -> web.Response:
@@ -124,10 +170,21 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_REQUEST_BYTES:
+        raise TooLarge(_too_large(request.content_length))
+    raw = await request.read()
     try:
-        body = await request.json()
-    except ValueError:
-        raise BadRequest("request body is not JSON") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise BadRequest(f"request body is not UTF-8 (byte {err.start}); send UTF-8 JSON") \
+            from None
+    try:
+        body = json.loads(text)
+    except ValueError as err:
+        raise BadRequest(f"request body is not JSON ({err}); send a JSON object") from None
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply; send a flatter JSON object") \
+            from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     return body
@@ -169,6 +226,9 @@ def _after(value: Any, index: int | None = None) -> list[int | BatchRef]:
     out: list[int | BatchRef] = []
     for a in after:
         if isinstance(a, int) and not isinstance(a, bool):
+            if not 1 <= a <= MAX_ID:
+                raise NotFound(f"after: no job {a}: job ids run from 1 to {MAX_ID}; "
+                               f"see `llmconsole jobs`")
             out.append(a)
         elif (index is not None and isinstance(a, dict) and list(a) == ["batch"]
               and isinstance(a["batch"], int) and not isinstance(a["batch"], bool)
@@ -189,8 +249,8 @@ async def list_jobs(request: web.Request) -> web.Response:
             known = ", ".join(s.value for s in JobState)
             raise BadRequest(f"state={request.query['state']!r}: expected some of {known}") \
                 from None
-    owner = _int_param(request, "owner")
-    limit = _int_param(request, "limit")
+    owner = _int_param(request, "owner", 0, 2**32 - 1)
+    limit = _int_param(request, "limit", 1)
     jobs = rt.store.list_jobs(states=states, owner_uid=owner, limit=limit)
     return web.json_response([rt.job_view(j) for j in jobs])
 
@@ -236,10 +296,10 @@ async def metrics(request: web.Request) -> web.Response:
     names = request.query.get("name")
     points = rt.store.metrics(
         job.id,
-        attempt=_int_param(request, "attempt"),
+        attempt=_attempt(request, job.id, job.attempt),
         names=set(names.split(",")) if names else None,
-        since_step=_int_param(request, "since_step"),
-        limit=_int_param(request, "limit"),
+        since_step=_int_param(request, "since_step", -MAX_ID),
+        limit=_int_param(request, "limit", 1),
     )
     return web.json_response([
         {"attempt": p.attempt, "step": p.step, "name": p.name, "value": p.value, "time": p.time}
@@ -251,14 +311,25 @@ async def nodes(request: web.Request) -> web.Response:
     return web.json_response(_rt(request).node_views())
 
 
+def _attempt(request: web.Request, job_id: int, attempts: int) -> int | None:
+    """The `attempt` query parameter: one of the job's attempts, or None."""
+    raw = request.query.get("attempt")
+    if raw is None or raw == "":
+        return None
+    number = _parse_int(raw)
+    if number is None or not 1 <= number <= attempts:
+        raise BadRequest(f"attempt={raw!r}: job {job_id} has attempts 1 to {attempts}")
+    return number
+
+
 async def logs(request: web.Request) -> web.StreamResponse:
+    """The attempt's output as the bytes the engine's copy holds (never
+    decoded, so a line that is not UTF-8 arrives as it was written)."""
     rt = _rt(request)
     job = rt.job(_job_id(request))
-    number = _int_param(request, "attempt") or job.attempt
-    if not 1 <= number <= job.attempt:
-        raise BadRequest(f"job {job.id} has attempts 1..{job.attempt}, not {number}")
+    number = _attempt(request, job.id, job.attempt) or job.attempt
     follow = request.query.get("follow") in ("1", "true", "yes")
-    tail = _int_param(request, "tail")
+    tail = _int_param(request, "tail", 0)
     path = rt.log_path(job.id, number)
     response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     await response.prepare(request)
@@ -284,10 +355,12 @@ async def logs(request: web.Request) -> web.StreamResponse:
             if request.app[SHUTDOWN].is_set():
                 break
             await _next_event(sub, request.app[SHUTDOWN], 1.0)
+        await response.write_eof()
+    except ConnectionError:  # the client left (a closed screen, ^C on `logs -f`): normal
+        log.debug("log stream of job %d attempt %d: client left", job.id, number)
     finally:
         if sub is not None:
             sub.close()
-    await response.write_eof()
     return response
 
 
