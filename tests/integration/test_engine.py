@@ -75,6 +75,17 @@ def test_a_failing_job_reports_its_exit_code_and_can_be_retried(engine: EngineHa
     assert [a["state"] for a in job["attempts"]] == ["failed", "failed"]
 
 
+def test_a_succeeded_job_can_be_rerun_with_retry(engine: EngineHandle) -> None:
+    engine.write_profile("ok", command_profile([sys.executable, "-c", "print('ran')"]))
+    job_id = engine.submit("ok")
+    engine.wait_state(job_id, {"succeeded"})
+    engine.cli("retry", str(job_id))  # the README: any ended job runs again
+    engine.wait_state(job_id, {"succeeded"}, timeout=30)
+    job = engine.job(job_id)
+    assert [a["state"] for a in job["attempts"]] == ["succeeded", "succeeded"]
+    assert engine.cli("logs", str(job_id)).stdout.splitlines() == ["ran"]
+
+
 def test_logs_follow_streams_until_the_job_ends(engine: EngineHandle) -> None:
     script = ("import time\nfor i in range(5):\n"
               "    print('tick', i, flush=True)\n    time.sleep(0.2)")
