@@ -404,8 +404,10 @@ class Agent:
                 exclude.add(pid_doc["supervisor"])
         if w is not None and w.proc is not None:
             exclude.add(w.proc.pid)
+        # each process gets SIGTERM once: the group, then those that left it
         runs.signal_group(pgid, signal.SIGTERM)
-        strays = await asyncio.to_thread(runs.find_attempt_processes, cmd.attempt, d, exclude)
+        strays = await asyncio.to_thread(runs.find_attempt_processes, cmd.attempt, d, exclude,
+                                         pgid)
         runs.kill_pids(strays, signal.SIGTERM)
         end = time.monotonic() + grace
         while time.monotonic() < end:
@@ -415,7 +417,8 @@ class Agent:
             await asyncio.sleep(0.05)
         if runs.signal_group(pgid, signal.SIGKILL):
             log(f"{cmd.attempt}: still running {grace:g} s after SIGTERM, sent SIGKILL")
-        strays = await asyncio.to_thread(runs.find_attempt_processes, cmd.attempt, d, exclude)
+        strays = await asyncio.to_thread(runs.find_attempt_processes, cmd.attempt, d, exclude,
+                                         pgid)
         runs.kill_pids(strays, signal.SIGKILL)
 
     # ---- tailing ---------------------------------------------------------

@@ -226,12 +226,21 @@ def _environ_has(pid: int, entries: set[bytes]) -> bool:
     return entries <= env
 
 
-def find_attempt_processes(attempt: str, run_dir: Path,
-                           exclude: Iterable[int] = ()) -> list[int]:
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def find_attempt_processes(attempt: str, run_dir: Path, exclude: Iterable[int] = (),
+                           outside_group: int | None = None) -> list[int]:
     """Processes whose initial environment marks them as this attempt's
     (LLMCONSOLE_ATTEMPT and LLMCONSOLE_RUN_DIR both match, so another root's
     attempt with the same id is never touched). Catches children that left
-    the job's process group with setsid. Linux /proc only; [] elsewhere."""
+    the job's process group with setsid; with `outside_group`, members of
+    that process group (already signalled through it) are left out, so that
+    no process gets a signal twice. Linux /proc only; [] elsewhere."""
     skip = set(exclude) | {os.getpid()}
     entries = {f"LLMCONSOLE_ATTEMPT={attempt}".encode(),
                f"LLMCONSOLE_RUN_DIR={run_dir}".encode()}
@@ -241,7 +250,8 @@ def find_attempt_processes(attempt: str, run_dir: Path,
     except OSError:
         return []
     for pid in pids:
-        if pid not in skip and _environ_has(pid, entries):
+        if pid not in skip and _environ_has(pid, entries) and (
+                outside_group is None or _pgid(pid) not in (outside_group, None)):
             found.append(pid)
     return found
 

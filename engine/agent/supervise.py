@@ -189,18 +189,25 @@ def _forward(signum: int, frame: object) -> None:
         pass
 
 
-def _stop_overdue(run_dir: str) -> bool:
-    """A stop was requested (the agent's `stop` file) and its grace has run
-    out. The agent escalates to SIGKILL itself; this covers an agent that
-    died or exited during the grace period."""
+def _stop_deadline(run_dir: str) -> float | None:
+    """When the grace of a requested stop (the agent's `stop` file) runs
+    out, as time.time(); None if no stop was requested."""
     import json
 
     try:
         with open(os.path.join(run_dir, "stop"), encoding="utf-8") as f:
             doc = json.load(f)
-        return bool(time.time() >= float(doc["requested"]) + float(doc["grace"]))
+        return float(doc["requested"]) + float(doc["grace"])
     except (OSError, ValueError, TypeError, KeyError):
-        return False
+        return None
+
+
+def _stop_overdue(run_dir: str) -> bool:
+    """A stop was requested and its grace has run out. The agent escalates
+    to SIGKILL itself; this covers an agent that died or exited during the
+    grace period."""
+    deadline = _stop_deadline(run_dir)
+    return deadline is not None and time.time() >= deadline
 
 
 def _heartbeat(run_dir: str, pgid: int, done: threading.Event) -> None:
@@ -273,14 +280,20 @@ def _kill_all(pids: list[int], sig: int) -> None:
             pass
 
 
-def _reap_leftovers(pgid: int, grace: float) -> None:
+def _reap_leftovers(pgid: int, grace: float, run_dir: str) -> None:
     """SIGTERM what is left of the job, SIGKILL after grace: a finished job
-    holds no GPU."""
+    holds no GPU. After a stop, the agent has sent SIGTERM already (each
+    process gets it once): only the SIGKILL is left, when the stop's grace
+    runs out."""
     left = _leftovers(pgid)
     if not left:
         return
-    _kill_all(left, signal.SIGTERM)
-    deadline = time.monotonic() + grace
+    stop_deadline = _stop_deadline(run_dir)
+    if stop_deadline is None:
+        _kill_all(left, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+    else:
+        deadline = time.monotonic() + max(0.0, stop_deadline - time.time())
     while time.monotonic() < deadline:
         time.sleep(0.05)
         left = _leftovers(pgid)
@@ -384,7 +397,7 @@ def main(args: list[str]) -> int:
 
     returncode = child.wait()  # retried after each forwarded signal (PEP 475)
     ended = time.time()
-    _reap_leftovers(child.pid, grace)
+    _reap_leftovers(child.pid, grace, run_dir)
     done.set()
     exit_code = returncode if returncode >= 0 else None
     exit_signal = -returncode if returncode < 0 else None

@@ -20,6 +20,7 @@ from tests.integration.agent_driver import (
     JOB_ENV,
     PY,
     Driver,
+    Event,
     gone,
     marked_processes,
     run_dir,
@@ -502,3 +503,54 @@ async def test_oversized_and_long_lines(agent: Driver, root: Path) -> None:
     await agent.until(lambda e: e["ev"] == "pong")
     errors = [e for e in agent.events if e["ev"] == "error"]
     assert len(errors) == 1 and "longer than" in errors[0]["message"]
+
+
+COUNT_TERMS = r"""
+import os, signal, subprocess, sys, time
+def say(*words):  # one write per line: the three processes share output.log
+    os.write(1, (" ".join(words) + "\n").encode())
+def counted(name, then_exit):
+    seen = []
+    def on_term(*_):
+        seen.append(1)
+        say(name, "TERM", str(len(seen)))
+        if then_exit:
+            sys.exit(0)
+    signal.signal(signal.SIGTERM, on_term)
+if len(sys.argv) > 2:  # a helper: the kid (in the job's group) or the escapee (setsid)
+    counted(sys.argv[1], False)
+    say(sys.argv[1], "ready")
+    while True:
+        time.sleep(1)
+main_exits = sys.argv[1] == "exits"
+helpers = [subprocess.Popen([sys.executable, "-c", __CODE__, name, "helper"],
+                            start_new_session=name == "escapee") for name in ("kid", "escapee")]
+counted("main", main_exits)
+say("main ready")
+while True:
+    time.sleep(1)
+"""
+
+
+async def test_a_job_ignoring_sigterm_gets_it_once_per_process(agent: Driver) -> None:
+    """The stop's SIGTERM reaches the job's group and the processes that left
+    it once each, whether the main process ignores it (SIGKILL after grace)
+    or exits on it (the supervisor then ends what is left, without a second
+    SIGTERM)."""
+    code = COUNT_TERMS.replace("__CODE__", repr(COUNT_TERMS))
+    for attempt, main in (("23.1", "ignores"), ("23.2", "exits")):
+        await agent.start_job(attempt, code, main)
+    def all_ready(_: Event) -> bool:
+        return all(sum(line.endswith("ready") for line in agent.lines(a)) == 3
+                   for a in ("23.1", "23.2"))
+    await agent.until(all_ready)
+    for attempt in ("23.1", "23.2"):
+        await agent.ch.send({"op": "stop", "attempt": attempt, "grace": 1})
+    ignored, exited = await agent.exited("23.1"), await agent.exited("23.2")
+    assert ignored["signal"] == signal.SIGKILL and exited["code"] == 0
+    for attempt in ("23.1", "23.2"):
+        terms = sorted(line for line in agent.lines(attempt) if "TERM" in line)
+        assert terms == ["escapee TERM 1", "kid TERM 1", "main TERM 1"], (attempt, terms)
+    await agent.ch.send({"op": "list"})
+    listed = await agent.until(lambda e: e["ev"] == "runs")
+    assert not any(r["alive"] for r in listed["runs"])
