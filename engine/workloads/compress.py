@@ -77,11 +77,8 @@ from engine.workloads.common import (
     set_threads,
     write_json_atomic,
 )
-from engine.workloads.distributed import MODES
 from engine.workloads.evaluate import (
     HeldOut,
-    add_measure_options,
-    check_measure_options,
     describe,
     held_out,
     layer_zeros,
@@ -90,65 +87,17 @@ from engine.workloads.evaluate import (
     measure_model,
     quality,
 )
-from engine.workloads.models import PRESETS
+from engine.workloads.options import PROGRAMS, compress_parser
 
-METHODS = ("prune", "int8", "fp16", "bf16", "distill")
 #: The output heads pruning leaves alone unless --include-lm-head.
 HEADS = ("lm_head", "score")
 FORMAT_OF = {"prune": "fp32", "int8": "int8-dynamic", "fp16": "fp16", "bf16": "bf16",
              "distill": "fp32"}
 
 
-def parser(prog: str = "python -m engine.workloads.compress") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True,
-                   help="the model to compress (distill: the teacher): a model folder or a "
-                        "train/compress job's output folder")
-    p.add_argument("--output", required=True, type=Path, help="folder for everything written")
-    p.add_argument("--method", required=True, choices=METHODS)
-    g = p.add_argument_group("prune")
-    g.add_argument("--sparsity", type=float, default=0.5,
-                   help="share of the pruned layers' weights set to zero")
-    g.add_argument("--include-lm-head", action="store_true",
-                   help="prune the output head (lm_head, or a classifier's score) too")
-    g.add_argument("--recover-steps", type=int, default=0,
-                   help="fine-tuning steps after pruning, the zeros kept (0: none)")
-    g = p.add_argument_group("distill")
-    g.add_argument("--student", default="micro", choices=tuple(PRESETS),
-                   help="the student's preset")
-    g.add_argument("--max-steps", type=int, default=100, help="distillation steps")
-    g.add_argument("--temperature", type=float, default=2.0, help="distillation temperature")
-    g.add_argument("--alpha", type=float, default=0.5,
-                   help="weight of the soft (KL) term; 1 - alpha for the hard loss")
-    g.add_argument("--warmup-steps", type=int, default=10, help="linear warm-up steps")
-    g.add_argument("--checkpoint-every", type=int, default=50,
-                   help="steps between checkpoints (for --resume)")
-    g.add_argument("--resume", action="store_true",
-                   help="continue distillation from the newest checkpoint in --output")
-    g.add_argument("--dist", choices=MODES, default="auto",
-                   help="auto: horovod under horovodrun, ddp under torchrun, else single")
-    g = p.add_argument_group("training (prune recovery, distill)")
-    g.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
-    g.add_argument("--log-every", type=int, default=10, help="steps per metrics line")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="where recovery and distillation train (measuring is on the CPU)")
-    add_measure_options(p)
-    return p
-
-
-def check_args(a: argparse.Namespace) -> None:
-    check_measure_options(a)
-    if not 0 < a.sparsity < 1:
-        raise WorkloadError(f"--sparsity {a.sparsity}: expected a number in (0, 1)")
-    if a.recover_steps < 0:
-        raise WorkloadError(f"--recover-steps {a.recover_steps}: expected 0 or more")
-    if not a.lr > 0 or not math.isfinite(a.lr):
-        raise WorkloadError(f"--lr {a.lr}: expected a positive number")
-    for name in ("max_steps", "log_every", "checkpoint_every"):
-        if getattr(a, name) < 1:
-            raise WorkloadError(f"--{name.replace('_', '-')} {getattr(a, name)}: expected an "
-                                "integer >= 1")
+def parser(prog: str = PROGRAMS["compress"]) -> argparse.ArgumentParser:
+    """The options (`engine.workloads.options`, where every range is checked)."""
+    return compress_parser(prog, description=__doc__.split("\n\n")[0])
 
 
 def _check_output(output: Path, source: Path) -> None:
@@ -442,7 +391,6 @@ def summary(r: dict[str, Any]) -> str:
 def main() -> int:
     quiet_libraries()
     a = parser().parse_args()
-    check_args(a)
     results = distill(a) if a.method == "distill" else compress(a)
     if results is not None:
         print(summary(results), flush=True)

@@ -57,38 +57,7 @@ from engine.workloads.common import (
     set_threads,
     write_json_atomic,
 )
-
-TASKS = ("auto", "causal-lm", "classification")
-
-
-def add_measure_options(p: argparse.ArgumentParser) -> None:
-    """The held-out data and timing options compress and evaluate share."""
-    p.add_argument("--corpus", default="demo",
-                   help="'demo', a .txt/.jsonl file or a folder (classification: JSONL with "
-                        "text and label); use the corpus the model was trained on")
-    p.add_argument("--block-size", type=int, default=128, help="tokens per held-out row")
-    p.add_argument("--eval-fraction", type=float, default=0.05,
-                   help="held-out share of the documents (as in training)")
-    p.add_argument("--max-docs", type=int, default=0,
-                   help="use the first N documents (0: all; as in training)")
-    p.add_argument("--eval-batches", type=int, default=20,
-                   help="held-out batches scored (causal LM)")
-    p.add_argument("--batch-size", type=int, default=8,
-                   help="rows per batch, also the rows of the timed batch")
-    p.add_argument("--latency-repeats", type=int, default=10,
-                   help="timed forward passes (after 2 warm-up passes)")
-    p.add_argument("--seed", type=int, default=42)
-
-
-def check_measure_options(a: argparse.Namespace) -> None:
-    for name in ("block_size", "eval_batches", "batch_size", "latency_repeats"):
-        if getattr(a, name) < 1:
-            raise WorkloadError(f"--{name.replace('_', '-')} {getattr(a, name)}: expected an "
-                                "integer >= 1")
-    if a.max_docs < 0:
-        raise WorkloadError(f"--max-docs {a.max_docs}: expected 0 (all) or a positive integer")
-    if not 0 < a.eval_fraction < 0.5:
-        raise WorkloadError(f"--eval-fraction {a.eval_fraction}: expected a number in (0, 0.5)")
+from engine.workloads.options import PROGRAMS, evaluate_parser
 
 
 # ---------------------------------------------------------------- held-out data
@@ -248,18 +217,9 @@ def _num(value: Any) -> str:
 
 
 # ---------------------------------------------------------------- the program
-def parser(prog: str = "python -m engine.workloads.evaluate") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", help="a model folder or a train/compress job's output folder "
-                                   "(may be left out with --compare)")
-    p.add_argument("--output", required=True, type=Path, help="folder for everything written")
-    p.add_argument("--task", choices=TASKS, default="auto",
-                   help="what to score; auto: the task the model was saved for")
-    p.add_argument("--compare", nargs="+", metavar="DIR", default=[],
-                   help="job output folders (or results.json files) to tabulate with this run")
-    add_measure_options(p)
-    return p
+def parser(prog: str = PROGRAMS["evaluate"]) -> argparse.ArgumentParser:
+    """The options (`engine.workloads.options`, where every range is checked)."""
+    return evaluate_parser(prog, description=__doc__.split("\n\n")[0])
 
 
 def evaluate_model(a: argparse.Namespace) -> dict[str, Any]:
@@ -283,7 +243,6 @@ def evaluate_model(a: argparse.Namespace) -> dict[str, Any]:
 def main() -> int:
     quiet_libraries()
     a = parser().parse_args()
-    check_measure_options(a)
     if not a.model and not a.compare:
         raise WorkloadError("nothing to do: give --model (a model to evaluate), --compare "
                             "(job output folders to tabulate), or both")

@@ -52,83 +52,24 @@ from engine.workloads.common import (
     set_threads,
     write_json_atomic,
 )
-from engine.workloads.distributed import MODES, Dist
+from engine.workloads.distributed import Dist
 from engine.workloads.measure import classification_sums, lm_loss_sums, perplexity
 from engine.workloads.models import PRESETS, LoadedModel, build_config, build_model, load_model
+from engine.workloads.options import PROGRAMS, train_parser
 
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer.pt"
 
 
-def parser(prog: str = "python -m engine.workloads.train") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--output", required=True, type=Path, help="folder for everything written")
-    p.add_argument("--task", choices=("causal-lm", "classification"), default="causal-lm")
-    p.add_argument("--model", default="tiny",
-                   help=f"a preset ({', '.join(PRESETS)}) to pre-train from scratch, or a "
-                        "model folder (or a train job's output folder) to fine-tune")
-    p.add_argument("--corpus", default="demo",
-                   help="'demo', a .txt/.jsonl file or a folder (classification: JSONL with "
-                        "text and label)")
-    p.add_argument("--tokenizer", type=Path, help="a tokenizer folder (default: the model's, "
-                   "or one trained on the corpus for a preset)")
-    p.add_argument("--vocab-size", type=int, default=2048)
-    p.add_argument("--block-size", type=int, default=128, help="tokens per training row")
-    p.add_argument("--eval-fraction", type=float, default=0.05)
-    p.add_argument("--max-docs", type=int, default=0, help="use the first N documents (0: all)")
-    p.add_argument("--batch-size", type=int, default=8, help="rows per worker per micro-batch")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
-    p.add_argument("--max-steps", type=int, default=100, help="optimizer steps")
-    p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--scale-lr", action="store_true", help="multiply --lr by the worker count")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--warmup-steps", type=int, default=10)
-    p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
-    p.add_argument("--min-lr-ratio", type=float, default=0.1)
-    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip (0: off)")
-    p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--fp16-allreduce", action="store_true",
-                   help="Horovod: send gradients as fp16")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast (GPU only)")
-    p.add_argument("--log-every", type=int, default=1)
-    p.add_argument("--eval-every", type=int, default=50)
-    p.add_argument("--eval-batches", type=int, default=20)
-    p.add_argument("--checkpoint-every", type=int, default=50)
-    p.add_argument("--keep-checkpoints", type=int, default=2)
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the newest checkpoint in --output, if any")
-    p.add_argument("--resume-from", type=Path, help="continue from this checkpoint folder")
-    p.add_argument("--dist", choices=MODES, default="auto")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--teacher", help="distillation: the teacher model folder")
-    p.add_argument("--temperature", type=float, default=2.0, help="distillation temperature")
-    p.add_argument("--alpha", type=float, default=0.5,
-                   help="distillation: weight of the soft (KL) term; 1-alpha for the hard loss")
-    return p
+def parser(prog: str = PROGRAMS["train"]) -> argparse.ArgumentParser:
+    """The options (`engine.workloads.options`, where every range is checked)."""
+    return train_parser(prog, description=__doc__.split("\n\n")[0])
 
 
 def check_args(a: argparse.Namespace) -> None:
-    positive = ("vocab_size", "block_size", "batch_size", "grad_accum", "max_steps",
-                "log_every", "eval_every", "eval_batches", "checkpoint_every",
-                "keep_checkpoints")
-    for name in positive:
-        if getattr(a, name) < 1:
-            raise WorkloadError(f"--{name.replace('_', '-')} {getattr(a, name)}: expected an "
-                                "integer >= 1")
-    if not 0 < a.eval_fraction < 0.5:
-        raise WorkloadError(f"--eval-fraction {a.eval_fraction}: expected a number in (0, 0.5)")
-    if not a.lr > 0 or not math.isfinite(a.lr):
-        raise WorkloadError(f"--lr {a.lr}: expected a positive number")
-    if not 0 <= a.dropout < 1:
-        raise WorkloadError(f"--dropout {a.dropout}: expected a number in [0, 1)")
+    """What one option alone cannot say (ranges are the parser's types)."""
     if a.teacher and a.task != "causal-lm":
         raise WorkloadError("--teacher: distillation is for --task causal-lm")
-    if not 0 <= a.alpha <= 1 or a.temperature <= 0:
-        raise WorkloadError("--alpha must be in [0, 1] and --temperature > 0")
 
 
 # ---------------------------------------------------------------- data

@@ -1,0 +1,340 @@
+"""The command-line options of the workloads: one parser per workload
+(`train_parser`, `compress_parser`, `evaluate_parser`), built here without
+torch or transformers so that the engine can check a job's arguments with
+the very parser the workload will run, before the job is queued.
+
+Contract
+========
+
+- The workloads parse their argv with these parsers and nothing else; the
+  engine (`engine.profiles`) checks ``[args]`` with `parse`, `options` and
+  `PROGRAMS`. There is no second copy of the rules: every range an option has
+  (``--max-steps`` >= 1, ``--lr`` > 0 and finite, ...) is its argparse
+  ``type``, so a bad value is refused the same way by hand and at submit.
+- By hand a bad option is one line on stderr, ``error: argument --max-steps:
+  -5 is below 1; expected an integer >= 1``, and exit code 2 (no usage
+  dump). Abbreviated options are not accepted (``--max-step`` is unknown), so
+  a profile key means exactly one option.
+- `parse` raises `OptionError` instead of printing and exiting.
+- Importing this module imports neither torch nor transformers (only the
+  stdlib and the torch-free `models.PRESETS` and `distributed.MODES`).
+
+Cross-option rules that need several values at once (``--teacher`` only for
+``--task causal-lm``, evaluate's "``--model`` or ``--compare``") stay in the
+workloads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from engine.workloads.distributed import MODES
+from engine.workloads.models import PRESETS
+
+__all__ = [
+    "METHODS",
+    "PARSERS",
+    "PROGRAMS",
+    "TASKS",
+    "Option",
+    "OptionError",
+    "WorkloadParser",
+    "compress_parser",
+    "evaluate_parser",
+    "integer",
+    "number",
+    "options",
+    "parse",
+    "train_parser",
+]
+
+#: compress --method values.
+METHODS = ("prune", "int8", "fp16", "bf16", "distill")
+#: evaluate --task values.
+TASKS = ("auto", "causal-lm", "classification")
+DEVICES = ("auto", "cpu", "cuda")
+
+#: workload module -> how it is run by hand (the parser's prog).
+PROGRAMS = {name: f"python -m engine.workloads.{name}" for name in ("train", "compress",
+                                                                    "evaluate")}
+
+
+class OptionError(Exception):
+    """An argv a workload's parser refuses. `option` is the flag the problem
+    is about (``--max-steps``) when argparse names one; `problem` and
+    `expected` split the message at ``; expected`` when it has one."""
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
+        problem, sep, expected = message.partition("; expected ")
+        self.problem = problem
+        self.expected = expected if sep else None
+
+
+class WorkloadParser(argparse.ArgumentParser):
+    """An ArgumentParser that reports a bad option as one ``error:`` line
+    and exit code 2, takes no abbreviations, and raises `OptionError`
+    instead when `raise_errors` is set (what `parse` does)."""
+
+    def __init__(self, prog: str, description: str = "") -> None:
+        super().__init__(prog=prog, description=description or None, allow_abbrev=False,
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        self.raise_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if self.raise_errors:
+            raise OptionError(message)
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+# ---------------------------------------------------------------------------
+# Types that carry the ranges
+
+
+def _expected(low: float | None, high: float | None, low_open: bool, high_open: bool,
+              noun: str) -> str:
+    if low is not None and high is not None:
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        return f"{noun} in {left}{low:g}, {high:g}{right}"
+    if low is not None:
+        return f"{noun} {'>' if low_open else '>='} {low:g}"
+    if high is not None:
+        return f"{noun} {'<' if high_open else '<='} {high:g}"
+    return noun
+
+
+def integer(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer, within [low, high] where given."""
+    expected = _expected(low, high, False, False, "an integer")
+
+    def parse_int(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; expected "
+                                             f"{expected}") from None
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value} is out of range; expected {expected}")
+        return value
+
+    parse_int.__name__ = "integer"
+    return parse_int
+
+
+def number(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+           high_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number, within the bounds given (open
+    bounds exclude the value itself)."""
+    expected = _expected(low, high, low_open, high_open, "a finite number")
+
+    def parse_number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number; expected "
+                                             f"{expected}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number; expected "
+                                             f"{expected}")
+        if (low is not None and (value < low or (low_open and value == low))) or \
+                (high is not None and (value > high or (high_open and value == high))):
+            raise argparse.ArgumentTypeError(f"{value:g} is out of range; expected {expected}")
+        return value
+
+    parse_number.__name__ = "number"
+    return parse_number
+
+
+POSITIVE = integer(1)
+COUNT = integer(0)
+
+
+# ---------------------------------------------------------------------------
+# The parsers
+
+
+def add_measure_options(p: argparse.ArgumentParser) -> None:
+    """The held-out data and timing options compress and evaluate share."""
+    p.add_argument("--corpus", default="demo",
+                   help="'demo', a .txt/.jsonl file or a folder (classification: JSONL with "
+                        "text and label); use the corpus the model was trained on")
+    p.add_argument("--block-size", type=POSITIVE, default=128, help="tokens per held-out row")
+    p.add_argument("--eval-fraction", type=number(0, 0.5, low_open=True, high_open=True),
+                   default=0.05, help="held-out share of the documents (as in training)")
+    p.add_argument("--max-docs", type=COUNT, default=0,
+                   help="use the first N documents (0: all; as in training)")
+    p.add_argument("--eval-batches", type=POSITIVE, default=20,
+                   help="held-out batches scored (causal LM)")
+    p.add_argument("--batch-size", type=POSITIVE, default=8,
+                   help="rows per batch, also the rows of the timed batch")
+    p.add_argument("--latency-repeats", type=POSITIVE, default=10,
+                   help="timed forward passes (after 2 warm-up passes)")
+    p.add_argument("--seed", type=integer(), default=42)
+
+
+def train_parser(prog: str = PROGRAMS["train"], description: str = "") -> WorkloadParser:
+    """The options of `engine.workloads.train`."""
+    p = WorkloadParser(prog, description)
+    p.add_argument("--output", required=True, type=Path, help="folder for everything written")
+    p.add_argument("--task", choices=("causal-lm", "classification"), default="causal-lm")
+    p.add_argument("--model", default="tiny",
+                   help=f"a preset ({', '.join(PRESETS)}) to pre-train from scratch, or a "
+                        "model folder (or a train job's output folder) to fine-tune")
+    p.add_argument("--corpus", default="demo",
+                   help="'demo', a .txt/.jsonl file or a folder (classification: JSONL with "
+                        "text and label)")
+    p.add_argument("--tokenizer", type=Path, help="a tokenizer folder (default: the model's, "
+                   "or one trained on the corpus for a preset)")
+    p.add_argument("--vocab-size", type=POSITIVE, default=2048)
+    p.add_argument("--block-size", type=POSITIVE, default=128, help="tokens per training row")
+    p.add_argument("--eval-fraction", type=number(0, 0.5, low_open=True, high_open=True),
+                   default=0.05)
+    p.add_argument("--max-docs", type=COUNT, default=0,
+                   help="use the first N documents (0: all)")
+    p.add_argument("--batch-size", type=POSITIVE, default=8,
+                   help="rows per worker per micro-batch")
+    p.add_argument("--grad-accum", type=POSITIVE, default=1, help="micro-batches per step")
+    p.add_argument("--max-steps", type=POSITIVE, default=100, help="optimizer steps")
+    p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
+    p.add_argument("--lr", type=number(0, low_open=True), default=1e-3)
+    p.add_argument("--scale-lr", action="store_true", help="multiply --lr by the worker count")
+    p.add_argument("--momentum", type=number(0), default=0.9, help="SGD momentum")
+    p.add_argument("--weight-decay", type=number(0), default=0.01)
+    p.add_argument("--warmup-steps", type=COUNT, default=10)
+    p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
+    p.add_argument("--min-lr-ratio", type=number(0, 1), default=0.1)
+    p.add_argument("--clip", type=number(0), default=1.0, help="gradient-norm clip (0: off)")
+    p.add_argument("--dropout", type=number(0, 1, high_open=True), default=0.0)
+    p.add_argument("--seed", type=integer(), default=42)
+    p.add_argument("--fp16-allreduce", action="store_true",
+                   help="Horovod: send gradients as fp16")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (GPU only)")
+    p.add_argument("--log-every", type=POSITIVE, default=1)
+    p.add_argument("--eval-every", type=POSITIVE, default=50)
+    p.add_argument("--eval-batches", type=POSITIVE, default=20)
+    p.add_argument("--checkpoint-every", type=POSITIVE, default=50)
+    p.add_argument("--keep-checkpoints", type=POSITIVE, default=2)
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in --output, if any")
+    p.add_argument("--resume-from", type=Path, help="continue from this checkpoint folder")
+    p.add_argument("--dist", choices=MODES, default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--teacher", help="distillation: the teacher model folder")
+    p.add_argument("--temperature", type=number(0, low_open=True), default=2.0,
+                   help="distillation temperature")
+    p.add_argument("--alpha", type=number(0, 1), default=0.5,
+                   help="distillation: weight of the soft (KL) term; 1-alpha for the hard loss")
+    return p
+
+
+def compress_parser(prog: str = PROGRAMS["compress"], description: str = "") -> WorkloadParser:
+    """The options of `engine.workloads.compress`."""
+    p = WorkloadParser(prog, description)
+    p.add_argument("--model", required=True,
+                   help="the model to compress (distill: the teacher): a model folder or a "
+                        "train/compress job's output folder")
+    p.add_argument("--output", required=True, type=Path, help="folder for everything written")
+    p.add_argument("--method", required=True, choices=METHODS)
+    g = p.add_argument_group("prune")
+    g.add_argument("--sparsity", type=number(0, 1, low_open=True, high_open=True), default=0.5,
+                   help="share of the pruned layers' weights set to zero")
+    g.add_argument("--include-lm-head", action="store_true",
+                   help="prune the output head (lm_head, or a classifier's score) too")
+    g.add_argument("--recover-steps", type=COUNT, default=0,
+                   help="fine-tuning steps after pruning, the zeros kept (0: none)")
+    g = p.add_argument_group("distill")
+    g.add_argument("--student", default="micro", choices=tuple(PRESETS),
+                   help="the student's preset")
+    g.add_argument("--max-steps", type=POSITIVE, default=100, help="distillation steps")
+    g.add_argument("--temperature", type=number(0, low_open=True), default=2.0,
+                   help="distillation temperature")
+    g.add_argument("--alpha", type=number(0, 1), default=0.5,
+                   help="weight of the soft (KL) term; 1 - alpha for the hard loss")
+    g.add_argument("--warmup-steps", type=COUNT, default=10, help="linear warm-up steps")
+    g.add_argument("--checkpoint-every", type=POSITIVE, default=50,
+                   help="steps between checkpoints (for --resume)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue distillation from the newest checkpoint in --output")
+    g.add_argument("--dist", choices=MODES, default="auto",
+                   help="auto: horovod under horovodrun, ddp under torchrun, else single")
+    g = p.add_argument_group("training (prune recovery, distill)")
+    g.add_argument("--lr", type=number(0, low_open=True), default=5e-4,
+                   help="peak learning rate")
+    g.add_argument("--log-every", type=POSITIVE, default=10, help="steps per metrics line")
+    g.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where recovery and distillation train (measuring is on the CPU)")
+    add_measure_options(p)
+    return p
+
+
+def evaluate_parser(prog: str = PROGRAMS["evaluate"], description: str = "") -> WorkloadParser:
+    """The options of `engine.workloads.evaluate`."""
+    p = WorkloadParser(prog, description)
+    p.add_argument("--model", help="a model folder or a train/compress job's output folder "
+                                   "(may be left out with --compare)")
+    p.add_argument("--output", required=True, type=Path, help="folder for everything written")
+    p.add_argument("--task", choices=TASKS, default="auto",
+                   help="what to score; auto: the task the model was saved for")
+    p.add_argument("--compare", nargs="+", metavar="DIR", default=[],
+                   help="job output folders (or results.json files) to tabulate with this run")
+    add_measure_options(p)
+    return p
+
+
+#: workload module -> its parser.
+PARSERS: dict[str, Callable[[], WorkloadParser]] = {
+    "train": train_parser, "compress": compress_parser, "evaluate": evaluate_parser}
+
+
+# ---------------------------------------------------------------------------
+# What the engine asks
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a workload as a profile sees it. `key` is its [args]
+    key (``max_steps`` for ``--max-steps``); `takes` is "flag" (on/off, no
+    value), "one" (one value) or "list" (one or more values)."""
+
+    flag: str
+    key: str
+    takes: str
+    required: bool
+    choices: tuple[str, ...] | None
+
+
+def options(module: str) -> dict[str, Option]:
+    """The long options of workload `module` ("train", "compress",
+    "evaluate"), by flag."""
+    out: dict[str, Option] = {}
+    for action in PARSERS[module]()._actions:
+        if action.nargs == 0:
+            takes = "flag"
+        elif action.nargs in (None, 1, "?"):
+            takes = "one"
+        else:
+            takes = "list"
+        choices = tuple(str(c) for c in action.choices) if action.choices else None
+        for flag in action.option_strings:
+            if flag.startswith("--") and flag != "--help":
+                out[flag] = Option(flag, flag[2:].replace("-", "_"), takes,
+                                   bool(action.required), choices)
+    return out
+
+
+def parse(module: str, argv: Sequence[str]) -> argparse.Namespace:
+    """`argv` parsed by workload `module`'s parser; raises `OptionError`
+    (never exits, prints nothing)."""
+    p = PARSERS[module]()
+    p.raise_errors = True
+    p.exit_on_error = False
+    try:
+        return p.parse_args(list(argv))
+    except argparse.ArgumentError as err:
+        raise OptionError(err.message, err.argument_name) from None
