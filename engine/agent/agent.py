@@ -22,6 +22,10 @@ Contract (the engine's runtime codes against this):
   output.log and metrics.jsonl were streamed to the end) or "lost".
 - log/metric events carry "offset" (start of the line) and "end" (just past
   its newline): resume with attach {"offsets": {"output": end, ...}}.
+- A log line is the line's bytes decoded as UTF-8 with errors="surrogateescape"
+  (a byte that is not UTF-8, such as 0xff, becomes a lone surrogate, U+DCFF,
+  which JSON writes as "\udcff"): `line.encode("utf-8", "surrogateescape")`
+  gives back the exact bytes, without the newline (and a trailing CR).
 """
 
 from __future__ import annotations
@@ -490,7 +494,7 @@ class Agent:
         if raw.endswith(b"\r"):
             raw = raw[:-1]
         self.emit({"ev": "log", "attempt": attempt, "offset": start, "end": end,
-                   "line": raw.decode("utf-8", errors="replace")}, flush=False)
+                   "line": raw.decode("utf-8", errors="surrogateescape")}, flush=False)
 
     def _emit_metric(self, attempt: str, start: int, end: int, raw: bytes) -> None:
         if not raw.strip():

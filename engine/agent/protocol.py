@@ -67,8 +67,14 @@ Command = Start | Stop | Attach | Simple
 
 
 def _no_nul(value: str, what: str, attempt: str, op: str) -> str:
+    """`value` if it can reach exec(): no NUL byte, no lone surrogate."""
     if "\0" in value:
         raise ProtocolError(f"{what} contains a NUL byte", attempt, op)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError(f"{what} is not UTF-8 text (a lone surrogate)", attempt,
+                            op) from None
     return value
 
 

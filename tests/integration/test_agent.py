@@ -116,14 +116,15 @@ async def test_command_job_streams_lines_metrics_and_exit(agent: Driver, root: P
     assert kinds[0] == "started" and kinds[-1] == "exited"
     started = agent.of("12.1", "started")[0]
     assert started["pid"] > 0 and started["pgid"] == started["pid"]
-    assert agent.lines("12.1") == ["line one", "to stderr", "bad \ufffd utf8 \u00e9", "",
+    assert agent.lines("12.1") == ["line one", "to stderr", "bad \udcff utf8 \u00e9", "",
                                    "last line, no newline"]
     # offsets address the raw bytes of output.log
     raw = (run_dir(root, "12.1") / "output.log").read_bytes()
     logs = agent.of("12.1", "log")
     assert logs[0]["offset"] == 0
     for ev, nxt in zip(logs, logs[1:] + [None], strict=True):
-        assert raw[ev["offset"]:ev["end"]].rstrip(b"\n").decode(errors="replace") == ev["line"]
+        assert raw[ev["offset"]:ev["end"]].rstrip(b"\n").decode(
+            errors="surrogateescape") == ev["line"]
         assert ev["end"] == (nxt["offset"] if nxt else len(raw))
     metrics = agent.of("12.1", "metric")
     assert [m["record"]["step"] for m in metrics] == [1, 2]
@@ -554,3 +555,24 @@ async def test_a_job_ignoring_sigterm_gets_it_once_per_process(agent: Driver) ->
     await agent.ch.send({"op": "list"})
     listed = await agent.until(lambda e: e["ev"] == "runs")
     assert not any(r["alive"] for r in listed["runs"])
+
+
+async def test_log_lines_keep_every_byte(agent: Driver, root: Path) -> None:
+    """Bytes that are not UTF-8 arrive as lone surrogates (surrogateescape),
+    so the engine can write back exactly what the job wrote."""
+    code = ("import sys; out = sys.stdout.buffer\n"
+            "out.write(bytes(range(0x80, 0x100)) + b'\\n')\n"
+            "out.write(b'half \\xe2\\x82 euro \\xe2\\x82\\xac cr\\r\\n'); out.flush()")
+    await agent.start_job("24.1", code)
+    assert (await agent.exited("24.1"))["code"] == 0
+    raw = (run_dir(root, "24.1") / "output.log").read_bytes()
+    assert [line.encode("utf-8", "surrogateescape") for line in agent.lines("24.1")] == [
+        bytes(range(0x80, 0x100)), b"half \xe2\x82 euro \xe2\x82\xac cr"]
+    assert raw.split(b"\n")[0] == bytes(range(0x80, 0x100))
+    assert agent.lines("24.1")[1] == "half \udce2\udc82 euro \u20ac cr"
+    # a lone surrogate cannot be exec()'d: the start is refused, nothing runs
+    await agent.ch.send({"op": "start", "attempt": "24.2", "argv": ["echo", "\udcff"],
+                         "env": JOB_ENV})
+    err = await agent.until(lambda e: e["ev"] == "error" and e.get("attempt") == "24.2")
+    assert err["op"] == "start" and "not UTF-8" in err["message"]
+    assert not run_dir(root, "24.2").exists()
