@@ -13,10 +13,13 @@ KINDS = ("train", "compress", "eval", "command")
 LAUNCHERS = ("local", "horovodrun", "torchrun")
 
 # Bounds on a job's numbers, the same for profiles and for specs sent to the API.
+# memory_gb (per node, also a node's in a cluster profile) is a finite number
+# within its bounds; the others are integers.
 LIMITS: dict[str, tuple[int, int]] = {
     "nodes": (1, 4096),
     "gpus_per_node": (0, 64),
     "cpus": (1, 4096),
+    "memory_gb": (0, 1 << 20),
     "priority": (-1000, 1000),
     "retries": (0, 20),
 }
@@ -127,14 +130,19 @@ WORKLOAD_KINDS = ("train", "compress", "eval")
 
 
 def output_dir(spec: JobSpec) -> str | None:
-    """The ``--output`` folder of a workload job (None for other jobs)."""
+    """The ``--output`` folder of a workload job (None for other jobs): the
+    value of its last ``--output DIR`` or ``--output=DIR``, as the workload's
+    parser reads it."""
     if spec.kind not in WORKLOAD_KINDS:
         return None
     argv = list(spec.argv)
-    for i, arg in enumerate(argv[:-1]):
-        if arg == "--output":
-            return argv[i + 1]
-    return None
+    found: str | None = None
+    for i, arg in enumerate(argv):
+        if arg == "--output" and i + 1 < len(argv):
+            found = argv[i + 1]
+        elif arg.startswith("--output="):
+            found = arg.removeprefix("--output=")
+    return found
 
 
 @dataclass(frozen=True)

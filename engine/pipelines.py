@@ -13,11 +13,21 @@ References. In a workload's arguments, a value ``@NAME`` stands for an output
 folder: in a pipeline, the output of the earlier stage NAME; in a single job,
 the output of the newest succeeded job of profile NAME (``@pretrain-tiny``).
 ``@@text`` is the literal ``@text``. Arguments of ``command`` jobs are never
-rewritten.
+rewritten. A reference that names nothing usable is a `ReferenceError`
+(a `ProfileError`): in a pipeline, a name that is not an earlier stage with
+an output folder (`engine.spec_rules.stage_reference_problems`; a cycle is
+a reference to a later stage), for a single job a profile that does not
+exist or has no succeeded job yet.
+
+`prepare` is what the CLI and the screen submit through: it loads the
+profile with every check (`check_args=True`: [args] against the workload's
+own parser), checks the ``--name`` given, and resolves references, so a job
+that would fail on its input is refused before anything is queued.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -25,16 +35,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from engine import profiles
-from engine.errors import UserError
+from engine import profiles, spec_rules
 from engine.model import WORKLOAD_KINDS, BatchRef, JobSpec, PipelineSpec, output_dir
 
-_REF_RE = re.compile(r"@([A-Za-z0-9][A-Za-z0-9._-]{0,127})")
+_REF_RE = spec_rules.REFERENCE_RE
 _SLUG_RE = re.compile(r"[^A-Za-z0-9._-]+")
 
-
-class ReferenceError(UserError):
-    """An ``@NAME`` argument that names nothing usable."""
+#: An ``@NAME`` argument that names nothing usable (a `profiles.ProfileError`).
+ReferenceError = profiles.ReferenceError
 
 
 def slug(name: str) -> str:
@@ -44,14 +52,7 @@ def slug(name: str) -> str:
 
 def references(spec: JobSpec) -> list[str]:
     """The NAMEs of the ``@NAME`` arguments of a workload job, in order."""
-    if spec.kind not in WORKLOAD_KINDS:
-        return []
-    out = []
-    for arg in spec.argv[1:]:
-        m = _REF_RE.fullmatch(arg)
-        if m and m.group(1) not in out:
-            out.append(m.group(1))
-    return out
+    return spec_rules.references(spec.kind, spec.argv)
 
 
 def substitute(spec: JobSpec, resolve: Callable[[str], str]) -> JobSpec:
@@ -79,19 +80,29 @@ def with_output(spec: JobSpec, folder: Path) -> JobSpec:
 
 
 def single_job(spec: JobSpec, outputs: Path, stamp: str,
-               newest_output: Callable[[str], str | None]) -> JobSpec:
+               newest_output: Callable[[str], str | None],
+               profile_names: Callable[[], Sequence[str]] | None = None) -> JobSpec:
     """A job submitted on its own: ``@PROFILE`` arguments resolved through
     `newest_output` (the output folder of the newest succeeded job of that
-    profile, or None), and an output folder assigned."""
+    profile, or None), and an output folder assigned. `profile_names` (the
+    profiles that exist) makes the advice for an unresolved reference right:
+    run the profile first when it exists, else the close names."""
 
     def resolve(name: str) -> str:
         found = newest_output(name)
-        if found is None:
+        if found is not None:
+            return found
+        folder = "or pass a folder with --set args.<option>=/path"
+        known = list(profile_names()) if profile_names is not None else None
+        if known is None or name in known:
             raise ReferenceError(
                 f"@{name}: no succeeded job of profile {name} to take the output of; "
-                f"run `llmconsole submit {name}` first, or pass a folder with "
-                f"--set args.<option>=/path")
-        return found
+                f"run `llmconsole submit {name}` first, {folder}")
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+        raise ReferenceError(
+            f"@{name}: there is no profile {name}"
+            + (f" (did you mean {' or '.join('@' + c for c in close)}?)" if close else "")
+            + f"; name a profile shown by `llmconsole profiles list`, {folder}")
 
     spec = substitute(spec, resolve)
     return with_output(spec, outputs / f"{slug(spec.name)}-{stamp}")
@@ -105,20 +116,16 @@ def expand(pipeline: PipelineSpec, outputs: Path, stamp: str
     index = {stage.name: i for i, stage in enumerate(pipeline.stages)}
     folders: dict[str, str] = {}
     jobs: list[tuple[JobSpec, list[BatchRef]]] = []
+    problems = spec_rules.stage_reference_problems(pipeline.stages)
+    if problems:
+        i, problem, expected = problems[0]
+        raise ReferenceError(f"pipeline {pipeline.name}: stage {pipeline.stages[i].name}: "
+                             f"{problem}; expected {expected}")
     for i, stage in enumerate(pipeline.stages):
         earlier = [s.name for s in pipeline.stages[:i]]
 
-        def resolve(name: str, stage_name: str = stage.name,
-                    earlier: Sequence[str] = earlier) -> str:
-            if name not in earlier:
-                raise ReferenceError(
-                    f"pipeline {pipeline.name}: stage {stage_name}: @{name} is not an "
-                    f"earlier stage; expected one of: {', '.join(earlier) or '(none)'}")
-            if name not in folders:
-                raise ReferenceError(
-                    f"pipeline {pipeline.name}: stage {stage_name}: @{name} has no output "
-                    "folder (it is a command job); refer to a train, compress or eval stage")
-            return folders[name]
+        def resolve(name: str) -> str:
+            return folders[name]  # stage_reference_problems: an earlier workload stage
 
         refs = references(stage.spec)
         spec = with_output(substitute(stage.spec, resolve), root / stage.name)
@@ -168,10 +175,12 @@ def prepare(profile: str, overrides: Sequence[str], outputs: Path, stamp: str,
             after: Sequence[int] = ()) -> Submission:
     """A job or pipeline profile, validated and ready to submit: output
     folders assigned, references resolved, a pipeline's stages chained (the
-    first stages wait for `after`). Raises `ProfileError` or
-    `ReferenceError` (both `UserError`) before anything is sent."""
+    first stages wait for `after`). Raises `ProfileError` (a `UserError`;
+    `ReferenceError` is one) before anything is sent."""
+    if name is not None:
+        _check_name(name)
     if profiles.profile_kind(profile) == "pipeline":
-        pipeline = profiles.load_pipeline_profile(profile, overrides)
+        pipeline = profiles.load_pipeline_profile(profile, overrides, check_args=True)
         if name:
             pipeline = replace(pipeline, name=name)
         jobs = expand(pipeline, outputs, stamp)
@@ -181,8 +190,16 @@ def prepare(profile: str, overrides: Sequence[str], outputs: Path, stamp: str,
                               *({"batch": r.index} for r in refs)])
             for i, (spec, refs) in enumerate(jobs)]
         return Submission(items, pipeline.name)
-    spec = profiles.load_job_profile(profile, overrides)
+    spec = profiles.load_job_profile(profile, overrides, check_args=True)
     if name:
         spec = replace(spec, name=name)
-    spec = single_job(spec, outputs, stamp, find_output)
+    spec = single_job(spec, outputs, stamp, find_output, profiles.profile_names)
     return Submission([(spec.to_dict(), list(after))])
+
+
+def _check_name(name: str) -> None:
+    """The ``--name`` of a submit follows the rule of a profile's ``name``."""
+    try:
+        spec_rules.check_name(name)
+    except spec_rules.RuleError as err:
+        raise profiles.ProfileError(err.problem, field="--name", expected=err.expected) from None

@@ -50,17 +50,31 @@ Job profile: ``<dir>/NAME.toml``
                             # horovodrun or torchrun
     gpus_per_node = 0       # integer 0..64
     cpus = 1                # integer 1..4096, per node
-    memory_gb = 0           # number >= 0, per node
+    memory_gb = 0           # a finite number, 0..1048576 (model.LIMITS), per node
     [env]                   # extra environment variables, NAME = "value" (strings
     SEED = "42"             # only). NAME matches ^[A-Za-z_][A-Za-z0-9_]*$;
                             # LD_PRELOAD and LLMCONSOLE_* are refused
     [args]                  # kinds train/compress/eval only: key = str | int |
     lr = 3e-4               # float | bool | non-empty list of those; key matches
-    use_amp = true          # ^[A-Za-z][A-Za-z0-9_-]{0,63}$
+    amp = true              # ^[A-Za-z][A-Za-z0-9_-]{0,63}$
 
 Names, commands, args and env values are taken verbatim: shell
 metacharacters (``; $( ) ' " | &``) are ordinary characters because the
-engine never uses a shell.
+engine never uses a shell. The rules for names, text, env names and sizes
+are `engine.spec_rules`, the ones the API applies: every string is UTF-8 (a
+``--set`` value with a byte that is not, such as ``$'\xff'``, is refused
+naming the override), and each argument, each ``NAME=value`` and all of
+them together must fit what the kernel's execve takes.
+
+Workload arguments. With ``check_args`` (what submit, `validate_file` and
+`list_profiles` use) a workload's [args] are also checked against the
+workload's own parser (`engine.workloads.options`, no torch needed): every
+key an option of it (a typo gets the close name: ``max_stepz`` -> "did you
+mean max_steps?"), an on/off option given true/false, every required option
+there (``--output`` is assigned at submit), and every value one the parser
+takes, ranges included (``max_steps = -5``, ``lr = nan`` are refused). The
+error names the field (``args.max_steps``), marked ``(value from --set)``
+when the value came from an override.
 
 The argv of a job (`build_argv`): for kind "command" it is ``command`` as
 given (a first element "python"/"python3" is not rewritten). For the other
@@ -69,7 +83,9 @@ with module ``train``, ``compress`` or ``evaluate``, and flags from [args] in
 file order: key ``learning_rate`` gives ``--learning-rate``; ``x = 3`` gives
 ``--x 3``; ``flag = true`` gives ``--flag`` and ``false`` nothing; a list gives
 ``--key v1 v2``. Floats are written with `repr` (3e-4 -> ``0.0003``), booleans
-inside a list as ``true``/``false``.
+inside a list as ``true``/``false``. A value that starts with '-' and is not
+a plain negative number is joined to its option (``model = "--help"`` gives
+``--model=--help``), so it reaches the program as a value, never as an option.
 
 Cluster profile: ``<dir>/clusters/NAME.toml`` (or ``<dir>/NAME.toml``)
 ----------------------------------------------------------------------
@@ -112,7 +128,10 @@ Pipeline profile: ``<dir>/NAME.toml``
     args = { max_steps = 120, model = "@pretrain" }
 
 An argument ``"@stage"`` is replaced by that earlier stage's output folder
-(`engine.pipelines`). ``--set STAGE.key=value`` overrides a stage's field.
+(`engine.pipelines`); one that names no earlier workload stage (a later
+stage, which a cycle needs, the stage itself, no stage, a command stage) is a
+`ReferenceError` naming the stage. ``--set STAGE.key=value`` overrides a
+stage's field.
 
 Where profiles are found (`profile_dirs`)
 -----------------------------------------
@@ -145,7 +164,7 @@ import os
 import re
 import sys
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -154,6 +173,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic_core import PydanticCustomError
 
 import engine
+from engine import spec_rules
 from engine.errors import UserError
 from engine.model import (
     LIMITS,
@@ -164,6 +184,8 @@ from engine.model import (
     Resources,
     StageSpec,
 )
+from engine.spec_rules import RuleError
+from engine.workloads import options as workload_options
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -174,6 +196,7 @@ __all__ = [
     "WORKLOAD_MODULES",
     "ProfileError",
     "ProfileInfo",
+    "ReferenceError",
     "build_argv",
     "default_cluster",
     "find_profile",
@@ -182,6 +205,7 @@ __all__ = [
     "load_job_profile",
     "load_pipeline_profile",
     "profile_kind",
+    "profile_names",
     "parse_overrides",
     "profile_dirs",
     "validate_file",
@@ -192,10 +216,9 @@ WORKLOAD_MODULES: dict[str, str] = {"train": "train", "compress": "compress", "e
 
 DISTRIBUTED_LAUNCHERS = ("horovodrun", "torchrun")
 DISTRIBUTED_KINDS = ("train", "compress")
-RESERVED_ENV_PREFIX = "LLMCONSOLE_"
-REFUSED_ENV = ("LD_PRELOAD",)
+RESERVED_ENV_PREFIX = spec_rules.RESERVED_ENV_PREFIX
+REFUSED_ENV = spec_rules.REFUSED_ENV
 
-_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ARG_KEY_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 _NODE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
@@ -213,10 +236,11 @@ _ERROR_TYPE = "llmconsole"  # pydantic error type of this module's own checks
 
 
 def _one_line(text: str) -> str:
-    """`text` with every control or line-breaking character escaped."""
+    """`text` with every control or line-breaking character, and every lone
+    surrogate (a byte that was not UTF-8), escaped."""
     out = []
     for ch in text:
-        if unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
+        if unicodedata.category(ch) in ("Cc", "Zl", "Zp", "Cs"):
             escaped = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(ch)
             out.append(escaped or (f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}"))
         else:
@@ -285,54 +309,32 @@ def _custom(problem: str, expected: str) -> PydanticCustomError:
 # Field checks (raise PydanticCustomError so that the field path is kept)
 
 
-def _has_control(text: str, allowed: str = "") -> bool:
-    return any(
-        unicodedata.category(ch) in ("Cc", "Zl", "Zp") and ch not in allowed for ch in text
-    )
+def _rule(check: Callable[[str], str]) -> Callable[[str], str]:
+    """A rule of `engine.spec_rules` as a field check (the field path kept)."""
+
+    def apply(value: str) -> str:
+        try:
+            return check(value)
+        except RuleError as err:
+            raise _custom(err.problem, err.expected) from None
+
+    return apply
 
 
-_NAME_EXPECTED = "1 to 128 characters without control characters"
-
-
-def _check_free_name(value: str) -> str:
-    if _has_control(value):
-        raise _custom("contains a control character (newline, tab, NUL, ...)", _NAME_EXPECTED)
-    if not value.strip():
-        raise _custom("is blank", _NAME_EXPECTED)
-    return value
+_NAME_EXPECTED = spec_rules.NAME_EXPECTED
+_check_free_name = _rule(spec_rules.check_name)
+_check_text = _rule(spec_rules.check_text)
+_check_workdir = _rule(spec_rules.check_workdir)
+_ENV_NAME_EXPECTED = spec_rules.ENV_NAME_EXPECTED
+_check_env_name = _rule(spec_rules.check_env_name)
 
 
 def _check_description(value: str) -> str:
-    if _has_control(value, allowed="\n\t"):
+    problem = spec_rules.utf8_problem(value)
+    if problem:
+        raise _custom(problem, "UTF-8 text")
+    if spec_rules.has_control(value, allowed="\n\t"):
         raise _custom("contains a control character", "text (newlines and tabs allowed)")
-    return value
-
-
-def _check_no_nul(value: str) -> str:
-    if "\x00" in value:
-        raise _custom("contains a NUL character", "a string without NUL")
-    return value
-
-
-def _check_workdir(value: str) -> str:
-    _check_no_nul(value)
-    if not value.startswith("/"):
-        raise _custom("is not an absolute path", 'an absolute path such as "/data/run"')
-    return value
-
-
-_ENV_NAME_EXPECTED = "a name matching ^[A-Za-z_][A-Za-z0-9_]*$ (not LD_PRELOAD nor LLMCONSOLE_*)"
-
-
-def _check_env_name(value: str) -> str:
-    if not _ENV_NAME_RE.fullmatch(value):
-        raise _custom("is not a valid environment variable name", _ENV_NAME_EXPECTED)
-    if value in REFUSED_ENV:
-        raise _custom(f"{value} is refused (it would inject code into every process)",
-                      _ENV_NAME_EXPECTED)
-    if value.startswith(RESERVED_ENV_PREFIX):
-        raise _custom(f"names starting with {RESERVED_ENV_PREFIX} are reserved for llmconsole",
-                      _ENV_NAME_EXPECTED)
     return value
 
 
@@ -348,8 +350,10 @@ def _check_arg_key(value: str) -> str:
 
 def _check_arg_scalar(value: object) -> None:
     if isinstance(value, str):
-        if "\x00" in value:
-            raise _custom("contains a NUL character", _ARG_VALUE_EXPECTED)
+        try:
+            spec_rules.check_text(value, _ARG_VALUE_EXPECTED)
+        except RuleError as err:
+            raise _custom(err.problem, err.expected) from None
     elif not isinstance(value, bool | int | float):
         raise _custom(f"{_toml_type(value)} cannot be an argument", _ARG_VALUE_EXPECTED)
 
@@ -403,20 +407,24 @@ def _check_user(value: str) -> str:
     return value
 
 
-FreeName = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_check_free_name)]
+FreeName = Annotated[str, AfterValidator(_check_free_name)]
 Description = Annotated[str, AfterValidator(_check_description)]
-ArgvItem = Annotated[str, AfterValidator(_check_no_nul)]
+ArgvItem = Annotated[str, AfterValidator(_check_text)]
 EnvName = Annotated[str, AfterValidator(_check_env_name)]
-EnvValue = Annotated[str, AfterValidator(_check_no_nul)]
+EnvValue = Annotated[str, AfterValidator(_check_text)]
 ArgKey = Annotated[str, AfterValidator(_check_arg_key)]
 ArgValue = Annotated[Any, AfterValidator(_check_arg_value)]
 UserName = Annotated[str, AfterValidator(_check_user)]
-Gigabytes = Annotated[float, Field(ge=0, le=1 << 30, allow_inf_nan=False)]
+Gigabytes = Annotated[float, Field(ge=LIMITS["memory_gb"][0], le=LIMITS["memory_gb"][1],
+                                   allow_inf_nan=False)]
 
 
 def _range(field: str) -> str:
     low, high = LIMITS[field]
     return f"an integer from {low} to {high}"
+
+
+_MEMORY_EXPECTED = f"a finite number from {LIMITS['memory_gb'][0]} to {LIMITS['memory_gb'][1]}"
 
 
 # ---------------------------------------------------------------------------
@@ -475,7 +483,7 @@ StageName = Annotated[str, AfterValidator(_check_stage_name)]
 
 class _StageModel(_Strict):
     name: StageName
-    profile: Annotated[str, Field(min_length=1), AfterValidator(_check_no_nul)]
+    profile: Annotated[str, Field(min_length=1), AfterValidator(_check_text)]
     after: list[StageName] | None = None
     set: dict[str, Any] = Field(default_factory=dict)
 
@@ -513,7 +521,7 @@ _EXPECTED: dict[str, dict[tuple[str, ...], str]] = {
         ("resources", "nodes"): _range("nodes"),
         ("resources", "gpus_per_node"): _range("gpus_per_node"),
         ("resources", "cpus"): _range("cpus") + " (per node)",
-        ("resources", "memory_gb"): "a number >= 0",
+        ("resources", "memory_gb"): _MEMORY_EXPECTED,
         ("env",): 'a table of NAME = "value"',
         ("env", "*"): 'a string (quote numbers: SEED = "42")',
         ("env", "*", "[key]"): _ENV_NAME_EXPECTED,
@@ -535,7 +543,7 @@ _EXPECTED: dict[str, dict[tuple[str, ...], str]] = {
         ("nodes", "[]", "user"): _USER_EXPECTED,
         ("nodes", "[]", "gpus"): "an integer >= 0",
         ("nodes", "[]", "slots"): "an integer >= 1",
-        ("nodes", "[]", "memory_gb"): "a number >= 0",
+        ("nodes", "[]", "memory_gb"): _MEMORY_EXPECTED,
     },
 }
 
@@ -734,6 +742,13 @@ def _split_overrides(items: Sequence[str]) -> list[tuple[tuple[str, ...], object
         key, sep, raw = item.partition("=")
         if not sep:
             raise ProfileError("expected key=value", field=f"--set {item}")
+        part, problem = "key", spec_rules.utf8_problem(key)
+        if problem is None:
+            part, problem = "value", spec_rules.utf8_problem(raw)
+        if problem:
+            raise ProfileError(f"the {part} {problem}", field=f"--set {key}",
+                               expected="UTF-8 text (check the encoding of the terminal "
+                               "or script that passed it)")
         parts = tuple(p.strip() for p in key.split("."))
         if not all(parts):
             raise ProfileError("empty key", field=f"--set {item}",
@@ -796,6 +811,39 @@ def _job_overrides(items: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
 # Jobs
 
 
+def _arg_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+# What argparse itself takes for a negative number rather than an option.
+_NEGATIVE_NUMBER_RE = re.compile(r"-\d+|-\d*\.\d+")
+
+
+def _looks_like_option(text: str) -> bool:
+    return text.startswith("-") and not _NEGATIVE_NUMBER_RE.fullmatch(text)
+
+
+def _flags(args: Mapping[str, Any]) -> list[str]:
+    flags: list[str] = []
+    for key, value in args.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            if value:
+                flags.append(flag)
+        elif isinstance(value, list):
+            flags.append(flag)
+            flags.extend(_arg_text(v) for v in value)
+        else:
+            text = _arg_text(value)
+            # "--model=--help": a value that starts with '-' stays a value
+            flags.extend((f"{flag}={text}",) if _looks_like_option(text) else (flag, text))
+    return flags
+
+
 def build_argv(
     kind: str, command: Sequence[str] | None, args: Mapping[str, Any]
 ) -> tuple[str, ...]:
@@ -805,26 +853,95 @@ def build_argv(
             raise ValueError("kind command needs a command")
         return tuple(command)
     module = WORKLOAD_MODULES[kind]
+    return (sys.executable, "-m", f"engine.workloads.{module}", *_flags(args))
 
-    def text(value: object) -> str:
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, float):
-            return repr(value)
-        return str(value)
 
-    flags: list[str] = []
+_OUTPUT_PLACEHOLDER = "(the output folder assigned at submit)"
+
+
+def _workload_problems(kind: str, args: Mapping[str, Any]) -> list[tuple[str, str, str | None]]:
+    """[args] checked against the workload's own parser
+    (`engine.workloads.options`): each key an option of it, a flag given
+    true/false, a value that parses. ``@NAME`` references are checked as the
+    text they are (they become folders later), and a missing ``--output`` is
+    the one assigned at submit."""
+    module = WORKLOAD_MODULES[kind]
+    prog = workload_options.PROGRAMS[module]
+    table = workload_options.options(module)
+    see = f"see `{prog} --help`"
+    problems: list[tuple[str, str, str | None]] = []
+    given: dict[str, str] = {}  # flag -> field
     for key, value in args.items():
+        field = _field_path(("args", key))
         flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            if value:
-                flags.append(flag)
-        elif isinstance(value, list):
-            flags.append(flag)
-            flags.extend(text(v) for v in value)
-        else:
-            flags.extend((flag, text(value)))
-    return (sys.executable, "-m", f"engine.workloads.{module}", *flags)
+        opt = table.get(flag)
+        if opt is None:
+            keys = sorted({o.key for o in table.values()})
+            hint = _suggest(key.replace("-", "_"), keys)
+            problems.append((field, f"the {kind} workload has no option {flag}"
+                             + (f" (did you mean {hint}?)" if hint else ""),
+                             f"an option of {prog} ({see})" if hint else
+                             "one of: " + ", ".join(keys)))
+            continue
+        given[flag] = field
+        if opt.takes == "flag" and not isinstance(value, bool):
+            problems.append((field, f"{flag} is an on/off option, not {_toml_type(value)}",
+                             f"{key} = true or {key} = false"))
+        elif opt.takes != "flag" and isinstance(value, bool):
+            problems.append((field, f"{flag} takes a value, not true/false",
+                             f"a value for {flag} ({see})"))
+        elif opt.takes == "one" and isinstance(value, list):
+            problems.append((field, f"{flag} takes one value, not a list",
+                             f"one value for {flag}"))
+        elif isinstance(value, list) and any(_looks_like_option(_arg_text(v)) for v in value):
+            problems.append((field, f"an item starting with '-' would reach {prog} as an "
+                             "option, not as a value of " + flag,
+                             "items that do not start with '-'"))
+    if problems:
+        return problems
+    for opt in table.values():
+        if opt.required and opt.flag not in given and opt.flag != "--output":
+            problems.append((f"args.{opt.key}", f"missing: the {kind} workload needs {opt.flag}",
+                             (f"one of: {', '.join(opt.choices)}; " if opt.choices else "")
+                             + f"{opt.key} = ... in [args], or --set args.{opt.key}=..."))
+    if problems:
+        return problems
+    argv = _flags(args)
+    if "--output" not in given:
+        argv += ["--output", _OUTPUT_PLACEHOLDER]
+    try:
+        workload_options.parse(module, argv)
+    except workload_options.OptionError as err:
+        opt = table.get(err.option or "")
+        expected = err.expected or (f"one of: {', '.join(opt.choices)}" if opt and opt.choices
+                                    else see)
+        problems.append((given.get(err.option or "", "args"), err.problem, expected))
+    return problems
+
+
+def _exec_problems(m: _JobModel, argv: Sequence[str]) -> list[tuple[str, str, str | None]]:
+    """Each argument and NAME=value within the kernel's per-argument limit,
+    and all of them within `spec_rules.exec_size_limit()`."""
+    items: list[tuple[str, str]]
+    if m.kind == "command":
+        items = [(f"command[{i}]", a) for i, a in enumerate(m.command or ())]
+    else:
+        items = [(_field_path(("args", k)), a) for k, v in m.args.items()
+                 for a in _flags({k: v})]
+    items += [(_field_path(("env", k)), f"{k}={v}") for k, v in m.env.items()]
+    problems: list[tuple[str, str, str | None]] = []
+    for field, text in items:
+        try:
+            spec_rules.check_arg_size(text)
+        except RuleError as err:
+            problems.append((field, err.problem, err.expected))
+    if not problems:
+        try:
+            spec_rules.check_exec_size(argv, m.env)
+        except RuleError as err:
+            problems.append(("command" if m.kind == "command" else "args", err.problem,
+                             err.expected))
+    return problems
 
 
 def _job_rules(m: _JobModel) -> list[tuple[str, str, str | None]]:
@@ -859,7 +976,8 @@ def _job_rules(m: _JobModel) -> list[tuple[str, str, str | None]]:
     return problems
 
 
-def _job_spec(data: Mapping[str, Any], path: Path, overridden: Sequence[str] = ()) -> JobSpec:
+def _job_spec(data: Mapping[str, Any], path: Path, overridden: Sequence[str] = (),
+              check_args: bool = False) -> JobSpec:
     if data.get("kind") == "cluster":
         raise ProfileError("this is a cluster profile", path=path, field="kind",
                            expected=f"a job profile ({_JOB_KINDS_TEXT}); "
@@ -870,14 +988,24 @@ def _job_spec(data: Mapping[str, Any], path: Path, overridden: Sequence[str] = (
                            "be a stage of another pipeline")
     data = {**data}
     data.setdefault("name", path.stem)
+    stem_problem = spec_rules.utf8_problem(path.stem)
+    if stem_problem:
+        raise ProfileError(f"the file name {stem_problem}", path=path,
+                           expected="a file name in UTF-8 (rename the file)")
     m: _JobModel = _validate(_JobModel, "job", data, path, overridden)
     problems = _job_rules(m)
+    if problems:
+        raise _from_problems(path, problems, overridden)
+    argv = build_argv(m.kind, m.command, m.args)
+    problems = _exec_problems(m, argv)
+    if not problems and check_args and m.kind in WORKLOAD_MODULES:
+        problems = _workload_problems(m.kind, m.args)
     if problems:
         raise _from_problems(path, problems, overridden)
     return JobSpec(
         name=m.name,
         kind=m.kind,
-        argv=build_argv(m.kind, m.command, m.args),
+        argv=argv,
         launcher=m.launcher,
         resources=Resources(
             nodes=m.resources.nodes,
@@ -1029,16 +1157,19 @@ def _find_cluster(name_or_path: str, dirs: Sequence[Path] | None) -> Path:
 
 
 def load_job_profile(
-    name_or_path: str, overrides: Sequence[str] = (), dirs: Sequence[Path] | None = None
+    name_or_path: str, overrides: Sequence[str] = (), dirs: Sequence[Path] | None = None,
+    *, check_args: bool = False,
 ) -> JobSpec:
     """The `JobSpec` of a job profile after ``--set`` `overrides`.
 
-    `JobSpec.profile` is the file stem; `JobSpec.name` defaults to it.
+    `JobSpec.profile` is the file stem; `JobSpec.name` defaults to it. With
+    `check_args`, a workload's [args] are also checked against the
+    workload's own parser (what submit and `validate_file` do).
     """
     extra, keys = _job_overrides(overrides)
     path = find_profile(name_or_path, dirs)
     data = _deep_merge(_read_toml(path), extra)
-    return _job_spec(data, path, keys)
+    return _job_spec(data, path, keys, check_args)
 
 
 def load_cluster_profile(
@@ -1051,17 +1182,23 @@ def load_cluster_profile(
     return _cluster_spec(_read_toml(path), path)
 
 
+def _check_data(data: Mapping[str, Any], path: Path, kind: object) -> None:
+    if kind == "cluster":
+        _cluster_spec(data, path)
+    elif kind == "pipeline":
+        _pipeline_spec(data, path, [], None, check_args=True)
+    else:
+        _job_spec(data, path, check_args=True)
+
+
 def validate_file(path: Path) -> None:
-    """Raise `ProfileError` unless `path` is a valid job or cluster profile
-    (told apart by ``kind = "cluster"``)."""
+    """Raise `ProfileError` unless `path` is a valid job, pipeline or cluster
+    profile (told apart by ``kind``): everything submit checks before it
+    queues anything, a workload's [args] against the workload's own parser
+    and a pipeline's ``@stage`` references included."""
     path = Path(path)
     data = _read_toml(path)
-    if data.get("kind") == "cluster":
-        _cluster_spec(data, path)
-    elif data.get("kind") == "pipeline":
-        _pipeline_spec(data, path, [], None)
-    else:
-        _job_spec(data, path)
+    _check_data(data, path, data.get("kind"))
 
 
 @dataclass(frozen=True)
@@ -1085,12 +1222,7 @@ def _info(path: Path, in_clusters: bool) -> ProfileInfo:
             kind = data["kind"]
         if isinstance(data.get("description"), str):
             description = data["description"]
-        if kind == "cluster":
-            _cluster_spec(data, path)
-        elif kind == "pipeline":
-            _pipeline_spec(data, path, [], None)
-        else:
-            _job_spec(data, path)
+        _check_data(data, path, kind)
     except ProfileError as exc:
         return ProfileInfo(path.stem, path, kind, description, str(exc))
     return ProfileInfo(path.stem, path, kind, description, None)
@@ -1124,6 +1256,18 @@ def list_profiles(dirs: Sequence[Path] | None = None) -> list[ProfileInfo]:
 # Pipelines
 
 
+def profile_names(dirs: Sequence[Path] | None = None) -> list[str]:
+    """The names of the job and pipeline profiles found (file stems, each
+    once, sorted), without reading them."""
+    names: set[str] = set()
+    for d in profile_dirs() if dirs is None else dirs:
+        try:
+            names.update(p.stem for p in Path(d).glob("*.toml") if p.is_file())
+        except OSError:
+            continue
+    return sorted(names)
+
+
 def profile_kind(name_or_path: str, dirs: Sequence[Path] | None = None) -> str:
     """The ``kind`` of a job or pipeline profile ("" when it has none)."""
     kind = _read_toml(find_profile(name_or_path, dirs)).get("kind")
@@ -1144,8 +1288,14 @@ def _stage_overrides(items: Sequence[str], stages: Sequence[str], path: Path
     return routed
 
 
+class ReferenceError(ProfileError):
+    """An ``@NAME`` argument that names nothing usable: in a pipeline, not
+    an earlier stage with an output folder; for a single job, no profile, or
+    no succeeded job of it (`engine.pipelines`)."""
+
+
 def _pipeline_spec(data: Mapping[str, Any], path: Path, overrides: Sequence[str],
-                   dirs: Sequence[Path] | None) -> PipelineSpec:
+                   dirs: Sequence[Path] | None, check_args: bool = False) -> PipelineSpec:
     data = {**data}
     data.setdefault("name", path.stem)
     m: _PipelineModel = _validate(_PipelineModel, "pipeline", data, path, ())
@@ -1172,21 +1322,30 @@ def _pipeline_spec(data: Mapping[str, Any], path: Path, overrides: Sequence[str]
             stage_path = find_profile(ref, search)
             extra, keys = _job_overrides(routed[stage.name])
             table = _deep_merge(_deep_merge(_read_toml(stage_path), dict(stage.set)), extra)
-            spec = _job_spec(table, stage_path, keys)
+            spec = _job_spec(table, stage_path, keys, check_args)
         except ProfileError as err:
             raise ProfileError(f"stage {stage.name}: {err}", path=path,
                                field=f"stages[{i}]") from None
         stages.append(StageSpec(stage.name, spec,
                                 tuple(stage.after) if stage.after is not None else None))
+    refs = [(f"stages[{i}]", f"stage {stages[i].name}: {problem}", expected)
+            for i, problem, expected in spec_rules.stage_reference_problems(stages)]
+    if refs:
+        first = _from_problems(path, refs)
+        raise ReferenceError(first.message, path=path, field=first.field,
+                             expected=first.expected, errors=first.errors)
     return PipelineSpec(name=m.name, stages=tuple(stages), description=m.description)
 
 
 def load_pipeline_profile(
-    name_or_path: str, overrides: Sequence[str] = (), dirs: Sequence[Path] | None = None
+    name_or_path: str, overrides: Sequence[str] = (), dirs: Sequence[Path] | None = None,
+    *, check_args: bool = False,
 ) -> PipelineSpec:
     """The `PipelineSpec` of a pipeline profile; ``--set`` items are
-    ``STAGE.key=value``. Each stage's job profile is validated as usual, with
-    the stage's ``set`` table and overrides merged in; an error names the
-    stage."""
+    ``STAGE.key=value``. Each stage's job profile is validated as usual
+    (`check_args` as in `load_job_profile`), with the stage's ``set`` table
+    and overrides merged in; an error names the stage. Every ``@stage``
+    argument must name an earlier stage with an output folder, else
+    `ReferenceError` (a cycle is a reference to a later stage)."""
     path = find_profile(name_or_path, dirs)
-    return _pipeline_spec(_read_toml(path), path, overrides, dirs)
+    return _pipeline_spec(_read_toml(path), path, overrides, dirs, check_args)

@@ -1,20 +1,40 @@
 """Validation of a job spec that arrives over the API (the CLI sends the
 `JobSpec.to_dict()` of a validated profile; scripts may send anything).
-Raises BadRequest naming the field and what was expected."""
+Raises BadRequest naming the field and what was expected, one line:
+``spec.<field>: <problem>; expected <what>``.
+
+The rules are `engine.spec_rules` and `engine.model.LIMITS`, the ones a
+profile follows: every string UTF-8 without NUL (a lone surrogate such as
+"\\udcff" is refused), names 1-128 characters and not blank, env names
+allow-listed, numbers finite and within LIMITS, the argv and environment
+within what the kernel's execve takes."""
 
 from __future__ import annotations
 
-import re
+import math
+from collections.abc import Callable
 from typing import Any
 
+from engine import spec_rules
 from engine.errors import BadRequest
 from engine.model import KINDS, LAUNCHERS, LIMITS, JobSpec, Resources
+from engine.spec_rules import RuleError
 
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 FIELDS = {"name", "kind", "argv", "launcher", "resources", "env", "retries", "priority",
           "workdir", "profile"}
 RESOURCE_FIELDS = {"nodes", "gpus_per_node", "cpus", "memory_gb"}
+
+
+def _apply(field: str, check: Callable[[str], str], value: str) -> None:
+    try:
+        check(value)
+    except RuleError as err:
+        raise BadRequest(f"{field}: {_shown(err.problem)}; expected {err.expected}") from None
+
+
+def _shown(text: str) -> str:
+    """`text` safe to put in a JSON error and on a terminal."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _int(data: dict[str, Any], key: str, default: int, where: str) -> int:
@@ -22,8 +42,18 @@ def _int(data: dict[str, Any], key: str, default: int, where: str) -> int:
     value = data.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise BadRequest(f"{where}{key}: expected an integer from {low} to {high}, "
-                         f"got {value!r}")
+                         f"got {_shown(repr(value))[:40]}")
     return value
+
+
+def _memory(res: dict[str, Any]) -> float:
+    low, high = LIMITS["memory_gb"]
+    value = res.get("memory_gb", 0.0)
+    if (not isinstance(value, int | float) or isinstance(value, bool)
+            or not math.isfinite(value) or not low <= value <= high):
+        raise BadRequest(f"spec.resources.memory_gb: expected a finite number from {low} to "
+                         f"{high}, got {_shown(repr(value))[:40]}")
+    return float(value)
 
 
 def spec_from_payload(data: Any) -> JobSpec:
@@ -31,33 +61,36 @@ def spec_from_payload(data: Any) -> JobSpec:
         raise BadRequest("spec: expected a JSON object (a job spec)")
     unknown = set(data) - FIELDS
     if unknown:
-        raise BadRequest(f"spec: unknown field(s) {', '.join(sorted(unknown))}; "
+        names = ", ".join(sorted(_shown(repr(k) if not isinstance(k, str) else k)
+                                 for k in unknown))
+        raise BadRequest(f"spec: unknown field(s) {names}; "
                          f"expected only {', '.join(sorted(FIELDS))}")
     name = data.get("name")
-    if not isinstance(name, str) or not 1 <= len(name) <= 128 or CONTROL.search(name):
-        raise BadRequest("spec.name: expected 1-128 characters without control characters")
+    if not isinstance(name, str):
+        raise BadRequest(f"spec.name: expected a string of {spec_rules.NAME_EXPECTED}")
+    _apply("spec.name", spec_rules.check_name, name)
     kind = data.get("kind")
     if kind not in KINDS:
-        raise BadRequest(f"spec.kind: expected one of {', '.join(KINDS)}, got {kind!r}")
+        raise BadRequest(f"spec.kind: expected one of {', '.join(KINDS)}, "
+                         f"got {_shown(repr(kind))[:40]}")
     launcher = data.get("launcher", "local")
     if launcher not in LAUNCHERS:
         raise BadRequest(f"spec.launcher: expected one of {', '.join(LAUNCHERS)}, "
-                         f"got {launcher!r}")
+                         f"got {_shown(repr(launcher))[:40]}")
     argv = data.get("argv")
-    if (not isinstance(argv, list) or not argv
-            or not all(isinstance(a, str) and "\x00" not in a for a in argv)):
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
         raise BadRequest("spec.argv: expected a non-empty list of strings (no NUL bytes)")
+    for i, arg in enumerate(argv):
+        _apply(f"spec.argv[{i}]", spec_rules.check_text, arg)
+        _apply(f"spec.argv[{i}]", spec_rules.check_arg_size, arg)
     res = data.get("resources") or {}
     if not isinstance(res, dict) or set(res) - RESOURCE_FIELDS:
         raise BadRequest(f"spec.resources: expected an object with {sorted(RESOURCE_FIELDS)}")
-    memory = res.get("memory_gb", 0.0)
-    if not isinstance(memory, (int, float)) or isinstance(memory, bool) or memory < 0:
-        raise BadRequest("spec.resources.memory_gb: expected a number >= 0")
     resources = Resources(
         nodes=_int(res, "nodes", 1, "spec.resources."),
         gpus_per_node=_int(res, "gpus_per_node", 0, "spec.resources."),
         cpus=_int(res, "cpus", 1, "spec.resources."),
-        memory_gb=float(memory),
+        memory_gb=_memory(res),
     )
     if resources.nodes > 1 and launcher == "local":
         raise BadRequest("spec.launcher: a job on several nodes needs launcher "
@@ -66,16 +99,26 @@ def spec_from_payload(data: Any) -> JobSpec:
     if not isinstance(env, dict):
         raise BadRequest("spec.env: expected an object of name -> string")
     for key, value in env.items():
-        if not ENV_NAME.match(key) or not isinstance(value, str) or "\x00" in value:
-            raise BadRequest(f"spec.env.{key}: expected a variable name and a string value")
-        if key.startswith("LLMCONSOLE_") or key == "LD_PRELOAD":
-            raise BadRequest(f"spec.env.{key}: reserved; remove it from the profile")
+        field = f"spec.env.{_shown(key)}"
+        _apply(field, spec_rules.check_env_name, key)
+        if not isinstance(value, str):
+            raise BadRequest(f"{field}: expected a string value")
+        _apply(field, spec_rules.check_text, value)
+        _apply(field, spec_rules.check_arg_size, f"{key}={value}")
+    try:
+        spec_rules.check_exec_size(argv, env)
+    except RuleError as err:
+        raise BadRequest(f"spec.argv: {err.problem}; expected {err.expected}") from None
     workdir = data.get("workdir")
-    if workdir is not None and (not isinstance(workdir, str) or not workdir.startswith("/")):
-        raise BadRequest("spec.workdir: expected an absolute path")
+    if workdir is not None:
+        if not isinstance(workdir, str):
+            raise BadRequest("spec.workdir: expected an absolute path")
+        _apply("spec.workdir", spec_rules.check_workdir, workdir)
     profile = data.get("profile")
-    if profile is not None and not isinstance(profile, str):
-        raise BadRequest("spec.profile: expected a string")
+    if profile is not None:
+        if not isinstance(profile, str):
+            raise BadRequest("spec.profile: expected a string")
+        _apply("spec.profile", spec_rules.check_text, profile)
     return JobSpec(
         name=name, kind=kind, argv=tuple(argv), launcher=launcher, resources=resources,
         env=tuple(sorted(env.items())),

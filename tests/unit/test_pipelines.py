@@ -3,12 +3,13 @@ and @references."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from engine import pipelines
-from engine.model import BatchRef, JobSpec, output_dir
+from engine.model import BatchRef, JobSpec, PipelineSpec, StageSpec, output_dir
 from engine.profiles import ProfileError, load_pipeline_profile, validate_file
 
 SHIPPED = Path(__file__).resolve().parents[2] / "profiles"
@@ -146,3 +147,99 @@ def test_an_explicit_output_is_kept_and_commands_are_untouched() -> None:
 def test_every_shipped_profile_validates() -> None:
     for path in sorted(SHIPPED.glob("*.toml")):
         validate_file(path)
+
+
+def _stages(tmp_path: Path, *stages: tuple[str, str]) -> Path:
+    """A pipeline whose stages (name, model argument) all run eval profile 'a'."""
+    _write(tmp_path, "a", 'kind = "eval"\n[args]\nmodel = "/m"\n')
+    _write(tmp_path, "say", 'kind = "command"\ncommand = ["echo", "hi"]\n')
+    text = 'kind = "pipeline"\n'
+    for name, model in stages:
+        profile = "say" if model == "command" else "a"
+        extra = f'set = {{ args = {{ model = "{model}" }} }}\n' if model.startswith("@") else ""
+        text += f'[[stages]]\nname = "{name}"\nprofile = "{profile}"\n{extra}'
+    return _write(tmp_path, "p", text)
+
+
+@pytest.mark.parametrize(("stages", "field", "fragment"), [
+    ((("one", "@two"), ("two", "@one")), "stages[0]",
+     "stage one: @two is not an earlier stage (stage two comes later and refers back to one: "
+     "a cycle)"),
+    ((("one", "/m"), ("two", "@three"), ("three", "@two")), "stages[1]", "a cycle"),
+    ((("one", "/m"), ("two", "@nosuch")), "stages[1]",
+     "stage two: @nosuch is not an earlier stage (no stage has that name)"),
+    ((("pretrain", "/m"), ("prune", "@pretrian")), "stages[1]", "did you mean @pretrain?"),
+    ((("one", "@one"),), "stages[0]", "it is this stage itself"),
+    ((("one", "/m"), ("two", "@three"), ("three", "/m")), "stages[1]",
+     "stage three comes later; stages run in file order"),
+    ((("talk", "command"), ("two", "@talk")), "stages[1]",
+     "@talk has no output folder (it is a command job)"),
+])
+def test_validate_refuses_cycles_and_dangling_references(
+        tmp_path: Path, stages: tuple[tuple[str, str], ...], field: str, fragment: str) -> None:
+    path = _stages(tmp_path, *stages)
+    with pytest.raises(pipelines.ReferenceError) as err:
+        validate_file(path)
+    assert isinstance(err.value, ProfileError) and err.value.field == field
+    assert str(err.value).startswith(f"{path}: {field}: ") and fragment in str(err.value)
+    with pytest.raises(pipelines.ReferenceError):
+        pipelines.prepare(str(path), [], tmp_path, "s", lambda _p: None)
+
+
+def test_expand_refuses_a_cycle_in_a_spec_built_by_hand() -> None:
+    def stage(name: str, ref: str) -> StageSpec:
+        return StageSpec(name, JobSpec(name=name, kind="eval",
+                                       argv=("py", "-m", "engine.workloads.evaluate",
+                                             "--model", ref)))
+
+    cycle = PipelineSpec("loop", (stage("a", "@b"), stage("b", "@a")))
+    with pytest.raises(pipelines.ReferenceError,
+                       match="pipeline loop: stage a: @b is not an earlier stage .*a cycle"):
+        pipelines.expand(cycle, Path("/o"), "s")
+
+
+def test_a_stage_argument_is_checked_against_its_workload(tmp_path: Path) -> None:
+    _write(tmp_path, "a", 'kind = "eval"\n[args]\nmodel = "/m"\n')
+    path = _write(tmp_path, "p", 'kind = "pipeline"\n[[stages]]\nname = "x"\nprofile = "a"\n'
+                  'set = { args = { eval_batches = 0 } }\n')
+    with pytest.raises(ProfileError) as err:
+        validate_file(path)
+    assert err.value.field == "stages[0]" and "stage x: " in str(err.value)
+    assert "args.eval_batches: 0 is out of range; expected an integer >= 1" in str(err.value)
+    with pytest.raises(ProfileError, match="args.eval_batches"):
+        pipelines.prepare(str(path), [], tmp_path, "s", lambda _p: None)
+    load_pipeline_profile(str(path))  # the schema alone is fine
+
+
+def test_prepare_refuses_bad_overrides_and_names_before_anything_is_sent(tmp_path: Path) -> None:
+    with pytest.raises(ProfileError, match="args.max_steps: -5 is out of range"):
+        pipelines.prepare("pretrain-tiny", ["args.max_steps=-5"], tmp_path, "s",
+                          lambda _p: None)
+    with pytest.raises(ProfileError, match=r"stage prune: .*args\.sparsity: 2 is out of range"):
+        pipelines.prepare("pipeline-tiny", ["prune.args.sparsity=2"], tmp_path, "s",
+                          lambda _p: None)
+    for name in (" ", "\udcff", "a\nb", "x" * 129):
+        with pytest.raises(ProfileError) as err:
+            pipelines.prepare("hello", [], tmp_path, "s", lambda _p: None, name=name)
+        assert str(err.value).startswith("--name: ")
+    sub = pipelines.prepare("pretrain-tiny", ["args.model=--help"], tmp_path, "s",
+                            lambda _p: None, name="mine")
+    [(spec, _after)] = sub.items
+    assert spec["name"] == "mine" and "--model=--help" in spec["argv"]
+    assert output_dir(JobSpec.from_dict(spec)) == str(tmp_path / "mine-s")
+
+
+def test_a_reference_to_a_profile_that_does_not_exist_suggests_close_names() -> None:
+    spec = JobSpec(name="e", kind="eval",
+                   argv=("py", "-m", "engine.workloads.evaluate", "--model", "@pretrain-tiy"))
+    names = lambda: ["pretrain-tiny", "prune-50", "hello"]  # noqa: E731
+    with pytest.raises(pipelines.ReferenceError) as err:
+        pipelines.single_job(spec, Path("/o"), "S", lambda _p: None, names)
+    text = str(err.value)
+    assert "there is no profile pretrain-tiy (did you mean @pretrain-tiny?)" in text
+    assert "llmconsole submit" not in text and "llmconsole profiles list" in text
+    real = replace(spec, argv=(*spec.argv[:4], "@pretrain-tiny"))
+    with pytest.raises(pipelines.ReferenceError, match="run `llmconsole submit pretrain-tiny`"):
+        pipelines.single_job(real, Path("/o"), "S", lambda _p: None, names)
+    with pytest.raises(pipelines.ReferenceError, match="there is no profile nosuch;"):
+        pipelines.prepare("eval-tiny", ["args.model=@nosuch"], Path("/o"), "S", lambda _p: None)

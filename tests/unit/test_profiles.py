@@ -121,8 +121,7 @@ def test_train_full_fixture() -> None:
     assert (spec.priority, spec.retries, spec.workdir) == (-5, 2, "/data/runs")
     assert spec.argv == (
         sys.executable, "-m", "engine.workloads.train",
-        "--model", "gpt2", "--learning-rate", "0.0003", "--epochs", "3", "--use-amp",
-        "--layers", "1", "2", "3",
+        "--model", "gpt2", "--lr", "0.0003", "--max-steps", "3", "--amp",
     )
     assert JobSpec.from_dict(spec.to_dict()) == spec
 
@@ -138,7 +137,8 @@ def test_minimal_eval_fixture_takes_defaults() -> None:
 def test_compress_may_use_torchrun_on_several_nodes() -> None:
     spec = load_job_profile(str(GOOD / "compress_torchrun.toml"))
     assert spec.launcher == "torchrun" and spec.resources.total_gpus == 4
-    assert spec.argv[2:] == ("engine.workloads.compress", "--method", "distill")
+    assert spec.argv[2:] == ("engine.workloads.compress", "--method", "distill",
+                             "--model", "/models/teacher")
 
 
 def test_cluster_fixture() -> None:
@@ -567,3 +567,194 @@ def test_list_profiles_first_wins_and_invalid_files_are_listed(tmp_path: Path) -
 
 def test_list_profiles_never_raises_on_missing_dirs(tmp_path: Path) -> None:
     assert list_profiles([tmp_path / "missing"]) == []
+
+
+# --- workload arguments, checked against the workload's own parser -----------------
+
+BAD_OVERRIDES = [
+    # --set item, field named, fragment of the line
+    ("args.max_steps=-5", "args.max_steps", "expected an integer >= 1"),
+    ("args.max_steps=abc", "args.max_steps", "'abc' is not an integer"),
+    ("args.nosuch=1", "args.nosuch", "no option --nosuch"),
+    ("args.max_stepz=5", "args.max_stepz", "did you mean max_steps?"),
+    ("args.lr=nan", "args.lr", "nan is not a finite number"),
+    ("args.lr=-1.0", "args.lr", "expected a finite number > 0"),
+    ("args.lr=inf", "args.lr", "not a finite number"),
+    ("args.eval_fraction=0.5", "args.eval_fraction", "in (0, 0.5)"),
+    ("args.task=poetry", "args.task", "one of: causal-lm, classification"),
+    ("args.resume=1", "args.resume", "on/off option"),
+    ("args.lr=true", "args.lr", "takes a value, not true/false"),
+    ("args.lr=[1, 2]", "args.lr", "takes one value, not a list"),
+]
+
+
+@pytest.mark.parametrize(("item", "field", "fragment"), BAD_OVERRIDES)
+def test_bad_workload_overrides_are_refused_naming_the_override(
+        item: str, field: str, fragment: str) -> None:
+    with pytest.raises(ProfileError) as info:
+        load_job_profile("pretrain-tiny", [item], check_args=True)
+    text = str(info.value)
+    assert info.value.field == field and fragment in text
+    assert "(value from --set)" in text and "\n" not in text
+    assert text.startswith(f"{SHIPPED / 'pretrain-tiny.toml'}: {field}: ")
+    load_job_profile("pretrain-tiny", [item])  # without check_args: only the schema
+
+
+@pytest.mark.parametrize(("args", "field", "fragment"), [
+    ("max_stepz = 5", "args.max_stepz", "did you mean max_steps?"),
+    ("lr = -1.0", "args.lr", "expected a finite number > 0"),
+    ("max_steps = 0", "args.max_steps", "expected an integer >= 1"),
+    ("dropout = 1.0", "args.dropout", "in [0, 1)"),
+])
+def test_bad_workload_args_in_a_file_fail_validation(tmp_path: Path, args: str, field: str,
+                                                     fragment: str) -> None:
+    path = write(tmp_path / "p.toml", f'kind = "train"\n[args]\nmodel = "tiny"\n{args}\n')
+    with pytest.raises(ProfileError) as info:
+        validate_file(path)
+    assert info.value.field == field and fragment in str(info.value)
+    assert str(info.value).startswith(f"{path}: {field}: ")
+    assert "(value from --set)" not in str(info.value)
+    [listed] = [i for i in list_profiles([tmp_path]) if i.name == "p"]
+    assert listed.error == str(info.value)
+
+
+def test_a_required_workload_option_is_asked_for(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.toml", 'kind = "compress"\n[args]\nmodel = "/m"\n')
+    with pytest.raises(ProfileError) as info:
+        validate_file(path)
+    assert info.value.field == "args.method" and "prune, int8" in str(info.value)
+    path = write(tmp_path / "c.toml", 'kind = "compress"\n[args]\nmethod = "int8"\n')
+    with pytest.raises(ProfileError) as info:
+        validate_file(path)
+    assert info.value.field == "args.model" and "needs --model" in str(info.value)
+
+
+def test_the_engine_checks_with_the_parser_the_workload_runs() -> None:
+    from engine.workloads import compress, evaluate, options, train
+
+    for module, workload in (("train", train), ("compress", compress), ("evaluate", evaluate)):
+        theirs = {a.dest: (a.option_strings, a.type, a.choices, a.nargs, a.required)
+                  for a in workload.parser()._actions}
+        ours = {a.dest: (a.option_strings, a.type, a.choices, a.nargs, a.required)
+                for a in options.PARSERS[module]()._actions}
+        assert set(theirs) == set(ours) and len(ours) > 5
+        for dest, (flags, _type, choices, nargs, required) in ours.items():
+            assert theirs[dest][0] == flags and theirs[dest][2:] == (choices, nargs, required)
+
+
+def test_a_bad_option_by_hand_is_one_error_line_and_exit_2(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "engine.workloads.train", "--output",
+                           str(tmp_path / "o"), "--max-steps", "-5"], capture_output=True,
+                          text=True, timeout=60, cwd=SHIPPED.parent)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: argument --max-steps: -5 is out of range; expected an integer >= 1 "
+        "(see python -m engine.workloads.train --help)"]
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_value_starting_with_a_dash_reaches_the_workload_as_a_value() -> None:
+    from engine.workloads import train
+
+    spec = load_job_profile("pretrain-tiny", ["args.model=--help", "args.corpus=-x",
+                                              "args.seed=-3", "args.lr=1e-5"],
+                            check_args=True)
+    assert "--model=--help" in spec.argv and "--corpus=-x" in spec.argv
+    assert spec.argv[spec.argv.index("--seed") + 1] == "-3"  # a negative number stays apart
+    parsed = train.parser().parse_args([*spec.argv[3:], "--output", "/o"])
+    assert (parsed.model, parsed.corpus, parsed.seed, parsed.lr) == ("--help", "-x", -3, 1e-5)
+
+
+def test_a_list_item_starting_with_a_dash_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "e.toml", 'kind = "eval"\n[args]\ncompare = ["/a", "-b"]\n')
+    with pytest.raises(ProfileError) as info:
+        validate_file(path)
+    assert info.value.field == "args.compare" and "starting with '-'" in str(info.value)
+
+
+def test_checking_arguments_loads_neither_torch_nor_transformers() -> None:
+    code = ("import sys\nfrom pathlib import Path\nfrom engine import pipelines, profiles\n"
+            "for name in ('pretrain-tiny', 'pipeline-tiny', 'prune-50', 'eval-tiny'):\n"
+            "    profiles.validate_file(profiles.find_profile(name))\n"
+            "pipelines.prepare('pretrain-tiny', ['args.max_steps=3'], Path('/o'), 's', "
+            "lambda n: None)\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'torch', 'transformers', 'numpy', 'horovod'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=SHIPPED.parent, timeout=60).stdout
+    assert out.strip() == "[]"
+
+
+# --- names, text, numbers and sizes: the rules the API applies too ------------------
+
+
+@pytest.mark.parametrize("name", [" ", "\u3000\u200b", "\udcff", "x\udcffy"])
+def test_blank_and_non_utf8_names_are_refused_by_profile_and_api(tmp_path: Path,
+                                                                 name: str) -> None:
+    from engine.errors import BadRequest
+    from engine.spec_check import spec_from_payload
+
+    path = write(tmp_path / "n.toml", 'kind = "command"\ncommand = ["true"]\n')
+    with pytest.raises(ProfileError) as info:
+        load_job_profile(str(path), [f"name={name}"])
+    assert info.value.field in ("name", "--set name") and "\n" not in str(info.value)
+    str(info.value).encode("utf-8")  # printable as it is
+    with pytest.raises(BadRequest) as api:
+        spec_from_payload({"name": name, "kind": "command", "argv": ["true"]})
+    assert api.value.message.startswith("spec.name: ")
+
+
+def test_a_non_utf8_override_names_the_override() -> None:
+    with pytest.raises(ProfileError) as info:
+        load_job_profile("hello", ["name=\udcff"])
+    assert str(info.value).startswith("--set name: the value is not UTF-8 text (byte 0xff")
+    with pytest.raises(ProfileError) as info:
+        load_job_profile("hello", ["env.\udcff=1"])
+    assert "the key is not UTF-8 text" in str(info.value)
+
+
+def test_a_file_name_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / os.fsdecode(b"caf\xe9.toml")
+    path.write_text('kind = "command"\nname = "ok"\ncommand = ["true"]\n')
+    with pytest.raises(ProfileError) as info:
+        validate_file(path)
+    assert "the file name is not UTF-8 text (byte 0xe9" in str(info.value)
+    assert "rename the file" in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["1e400", "-1e400", "nan", "1e9", "-1"])
+def test_memory_must_be_finite_and_within_the_limit(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path / "m.toml",
+                 f'kind = "command"\ncommand = ["true"]\n[resources]\nmemory_gb = {value}\n')
+    with pytest.raises(ProfileError) as info:
+        validate_file(path)
+    assert info.value.field == "resources.memory_gb"
+    assert f"to {profiles.LIMITS['memory_gb'][1]}" in str(info.value)
+
+
+def test_an_argument_over_the_kernel_limit_is_refused(tmp_path: Path) -> None:
+    from engine.spec_rules import MAX_ARG_BYTES, exec_size_limit
+
+    long = "x" * (MAX_ARG_BYTES + 1)
+    path = write(tmp_path / "a.toml", f'kind = "command"\ncommand = ["echo", "{long}"]\n')
+    with pytest.raises(ProfileError) as info:
+        validate_file(path)
+    assert info.value.field == "command[1]"
+    assert f"{MAX_ARG_BYTES + 1} bytes long" in str(info.value)
+    assert f"limit of {MAX_ARG_BYTES} bytes" in str(info.value)
+    path = write(tmp_path / "e.toml", f'kind = "command"\ncommand = ["true"]\n'
+                 f'[env]\nBIG = "{long}"\n')
+    with pytest.raises(ProfileError) as info:
+        validate_file(path)
+    assert info.value.field == "env.BIG"
+    many = ", ".join(['"' + "y" * 100_000 + '"'] * (exec_size_limit() // 100_000 + 1))
+    path = write(tmp_path / "t.toml", f'kind = "command"\ncommand = ["echo", {many}]\n')
+    with pytest.raises(ProfileError) as info:
+        validate_file(path)
+    assert info.value.field == "command"
+    assert f"over the limit of {exec_size_limit()} bytes" in str(info.value)
+    near = "z" * MAX_ARG_BYTES  # the largest argument that execve takes
+    spec = load_job_profile(str(write(tmp_path / "n.toml", f'kind = "command"\n'
+                                      f'command = ["{sys.executable}", "-c", "pass", '
+                                      f'"{near}"]\n')))
+    subprocess.run(spec.argv, check=True, timeout=60)

@@ -3,11 +3,13 @@ error names the field and what was expected."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from engine.errors import BadRequest
+from engine.profiles import ProfileError, load_job_profile
 from engine.spec_check import spec_from_payload
 
 GOOD: dict[str, Any] = {"name": "; rm -rf ~ $(reboot) \"'", "kind": "command",
@@ -51,3 +53,81 @@ def test_each_bad_field_is_named(change: dict[str, Any], field: str) -> None:
 def test_not_an_object_is_refused() -> None:
     with pytest.raises(BadRequest, match="expected a JSON object"):
         spec_from_payload(["echo"])
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"name": "   "}, "spec.name: is blank"),
+    ({"name": "\u3000\u200b"}, "spec.name: is blank"),
+    ({"name": "a\u2028b"}, "spec.name: contains a control character"),
+    ({"name": "\udcff"}, "spec.name: is not UTF-8 text (byte 0xff"),
+    ({"argv": ["echo", "\udcff"]}, "spec.argv[1]: is not UTF-8 text"),
+    ({"env": {"SEED": "\ud800"}}, "spec.env.SEED: is not UTF-8 text (\\ud800"),
+    ({"env": {"A\udcff": "1"}}, "spec.env.A\\udcff: is not UTF-8 text"),
+    ({"env": {"SEED": 1}}, "spec.env.SEED: expected a string"),
+    ({"workdir": "/data/\udcff"}, "spec.workdir: is not UTF-8 text"),
+    ({"profile": "p\udcff"}, "spec.profile: is not UTF-8 text"),
+    ({"resources": {"memory_gb": float("inf")}}, "spec.resources.memory_gb: expected a finite"),
+    ({"resources": {"memory_gb": float("nan")}}, "spec.resources.memory_gb"),
+    ({"resources": {"memory_gb": 1e400}}, "spec.resources.memory_gb"),
+    ({"resources": {"memory_gb": 1 << 40}}, "spec.resources.memory_gb"),
+    ({"resources": {"memory_gb": -0.5}}, "spec.resources.memory_gb"),
+])
+def test_text_that_is_not_utf8_and_numbers_that_are_not_finite_are_named(
+        change: dict[str, Any], field: str) -> None:
+    with pytest.raises(BadRequest) as err:
+        spec_from_payload({**GOOD, **change})
+    assert err.value.message.startswith(field), err.value.message
+    assert "\n" not in err.value.message
+    err.value.message.encode("utf-8")  # the error itself can be sent as JSON
+
+
+def test_argv_and_env_within_what_execve_takes() -> None:
+    from engine.spec_rules import MAX_ARG_BYTES, exec_size, exec_size_limit
+
+    with pytest.raises(BadRequest) as err:
+        spec_from_payload({**GOOD, "argv": ["echo", "x" * (MAX_ARG_BYTES + 1)]})
+    assert err.value.message.startswith("spec.argv[1]: is 131072 bytes long")
+    assert f"limit of {MAX_ARG_BYTES} bytes" in err.value.message
+    with pytest.raises(BadRequest) as err:
+        spec_from_payload({**GOOD, "env": {"BIG": "v" * MAX_ARG_BYTES}})
+    assert err.value.message.startswith("spec.env.BIG: is")
+    limit = exec_size_limit()
+    argv = ["echo", *["y" * 100_000] * (limit // 100_000 + 1)]
+    assert exec_size(argv, {}) > limit
+    with pytest.raises(BadRequest) as err:
+        spec_from_payload({**GOOD, "argv": argv})
+    assert err.value.message.startswith("spec.argv: the argv and environment take")
+    assert f"over the limit of {limit} bytes" in err.value.message
+    fits = ["echo", *["y" * 100_000] * (limit // 100_000 - 1)]
+    assert spec_from_payload({**GOOD, "argv": fits}).argv == tuple(fits)
+
+
+@pytest.mark.parametrize("name", ["x", "x" * 128, "ünïcode 名前 🚀", "a b/c:d", " padded "])
+def test_a_name_a_profile_takes_the_api_takes(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "n.toml"
+    path.write_text('kind = "command"\ncommand = ["true"]\n')
+    assert load_job_profile(str(path), [f"name={name}"]).name == name
+    assert spec_from_payload({**GOOD, "name": name}).name == name
+
+
+@pytest.mark.parametrize("name", ["", " ", "a\x00b", "tab\there", "x" * 129, "del\x7f",
+                                  "c1\x85", "sep\u2028x", "\udcff"])
+def test_a_name_a_profile_refuses_the_api_refuses(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "n.toml"
+    path.write_text('kind = "command"\ncommand = ["true"]\n')
+    with pytest.raises(ProfileError):
+        load_job_profile(str(path), [f"name={name}"])
+    with pytest.raises(BadRequest) as err:
+        spec_from_payload({**GOOD, "name": name})
+    assert err.value.message.startswith("spec.name: ")
+
+
+@pytest.mark.parametrize("env", ["LD_PRELOAD", "LLMCONSOLE_X", "1A", "A-B", ""])
+def test_an_env_name_a_profile_refuses_the_api_refuses(tmp_path: Path, env: str) -> None:
+    path = tmp_path / "e.toml"
+    path.write_text(f'kind = "command"\ncommand = ["true"]\n[env]\n"{env}" = "1"\n')
+    with pytest.raises(ProfileError) as info:
+        load_job_profile(str(path))
+    with pytest.raises(BadRequest) as err:
+        spec_from_payload({**GOOD, "env": {env: "1"}})
+    assert info.value.message.split(";")[0] in err.value.message
