@@ -176,9 +176,9 @@ def test_unknown_routes_and_wrong_methods_answer_json(api: EngineHandle) -> None
 
 
 def test_logs_are_the_bytes_of_the_engine_copy(api: EngineHandle) -> None:
-    """Until the agent and the ingest keep undecodable bytes end to end,
-    the engine's copy is written here; what the API and `llmconsole logs`
-    return must be its bytes, unchanged."""
+    """The API's side alone (test_cli_errors runs a job through the whole
+    path): whatever the engine's copy holds, the API and `llmconsole logs`
+    return its bytes unchanged; only text iteration shows U+FFFD."""
     copy = api.home / "logs" / "1.1" / "output.log"
     original = copy.read_bytes()
     exact = b"hi\n\xff\xfe raw\n caf\xc3\xa9 \x1b[0m\n"

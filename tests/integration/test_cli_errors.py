@@ -200,3 +200,16 @@ def test_printed_names_are_escaped_and_long_names_end_with_an_ellipsis(
     assert "n" * 39 + "\u2026" in jobs and "ABC" not in jobs
     shown = engine.cli("show", str(ghost)).stdout
     assert "\x1b" not in shown and "\\x1b[2Jprog" in shown
+
+
+def test_logs_print_the_bytes_the_job_wrote(engine: EngineHandle) -> None:
+    written = b"a\xff\n caf\xc3\xa9 \xfe\xfd\n"
+    script = f"import sys; sys.stdout.buffer.write({written!r})"
+    engine.write_profile("bytes", command_profile([sys.executable, "-c", script]))
+    job_id = engine.submit("bytes")
+    engine.wait_state(job_id, {"succeeded"})
+    assert (engine.home / "runs" / f"{job_id}.1" / "output.log").read_bytes() == written
+    for args in (["logs", str(job_id)], ["logs", str(job_id), "-f"]):
+        out = subprocess.run([sys.executable, "-m", "engine", *args], env=engine.env,
+                             capture_output=True, timeout=60, check=True).stdout
+        assert out == written, args
