@@ -47,10 +47,22 @@ from engine.agent.protocol import (
     MAX_COMMAND_BYTES,
     VERSION,
     Attach,
+    Error,
+    Event,
+    Exited,
+    Hello,
+    Log,
+    Lost,
+    Metric,
+    Pong,
     ProtocolError,
+    Runs,
+    RunSummary,
     Simple,
     Start,
+    Started,
     Stop,
+    Telemetry,
     parse_command,
 )
 from engine.agent.runs import LineTail
@@ -69,6 +81,15 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
+
+
+def _int(value: object) -> int | None:
+    """An integer field of a run file, or None (missing or not an integer)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _num(value: object) -> float | None:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def log(message: str) -> None:
@@ -116,12 +137,12 @@ class Agent:
 
     # ---- output ----------------------------------------------------------
 
-    def emit(self, event: dict[str, Any], flush: bool = True) -> None:
+    def emit(self, event: Event, flush: bool = True) -> None:
         """Write one event line. flush=False batches lines (log/metric bursts);
         the batch is flushed by the next flush() or emit()."""
         if self._done.is_set():
             return
-        data = json.dumps(event, separators=(",", ":")).encode("ascii") + b"\n"
+        data = json.dumps(event.to_wire(), separators=(",", ":")).encode("ascii") + b"\n"
         try:
             self._out.write(data)
             if flush:
@@ -138,12 +159,7 @@ class Agent:
             self._done.set()
 
     def error(self, message: str, attempt: str | None = None, op: str | None = None) -> None:
-        ev: dict[str, Any] = {"ev": "error", "message": message}
-        if attempt is not None:
-            ev["attempt"] = attempt
-        if op is not None:
-            ev["op"] = op
-        self.emit(ev)
+        self.emit(Error(message, attempt, op))
 
     # ---- main ------------------------------------------------------------
 
@@ -154,12 +170,8 @@ class Agent:
         gpus = await asyncio.to_thread(self._nvml.inventory)
         if not gpus and self._nvml.unavailable_reason:
             log(f"no GPU: {self._nvml.unavailable_reason}")
-        self.emit({
-            "ev": "hello", "node": self.node, "pid": os.getpid(), "version": VERSION,
-            "host": self.host, "cpus": os.cpu_count(),
-            "memory_gb": HostSampler.memory_total_gb(), "gpus": gpus,
-            "runs": runs.scan_runs(self.root, self.host),
-        })
+        self.emit(Hello(self.node, os.getpid(), VERSION, self.host, os.cpu_count(),
+                        HostSampler.memory_total_gb(), tuple(gpus), self._runs()))
         threading.Thread(target=self._read_stdin, name="stdin", daemon=True).start()
         tasks = [asyncio.create_task(self._telemetry_loop()),
                  asyncio.create_task(self._tail_loop())]
@@ -225,9 +237,9 @@ class Agent:
                 self._attach(cmd)
             elif isinstance(cmd, Simple):
                 if cmd.op == "ping":
-                    self.emit({"ev": "pong", "id": cmd.id})
+                    self.emit(Pong(cmd.id))
                 elif cmd.op == "list":
-                    self.emit({"ev": "runs", "runs": runs.scan_runs(self.root, self.host)})
+                    self.emit(Runs(self._runs()))
                 elif cmd.op == "shutdown":
                     self._done.set()
         except Exception as e:  # never die on one command
@@ -251,8 +263,9 @@ class Agent:
             except Exception as e:
                 log(f"telemetry failed: {e!r}")
                 continue
-            self.emit({"ev": "telemetry", "node": self.node, "time": time.time(),
-                       **host, "gpus": gpus})
+            self.emit(Telemetry(self.node, time.time(), host["cpu_percent"],
+                                host["memory_percent"], host["memory_used_gb"],
+                                tuple(host["load"]), tuple(gpus)))
 
     # ---- start / attach --------------------------------------------------
 
@@ -328,6 +341,9 @@ class Agent:
                                                    "ended": time.time(), "child": None,
                                                    "error": message})
         self._watch(cmd.attempt, proc=proc)
+
+    def _runs(self) -> tuple[RunSummary, ...]:
+        return tuple(RunSummary(**r) for r in runs.scan_runs(self.root, self.host))
 
     def _open_way(self) -> None:
         """Let other users traverse (o+x) the agent's root and runs/, so that
@@ -456,15 +472,14 @@ class Agent:
 
     def _emit_started(self, w: Watch) -> None:
         doc = w.pid_doc or {}
-        self.emit({"ev": "started", "attempt": w.attempt, "pid": doc.get("child"),
-                   "pgid": doc.get("pgid"), "supervisor": doc.get("supervisor"),
-                   "time": doc.get("started")})
+        self.emit(Started(w.attempt, _int(doc.get("child")), _int(doc.get("pgid")),
+                          _int(doc.get("supervisor")), _num(doc.get("started"))))
 
     def _emit_exited(self, attempt: str, doc: dict[str, Any]) -> None:
         if doc.get("error"):
             self.error(str(doc["error"]), attempt, "start")
-        self.emit({"ev": "exited", "attempt": attempt, "code": doc.get("code"),
-                   "signal": doc.get("signal"), "time": doc.get("ended")})
+        self.emit(Exited(attempt, _int(doc.get("code")), _int(doc.get("signal")),
+                         _num(doc.get("ended"))))
 
     def _stream(self, w: Watch, final: bool) -> bool:
         """Emit new lines of both files; True if more is waiting. With `final`
@@ -493,8 +508,8 @@ class Agent:
     def _emit_log(self, attempt: str, start: int, end: int, raw: bytes) -> None:
         if raw.endswith(b"\r"):
             raw = raw[:-1]
-        self.emit({"ev": "log", "attempt": attempt, "offset": start, "end": end,
-                   "line": raw.decode("utf-8", errors="surrogateescape")}, flush=False)
+        self.emit(Log(attempt, start, end, raw.decode("utf-8", errors="surrogateescape")),
+                  flush=False)
 
     def _emit_metric(self, attempt: str, start: int, end: int, raw: bytes) -> None:
         if not raw.strip():
@@ -507,8 +522,7 @@ class Agent:
         if not isinstance(record, dict):
             self.error(f"metrics.jsonl offset {start}: not a JSON object, skipped", attempt)
             return
-        self.emit({"ev": "metric", "attempt": attempt, "offset": start, "end": end,
-                   "record": record}, flush=False)
+        self.emit(Metric(attempt, start, end, record), flush=False)
 
     def _poll(self, w: Watch, now: float) -> tuple[bool, bool]:
         """One look at a run -> (finished, more data waiting)."""
@@ -543,7 +557,7 @@ class Agent:
             return False
         while self._stream(w, final=True):
             pass
-        self.emit({"ev": "lost", "attempt": w.attempt, "reason": reason})
+        self.emit(Lost(w.attempt, reason))
         return True
 
     def _lost_reason(self, w: Watch) -> str | None:

@@ -1,30 +1,51 @@
 """The engine <-> agent wire protocol: one JSON object per line, commands on
-the agent's stdin, events on its stdout. This module names the version and
-validates incoming commands into typed values (`ProtocolError` says what is
-wrong, and is answered with an "error" event); it does no I/O.
+the agent's stdin, events on its stdout, typed in both directions. It does
+no I/O.
 
-Commands: start, stop, attach, list, ping, shutdown (see `parse_command`).
-`start` carries "uid": the job's owner, whom the agent runs it as (null: the
-agent's own user; an agent that is not root refuses any other uid).
-Events: hello, telemetry, started, log, metric, exited, lost, runs, pong, error.
+- Commands (engine -> agent): `Start`, `Stop`, `Attach`, `Simple` (list,
+  ping, shutdown). `cmd.to_wire()` is the JSON object the engine sends;
+  `parse_command(line)` is its exact inverse on the agent's side
+  (parse_command(json.dumps(cmd.to_wire())) == cmd), and validates: a
+  `ProtocolError` says what is wrong and is answered with an "error" event.
+  `start` carries "uid": the job's owner, whom the agent runs it as (null:
+  the agent's own user; an agent that is not root refuses any other uid).
+- Events (agent -> engine): `Hello`, `Telemetry`, `Started`, `Log`,
+  `Metric`, `Exited`, `Lost`, `Error`, `Runs`, `Pong`; the agent writes
+  `ev.to_wire()`, the engine reads `parse_event(obj)`, again exact inverses.
+  An event name this engine does not know parses to `Unknown` (a newer agent
+  may say more); a known event with a missing or mistyped field, or an
+  object without an "ev" name, is a `ProtocolError`. Fields a known event
+  does not define are ignored.
+- `VERSION` is in every hello; `check_hello` refuses an agent that speaks
+  another version (the engine and every node must run the same llmconsole).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
-
-from engine.agent.runs import valid_attempt
 
 VERSION = 1
 MAX_COMMAND_BYTES = 16 * 1024 * 1024
 MAX_UID = 2**32 - 2  # (uid_t)-1 means "no change" to setreuid, so it is never a user
 
 
+_ATTEMPT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def valid_attempt(value: object) -> bool:
+    """An attempt id is used as a directory name: "12.1" (see
+    engine.model.attempt_key); letters, digits, '.', '_' and '-' only, no '..'."""
+    return (isinstance(value, str) and _ATTEMPT_RE.fullmatch(value) is not None
+            and ".." not in value)
+
+
 class ProtocolError(ValueError):
-    """A command the agent cannot act on. `attempt`/`op` name it when known."""
+    """A command the agent cannot act on, or an event the engine cannot read.
+    `attempt`/`op` name it when known."""
 
     def __init__(self, message: str, attempt: str | None = None, op: str | None = None) -> None:
         super().__init__(message)
@@ -41,11 +62,19 @@ class Start:
     gpus: tuple[int, ...] = ()
     uid: int | None = None  # the job's owner; None: run as the agent's own user
 
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": "start", "attempt": self.attempt, "argv": list(self.argv),
+                "env": dict(self.env), "cwd": self.cwd, "gpus": list(self.gpus),
+                "uid": self.uid}
+
 
 @dataclass(frozen=True)
 class Stop:
     attempt: str
     grace: float | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": "stop", "attempt": self.attempt, "grace": self.grace}
 
 
 @dataclass(frozen=True)
@@ -54,6 +83,10 @@ class Attach:
     output: int = 0
     metrics: int = 0
 
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": "attach", "attempt": self.attempt,
+                "offsets": {"output": self.output, "metrics": self.metrics}}
+
 
 @dataclass(frozen=True)
 class Simple:
@@ -61,6 +94,9 @@ class Simple:
 
     op: str
     id: Any = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": self.op, "id": self.id}
 
 
 Command = Start | Stop | Attach | Simple
@@ -164,3 +200,316 @@ def parse_command(line: bytes) -> Command:
     if op in ("list", "shutdown", "ping"):
         return Simple(op, msg.get("id"))
     raise ProtocolError(f"unknown op {op!r}", op=op if isinstance(op, str) else None)
+
+
+# ---- events (agent -> engine) ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run directory as `hello` and `runs` list it (runs.run_summary)."""
+
+    attempt: str
+    pid: int | None  # the job process; None before it started or if it never did
+    alive: bool
+    exit: dict[str, Any] | None  # exit.json as the supervisor wrote it
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"attempt": self.attempt, "pid": self.pid, "alive": self.alive,
+                "exit": self.exit}
+
+
+@dataclass(frozen=True)
+class Hello:
+    """The first line: who the agent is, its inventory and its runs."""
+
+    node: str
+    pid: int
+    version: int
+    host: str
+    cpus: int | None
+    memory_gb: float | None
+    gpus: tuple[dict[str, Any], ...]  # NVML inventory, one object per GPU
+    runs: tuple[RunSummary, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ev": "hello", "node": self.node, "pid": self.pid, "version": self.version,
+                "host": self.host, "cpus": self.cpus, "memory_gb": self.memory_gb,
+                "gpus": [dict(g) for g in self.gpus],
+                "runs": [r.to_wire() for r in self.runs]}
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    node: str
+    time: float
+    cpu_percent: float | None
+    memory_percent: float | None
+    memory_used_gb: float | None
+    load: tuple[float | None, ...]  # 1, 5 and 15 minutes; None where the OS has none
+    gpus: tuple[dict[str, Any], ...]  # NVML samples, one object per GPU
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ev": "telemetry", "node": self.node, "time": self.time,
+                "cpu_percent": self.cpu_percent, "memory_percent": self.memory_percent,
+                "memory_used_gb": self.memory_used_gb, "load": list(self.load),
+                "gpus": [dict(g) for g in self.gpus]}
+
+
+@dataclass(frozen=True)
+class Started:
+    attempt: str
+    pid: int | None
+    pgid: int | None
+    supervisor: int | None
+    time: float | None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ev": "started", "attempt": self.attempt, "pid": self.pid, "pgid": self.pgid,
+                "supervisor": self.supervisor, "time": self.time}
+
+
+@dataclass(frozen=True)
+class Log:
+    """One line of output.log: bytes [offset, end) of the file, `line`
+    without its newline, decoded with surrogateescape (exact bytes back with
+    line.encode("utf-8", "surrogateescape"))."""
+
+    attempt: str
+    offset: int
+    end: int
+    line: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ev": "log", "attempt": self.attempt, "offset": self.offset, "end": self.end,
+                "line": self.line}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One record of metrics.jsonl, at bytes [offset, end) of the file."""
+
+    attempt: str
+    offset: int
+    end: int
+    record: dict[str, Any]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ev": "metric", "attempt": self.attempt, "offset": self.offset,
+                "end": self.end, "record": self.record}
+
+
+@dataclass(frozen=True)
+class Exited:
+    attempt: str
+    code: int | None  # None when ended by a signal
+    signal: int | None
+    time: float | None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ev": "exited", "attempt": self.attempt, "code": self.code,
+                "signal": self.signal, "time": self.time}
+
+
+@dataclass(frozen=True)
+class Lost:
+    attempt: str
+    reason: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ev": "lost", "attempt": self.attempt, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Error:
+    """A command the agent could not act on, or trouble with a run; with
+    op "start" and an attempt, that start was refused outright."""
+
+    message: str
+    attempt: str | None = None
+    op: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"ev": "error", "message": self.message}
+        if self.attempt is not None:
+            wire["attempt"] = self.attempt
+        if self.op is not None:
+            wire["op"] = self.op
+        return wire
+
+
+@dataclass(frozen=True)
+class Runs:
+    """The answer to `list`."""
+
+    runs: tuple[RunSummary, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ev": "runs", "runs": [r.to_wire() for r in self.runs]}
+
+
+@dataclass(frozen=True)
+class Pong:
+    id: Any = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ev": "pong", "id": self.id}
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """An event this engine does not know (from a newer agent): kept whole."""
+
+    ev: str
+    fields: dict[str, Any]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {**self.fields, "ev": self.ev}
+
+
+Event = Hello | Telemetry | Started | Log | Metric | Exited | Lost | Error | Runs | Pong | Unknown
+
+
+class _Fields:
+    """Typed reads of one event object; a wrong field is a ProtocolError
+    naming the event and the field."""
+
+    def __init__(self, ev: str, obj: dict[str, Any]) -> None:
+        self.ev, self.obj = ev, obj
+        attempt = obj.get("attempt")
+        self.attempt = attempt if isinstance(attempt, str) else None
+
+    def bad(self, key: str, expected: str) -> ProtocolError:
+        return ProtocolError(f"{self.ev} event: {key} must be {expected}, got "
+                             f"{self.obj.get(key)!r:.80}", self.attempt)
+
+    def text(self, key: str) -> str:
+        value = self.obj.get(key)
+        if not isinstance(value, str):
+            raise self.bad(key, "a string")
+        return value
+
+    def opt_text(self, key: str) -> str | None:
+        return None if self.obj.get(key) is None else self.text(key)
+
+    def attempt_id(self) -> str:
+        value = self.obj.get("attempt")
+        if not valid_attempt(value):
+            raise self.bad("attempt", "an attempt id")
+        return str(value)
+
+    def integer(self, key: str, minimum: int | None = None) -> int:
+        value = self.obj.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or (
+                minimum is not None and value < minimum):
+            raise self.bad(key, "an integer" if minimum is None else f"an integer >= {minimum}")
+        return value
+
+    def opt_integer(self, key: str) -> int | None:
+        return None if self.obj.get(key) is None else self.integer(key)
+
+    def number(self, key: str) -> float:
+        value = self.obj.get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise self.bad(key, "a number")
+        return value
+
+    def opt_number(self, key: str) -> float | None:
+        return None if self.obj.get(key) is None else self.number(key)
+
+    def flag(self, key: str) -> bool:
+        value = self.obj.get(key)
+        if not isinstance(value, bool):
+            raise self.bad(key, "true or false")
+        return value
+
+    def mapping(self, key: str) -> dict[str, Any]:
+        value = self.obj.get(key)
+        if not isinstance(value, dict):
+            raise self.bad(key, "an object")
+        return value
+
+    def opt_mapping(self, key: str) -> dict[str, Any] | None:
+        return None if self.obj.get(key) is None else self.mapping(key)
+
+    def objects(self, key: str) -> tuple[dict[str, Any], ...]:
+        value = self.obj.get(key)
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise self.bad(key, "a list of objects")
+        return tuple(value)
+
+    def numbers(self, key: str) -> tuple[float | None, ...]:
+        value = self.obj.get(key)
+        if not isinstance(value, list) or not all(
+                v is None or isinstance(v, (int, float)) and not isinstance(v, bool)
+                for v in value):
+            raise self.bad(key, "a list of numbers (or nulls)")
+        return tuple(value)
+
+    def runs(self) -> tuple[RunSummary, ...]:
+        out = []
+        for item in self.objects("runs"):
+            f = _Fields(f"{self.ev} event's run", item)
+            out.append(RunSummary(f.attempt_id(), f.opt_integer("pid"), f.flag("alive"),
+                                  f.opt_mapping("exit")))
+        return tuple(out)
+
+
+def parse_event(obj: dict[str, Any]) -> Event:
+    """One decoded stdout line of the agent -> a typed event (see the module
+    docstring). Raises ProtocolError."""
+    if not isinstance(obj, dict):
+        raise ProtocolError("malformed event: not a JSON object")
+    ev = obj.get("ev")
+    if not isinstance(ev, str):
+        raise ProtocolError(f"malformed event: no \"ev\" name in {obj!r:.120}")
+    f = _Fields(ev, obj)
+    if ev == "log":
+        offset = f.integer("offset", 0)
+        return Log(f.attempt_id(), offset, f.integer("end", offset), f.text("line"))
+    if ev == "metric":
+        offset = f.integer("offset", 0)
+        return Metric(f.attempt_id(), offset, f.integer("end", offset), f.mapping("record"))
+    if ev == "telemetry":
+        return Telemetry(f.text("node"), f.number("time"), f.opt_number("cpu_percent"),
+                         f.opt_number("memory_percent"), f.opt_number("memory_used_gb"),
+                         f.numbers("load"), f.objects("gpus"))
+    if ev == "started":
+        return Started(f.attempt_id(), f.opt_integer("pid"), f.opt_integer("pgid"),
+                       f.opt_integer("supervisor"), f.opt_number("time"))
+    if ev == "exited":
+        return Exited(f.attempt_id(), f.opt_integer("code"), f.opt_integer("signal"),
+                      f.opt_number("time"))
+    if ev == "lost":
+        return Lost(f.attempt_id(), f.text("reason"))
+    if ev == "error":
+        attempt = obj.get("attempt")
+        return Error(f.text("message"), None if attempt is None else f.attempt_id(),
+                     f.opt_text("op"))
+    if ev == "hello":
+        return Hello(f.text("node"), f.integer("pid"), f.integer("version"), f.text("host"),
+                     f.opt_integer("cpus"), f.opt_number("memory_gb"), f.objects("gpus"), f.runs())
+    if ev == "runs":
+        return Runs(f.runs())
+    if ev == "pong":
+        return Pong(obj.get("id"))
+    return Unknown(ev, {k: v for k, v in obj.items() if k != "ev"})
+
+
+class VersionMismatch(ProtocolError):
+    """The agent speaks another protocol version than this engine. `detail`
+    is the message without the node (for errors that name it already)."""
+
+    def __init__(self, node: str, agent_version: int) -> None:
+        self.detail = (f"speaks protocol version {agent_version}, this engine version "
+                       f"{VERSION}: install the same llmconsole on the engine's host and every "
+                       "node")
+        super().__init__(f"the agent on node {node} {self.detail}")
+        self.node, self.agent_version = node, agent_version
+
+
+def check_hello(hello: Hello, node: str | None = None) -> None:
+    """Refuse (VersionMismatch) an agent whose protocol version is not this
+    engine's; `node` names it (default: the name it gave itself)."""
+    if hello.version != VERSION:
+        raise VersionMismatch(node or hello.node, hello.version)

@@ -22,8 +22,7 @@ root agent signals. ROOT and ROOT/runs get o+x (never o+r or o+w) so that it
 can reach them. Everything below reads these files as root, so it works
 unchanged for either layout.
 
-This module owns: attempt-id validation (the id is a path component), atomic
-JSON files, liveness of supervisors and process groups (robust to pid reuse
+This module owns: atomic JSON files, liveness of supervisors and process groups (robust to pid reuse
 and zombies), the run summary used by `hello`/`list`, the /proc environ
 backstop used by stop, and `LineTail`, an incremental line reader with byte
 offsets. Everything here is synchronous and quick; nothing blocks on a job.
@@ -33,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import time
 from collections.abc import Iterable
@@ -41,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from engine.agent.protocol import valid_attempt
 
 SPEC = "spec.json"
 OUTPUT = "output.log"
@@ -54,16 +54,6 @@ WORK = "work"
 STALE_S = 30.0
 # psutil's create_time and time.time() can disagree by about a second.
 CREATE_TIME_SLACK_S = 2.0
-
-_ATTEMPT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-
-
-def valid_attempt(value: object) -> bool:
-    """An attempt id is used as a directory name: "12.1" (see
-    engine.model.attempt_key); letters, digits, '.', '_' and '-' only, no '..'."""
-    return (isinstance(value, str) and _ATTEMPT_RE.fullmatch(value) is not None
-            and ".." not in value)
-
 
 def runs_dir(root: Path) -> Path:
     return root / "runs"

@@ -29,8 +29,10 @@ class AgentChannel(Protocol):
     hello: dict[str, Any] | None
 
     async def start(self) -> None:
-        """Spawn the agent and read its hello; AgentError if it dies or
-        says nothing within the hello timeout (15 s)."""
+        """Spawn the agent and read its hello; AgentError if it dies, says
+        nothing within the hello timeout (15 s), or says a hello that
+        protocol.parse_event refuses or of another protocol version
+        (protocol.check_hello)."""
 
     async def send(self, message: dict[str, Any]) -> None:
         """Write one command; AgentError if the agent is gone."""

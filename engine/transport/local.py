@@ -23,6 +23,13 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from engine.agent.protocol import (
+    Hello,
+    ProtocolError,
+    VersionMismatch,
+    check_hello,
+    parse_event,
+)
 from engine.transport.base import AgentError
 
 logger = logging.getLogger("engine.transport")
@@ -58,6 +65,7 @@ class LocalAgentChannel:
         self.root = Path(root)
         self.argv = agent_argv(node, self.root, interval, python, extra_args)
         self.hello: dict[str, Any] | None = None
+        self.hello_event: Hello | None = None  # the same, typed
         self._hello_timeout = hello_timeout
         self._proc: asyncio.subprocess.Process | None = None
         self._stderr_task: asyncio.Task[None] | None = None
@@ -94,7 +102,17 @@ class LocalAgentChannel:
         except AgentError:
             await self._kill()
             raise
+        try:
+            event = parse_event(hello)
+            if not isinstance(event, Hello):
+                raise ProtocolError("the first event is not a hello")
+            check_hello(event, self.node)
+        except ProtocolError as e:
+            await self._kill()
+            raise AgentError(self.node, e.detail if isinstance(e, VersionMismatch)
+                             else str(e)) from None
         self.hello = hello
+        self.hello_event = event
 
     async def _read_hello(self) -> dict[str, Any]:
         while True:

@@ -14,6 +14,7 @@ from typing import Any
 
 import psutil
 
+from engine.agent.protocol import ProtocolError, Unknown, parse_event
 from engine.transport import LocalAgentChannel
 
 PY = sys.executable
@@ -36,6 +37,7 @@ class Driver:
         self._cond = asyncio.Condition()
         self._pump: asyncio.Task[None] | None = None
         self.ended = asyncio.Event()
+        self.malformed: list[str] = []
 
     async def start(self) -> Driver:
         await self.ch.start()
@@ -44,6 +46,11 @@ class Driver:
 
     async def _run(self) -> None:
         async for ev in self.ch.events():
+            try:  # every event the agent writes is one of the protocol's types
+                if isinstance(parse_event(ev), Unknown):
+                    self.malformed.append(f"unknown event {ev}")
+            except ProtocolError as e:
+                self.malformed.append(f"{e}: {ev}")
             async with self._cond:
                 self.events.append(ev)
                 self.times.append(time.monotonic())
@@ -101,6 +108,7 @@ class Driver:
         await self.ch.close()
         if self._pump is not None:
             await asyncio.wait_for(self._pump, 5)
+        assert not self.malformed, self.malformed[:5]
 
 
 def marked_processes(root: Path) -> list[int]:

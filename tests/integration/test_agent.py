@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from engine.agent.protocol import VERSION
 from engine.transport import AgentChannel, AgentError, LocalAgentChannel, agent_argv
 from tests.integration.agent_driver import (
     JOB_ENV,
@@ -576,3 +577,20 @@ async def test_log_lines_keep_every_byte(agent: Driver, root: Path) -> None:
     err = await agent.until(lambda e: e["ev"] == "error" and e.get("attempt") == "24.2")
     assert err["op"] == "start" and "not UTF-8" in err["message"]
     assert not run_dir(root, "24.2").exists()
+
+
+async def test_an_agent_of_another_protocol_version_is_refused_at_hello(root: Path) -> None:
+    """A node running another llmconsole: the channel refuses its hello
+    with both versions and the fix, and ends that agent."""
+    hello = {"ev": "hello", "node": "old", "pid": 1, "version": VERSION + 1, "host": "h",
+             "cpus": 1, "memory_gb": 1.0, "gpus": [], "runs": []}
+    for said, complaint in ((hello, f"speaks protocol version {VERSION + 1}, this engine "
+                                     f"version {VERSION}: install the same llmconsole"),
+                            ({**hello, "version": VERSION, "pid": "one"},
+                             "hello event: pid must be an integer")):
+        fake = LocalAgentChannel("old", root)
+        fake.argv = [PY, "-c", f"import time; print({json.dumps(said)!r}, flush=True); "
+                               "time.sleep(60)"]
+        with pytest.raises(AgentError, match=f"agent on node old: {complaint}"):
+            await fake.start()
+        assert not fake.alive and fake.hello is None
