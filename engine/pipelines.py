@@ -123,12 +123,9 @@ def expand(pipeline: PipelineSpec, outputs: Path, stamp: str
                              f"{problem}; expected {expected}")
     for i, stage in enumerate(pipeline.stages):
         earlier = [s.name for s in pipeline.stages[:i]]
-
-        def resolve(name: str) -> str:
-            return folders[name]  # stage_reference_problems: an earlier workload stage
-
         refs = references(stage.spec)
-        spec = with_output(substitute(stage.spec, resolve), root / stage.name)
+        # every reference names an earlier workload stage, whose folder is known
+        spec = with_output(substitute(stage.spec, folders.__getitem__), root / stage.name)
         folder = output_dir(spec)
         if folder is not None:
             folders[stage.name] = folder

@@ -218,8 +218,17 @@ def references(kind: str, argv: Sequence[str]) -> list[str]:
     return out
 
 
+def _waits_for(stages: Sequence[StageSpec], j: int) -> list[str]:
+    """The stages stage `j` waits for, as `engine.pipelines.expand` chains
+    them: its ``after``, else the stages it refers to, else the previous one."""
+    stage = stages[j]
+    if stage.after is not None:
+        return list(stage.after)
+    return references(stage.spec.kind, stage.spec.argv) or [s.name for s in stages[j - 1:j]]
+
+
 def _reaches(stages: Sequence[StageSpec], start: int, target: int) -> bool:
-    """Whether stage `start` refers, directly or through other stages, to `target`."""
+    """Whether stage `start` waits, directly or through other stages, for `target`."""
     index = {s.name: i for i, s in enumerate(stages)}
     seen: set[int] = set()
     todo = [start]
@@ -228,7 +237,7 @@ def _reaches(stages: Sequence[StageSpec], start: int, target: int) -> bool:
         if i in seen:
             continue
         seen.add(i)
-        for name in references(stages[i].spec.kind, stages[i].spec.argv):
+        for name in _waits_for(stages, i):
             j = index.get(name)
             if j == target:
                 return True
@@ -241,7 +250,8 @@ def stage_reference_problems(stages: Sequence[StageSpec]) -> list[tuple[int, str
     """(stage index, problem, expected) for each ``@NAME`` argument of a
     pipeline that does not name an earlier stage with an output folder: a
     name that is no stage, the stage itself, a later stage (a cycle when that
-    stage refers back), a command stage."""
+    stage waits for this one, through its references, its ``after`` or the
+    file order), a command stage."""
     names = [s.name for s in stages]
     problems: list[tuple[int, str, str]] = []
     for i, stage in enumerate(stages):
@@ -257,7 +267,7 @@ def stage_reference_problems(stages: Sequence[StageSpec]) -> list[tuple[int, str
                 why = "it is this stage itself"
             elif name in names:
                 j = names.index(name)
-                why = (f"stage {name} comes later and refers back to {stage.name}: a cycle"
+                why = (f"stage {name} comes later and waits for {stage.name}: a cycle"
                        if _reaches(stages, j, i) else
                        f"stage {name} comes later; stages run in file order, so move it above "
                        f"{stage.name}")

@@ -75,7 +75,7 @@ BAD_FILES = {
     "cycle": ('kind = "pipeline"\n[[stages]]\nname = "a"\nprofile = "eval-tiny"\n'
               'set = { args = { model = "@b" } }\n[[stages]]\nname = "b"\n'
               'profile = "eval-tiny"\nset = { args = { model = "@a" } }\n', "stages[0]",
-              "stage a: @b is not an earlier stage (stage b comes later and refers back to a: "
+              "stage a: @b is not an earlier stage (stage b comes later and waits for a: "
               "a cycle)"),
     "dangling": ('kind = "pipeline"\n[[stages]]\nname = "a"\nprofile = "pretrain-tiny"\n'
                  '[[stages]]\nname = "b"\nprofile = "eval-tiny"\n'

@@ -150,28 +150,34 @@ def test_every_shipped_profile_validates() -> None:
 
 
 def _stages(tmp_path: Path, *stages: tuple[str, str]) -> Path:
-    """A pipeline whose stages (name, model argument) all run eval profile 'a'."""
+    """A pipeline of stages (name, model argument) that run eval profile 'a'
+    (a model "command": the command profile 'say'; a model ending in '!':
+    ``after = []``)."""
     _write(tmp_path, "a", 'kind = "eval"\n[args]\nmodel = "/m"\n')
     _write(tmp_path, "say", 'kind = "command"\ncommand = ["echo", "hi"]\n')
     text = 'kind = "pipeline"\n'
     for name, model in stages:
         profile = "say" if model == "command" else "a"
-        extra = f'set = {{ args = {{ model = "{model}" }} }}\n' if model.startswith("@") else ""
+        extra = "after = []\n" if model.endswith("!") else ""
+        model = model.removesuffix("!")
+        if model.startswith("@"):
+            extra += f'set = {{ args = {{ model = "{model}" }} }}\n'
         text += f'[[stages]]\nname = "{name}"\nprofile = "{profile}"\n{extra}'
     return _write(tmp_path, "p", text)
 
 
 @pytest.mark.parametrize(("stages", "field", "fragment"), [
     ((("one", "@two"), ("two", "@one")), "stages[0]",
-     "stage one: @two is not an earlier stage (stage two comes later and refers back to one: "
+     "stage one: @two is not an earlier stage (stage two comes later and waits for one: "
      "a cycle)"),
     ((("one", "/m"), ("two", "@three"), ("three", "@two")), "stages[1]", "a cycle"),
+    ((("one", "@three"), ("two", "/m"), ("three", "/m")), "stages[0]", "a cycle"),
     ((("one", "/m"), ("two", "@nosuch")), "stages[1]",
      "stage two: @nosuch is not an earlier stage (no stage has that name)"),
     ((("pretrain", "/m"), ("prune", "@pretrian")), "stages[1]", "did you mean @pretrain?"),
     ((("one", "@one"),), "stages[0]", "it is this stage itself"),
-    ((("one", "/m"), ("two", "@three"), ("three", "/m")), "stages[1]",
-     "stage three comes later; stages run in file order"),
+    ((("one", "/m"), ("two", "@three"), ("three", "/m!")), "stages[1]",
+     "stage three comes later; stages run in file order, so move it above two"),
     ((("talk", "command"), ("two", "@talk")), "stages[1]",
      "@talk has no output folder (it is a command job)"),
 ])
