@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Protocol, runtime_checkable
 
+from engine.agent.protocol import Command
+
 
 class AgentError(RuntimeError):
     """The agent of `node` could not be started or reached."""
@@ -34,8 +36,9 @@ class AgentChannel(Protocol):
         protocol.parse_event refuses or of another protocol version
         (protocol.check_hello)."""
 
-    async def send(self, message: dict[str, Any]) -> None:
-        """Write one command; AgentError if the agent is gone."""
+    async def send(self, message: Command | dict[str, Any]) -> None:
+        """Write one command (a protocol command or its to_wire() dict);
+        AgentError if the agent is gone."""
 
     def events(self) -> AsyncIterator[dict[str, Any]]:
         """Events after hello, in order; ends when the agent process ends.

@@ -15,8 +15,17 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine.agent.protocol import VERSION
-from engine.transport import AgentChannel, AgentError, LocalAgentChannel, agent_argv
+from engine.agent.protocol import VERSION, Exited, Log, Pong, Simple, Start, parse_event
+from engine.model import NodeSpec
+from engine.transport import (
+    AgentChannel,
+    AgentError,
+    LocalAgentChannel,
+    SubprocessChannel,
+    agent_argv,
+)
+from engine.transport.factory import NoTransport, channel_factory
+from engine.transport.local import agent_env
 from tests.integration.agent_driver import (
     JOB_ENV,
     PY,
@@ -594,3 +603,40 @@ async def test_an_agent_of_another_protocol_version_is_refused_at_hello(root: Pa
         with pytest.raises(AgentError, match=f"agent on node old: {complaint}"):
             await fake.start()
         assert not fake.alive and fake.hello is None
+
+
+async def test_any_command_line_that_runs_the_agent_is_a_channel(root: Path) -> None:
+    """SubprocessChannel is the transport-independent part: the agent behind
+    another command in front of its argv (as ssh will be) works the same,
+    and typed commands travel as their to_wire()."""
+    ch = SubprocessChannel("n2", ["env", "LLMCONSOLE_VIA=wrapper",
+                                  *agent_argv("n2", root, 0.2)], agent_env())
+    await ch.start()
+    try:
+        assert ch.hello is not None and ch.hello_event is not None
+        assert ch.hello_event.node == "n2" and ch.hello_event.version == VERSION
+        assert parse_event(ch.hello) == ch.hello_event
+        with open(f"/proc/{ch.pid}/environ", "rb") as f:  # the agent ran behind `env`
+            assert b"LLMCONSOLE_VIA=wrapper" in f.read().split(b"\0")
+        await ch.send(Start("25.1", (PY, "-c", "print('via the wrapper')"), JOB_ENV))
+        await ch.send(Simple("ping", 25))
+        seen = []
+        async for ev in ch.events():
+            event = parse_event(ev)
+            seen.append(event)
+            if isinstance(event, Exited):
+                break
+        lines = [e.line for e in seen if isinstance(e, Log)]
+        assert lines == ["via the wrapper"] and Pong(25) in seen
+    finally:
+        await ch.close()
+    assert not ch.alive
+
+
+def test_channel_factory_gives_the_head_node_a_local_agent(tmp_path: Path) -> None:
+    make = channel_factory(tmp_path, 0.5)
+    local = make(NodeSpec("head"))
+    assert isinstance(local, LocalAgentChannel) and local.root == tmp_path
+    assert local.argv[-2:] == ["--interval", "0.5"] and "--root" in local.argv
+    with pytest.raises(NoTransport, match=r"node gpu1 \(10\.0\.0\.7\) needs the SSH transport"):
+        make(NodeSpec("gpu1", host="10.0.0.7"))
