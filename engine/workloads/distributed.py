@@ -8,6 +8,23 @@ Horovod is used as its authors intend: ``hvd.init()``, a
 ``backward_passes_per_step`` micro-batches, optional fp16 compression on the
 wire), parameters and optimizer state broadcast from rank 0, and clipping
 between ``synchronize()`` and ``step()`` under ``skip_synchronize()``.
+
+Collective names. Horovod matches a collective across ranks by its name, and
+a rank waits until every rank has submitted an operation of the same name.
+``hvd.broadcast_object`` and ``hvd.allgather_object`` default the name to
+``type(obj).__name__``, so a rank that passes a dict while another passes
+None waits in ``dict.sz`` and the other in ``NoneType.sz``, forever (a
+resumed run did exactly that). So every collective here takes its name from
+the caller (`broadcast_object`, `gather_object` and `sum` require one), the
+name is a constant of the call site, the same on every rank, and each is
+prefixed with ``llmconsole.`` (see `collective_name`). Parameters are
+broadcast as ``llmconsole.params.<state_dict key>``. Horovod's own
+``broadcast_optimizer_state`` takes no name: it names each tensor after its
+state key and order (``exp_avg.1``, ...) and its scalars ``dict``, which is
+the same on every rank because every rank holds the same optimizer over the
+same parameters (a rank without state makes it with a zero-gradient step
+before the names are taken). ``barrier`` has no name in Horovod; DDP
+matches collectives by call order and ignores names.
 """
 
 from __future__ import annotations
@@ -20,6 +37,18 @@ from typing import Any
 from engine.workloads.common import WorkloadError
 
 MODES = ("auto", "single", "horovod", "ddp")
+
+#: Every collective this module submits to Horovod is named under this prefix.
+NAME_PREFIX = "llmconsole."
+
+
+def collective_name(name: str) -> str:
+    """The Horovod name of the caller's collective `name`: a non-empty
+    constant of the call site (never derived from a rank's data), prefixed
+    so it cannot meet a name Horovod makes up itself."""
+    if not name:
+        raise ValueError("a collective needs a non-empty name that is the same on every rank")
+    return NAME_PREFIX + name
 
 
 def detect(mode: str) -> str:
@@ -107,7 +136,9 @@ class Dist:
         model."""
         if self.mode == "horovod":
             self._hvd.broadcast_optimizer_state(optimizer, root_rank=0)
-            self._hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+            params = [(collective_name(f"params.{key}"), tensor)
+                      for key, tensor in sorted(model.state_dict().items())]
+            self._hvd.broadcast_parameters(params, root_rank=0)
 
     @contextlib.contextmanager
     def accumulating(self, model: Any, last: bool) -> Iterator[None]:
@@ -140,13 +171,14 @@ class Dist:
 
         return dist
 
-    def sum(self, values: Sequence[float]) -> list[float]:
-        """Element-wise sum over all ranks."""
+    def sum(self, values: Sequence[float], *, name: str) -> list[float]:
+        """Element-wise sum over all ranks; `name` as for `broadcast_object`
+        (every rank passes as many values)."""
         import torch
 
         t = torch.tensor(list(values), dtype=torch.float64)
         if self.mode == "horovod":
-            t = self._hvd.allreduce(t, op=self._hvd.Sum, name="llmconsole.sum")
+            t = self._hvd.allreduce(t, op=self._hvd.Sum, name=collective_name(name))
         elif self.mode == "ddp":
             t = t.to(self.device) if getattr(self.device, "type", "cpu") == "cuda" else t
             self._ddp().all_reduce(t)
@@ -159,19 +191,27 @@ class Dist:
         elif self.mode == "ddp":
             self._ddp().barrier()
 
-    def gather_object(self, obj: Any) -> list[Any]:
-        """Every rank's `obj`, in rank order (on every rank)."""
+    def gather_object(self, obj: Any, *, name: str) -> list[Any]:
+        """Every rank's `obj`, in rank order (on every rank). `name` is
+        required and must be the same on every rank (see the module's
+        docstring): Horovod would otherwise name the collective after
+        ``type(obj)``."""
         if self.mode == "horovod":
-            return list(self._hvd.allgather_object(obj))
+            return list(self._hvd.allgather_object(obj, name=collective_name(name)))
         if self.mode == "ddp":
             out: list[Any] = [None] * self.size
             self._ddp().all_gather_object(out, obj)
             return out
         return [obj]
 
-    def broadcast_object(self, obj: Any) -> Any:
+    def broadcast_object(self, obj: Any, *, name: str) -> Any:
+        """Rank 0's `obj`, on every rank (the others pass anything, None
+        say). `name` is required and must be the same on every rank: Horovod
+        would otherwise name the collective after ``type(obj)``, which
+        differs between rank 0's object and the others' None, and every rank
+        would wait for a partner that never comes."""
         if self.mode == "horovod":
-            return self._hvd.broadcast_object(obj, root_rank=0)
+            return self._hvd.broadcast_object(obj, root_rank=0, name=collective_name(name))
         if self.mode == "ddp":
             box = [obj]
             self._ddp().broadcast_object_list(box, src=0)

@@ -317,6 +317,13 @@ def run_training(a: argparse.Namespace, kind: str = "train") -> Outcome:
     step, micro = 0, 0
     resume_from = a.resume_from or (checkpoints(a.output)[-1] if a.resume and
                                     checkpoints(a.output) else None)
+    if a.resume or a.resume_from:
+        # Rank 0's choice for every rank: a rank that saw other checkpoints
+        # (or none, on a node without the output folder) would otherwise
+        # skip or join the collectives below on its own.
+        chosen = dist.broadcast_object(str(resume_from) if resume_from is not None else None,
+                                       name="train.resume_from")
+        resume_from = Path(chosen) if chosen is not None else None
     if resume_from is not None:
         state = load_checkpoint_state(resume_from) if dist.is_main else None
         if dist.is_main and state is not None:
@@ -329,9 +336,12 @@ def run_training(a: argparse.Namespace, kind: str = "train") -> Outcome:
                 raise WorkloadError(
                     f"checkpoint {resume_from} does not fit this run ({first[:200]}); resume "
                     "with the options it was written with, or use a new --output") from None
+        # Rank 0 passes a dict, the others None: only the explicit name
+        # makes them meet in the same collective.
         shared = dist.broadcast_object(
             {"step": state["step"], "micro": state["micro"], "rng": state["rng"],
-             "schedule": state["schedule"]} if state is not None else None)
+             "schedule": state["schedule"]} if state is not None else None,
+            name="train.resume_position")
         step, micro = int(shared["step"]), int(shared["micro"])
         if not dist.is_main:
             schedule.load_state_dict(shared["schedule"])
@@ -344,7 +354,8 @@ def run_training(a: argparse.Namespace, kind: str = "train") -> Outcome:
         print("no checkpoint yet: starting at step 0", flush=True)
 
     if dist.mode == "ddp" and resume_from is not None:
-        opt_state = dist.broadcast_object(base_opt.state_dict() if dist.is_main else None)
+        opt_state = dist.broadcast_object(base_opt.state_dict() if dist.is_main else None,
+                                          name="train.optimizer_state")
         if not dist.is_main:
             base_opt.load_state_dict(opt_state)
     dist.broadcast_state(model, base_opt)
@@ -381,7 +392,7 @@ def run_training(a: argparse.Namespace, kind: str = "train") -> Outcome:
             sums = classification_sums(
                 model, held["input_ids"][lo:hi], held["attention_mask"][lo:hi],
                 held["labels"][lo:hi], a.batch_size, device)
-            loss_sum, correct, count = dist.sum(sums)
+            loss_sum, correct, count = dist.sum(sums, name="train.eval_classification")
             model.train()
             return {"eval_loss": loss_sum / max(1, count), "accuracy": correct / max(1, count)}
         # The first eval_batches x batch_size held-out rows, the rows that
@@ -389,14 +400,15 @@ def run_training(a: argparse.Namespace, kind: str = "train") -> Outcome:
         rows = held["input_ids"][:a.eval_batches * a.batch_size]
         lo, hi = dist.rank * len(rows) // dist.size, (dist.rank + 1) * len(rows) // dist.size
         lm_sums = lm_loss_sums(model, rows[lo:hi], a.batch_size, device)
-        loss_sum, count = dist.sum(lm_sums)
+        loss_sum, count = dist.sum(lm_sums, name="train.eval_lm")
         model.train()
         loss = loss_sum / max(1, count)
         return {"eval_loss": loss, "perplexity": perplexity(loss)}
 
     def trainer_state() -> dict[str, Any]:
         return {"step": step, "micro": micro, "optimizer": base_opt.state_dict(),
-                "schedule": schedule.state_dict(), "rng": dist.gather_object(_rng_state()),
+                "schedule": schedule.state_dict(),
+                "rng": dist.gather_object(_rng_state(), name="train.rng_states"),
                 "args": {k: str(v) for k, v in vars(a).items()}}
 
     def checkpoint() -> None:
@@ -441,7 +453,8 @@ def run_training(a: argparse.Namespace, kind: str = "train") -> Outcome:
         schedule.step()
         step += 1
         elapsed = time.perf_counter() - t0
-        loss_sum, stop_votes = dist.sum([loss_total / a.grad_accum, 1.0 if stop.set else 0.0])
+        loss_sum, stop_votes = dist.sum([loss_total / a.grad_accum, 1.0 if stop.set else 0.0],
+                                        name="train.step_loss_and_stop")
         last_loss = loss_sum / dist.size
         if not math.isfinite(last_loss):
             reason = (f"loss became {last_loss} at step {step} (lr {schedule.get_last_lr()[0]:.3g},"
@@ -480,7 +493,7 @@ def run_training(a: argparse.Namespace, kind: str = "train") -> Outcome:
     if not eval_stats and not stopped:
         eval_stats = evaluate()
     unwrapped_params = sum(p.numel() for p in model.parameters())
-    digests = dist.gather_object(weights_digest(model))
+    digests = dist.gather_object(weights_digest(model), name="train.weights_digests")
     results = {
         "kind": kind, "task": a.task, "status": "stopped" if stopped else "ok",
         "steps": step, "max_steps": a.max_steps, "epochs": round(micro / per_epoch, 4),

@@ -3,6 +3,7 @@ torchrun, interrupted and resumed, fed bad input, and diverging."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -11,9 +12,16 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
+import engine.workloads
 from tests.workloads.conftest import FAST_TRAIN, results, run_workload
 
 VENV_BIN = Path(sys.executable).parent
+#: `Dist`'s collectives, and Horovod's that take a name.
+DIST_COLLECTIVES = {"broadcast_object", "gather_object", "sum"}
+HOROVOD_NAMED = {"allreduce", "allreduce_", "allgather", "allgather_object", "broadcast",
+                 "broadcast_", "broadcast_async_", "broadcast_object", "alltoall"}
 
 
 def losses(folder: Path) -> list[float]:
@@ -48,6 +56,79 @@ def test_horovod_two_workers_lower_the_loss_and_end_identical(
     assert len(seen) == 40
     assert sum(seen[-5:]) / 5 < sum(seen[:5]) / 5 - 0.5, seen
     assert (out / "model" / "model.safetensors").is_file()
+
+
+def test_every_collective_in_the_workloads_has_a_fixed_name() -> None:
+    """Horovod matches collectives across ranks by name, and names an
+    unnamed object collective after the object's type, which can differ
+    between ranks (a resumed run hung on exactly that). So every `dist.`
+    collective passes a string constant, distinct per call site, and every
+    call into Horovod that takes a name passes one."""
+    seen: dict[str, str] = {}
+    checked = 0
+    for path in sorted(Path(engine.workloads.__file__).parent.glob("*.py")):
+        for call in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Attribute):
+                continue
+            receiver, method = ast.unparse(call.func.value), call.func.attr
+            where = f"{path.name}:{call.lineno} {receiver}.{method}"
+            name = next((k.value for k in call.keywords if k.arg == "name"), None)
+            if receiver == "dist" and method in DIST_COLLECTIVES:
+                assert isinstance(name, ast.Constant) and isinstance(name.value, str), where
+                assert name.value not in seen, f"{where} reuses {seen.get(name.value)}'s name"
+                seen[name.value] = where
+                checked += 1
+            elif receiver.endswith("_hvd") and method in HOROVOD_NAMED:
+                assert name is not None, f"{where}: no name="
+                checked += 1
+    assert checked >= 8 and {"train.resume_position", "train.rng_states"} <= set(seen)
+
+
+def horovodrun(args: list[str], env: dict[str, str], timeout: float = 120.0
+               ) -> subprocess.CompletedProcess[str]:
+    """`horovodrun -np 2 --gloo` the training program. A run that outlives
+    `timeout` (a hang) is killed with its workers (each in a session of its
+    own, so not in horovodrun's group) and fails the test with its output."""
+    cmd = [str(VENV_BIN / "horovodrun"), "-np", "2", "--gloo", sys.executable, "-m",
+           "engine.workloads.train", *args]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"horovodrun {' '.join(args)} still running after {timeout:.0f} s"
+                             f":\n{stdout[-3000:]}\n{stderr[-3000:]}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def test_horovod_resume_from_a_checkpoint_continues_and_finishes(
+        tmp_path: Path, wl_env: dict[str, str]) -> None:
+    """The by-hand repro of a retried horovodrun job: rank 0 reads the
+    checkpoint and broadcasts it, the other rank has none to pass, and both
+    must still meet in the same collectives (they used to wait forever in
+    `dict.sz` and `NoneType.sz`)."""
+    out = tmp_path / "hvd-resume"
+    args = ["--output", str(out), *FAST_TRAIN, "--checkpoint-every", "2", "--eval-every", "6",
+            "--resume"]
+    first = horovodrun([*args, "--max-steps", "4"], wl_env)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step-000002", "step-000004"]
+    logged_before = len((out / "metrics.jsonl").read_text().splitlines())
+
+    second = horovodrun([*args, "--max-steps", "6"], wl_env)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert f"resumed from {out / 'checkpoints' / 'step-000004'} at step 4" in second.stdout
+    records = [json.loads(x) for x in
+               (out / "metrics.jsonl").read_text().splitlines()[logged_before:]]
+    assert [r["step"] for r in records if "loss" in r] == [5, 6]
+    res = results(out)
+    assert res["status"] == "ok" and res["steps"] == 6 and res["world_size"] == 2
+    assert res["replicas_identical"] is True, res["replica_digests"]
 
 
 def test_torchrun_two_workers_stay_in_sync(tmp_path: Path, wl_env: dict[str, str]) -> None:
