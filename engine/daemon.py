@@ -21,31 +21,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from engine import paths
 from engine.errors import Unavailable, Unreachable, UserError
-from engine.model import ClusterSpec, NodeSpec
-from engine.transport.base import AgentChannel
-from engine.transport.local import LocalAgentChannel
+from engine.model import ClusterSpec
+from engine.transport.factory import channel_factory
 
 log = logging.getLogger("llmconsole.daemon")
 
 
 class DaemonError(UserError):
     pass
-
-
-def channel_factory(home: Path, telemetry_interval: float) -> Callable[[NodeSpec], AgentChannel]:
-
-    def make(node: NodeSpec) -> AgentChannel:
-        if node.is_local:
-            return LocalAgentChannel(node.name, home, interval=telemetry_interval)
-        raise DaemonError(f"node {node.name} ({node.host}) needs the SSH transport, "
-                          f"which this engine does not have yet")
-
-    return make
 
 
 async def serve(
@@ -137,11 +124,14 @@ def start_background(cluster_profile: str | None = None, wait: float = 20.0) -> 
         raise DaemonError(problem)
     root = paths.ensure_home()
     try:
-        logfile = open(root / "engine.log", "ab")  # noqa: SIM115
+        # private: a shared engine's home is traversable by its users
+        fd = os.open(root / "engine.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)
+        logfile = os.fdopen(fd, "ab")
     except PermissionError:
         raise DaemonError(f"cannot write {root / 'engine.log'}: permission denied; set "
                           f"LLMCONSOLE_HOME to a folder of your own") from None
-    start_offset = logfile.tell()  # "ab" opens at the end: what this start writes comes after
+    start_offset = os.fstat(fd).st_size  # appended: what this start writes comes after
     argv = [sys.executable, "-m", "engine", "engine", "serve"]
     if cluster_profile:
         argv += ["--cluster", cluster_profile]

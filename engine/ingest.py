@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from engine.agent.protocol import Log, Metric, Telemetry
 from engine.hub import EventHub
 from engine.model import JobSpec, Placement, attempt_key
 from engine.store import MetricPoint, Store, TelemetryRow
@@ -105,17 +106,15 @@ class Ingest:
         return self.logs_dir / attempt_key(job_id, number) / "output.log"
 
     # ------------------------------------------------------------- events
-    def log(self, run: Running, part: Part, event: dict[str, Any]) -> None:
-        offset = _int(event.get("offset"))
-        if offset is not None and offset <= part.log_offset:
+    def log(self, run: Running, part: Part, event: Log) -> None:
+        if event.offset <= part.log_offset:
             return  # already have it (re-attach replays from the last offset)
-        if offset is not None:
-            part.log_offset = offset
-            self._dirty.add(run.key)
+        part.log_offset = event.offset
+        self._dirty.add(run.key)
         if run.skip_lines > 0:  # written before a crash, after the last saved offset
             run.skip_lines -= 1
             return
-        self.append_log(run, str(event.get("line", "")))
+        self.append_log(run, event.line)
 
     def append_log(self, run: Running, line: str) -> None:
         if run.log_file is None:
@@ -129,16 +128,12 @@ class Ingest:
         self.hub.publish({"type": "log", "job": run.job_id, "attempt": run.number,
                           "line": _displayable(line)})
 
-    def metric(self, run: Running, part: Part, event: dict[str, Any]) -> None:
-        offset = _int(event.get("offset"))
-        if offset is not None and offset <= part.metric_offset:
+    def metric(self, run: Running, part: Part, event: Metric) -> None:
+        if event.offset <= part.metric_offset:
             return
-        if offset is not None:
-            part.metric_offset = offset
-            self._dirty.add(run.key)
-        record = event.get("record")
-        if not isinstance(record, dict):
-            return
+        part.metric_offset = event.offset
+        self._dirty.add(run.key)
+        record = event.record
         step = _int(record.get("step"))
         if step is None:
             return
@@ -157,14 +152,17 @@ class Ingest:
             self.hub.publish({"type": "metric", "job": run.job_id, "attempt": run.number,
                               "step": step, "time": when, "values": values})
 
-    def telemetry(self, node: str, event: dict[str, Any]) -> None:
-        load = event.get("load") or [None]
+    def telemetry(self, node: str, event: Telemetry) -> dict[str, Any]:
+        """Buffer a sample for the store and publish it; returns it as the
+        dict the views show."""
         self._telemetry.append(TelemetryRow(
-            node=node, time=float(event.get("time") or self.clock()),
-            cpu_percent=event.get("cpu_percent"), memory_percent=event.get("memory_percent"),
-            load1=load[0] if load else None, gpus=list(event.get("gpus") or []),
+            node=node, time=event.time or self.clock(),
+            cpu_percent=event.cpu_percent, memory_percent=event.memory_percent,
+            load1=event.load[0] if event.load else None, gpus=[dict(g) for g in event.gpus],
         ))
-        self.hub.publish({"type": "telemetry", **event})
+        sample = event.to_wire()
+        self.hub.publish({"type": "telemetry", **sample})
+        return sample
 
     # -------------------------------------------------------- persistence
     def flush(self, running: dict[str, Running]) -> None:

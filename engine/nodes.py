@@ -12,6 +12,8 @@ Contract:
 - `send` never blocks and never raises: a command for a node that is down is
   dropped, because what matters is re-sent when the node says hello again
   (the runtime reconciles then).
+- Events arrive typed (`engine.agent.protocol.parse_event`); one that does
+  not parse is logged and skipped, the channel goes on.
 - Nothing here decides what happens to jobs; `engine.health` does, and the
   runtime applies it.
 """
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine import health
+from engine.agent.protocol import Command, Event, Hello, ProtocolError, parse_event
 from engine.hub import EventHub
 from engine.model import NodeSpec
 from engine.transport.base import AgentChannel
@@ -34,8 +37,8 @@ from engine.transport.base import AgentChannel
 log = logging.getLogger("llmconsole.engine")
 
 ChannelFactory = Callable[[NodeSpec], AgentChannel]
-HelloHandler = Callable[["NodeState", dict[str, Any]], None]
-EventHandler = Callable[["NodeState", dict[str, Any]], None]
+HelloHandler = Callable[["NodeState", Hello], None]
+EventHandler = Callable[["NodeState", Event], None]
 
 
 @dataclass
@@ -126,7 +129,7 @@ class Nodes:
         return False
 
     # --------------------------------------------------------------- send
-    def send(self, node_name: str, message: dict[str, Any]) -> None:
+    def send(self, node_name: str, message: Command) -> None:
         node = self.states.get(node_name)
         if node is None or node.channel is None or not node.up:
             return  # resent by the reconcile when the node comes back
@@ -136,7 +139,8 @@ class Nodes:
             try:
                 await channel.send(message)
             except Exception as err:  # the reader notices the channel ending
-                log.warning("node %s: could not send %s: %s", node_name, message.get("op"), err)
+                log.warning("node %s: could not send %s: %s", node_name,
+                            message.to_wire().get("op"), err)
 
         task = asyncio.get_running_loop().create_task(send())
         self._sends.add(task)  # keep a reference until it is done
@@ -156,15 +160,29 @@ class Nodes:
                 await asyncio.sleep(health.reconnect_delay(failures, self.rand()))
                 continue
             failures = 0
-            hello = getattr(channel, "hello", {}) or {}
+            try:
+                hello = parse_event(getattr(channel, "hello", None) or {})
+                if not isinstance(hello, Hello):
+                    raise ProtocolError(f"the first event was {type(hello).__name__}, not hello")
+            except ProtocolError as err:
+                failures += 1
+                self.mark_down(node, f"agent said no proper hello: {err}")
+                await channel.close()
+                await asyncio.sleep(health.reconnect_delay(failures, self.rand()))
+                continue
             self._mark_up(node, hello)
             try:
                 self.on_hello(node, hello)
-                async for event in channel.events():
+                async for raw in channel.events():
+                    try:
+                        event = parse_event(raw)
+                    except ProtocolError as err:
+                        log.warning("node %s: event skipped: %s", node.name, err)
+                        continue
                     try:
                         self.on_event(node, event)
                     except Exception:
-                        log.exception("node %s: event %s failed", node.name, event.get("ev"))
+                        log.exception("node %s: event %s failed", node.name, type(event).__name__)
             except asyncio.CancelledError:
                 raise
             except Exception as err:
@@ -172,12 +190,10 @@ class Nodes:
             self.mark_down(node, "agent connection ended")
             await asyncio.sleep(health.reconnect_delay(1, self.rand()))
 
-    def _mark_up(self, node: NodeState, hello: dict[str, Any]) -> None:
-        reported = hello.get("gpus") or []
-        node.gpus = node.spec.gpus if node.spec.gpus is not None else len(reported)
-        node.gpu_names = [str(g.get("name", "")) for g in reported if isinstance(g, dict)]
-        node.slots = node.spec.slots if node.spec.slots is not None else int(
-            hello.get("cpus") or 1)
+    def _mark_up(self, node: NodeState, hello: Hello) -> None:
+        node.gpus = node.spec.gpus if node.spec.gpus is not None else len(hello.gpus)
+        node.gpu_names = [str(g.get("name", "")) for g in hello.gpus]
+        node.slots = node.spec.slots if node.spec.slots is not None else (hello.cpus or 1)
         node.memory_gb = node.spec.memory_gb
         node.up, node.error, node.down_since, node.seen = True, None, None, True
         log.info("node %s up: %d GPUs, %d slots", node.name, node.gpus, node.slots)

@@ -102,5 +102,19 @@ def logs_dir() -> Path:
 
 
 def outputs_dir() -> Path:
+    """Where this user's workload jobs write: $LLMCONSOLE_OUTPUTS, else the
+    engine home's outputs/ when the home is this user's, else (a shared
+    engine's home, which a job running as its owner cannot write) the
+    user's own data folder, ~/.local/share/llmconsole/outputs."""
     explicit = os.environ.get("LLMCONSOLE_OUTPUTS")
-    return Path(explicit).expanduser() if explicit else home() / "outputs"
+    if explicit:
+        return Path(explicit).expanduser()
+    root = home()
+    try:
+        theirs = root.stat().st_uid != os.getuid()
+    except OSError:
+        theirs = False
+    if theirs:
+        data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return Path(data).expanduser() / "llmconsole" / "outputs"
+    return root / "outputs"

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import health, scheduler
+from engine.agent import protocol as wire
 from engine.api import views
 from engine.api.views import attempt_view
 from engine.errors import BadRequest, Conflict, Forbidden, NotFound
@@ -105,6 +106,7 @@ class Runtime:
     # ----------------------------------------------------------------- life
     async def start(self) -> None:
         self.logs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.logs_dir.chmod(0o700)  # private even if a shared home is traversable
         for attempt in self.store.active_attempts():
             job = self.store.get_job(attempt.job_id)
             run = self._running(job, attempt.number, attempt.placements)
@@ -376,52 +378,41 @@ class Runtime:
         for part in launch_parts(run.spec, run.placements, specs):
             if only is not None and part.node != only:
                 continue
-            self.nodes.send(part.node, {
-                "op": "start",
-                "attempt": run.key,
-                "argv": list(part.argv),
-                "env": env,
-                "cwd": run.spec.workdir,
-                "gpus": list(part.gpus),
-                "uid": run.owner_uid,
-            })
+            self.nodes.send(part.node, wire.Start(
+                attempt=run.key, argv=part.argv, env=env, cwd=run.spec.workdir,
+                gpus=part.gpus, uid=run.owner_uid))
 
     def _stop_parts(self, run: Running) -> None:
         for part in run.parts.values():
             if not part.ended:
-                self.nodes.send(part.node, {"op": "stop", "attempt": run.key,
-                                            "grace": self.stop_grace})
+                self.nodes.send(part.node, wire.Stop(run.key, self.stop_grace))
 
     # ---------------------------------------------------------------- nodes
-    def _on_hello(self, node: NodeState, hello: dict[str, Any]) -> None:
-        self._reconcile(node, hello.get("runs") or [])
+    def _on_hello(self, node: NodeState, hello: wire.Hello) -> None:
+        self._reconcile(node, hello.runs)
         self.kick()
 
-    def _reconcile(self, node: NodeState, reported_runs: list[Any]) -> None:
+    def _reconcile(self, node: NodeState, reported_runs: Sequence[wire.RunSummary]) -> None:
         """Match what the store says runs on `node` with what its agent has."""
         mine = [r for r in self.running.values() if node.name in r.nodes]
         attempts = {r.key: self.store.get_attempt(r.job_id, r.number) for r in mine}
         known = [health.Known(r.key, attempts[r.key].state is JobState.STARTING,
                               attempts[r.key].cancel_requested, node.name in r.parts)
                  for r in mine]
-        reported = [health.Reported(str(r.get("attempt")), bool(r.get("alive")))
-                    for r in reported_runs
-                    if isinstance(r, dict) and isinstance(r.get("attempt"), str)]
+        reported = [health.Reported(r.attempt, r.alive) for r in reported_runs]
         for key, action in health.reconcile(known, reported):
             run = self.running.get(key)
             part = run.part(node.name) if run is not None else None
             if action is health.Action.STOP:
                 # a process the store says has ended (e.g. lost while the node was away)
-                self.nodes.send(node.name, {"op": "stop", "attempt": key,
-                                            "grace": self.stop_grace})
+                self.nodes.send(node.name, wire.Stop(key, self.stop_grace))
             elif run is None or part is None:
                 continue
             elif action in (health.Action.ATTACH, health.Action.ATTACH_AND_STOP):
-                self.nodes.send(node.name, {"op": "attach", "attempt": key, "offsets": {
-                    "output": max(part.log_offset, 0), "metrics": max(part.metric_offset, 0)}})
+                self.nodes.send(node.name, wire.Attach(key, max(part.log_offset, 0),
+                                                       max(part.metric_offset, 0)))
                 if action is health.Action.ATTACH_AND_STOP:
-                    self.nodes.send(node.name, {"op": "stop", "attempt": key,
-                                                "grace": self.stop_grace})
+                    self.nodes.send(node.name, wire.Stop(key, self.stop_grace))
             elif action is health.Action.LAUNCH:
                 self._launch(run, only=node.name)  # never reached the agent; idempotent
             elif action is health.Action.LOSE:
@@ -442,37 +433,34 @@ class Runtime:
                           reason=lost.reason)
 
     # --------------------------------------------------------------- events
-    def _on_event(self, node: NodeState, event: dict[str, Any]) -> None:
-        kind = event.get("ev")
-        if kind == "telemetry":
-            node.telemetry = event
-            self.ingest.telemetry(node.name, event)
+    def _on_event(self, node: NodeState, event: wire.Event) -> None:
+        if isinstance(event, wire.Telemetry):
+            node.telemetry = self.ingest.telemetry(node.name, event)
             return
-        key = event.get("attempt")
+        key = getattr(event, "attempt", None)
         run = self.running.get(key) if isinstance(key, str) else None
         part = run.part(node.name) if run is not None else None
-        if kind == "error":
+        if isinstance(event, wire.Error):
             log.warning("node %s: agent error%s: %s", node.name,
-                        f" for {key}" if key else "", event.get("message"))
-            if run is not None and part is not None and event.get("op") == "start":
-                run.start_error = str(event.get("message") or "the agent could not start it")
+                        f" for {key}" if key else "", event.message)
+            if run is not None and part is not None and event.op == "start":
+                run.start_error = event.message or "the agent could not start it"
                 # a start the agent refused outright is followed by no exit report
                 asyncio.get_running_loop().call_later(START_REFUSED_WAIT_S,
                                                       self._start_refused, run)
             return
         if run is None or part is None:
             return  # an attempt that has ended, or a node that runs no part of it
-        if kind == "log":
+        if isinstance(event, wire.Log):
             self.ingest.log(run, part, event)
-        elif kind == "metric":
+        elif isinstance(event, wire.Metric):
             self.ingest.metric(run, part, event)
-        elif kind == "started":
+        elif isinstance(event, wire.Started):
             self._on_started(run, node.name, event)
-        elif kind == "exited":
-            self._part_ended(run, part, code=_int(event.get("code")),
-                             sig=_int(event.get("signal")))
-        elif kind == "lost":
-            self._part_ended(run, part, lost=str(event.get("reason") or "process vanished"),
+        elif isinstance(event, wire.Exited):
+            self._part_ended(run, part, code=event.code, sig=event.signal)
+        elif isinstance(event, wire.Lost):
+            self._part_ended(run, part, lost=event.reason or "process vanished",
                              cause=f"lost on node {node.name}")
 
     def _start_refused(self, run: Running) -> None:
@@ -482,13 +470,13 @@ class Runtime:
             self._end(run, JobState.FAILED, cause="the agent could not start it",
                       reason=run.start_error, from_state=JobState.STARTING)
 
-    def _on_started(self, run: Running, node: str, event: dict[str, Any]) -> None:
+    def _on_started(self, run: Running, node: str, event: wire.Started) -> None:
         attempt = self.store.get_attempt(run.job_id, run.number)
         if attempt.state is not JobState.STARTING:
             return  # a re-sent "started" after a re-attach, or another node's part
         self._transition(run, JobState.STARTING, JobState.RUNNING,
-                         cause=f"process {event.get('pid')} started on {node}",
-                         actor=f"agent@{node}", pid=_int(event.get("pid")))
+                         cause=f"process {event.pid} started on {node}",
+                         actor=f"agent@{node}", pid=event.pid)
 
     def _part_ended(self, run: Running, part: Part, *, code: int | None = None,
                     sig: int | None = None, lost: str | None = None,
@@ -621,11 +609,3 @@ def _why(part: Part) -> str | None:
         return f"exit code {part.code}"
     return None
 
-
-def _int(value: Any) -> int | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
