@@ -10,6 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 SCREEN = ("textual", "rich")
+WORKLOAD_LIBRARIES = ("torch", "transformers", "horovod")
 
 
 def _loaded_after(code: str) -> set[str]:
@@ -26,10 +27,13 @@ def test_engine_modules_do_not_load_textual_or_rich() -> None:
     loaded = _loaded_after(
         "import engine, engine.cli, engine.client, engine.runtime, engine.daemon, "
         "engine.profiles, engine.scheduler, engine.store, engine.api.server, "
-        "engine.agent, engine.transport.local"
+        "engine.agent, engine.transport.local, engine.nodes, engine.health, engine.ingest, "
+        "engine.transport.factory, engine.api.views"
     )
     assert "engine" in loaded and "aiohttp" in loaded  # the probe really imported them
     assert not loaded & set(SCREEN), loaded & set(SCREEN)
+    # the engine checks workload options without the workloads' libraries
+    assert not loaded & set(WORKLOAD_LIBRARIES), loaded & set(WORKLOAD_LIBRARIES)
 
 
 def test_headless_cli_commands_do_not_load_textual_or_rich() -> None:
@@ -41,6 +45,7 @@ def test_headless_cli_commands_do_not_load_textual_or_rich() -> None:
     )
     assert "pydantic" in loaded  # the profiles really were loaded and validated
     assert not loaded & set(SCREEN), loaded & set(SCREEN)
+    assert not loaded & set(WORKLOAD_LIBRARIES), loaded & set(WORKLOAD_LIBRARIES)
 
 
 def test_the_client_needs_only_the_standard_library() -> None:
