@@ -32,13 +32,14 @@ class EngineHandle:
         self.env.pop("LLMCONSOLE_CLUSTER", None)
         self._server: subprocess.Popen[bytes] | None = None
 
-    def serve(self, *args: str, timeout: float = 30) -> None:
+    def serve(self, *args: str, timeout: float = 30, prefix: Iterable[str] = (),
+              python: str = sys.executable) -> None:
         """Start the daemon with `engine serve ARGS` (e.g. --socket-mode 666)
         instead of letting the first CLI call start it with the defaults;
-        return once it answers."""
+        return once it answers. `prefix` runs it as another user (setpriv)."""
         with open(self.home / "engine.log", "ab") as log:
             self._server = subprocess.Popen(
-                [sys.executable, "-m", "engine", "engine", "serve", *args], env=self.env,
+                [*prefix, python, "-m", "engine", "engine", "serve", *args], env=self.env,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.home,
                 start_new_session=True)
         deadline = time.monotonic() + timeout

@@ -206,3 +206,38 @@ command = ["sh", "-c", "id -u; id -g; echo $HOME"]
     log = shared_engine.cli("logs", str(job["id"])).stdout.splitlines()
     assert job["state"] == "succeeded", (job, log)
     assert log == [str(NOBODY), str(NOBODY), pwd.getpwuid(NOBODY).pw_dir]
+
+
+@pytest.fixture()
+def nobodys_engine() -> Iterator[EngineHandle]:
+    """A daemon run by uid 65534 (not root), its socket open to everyone."""
+    handle = new_engine(traversable=True)
+    handle.env["PYTHONPATH"] = NOBODY_PYTHONPATH
+    for path in (handle.home, handle.profiles):
+        os.chown(path, NOBODY, NOBODY)
+    try:
+        handle.serve("--socket-mode", "666", prefix=AS_NOBODY, python=python_for_nobody())
+        yield handle
+    finally:
+        handle.close()
+        kill_marked(str(handle.home))
+        shutil.rmtree(handle.home, ignore_errors=True)
+
+
+def test_an_engine_that_is_not_root_refuses_another_users_job_and_runs_its_own(
+        nobodys_engine: EngineHandle) -> None:
+    nobodys_engine.write_profile("whoami", """
+kind = "command"
+command = ["id", "-u"]
+""")
+    refused = nobodys_engine.cli("submit", "whoami", check=False)  # as root
+    assert refused.returncode != 0
+    [line] = refused.stderr.strip().splitlines()
+    assert "this engine runs as nobody, not as root, so it cannot run jobs as root" in line
+    assert "LLMCONSOLE_HOME" in line  # the fix: an engine of one's own
+    assert nobodys_engine.json("jobs", "--all") == []  # nothing was queued
+    mine = json.loads(nobodys_engine.cli("submit", "whoami", "--json", prefix=AS_NOBODY,
+                                         python=python_for_nobody()).stdout)
+    job = nobodys_engine.wait_state(int(mine["id"]), {"succeeded", "failed"})
+    assert job["state"] == "succeeded", job
+    assert nobodys_engine.cli("logs", str(job["id"])).stdout.split() == [str(NOBODY)]
