@@ -5,12 +5,10 @@ loses the attempt, not only a dead first one."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from engine.runtime import Caller, Runtime
 from engine.store import Store
 from engine.transport.base import AgentChannel
 from engine.transport.local import LocalAgentChannel
+from tests.integration.polling import wait_for
 
 ME = Caller.from_uid(os.getuid())
 
@@ -37,14 +36,6 @@ class TwoNodes:
         if node.name in self.down:
             raise ConnectionRefusedError(f"ssh: connect to host {node.name}: refused")
         return LocalAgentChannel(node.name, self.home / node.name, interval=0.2)
-
-
-async def wait_for(predicate, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

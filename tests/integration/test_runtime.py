@@ -4,11 +4,9 @@ all-or-none promise."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from engine.runtime import Caller, Runtime
 from engine.store import Store
 from engine.transport.base import AgentChannel
 from engine.transport.local import LocalAgentChannel
+from tests.integration.polling import wait_for
 
 ME = Caller.from_uid(os.getuid())
 
@@ -43,14 +42,6 @@ class FlakyNode:
 def sleeper(name: str = "sleeper", retries: int = 0) -> JobSpec:
     return JobSpec(name=name, kind="command", retries=retries,
                    argv=(sys.executable, "-c", "import time; time.sleep(60)"))
-
-
-async def wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
