@@ -21,71 +21,32 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from engine import cli_nodes
+from engine.cli_common import (
+    ACTIVE,
+    EXIT_ERROR,
+    EXIT_NO_ENGINE,
+    EXIT_UNREACHABLE,
+    NAME_WIDTH,
+    STATES,
+    CliError,
+    _age,
+    _client,
+    _cut,
+    _emit,
+    _printable,
+    _table,
+)
 from engine.errors import TooLarge, Unavailable, Unreachable, UserError
-
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_NO_ENGINE = 3
-EXIT_UNREACHABLE = 4
-NAME_WIDTH = 40  # `jobs` cuts longer names, ending them with an ellipsis
-STATES = ("held", "queued", "starting", "running", "succeeded", "failed", "cancelled", "lost")
-ACTIVE = ("held", "queued", "starting", "running")
-
-
-class CliError(UserError):
-    pass
 
 
 # ------------------------------------------------------------------ output
-def _age(t: float | None) -> str:
-    if not t:
-        return "-"
-    s = max(0.0, time.time() - t)
-    if s < 60:
-        return f"{s:.0f}s"
-    if s < 3600:
-        return f"{s / 60:.0f}m"
-    if s < 86400:
-        return f"{s / 3600:.1f}h"
-    return f"{s / 86400:.1f}d"
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    allrows = [header, *rows]
-    widths = [max(len(r[i]) for r in allrows) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in allrows)
-
-
 def _where(job: dict[str, Any]) -> str:
     parts = []
     for p in job.get("placements") or []:
         gpus = ",".join(str(g) for g in p["gpus"])
         parts.append(f"{p['node']}:{gpus}" if gpus else p["node"])
     return _printable(" ".join(parts) or "-")
-
-
-def _printable(text: object) -> str:
-    """Names, paths and messages are free text: control characters (and
-    lone surrogates from undecodable file names) escaped, never raw."""
-    text = str(text)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def _cut(text: str, width: int) -> str:
-    """`text` in at most `width` characters; a cut one ends with an ellipsis."""
-    return text if len(text) <= width else text[:width - 1] + "\u2026"
-
-
-def _emit(args: argparse.Namespace, data: Any, render: Callable[[Any], str]) -> None:
-    if getattr(args, "json", False):
-        print(json.dumps(data, indent=2, sort_keys=True))
-    else:
-        text = render(data)
-        if text:
-            print(text)
 
 
 def _jobs_table(jobs: list[dict[str, Any]]) -> str:
@@ -96,38 +57,6 @@ def _jobs_table(jobs: list[dict[str, Any]]) -> str:
              _printable(j.get("reason") or "")]
             for j in jobs]
     return _table(rows, ["ID", "NAME", "KIND", "STATE", "TRY", "OWNER", "AGE", "WHERE", "REASON"])
-
-
-def _nodes_table(nodes: list[dict[str, Any]]) -> str:
-    lines = []
-    rows = []
-    for n in nodes:
-        load = n.get("load") or []
-        rows.append([_printable(n["name"]), "up" if n["up"] else "DOWN", str(len(n["gpus"])),
-                     f"{n['slots_used']}/{n['slots']}",
-                     "-" if n.get("cpu_percent") is None else f"{n['cpu_percent']:.0f}%",
-                     "-" if n.get("memory_percent") is None else f"{n['memory_percent']:.0f}%",
-                     "-" if not load else f"{load[0]:.2f}",
-                     ",".join(str(j) for j in n["jobs"]) or "-",
-                     _printable(n.get("error") or "")])
-    lines.append(_table(rows, ["NODE", "STATE", "GPUS", "SLOTS", "CPU", "MEM", "LOAD", "JOBS",
-                               "ERROR"]))
-    gpu_rows = []
-    for n in nodes:
-        for g in n["gpus"]:
-            used, total = g.get("memory_used_mb"), g.get("memory_total_mb")
-            gpu_rows.append([
-                _printable(n["name"]), str(g["index"]), _printable(g.get("name") or "-"),
-                "-" if g.get("util_percent") is None else f"{g['util_percent']:.0f}%",
-                "-" if used is None or not total else f"{used / 1024:.1f}/{total / 1024:.0f} GiB",
-                "-" if g.get("job") is None else str(g["job"]),
-            ])
-    if gpu_rows:
-        lines.append("")
-        lines.append(_table(gpu_rows, ["NODE", "GPU", "MODEL", "UTIL", "MEMORY", "JOB"]))
-    else:
-        lines.append("no GPUs on any node (CPU-only cluster)")
-    return "\n".join(lines)
 
 
 def _show(job: dict[str, Any]) -> str:
@@ -167,35 +96,7 @@ def _show(job: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------- engine
-def _client(autostart: bool = True) -> Any:
-    from engine.client import EngineClient
 
-    client = EngineClient()
-    try:
-        client.health()
-    except Unreachable:
-        raise  # someone else's engine, or no socket can live there: starting one cannot help
-    except Unavailable:
-        if not autostart or _socket_exists(client) and not _socket_is_ours(client):
-            raise
-        from engine.daemon import start_background
-
-        start_background(os.environ.get("LLMCONSOLE_CLUSTER"))
-    return client
-
-
-def _socket_exists(client: Any) -> bool:
-    try:
-        return bool(client.socket_path.exists())
-    except OSError:
-        return True  # cannot even look: not ours to replace
-
-
-def _socket_is_ours(client: Any) -> bool:
-    try:
-        return bool(client.socket_path.stat().st_uid == os.getuid())
-    except OSError:
-        return True
 
 
 # --------------------------------------------------------------- commands
@@ -313,11 +214,6 @@ def cmd_retry(args: argparse.Namespace) -> int:
 def cmd_priority(args: argparse.Namespace) -> int:
     job = _client().set_priority(args.id, args.priority)
     _emit(args, job, lambda j: f"job {j['id']}: priority {j['priority']} ({j['state']})")
-    return 0
-
-
-def cmd_nodes(args: argparse.Namespace) -> int:
-    _emit(args, _client().nodes(), _nodes_table)
     return 0
 
 
@@ -489,7 +385,7 @@ def cmd_overview(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"nodes": nodes, "jobs": jobs}, indent=2))
         return 0
-    print(_nodes_table(nodes))
+    print(cli_nodes.nodes_table(nodes))
     print()
     print(_jobs_table(jobs))
     return 0
@@ -547,7 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", type=int)
     p.add_argument("priority", type=int, help="from -1000 to 1000; profiles default to 0")
 
-    add("nodes", cmd_nodes, "nodes, their GPUs and who uses them")
+    p = add("nodes", cli_nodes.cmd_nodes, "nodes, their GPUs and who uses them "
+            "(and: " + ", ".join(cli_nodes.ACTIONS) + ")")
+    cli_nodes.add_actions(p)
 
     p = add("compare", cmd_compare,
             "a table of the results of train, compress and eval jobs (size, latency, "

@@ -1,0 +1,72 @@
+"""`llmconsole nodes [ACTION]`: the cluster's nodes from the CLI. Without an
+action, the list: every node (state, GPUs, slots, load, its jobs) and every
+GPU (model, utilisation, memory, owning job)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from engine.cli_common import _client, _emit, _printable, _table
+
+Action = Callable[[argparse.Namespace], int]
+
+
+def nodes_table(nodes: list[dict[str, Any]]) -> str:
+    lines = []
+    rows = []
+    for n in nodes:
+        load = n.get("load") or []
+        rows.append([_printable(n["name"]), "up" if n["up"] else "DOWN", str(len(n["gpus"])),
+                     f"{n['slots_used']}/{n['slots']}",
+                     "-" if n.get("cpu_percent") is None else f"{n['cpu_percent']:.0f}%",
+                     "-" if n.get("memory_percent") is None else f"{n['memory_percent']:.0f}%",
+                     "-" if not load else f"{load[0]:.2f}",
+                     ",".join(str(j) for j in n["jobs"]) or "-",
+                     _printable(n.get("error") or "")])
+    lines.append(_table(rows, ["NODE", "STATE", "GPUS", "SLOTS", "CPU", "MEM", "LOAD", "JOBS",
+                               "ERROR"]))
+    gpu_rows = []
+    for n in nodes:
+        for g in n["gpus"]:
+            used, total = g.get("memory_used_mb"), g.get("memory_total_mb")
+            gpu_rows.append([
+                _printable(n["name"]), str(g["index"]), _printable(g.get("name") or "-"),
+                "-" if g.get("util_percent") is None else f"{g['util_percent']:.0f}%",
+                "-" if used is None or not total else f"{used / 1024:.1f}/{total / 1024:.0f} GiB",
+                "-" if g.get("job") is None else str(g["job"]),
+            ])
+    if gpu_rows:
+        lines.append("")
+        lines.append(_table(gpu_rows, ["NODE", "GPU", "MODEL", "UTIL", "MEMORY", "JOB"]))
+    else:
+        lines.append("no GPUs on any node (CPU-only cluster)")
+    return "\n".join(lines)
+
+
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    _emit(args, _client().nodes(), nodes_table)
+    return 0
+
+
+# name -> (what it does, how to add its arguments, what runs it)
+ACTIONS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Action]] = {
+    "list": ("nodes, their GPUs and who uses them (the default)", lambda p: None, cmd_list),
+}
+
+
+def add_actions(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="node_action", metavar="ACTION")
+    for name, (help_, arguments, run) in ACTIONS.items():
+        p = actions.add_parser(name, help=help_, description=help_)
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        arguments(p)
+        p.set_defaults(node_run=run)
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    run: Action = getattr(args, "node_run", None) or cmd_list
+    return run(args)
