@@ -214,15 +214,20 @@ class Event:
 @dataclass(frozen=True)
 class NodeSpec:
     """One node of a cluster profile. `host` is None for the head node itself
-    (the agent runs as a local subprocess)."""
+    (the agent runs as a local subprocess); otherwise an address or an alias
+    of the user's ~/.ssh/config, reached with the OpenSSH client."""
 
     name: str
     host: str | None = None
-    port: int = 22
-    user: str | None = None
+    port: int | None = None  # None: ssh's own choice (~/.ssh/config, else 22)
+    user: str | None = None  # None: ssh's own choice
+    identity: str | None = None  # a private key file (ssh -i); None: ssh's own choice
+    python: str | None = None  # the interpreter on the node; None: the engine's own path
+    root: str | None = None  # the node's run directory; None: default_node_root(name)
     gpus: int | None = None  # None: as many as the node's agent reports
     slots: int | None = None  # None: the node's CPU count, as its agent reports
     memory_gb: float | None = None  # None: not limited by the scheduler
+    labels: tuple[str, ...] = ()  # what jobs may ask for (resources.nodes_with)
 
     @property
     def is_local(self) -> bool:
@@ -234,6 +239,7 @@ class ClusterSpec:
     name: str
     nodes: tuple[NodeSpec, ...]
     admins: tuple[str, ...] = ()
+    known_hosts: str | None = None  # None: the user's ~/.ssh/known_hosts
 
     def node(self, name: str) -> NodeSpec:
         for n in self.nodes:

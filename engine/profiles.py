@@ -327,6 +327,10 @@ _check_text = _rule(spec_rules.check_text)
 _check_workdir = _rule(spec_rules.check_workdir)
 _ENV_NAME_EXPECTED = spec_rules.ENV_NAME_EXPECTED
 _check_env_name = _rule(spec_rules.check_env_name)
+_check_node_path = _rule(spec_rules.check_node_path)
+_check_label = _rule(spec_rules.check_label)
+NodePath = Annotated[str, AfterValidator(_check_node_path)]
+Label = Annotated[str, AfterValidator(_check_label)]
 
 
 def _check_description(value: str) -> str:
@@ -461,11 +465,15 @@ class _JobModel(_Strict):
 class _NodeModel(_Strict):
     name: Annotated[str, AfterValidator(_check_node_name)]
     host: Annotated[str, AfterValidator(_check_host)] | None = None
-    port: int = Field(default=22, ge=1, le=65535)
+    port: int | None = Field(default=None, ge=1, le=65535)
     user: UserName | None = None
+    identity: NodePath | None = None
+    python: NodePath | None = None
+    root: NodePath | None = None
     gpus: int | None = Field(default=None, ge=0, le=1_000_000)
     slots: int | None = Field(default=None, ge=1, le=1_000_000)
     memory_gb: Gigabytes | None = None
+    labels: list[Label] = Field(default_factory=list)
 
 
 _STAGE_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
@@ -500,6 +508,7 @@ class _ClusterModel(_Strict):
     name: FreeName
     description: Description = ""
     admins: list[UserName] = Field(default_factory=list)
+    known_hosts: NodePath | None = None
     nodes: Annotated[list[_NodeModel], Field(min_length=1)]
 
 
@@ -544,6 +553,12 @@ _EXPECTED: dict[str, dict[tuple[str, ...], str]] = {
         ("nodes", "[]", "gpus"): "an integer >= 0",
         ("nodes", "[]", "slots"): "an integer >= 1",
         ("nodes", "[]", "memory_gb"): _MEMORY_EXPECTED,
+        ("nodes", "[]", "identity"): spec_rules.NODE_PATH_EXPECTED,
+        ("nodes", "[]", "python"): spec_rules.NODE_PATH_EXPECTED,
+        ("nodes", "[]", "root"): spec_rules.NODE_PATH_EXPECTED,
+        ("nodes", "[]", "labels"): "a list of labels",
+        ("nodes", "[]", "labels", "[]"): spec_rules.LABEL_EXPECTED,
+        ("known_hosts",): spec_rules.NODE_PATH_EXPECTED,
     },
 }
 
@@ -1068,13 +1083,18 @@ def _cluster_spec(data: Mapping[str, Any], path: Path) -> ClusterSpec:
                 host=n.host,
                 port=n.port,
                 user=n.user,
+                identity=n.identity,
+                python=n.python,
+                root=n.root,
                 gpus=n.gpus,
                 slots=n.slots,
                 memory_gb=float(n.memory_gb) if n.memory_gb is not None else None,
+                labels=tuple(dict.fromkeys(n.labels)),
             )
             for n in m.nodes
         ),
         admins=tuple(dict.fromkeys(m.admins)),
+        known_hosts=m.known_hosts,
     )
 
 

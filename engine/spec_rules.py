@@ -145,6 +145,29 @@ def check_workdir(value: str) -> str:
     return value
 
 
+NODE_PATH_EXPECTED = ('an absolute path or one under the home, such as "/opt/venv/bin/python" '
+                      'or "~/.ssh/id_ed25519"')
+LABEL_EXPECTED = "a label matching ^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+_LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+
+
+def check_node_path(value: str) -> str:
+    """A path on a node or for ssh: absolute, or under a home (~)."""
+    check_text(value, NODE_PATH_EXPECTED)
+    if has_control(value):
+        raise RuleError("contains a control character", NODE_PATH_EXPECTED)
+    if not (value.startswith("/") or value == "~" or value.startswith("~/")):
+        raise RuleError("is neither absolute nor under ~", NODE_PATH_EXPECTED)
+    return value
+
+
+def check_label(value: str) -> str:
+    check_text(value, LABEL_EXPECTED)
+    if not _LABEL_RE.fullmatch(value):
+        raise RuleError("is not a valid label", LABEL_EXPECTED)
+    return value
+
+
 def check_env_name(value: str) -> str:
     check_text(value, ENV_NAME_EXPECTED)
     if not _ENV_NAME_RE.fullmatch(value):

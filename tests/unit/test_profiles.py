@@ -146,7 +146,8 @@ def test_cluster_fixture() -> None:
     assert spec.name == "lab" and spec.admins == ("alice", "bob")
     assert [n.name for n in spec.nodes] == ["head", "gpu1", "gpu2.rack-1", "gpu3"]
     assert spec.node("head") == NodeSpec(name="head")
-    assert spec.node("gpu1") == NodeSpec(name="gpu1", host="10.0.0.5", port=22, user="train",
+    # no port: ssh's own choice (the user's ~/.ssh/config for that host, else 22)
+    assert spec.node("gpu1") == NodeSpec(name="gpu1", host="10.0.0.5", port=None, user="train",
                                          gpus=8, slots=32, memory_gb=512.0)
     assert spec.node("gpu2.rack-1").port == 2222
     assert spec.node("gpu3").host == "fe80::1"
