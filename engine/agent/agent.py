@@ -67,6 +67,7 @@ from engine.agent.protocol import (
 )
 from engine.agent.runs import LineTail
 from engine.agent.telemetry import HostSampler, NvmlReader, load_pynvml
+from engine.versions import software_versions
 
 SUPERVISE = Path(__file__).resolve().with_name("supervise.py")
 FAST_POLL_S = 0.01
@@ -171,7 +172,8 @@ class Agent:
         if not gpus and self._nvml.unavailable_reason:
             log(f"no GPU: {self._nvml.unavailable_reason}")
         self.emit(Hello(self.node, os.getpid(), VERSION, self.host, os.cpu_count(),
-                        HostSampler.memory_total_gb(), tuple(gpus), self._runs()))
+                        HostSampler.memory_total_gb(), tuple(gpus), self._runs(),
+                        software_versions()))
         threading.Thread(target=self._read_stdin, name="stdin", daemon=True).start()
         tasks = [asyncio.create_task(self._telemetry_loop()),
                  asyncio.create_task(self._tail_loop())]

@@ -231,12 +231,14 @@ class Hello:
     memory_gb: float | None
     gpus: tuple[dict[str, Any], ...]  # NVML inventory, one object per GPU
     runs: tuple[RunSummary, ...]
+    # engine.versions.software_versions() of the node; empty from an older agent
+    software: dict[str, str] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
         return {"ev": "hello", "node": self.node, "pid": self.pid, "version": self.version,
                 "host": self.host, "cpus": self.cpus, "memory_gb": self.memory_gb,
                 "gpus": [dict(g) for g in self.gpus],
-                "runs": [r.to_wire() for r in self.runs]}
+                "runs": [r.to_wire() for r in self.runs], "software": dict(self.software)}
 
 
 @dataclass(frozen=True)
@@ -446,6 +448,16 @@ class _Fields:
             raise self.bad(key, "a list of numbers (or nulls)")
         return tuple(value)
 
+    def strings(self, key: str) -> dict[str, str]:
+        """An object of strings; absent means empty."""
+        value = self.obj.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise self.bad(key, "an object of strings")
+        return dict(value)
+
     def runs(self) -> tuple[RunSummary, ...]:
         out = []
         for item in self.objects("runs"):
@@ -488,7 +500,8 @@ def parse_event(obj: dict[str, Any]) -> Event:
                      f.opt_text("op"))
     if ev == "hello":
         return Hello(f.text("node"), f.integer("pid"), f.integer("version"), f.text("host"),
-                     f.opt_integer("cpus"), f.opt_number("memory_gb"), f.objects("gpus"), f.runs())
+                     f.opt_integer("cpus"), f.opt_number("memory_gb"), f.objects("gpus"), f.runs(),
+                     f.strings("software"))
     if ev == "runs":
         return Runs(f.runs())
     if ev == "pong":
