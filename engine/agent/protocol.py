@@ -243,6 +243,19 @@ class Hello:
 
 @dataclass(frozen=True)
 class Telemetry:
+    """One sample of the node, every `interval` seconds (engine.agent.telemetry).
+
+    `gpus` is one object per GPU (none on a node without one), each with:
+    "index"; "util_percent"; "memory_used_mb" and "memory_total_mb" (MiB);
+    "temperature_c"; "power_w" (draw) and "power_limit_w" (the enforced
+    limit), in watts; "processes", the processes on the GPU by pid, each
+    {"pid", "used_memory_mb", "attempt"}, where "attempt" is the attempt id
+    from the process's LLMCONSOLE_ATTEMPT marker, or null for an unknown
+    process (not started by llmconsole, or its environment unreadable by
+    the agent). Any figure NVML cannot give is null ("processes" too, when
+    neither process list can be read). Keys an engine does not know are
+    kept: readers use .get()."""
+
     node: str
     time: float
     cpu_percent: float | None

@@ -5,25 +5,45 @@ NVML. Never raises for a missing or broken GPU stack.
   can replay a fake one). `nvmlInit` is called once, on first use; device
   handles are cached per index. If the module is None, or init fails for any
   reason (no library, no driver, no device), the node has no GPU: `inventory()`
-  and `sample()` return []. Per tick each GPU reports utilization, memory,
-  temperature and power; an `NVMLError` on one field makes that field None.
+  and `sample()` return [] on every call, without retrying NVML or logging
+  again. Per tick each GPU reports utilization, memory, temperature, power
+  (draw and enforced limit) and the processes on it; an `NVMLError` (or
+  pynvml's `NVMLLibraryMismatchError`, an older driver than the binding) on
+  one field makes that field None.
+- The processes on a GPU are NVML's compute and graphics process lists
+  merged by pid (a process in both is listed once, with the larger memory
+  figure), each `{"pid", "used_memory_mb", "attempt"}`: `attempt` is the
+  `LLMCONSOLE_ATTEMPT` marker of the process's initial environment
+  (/proc/PID/environ), which every job process started by an agent carries.
+  It is None for an unknown process: one without the marker (not started by
+  llmconsole), one whose environment this agent may not read (another
+  user's process and an agent that is not root), or one that has ended.
+  `used_memory_mb` is None where NVML cannot tell (it reports "not
+  available" under some drivers and for MIG without privileges). NVML
+  reports pids of the host's pid namespace: an agent in a container sees
+  them only with the host's /proc.
 - `HostSampler` reports CPU (non-blocking `cpu_percent(interval=None)`, primed
   at construction), memory and load average.
 
 Units: memory in MiB (`*_mb`, integers, as nvidia-smi prints) for GPUs and in
-GiB (`*_gb`) for the host; power in watts; temperature in degrees Celsius.
+GiB (`*_gb`) for the host; power in watts (NVML's milliwatts / 1000, one
+decimal); temperature in degrees Celsius.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import psutil
 
 MIB = 1024 * 1024
 GIB = 1024 * 1024 * 1024
+ATTEMPT_MARKER = b"LLMCONSOLE_ATTEMPT="  # set by the agent in every job's environment
+# NVML's process lists, merged: what runs CUDA and what holds a graphics context.
+PROCESS_LISTS = ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses")
 
 
 def load_pynvml() -> Any | None:
@@ -35,6 +55,23 @@ def load_pynvml() -> Any | None:
     return pynvml
 
 
+def attempt_marker(pid: int) -> str | None:
+    """The attempt process `pid` belongs to: the LLMCONSOLE_ATTEMPT value of
+    its initial environment. None when it has none, when its environment may
+    not be read (another user's process, and this is not root), or when it
+    has ended (Linux /proc; None elsewhere)."""
+    try:
+        with open(f"/proc/{int(pid)}/environ", "rb") as f:
+            environ = f.read()
+    except (OSError, ValueError, OverflowError):
+        return None
+    for entry in environ.split(b"\0"):
+        if entry.startswith(ATTEMPT_MARKER):
+            value = entry[len(ATTEMPT_MARKER):].decode("utf-8", errors="replace")
+            return value or None
+    return None
+
+
 def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
@@ -44,13 +81,18 @@ def _text(value: Any) -> str:
 class NvmlReader:
     """Reads GPU inventory and per-tick figures through a pynvml-like module."""
 
-    def __init__(self, nvml: Any | None) -> None:
+    def __init__(self, nvml: Any | None,
+                 attempt_of: Callable[[int], str | None] = attempt_marker) -> None:
+        """`attempt_of(pid)` names the attempt a GPU process belongs to."""
         self._nvml = nvml
-        self._error: type[BaseException] = Exception
+        self._attempt_of = attempt_of
+        errors: list[type[BaseException]] = []
         if nvml is not None:
-            err = getattr(nvml, "NVMLError", None)
-            if isinstance(err, type) and issubclass(err, BaseException):
-                self._error = err
+            for name in ("NVMLError", "NVMLLibraryMismatchError"):
+                err = getattr(nvml, name, None)
+                if isinstance(err, type) and issubclass(err, BaseException):
+                    errors.append(err)
+        self._errors: tuple[type[BaseException], ...] = tuple(errors) or (Exception,)
         self._initialized = False
         self._handles: dict[int, Any] = {}
         self.unavailable_reason: str | None = None
@@ -86,7 +128,7 @@ class NvmlReader:
         """One NVML call; None when it raises NVMLError (e.g. NotSupported)."""
         try:
             return getattr(self._nvml, fn)(*args)
-        except self._error:
+        except self._errors:
             return None
 
     def inventory(self) -> list[dict[str, Any]]:
@@ -107,7 +149,9 @@ class NvmlReader:
 
     def sample(self) -> list[dict[str, Any]]:
         """[{"index", "util_percent", "memory_used_mb", "memory_total_mb",
-        "temperature_c", "power_w"}] for each GPU, or []."""
+        "temperature_c", "power_w", "power_limit_w", "processes"}] for each
+        GPU, or []; "processes" is [{"pid", "used_memory_mb", "attempt"}], by
+        pid, or None when neither process list could be read."""
         self._ensure_init()
         if not self._handles:
             return []
@@ -118,15 +162,41 @@ class NvmlReader:
             mem = self._field("nvmlDeviceGetMemoryInfo", handle)
             temp = self._field("nvmlDeviceGetTemperature", handle, sensor)
             power_mw = self._field("nvmlDeviceGetPowerUsage", handle)
+            limit_mw = self._field("nvmlDeviceGetEnforcedPowerLimit", handle)
             gpus.append({
                 "index": index,
                 "util_percent": None if util is None else int(util.gpu),
                 "memory_used_mb": None if mem is None else int(mem.used) // MIB,
                 "memory_total_mb": None if mem is None else int(mem.total) // MIB,
                 "temperature_c": None if temp is None else int(temp),
-                "power_w": None if power_mw is None else round(int(power_mw) / 1000.0, 1),
+                "power_w": _watts(power_mw),
+                "power_limit_w": _watts(limit_mw),
+                "processes": self._processes(handle),
             })
         return gpus
+
+    def _processes(self, handle: Any) -> list[dict[str, Any]] | None:
+        """The GPU's compute and graphics processes merged by pid, each with
+        its attempt marker; None when NVML lists neither."""
+        used: dict[int, int | None] = {}
+        listed = False
+        for fn in PROCESS_LISTS:
+            procs = self._field(fn, handle)
+            if procs is None:
+                continue
+            listed = True
+            for proc in procs:
+                pid = getattr(proc, "pid", None)
+                if not isinstance(pid, int):
+                    continue
+                memory = getattr(proc, "usedGpuMemory", None)
+                mb = int(memory) // MIB if isinstance(memory, int) else None
+                before = used.get(pid)
+                used[pid] = mb if before is None else max(before, mb or 0)
+        if not listed:
+            return None
+        return [{"pid": pid, "used_memory_mb": mb, "attempt": self._attempt_of(pid)}
+                for pid, mb in sorted(used.items())]
 
     def close(self) -> None:
         if self._handles and self._nvml is not None:
@@ -135,6 +205,10 @@ class NvmlReader:
             except Exception as e:  # shutting down: nothing more to do
                 print(f"agent: nvmlShutdown failed: {e}", file=sys.stderr)
         self._handles.clear()
+
+
+def _watts(milliwatts: Any) -> float | None:
+    return None if milliwatts is None else round(int(milliwatts) / 1000.0, 1)
 
 
 class HostSampler:

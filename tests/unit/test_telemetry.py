@@ -1,10 +1,19 @@
 """NvmlReader against a fake pynvml replaying tests/unit/data/nvml/h200_x2.json
-(2x H200, GPU 1 without power readings), against failure modes, and against
-the real pynvml of this machine; HostSampler's shape."""
+(2x H200, GPU 1 without power readings; a training process on each GPU and a
+foreign one on GPU 1), against failure modes, and against the real pynvml of
+this machine; GPU processes mapped to attempts through real processes'
+/proc environments (root's, and an unprivileged reader's); HostSampler's
+shape."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import site
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -12,10 +21,15 @@ from typing import Any
 import pynvml
 import pytest
 
-from engine.agent.telemetry import HostSampler, NvmlReader, load_pynvml
+from engine.agent.telemetry import HostSampler, NvmlReader, attempt_marker, load_pynvml
 
 FIXTURE = Path(__file__).parent / "data" / "nvml" / "h200_x2.json"
+REPO = Path(__file__).resolve().parents[2]
 MIB = 1 << 20
+NOBODY = 65534
+# The recording's pids, as an agent would map them: two training attempts
+# and a process llmconsole did not start.
+RECORDED_ATTEMPTS = {48213: "12.1", 48377: "13.2", 51002: None}
 
 
 class NVMLError(Exception):
@@ -34,8 +48,12 @@ class NVMLError_GpuIsLost(NVMLError):  # noqa: N801
     pass
 
 
+class NVMLLibraryMismatchError(Exception):
+    """pynvml's: an unversioned call the driver's NVML lacks. Not an NVMLError."""
+
+
 ERRORS = {c.__name__: c for c in (NVMLError_NotSupported, NVMLError_LibraryNotFound,
-                                  NVMLError_GpuIsLost)}
+                                  NVMLError_GpuIsLost, NVMLLibraryMismatchError)}
 
 
 class FakeNvml:
@@ -43,6 +61,7 @@ class FakeNvml:
 
     NVMLError = NVMLError
     NVMLError_NotSupported = NVMLError_NotSupported
+    NVMLLibraryMismatchError = NVMLLibraryMismatchError
     NVML_TEMPERATURE_GPU = 0
 
     def __init__(self, doc: dict[str, Any], init_error: type[Exception] | None = None,
@@ -99,6 +118,21 @@ class FakeNvml:
     def nvmlDeviceGetPowerUsage(self, handle: int) -> int:
         return self._answer("nvmlDeviceGetPowerUsage", handle)
 
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle: int) -> int:
+        return self._answer("nvmlDeviceGetEnforcedPowerLimit", handle)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: int) -> list[SimpleNamespace]:
+        return [SimpleNamespace(**p)
+                for p in self._answer("nvmlDeviceGetComputeRunningProcesses", handle)]
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, handle: int) -> list[SimpleNamespace]:
+        return [SimpleNamespace(**p)
+                for p in self._answer("nvmlDeviceGetGraphicsRunningProcesses", handle)]
+
+
+def recorded_attempt(pid: int) -> str | None:
+    return RECORDED_ATTEMPTS[pid]
+
 
 @pytest.fixture()
 def doc() -> dict[str, Any]:
@@ -118,7 +152,7 @@ def test_inventory_of_two_h200(doc: dict[str, Any]) -> None:
 
 def test_samples_replay_the_recording(doc: dict[str, Any]) -> None:
     fake = FakeNvml(doc)
-    reader = NvmlReader(fake)
+    reader = NvmlReader(fake, attempt_of=recorded_attempt)
     for tick in range(3):
         fake.tick = tick
         got = reader.sample()
@@ -132,10 +166,125 @@ def test_samples_replay_the_recording(doc: dict[str, Any]) -> None:
         # GPU 0 reports power in mW -> W; GPU 1 raises NotSupported -> None
         assert got[0]["power_w"] == round(
             doc["devices"][0]["ticks"][tick]["nvmlDeviceGetPowerUsage"] / 1000, 1)
-        assert got[1]["power_w"] is None
+        assert got[0]["power_limit_w"] == 700.0
+        assert got[1]["power_w"] is None and got[1]["power_limit_w"] is None
+        for gpu, dev in zip(got, doc["devices"], strict=True):
+            rec = dev["ticks"][tick]["nvmlDeviceGetComputeRunningProcesses"]
+            assert [p["pid"] for p in gpu["processes"]] == [p["pid"] for p in rec]
+            assert [p["used_memory_mb"] for p in gpu["processes"]] == [
+                None if p["usedGpuMemory"] is None else p["usedGpuMemory"] // MIB for p in rec]
+    # Power and processes are new keys of the sample: the exact sample of GPU 0, tick 2.
     assert fake.tick == 2 and reader.sample()[0] == {
         "index": 0, "util_percent": 0, "memory_used_mb": 130215, "memory_total_mb": 143771,
-        "temperature_c": 49, "power_w": 121.5}
+        "temperature_c": 49, "power_w": 121.5, "power_limit_w": 700.0,
+        "processes": [{"pid": 48213, "used_memory_mb": 129472, "attempt": "12.1"}]}
+
+
+def test_gpu_processes_are_mapped_to_their_attempts(doc: dict[str, Any]) -> None:
+    fake = FakeNvml(doc)
+    reader = NvmlReader(fake, attempt_of=recorded_attempt)
+    assert reader.sample()[1]["processes"] == []  # tick 0: GPU 1 idle, nothing on it
+    fake.tick = 1
+    assert reader.sample()[1]["processes"] == [
+        {"pid": 48377, "used_memory_mb": 86016, "attempt": "13.2"},
+        {"pid": 51002, "used_memory_mb": 768, "attempt": None},  # not llmconsole's
+    ]
+    fake.tick = 2  # NVML could not say what 48377 uses
+    assert reader.sample()[1]["processes"][0] == {
+        "pid": 48377, "used_memory_mb": None, "attempt": "13.2"}
+
+
+def test_compute_and_graphics_lists_merge_by_pid(doc: dict[str, Any]) -> None:
+    tick = doc["devices"][0]["ticks"][0]
+    tick["nvmlDeviceGetGraphicsRunningProcesses"] = [
+        {"pid": 48213, "usedGpuMemory": 2 * MIB},  # the same process: listed once
+        {"pid": 700, "usedGpuMemory": 64 * MIB}]
+    doc["devices"][1]["raises"]["nvmlDeviceGetGraphicsRunningProcesses"] = (
+        "NVMLError_NotSupported")
+    got = NvmlReader(FakeNvml(doc), attempt_of=lambda pid: None).sample()
+    assert got[0]["processes"] == [
+        {"pid": 700, "used_memory_mb": 64, "attempt": None},
+        {"pid": 48213, "used_memory_mb": 129472, "attempt": None}]
+    assert got[1]["processes"] == []  # the compute list alone still answers
+
+
+@pytest.mark.parametrize("error", ["NVMLError_NotSupported", "NVMLLibraryMismatchError"])
+def test_no_process_list_means_processes_unknown(doc: dict[str, Any], error: str) -> None:
+    for dev in doc["devices"]:
+        dev["raises"].update({fn: error for fn in ("nvmlDeviceGetComputeRunningProcesses",
+                                                   "nvmlDeviceGetGraphicsRunningProcesses")})
+    got = NvmlReader(FakeNvml(doc), attempt_of=recorded_attempt).sample()
+    assert [g["processes"] for g in got] == [None, None]
+    assert got[0]["util_percent"] == 97  # the rest of the sample is unaffected
+
+
+@pytest.fixture()
+def marked_process() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process started with the agent's attempt marker, as a job is."""
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                            stdin=subprocess.PIPE,
+                            env={**os.environ, "LLMCONSOLE_ATTEMPT": "7.1"})
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_real_processes_are_mapped_by_their_environment(
+        doc: dict[str, Any], marked_process: subprocess.Popen[bytes]) -> None:
+    ended = subprocess.Popen([sys.executable, "-c", ""], env={"LLMCONSOLE_ATTEMPT": "8.1"})
+    ended.wait()  # reaped: its pid names no process any more
+    procs = doc["devices"][1]["ticks"][1]["nvmlDeviceGetComputeRunningProcesses"]
+    procs[0]["pid"], procs[1]["pid"] = marked_process.pid, os.getpid()
+    procs.append({"pid": ended.pid, "usedGpuMemory": MIB})
+    fake = FakeNvml(doc)
+    fake.tick = 1
+    got = NvmlReader(fake).sample()[1]["processes"]
+    assert {p["pid"]: p["attempt"] for p in got} == {
+        marked_process.pid: "7.1",
+        os.getpid(): None,  # no marker: a process llmconsole did not start
+        ended.pid: None,
+    }
+
+
+# What the unprivileged reader does: import the telemetry module, start a child.
+_NOBODY_CHECK = ("import subprocess, sys, engine.agent.telemetry; "
+                 "subprocess.run([sys.executable, '-c', ''], check=True)")
+
+
+def _python_for(uid: int, env: dict[str, str]) -> str:
+    """This interpreter when `uid` may run it; else the system Python of the
+    same version (a venv under /root is out of other users' reach)."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for candidate in (sys.executable, shutil.which(version, path="/usr/local/bin:/usr/bin")):
+        if candidate and subprocess.run(
+                ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", candidate,
+                 "-c", _NOBODY_CHECK],
+                env=env, cwd="/", capture_output=True).returncode == 0:
+            return candidate
+    raise AssertionError(f"no {version} that uid {uid} may run with this checkout")
+
+
+def test_an_agent_that_is_not_root_sees_other_users_processes_as_unknown(
+        marked_process: subprocess.Popen[bytes]) -> None:
+    """Run as uid 65534: root's marked job is an unknown process (its
+    environment is unreadable), while the reader's own marked child is named."""
+    assert os.getuid() == 0, "the test runs as root, to have another user's process"
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent",
+           "PYTHONPATH": os.pathsep.join([str(REPO), *site.getsitepackages()])}
+    python = _python_for(NOBODY, env)
+    script = (
+        "import os, subprocess, sys\n"
+        "from engine.agent.telemetry import attempt_marker\n"
+        "own = subprocess.Popen([sys.executable, '-c', 'import sys; sys.stdin.read()'],\n"
+        "                       stdin=subprocess.PIPE, env={'LLMCONSOLE_ATTEMPT': '9.1'})\n"
+        f"print(repr(attempt_marker({marked_process.pid})), repr(attempt_marker(own.pid)))\n"
+        "own.kill(); own.wait()\n")
+    done = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+                           "--clear-groups", python, "-c", script],
+                          env=env, cwd="/", capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["None", "'9.1'"]
+    assert attempt_marker(marked_process.pid) == "7.1"  # root reads it
 
 
 def test_init_once_and_handles_cached(doc: dict[str, Any]) -> None:
@@ -157,7 +306,8 @@ def test_init_failure_means_no_gpu(doc: dict[str, Any], error: type[Exception]) 
     fake = FakeNvml(doc, init_error=error)
     reader = NvmlReader(fake)
     assert reader.inventory() == []
-    assert reader.sample() == []
+    for _ in range(5):  # every tick: an empty list, NVML not tried again
+        assert reader.sample() == []
     assert not reader.available
     assert reader.unavailable_reason is not None
     assert fake.calls["nvmlInit"] == 1  # not retried every tick
@@ -168,11 +318,15 @@ def test_init_failure_means_no_gpu(doc: dict[str, Any], error: type[Exception]) 
 def test_lost_gpu_gives_nulls_not_a_crash(doc: dict[str, Any]) -> None:
     every = {fn: "NVMLError_GpuIsLost" for fn in (
         "nvmlDeviceGetUtilizationRates", "nvmlDeviceGetMemoryInfo",
-        "nvmlDeviceGetTemperature", "nvmlDeviceGetPowerUsage")}
+        "nvmlDeviceGetTemperature", "nvmlDeviceGetPowerUsage",
+        "nvmlDeviceGetEnforcedPowerLimit", "nvmlDeviceGetComputeRunningProcesses",
+        "nvmlDeviceGetGraphicsRunningProcesses")}
     doc["devices"][1]["raises"] = every
-    got = NvmlReader(FakeNvml(doc)).sample()
+    got = NvmlReader(FakeNvml(doc), attempt_of=recorded_attempt).sample()
+    # power_limit_w and processes are new keys of the sample
     assert got[1] == {"index": 1, "util_percent": None, "memory_used_mb": None,
-                      "memory_total_mb": None, "temperature_c": None, "power_w": None}
+                      "memory_total_mb": None, "temperature_c": None, "power_w": None,
+                      "power_limit_w": None, "processes": None}
     assert got[0]["util_percent"] == 97
 
 
@@ -203,7 +357,9 @@ def test_real_pynvml_on_this_machine() -> None:
     assert [g["index"] for g in sample] == [g["index"] for g in inventory]
     for g in sample:
         assert set(g) == {"index", "util_percent", "memory_used_mb", "memory_total_mb",
-                          "temperature_c", "power_w"}
+                          "temperature_c", "power_w", "power_limit_w", "processes"}
+        for p in g["processes"] or []:
+            assert set(p) == {"pid", "used_memory_mb", "attempt"} and p["pid"] > 0
 
 
 def test_host_sampler() -> None:
