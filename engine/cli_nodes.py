@@ -18,15 +18,17 @@ def nodes_table(nodes: list[dict[str, Any]]) -> str:
     rows = []
     for n in nodes:
         load = n.get("load") or []
-        rows.append([_printable(n["name"]), "up" if n["up"] else "DOWN", str(len(n["gpus"])),
-                     f"{n['slots_used']}/{n['slots']}",
+        state = n.get("state") or ("up" if n["up"] else "down")
+        rows.append([_printable(n["name"]), state if state == "up" else state.upper(),
+                     str(len(n["gpus"])), f"{n['slots_used']}/{n['slots']}",
                      "-" if n.get("cpu_percent") is None else f"{n['cpu_percent']:.0f}%",
                      "-" if n.get("memory_percent") is None else f"{n['memory_percent']:.0f}%",
                      "-" if not load else f"{load[0]:.2f}",
+                     "-" if n.get("rtt_ms") is None else f"{n['rtt_ms']:.0f}ms",
                      ",".join(str(j) for j in n["jobs"]) or "-",
-                     _printable(n.get("error") or "")])
-    lines.append(_table(rows, ["NODE", "STATE", "GPUS", "SLOTS", "CPU", "MEM", "LOAD", "JOBS",
-                               "ERROR"]))
+                     _printable(n.get("state_reason") or n.get("error") or "")])
+    lines.append(_table(rows, ["NODE", "STATE", "GPUS", "SLOTS", "CPU", "MEM", "LOAD", "RTT",
+                               "JOBS", "REASON"]))
     gpu_rows = []
     for n in nodes:
         for g in n["gpus"]:
@@ -52,9 +54,37 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _state_line(node: dict[str, Any]) -> str:
+    reason = node.get("state_reason")
+    return f"node {_printable(node['name'])}: {node.get('state', '?')}" + (
+        f" ({_printable(reason)})" if reason else "")
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    _emit(args, _client().drain(args.node, args.reason or ""), _state_line)
+    return 0
+
+
+def cmd_undrain(args: argparse.Namespace) -> int:
+    _emit(args, _client().undrain(args.node), _state_line)
+    return 0
+
+
+def _node_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("node", metavar="NODE", help="a node of the cluster (see `llmconsole nodes`)")
+
+
+def _drain_arguments(p: argparse.ArgumentParser) -> None:
+    _node_argument(p)
+    p.add_argument("--reason", help="why, shown with the node's state")
+
+
 # name -> (what it does, how to add its arguments, what runs it)
 ACTIONS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Action]] = {
     "list": ("nodes, their GPUs and who uses them (the default)", lambda p: None, cmd_list),
+    "drain": ("no new work on NODE (its running jobs go on); admins only", _drain_arguments,
+              cmd_drain),
+    "undrain": ("NODE takes new work again", _node_argument, cmd_undrain),
 }
 
 

@@ -20,7 +20,7 @@ import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from engine import paths
 from engine.errors import (
@@ -274,6 +274,16 @@ class EngineClient:
 
     def nodes(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._json("GET", "/v1/nodes")
+        return result
+
+    def drain(self, node: str, reason: str = "") -> dict[str, Any]:
+        result: dict[str, Any] = self._json("POST", f"/v1/nodes/{quote(node, safe='')}/drain",
+                                            {"reason": reason})
+        return result
+
+    def undrain(self, node: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("POST", f"/v1/nodes/{quote(node, safe='')}/undrain",
+                                            {})
         return result
 
     def shutdown(self) -> None:

@@ -10,6 +10,23 @@ clock (the caller passes `now`). `engine.nodes` applies them.
   one whose launcher node did.
 - `reconcile`: what to do with each attempt the store says runs on a node,
   given the runs that node's agent reported in its hello.
+- `node_state`: a node's state in one word, from what is known of its link
+  (connected or not, how long silent), its trust, its software and whether
+  an admin drained it. Heartbeats, not only a closed channel, decide: a
+  hung SSH session whose process lives goes suspect, then dead.
+
+Node states (`Condition`), and what the scheduler does with each:
+- up: connected and heard from recently; takes new work.
+- suspect: connected, but silent (no telemetry, no pong) for SUSPECT_AFTER_S;
+  keeps its attempts, takes no new work.
+- down: not connected (the channel ended or cannot start, or it was closed
+  after DEAD_AFTER_S of silence); its attempts are lost after `lost_after`.
+- untrusted: its host key is unknown or changed; nothing runs there until
+  `llmconsole nodes trust NODE`.
+- incompatible: connected, but its software differs from the head's
+  (engine.versions); takes no new work.
+- drained: up, but an admin said no new work (`llmconsole nodes drain`);
+  its running attempts go on.
 """
 
 from __future__ import annotations
@@ -17,6 +34,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+
+# Heartbeats. Every node gets a ping each PING_EVERY_S and sends telemetry
+# each second, so silence means trouble: SUSPECT_AFTER_S without a word
+# makes it suspect (about two missed pings: a loaded node is not flagged for
+# one late answer), DEAD_AFTER_S closes its channel so that it reconnects
+# (longer than ssh's own ServerAlive limit of 15 s, so a dead link is
+# usually noticed by ssh first, and a hung agent behind a live link by this).
+PING_EVERY_S = 5.0
+SUSPECT_AFTER_S = 10.0
+DEAD_AFTER_S = 20.0
 
 # Reconnect backoff: the first retry comes quickly (an agent restarting), the
 # cap keeps a node that is down for hours from being forgotten for long.
@@ -31,6 +58,50 @@ def reconnect_delay(failures: int, rand: float, *, first: float = RECONNECT_FIRS
     consecutive failures so far). `rand` is a uniform draw in [0, 1)."""
     base = min(cap, first * 2.0 ** min(max(failures - 1, 0), 32))
     return max(0.0, base * (1.0 + jitter * (2.0 * rand - 1.0)))
+
+
+class Condition(Enum):
+    UP = "up"
+    SUSPECT = "suspect"
+    DOWN = "down"
+    UNTRUSTED = "untrusted"
+    INCOMPATIBLE = "incompatible"
+    DRAINED = "drained"
+
+    def takes_work(self) -> bool:
+        return self is Condition.UP
+
+
+class Link(Enum):
+    OK = "ok"
+    SUSPECT = "suspect"
+    DEAD = "dead"
+
+
+def link_verdict(silent_for: float, *, suspect_after: float = SUSPECT_AFTER_S,
+                 dead_after: float = DEAD_AFTER_S) -> Link:
+    """A connected node's link after `silent_for` seconds without a word."""
+    if silent_for >= dead_after:
+        return Link.DEAD
+    if silent_for >= suspect_after:
+        return Link.SUSPECT
+    return Link.OK
+
+
+def node_state(*, connected: bool, silent_for: float, untrusted: bool,
+               incompatible: bool, drained: bool,
+               suspect_after: float = SUSPECT_AFTER_S) -> Condition:
+    """The one word for a node. What stops work comes first: a node that
+    cannot be trusted or reached says so before it says drained."""
+    if not connected:
+        return Condition.UNTRUSTED if untrusted else Condition.DOWN
+    if incompatible:
+        return Condition.INCOMPATIBLE
+    if silent_for >= suspect_after:
+        return Condition.SUSPECT
+    if drained:
+        return Condition.DRAINED
+    return Condition.UP
 
 
 @dataclass(frozen=True)

@@ -28,13 +28,23 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine import health
-from engine.agent.protocol import Command, Event, Hello, ProtocolError, parse_event
+from engine import health, versions
+from engine.agent.protocol import (
+    Command,
+    Event,
+    Hello,
+    Pong,
+    ProtocolError,
+    Simple,
+    parse_event,
+)
 from engine.hub import EventHub
 from engine.model import NodeSpec
 from engine.transport.base import AgentChannel
 
 log = logging.getLogger("llmconsole.engine")
+
+HEARTBEAT_TICK_S = 1.0  # how often silence is looked at (and pings sent when due)
 
 ChannelFactory = Callable[[NodeSpec], AgentChannel]
 HelloHandler = Callable[["NodeState", Hello], None]
@@ -54,10 +64,42 @@ class NodeState:
     error: str | None = None
     down_since: float | None = None
     seen: bool = False  # has said hello at least once: its capacity is known
+    last_heard: float | None = None  # when the agent last said anything
+    rtt_ms: float | None = None  # the last ping's round trip
+    software: dict[str, str] = field(default_factory=dict)
+    incompatible: str | None = None  # why its software does not fit, with the fix
+    untrusted: bool = False  # its host key is unknown or changed (error says which)
+    drained: str | None = None  # why an admin drained it ("" for no reason given)
+    check: dict[str, Any] | None = None  # the last `nodes check` of it
+    state_published_suspect: bool = False
+    suspect_after: float = health.SUSPECT_AFTER_S
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def silent_for(self, now: float) -> float:
+        return 0.0 if self.last_heard is None else max(0.0, now - self.last_heard)
+
+    def condition(self, now: float) -> health.Condition:
+        return health.node_state(connected=self.up, silent_for=self.silent_for(now),
+                                 untrusted=self.untrusted,
+                                 incompatible=self.incompatible is not None,
+                                 drained=self.drained is not None,
+                                 suspect_after=self.suspect_after)
+
+    def state_reason(self, now: float) -> str | None:
+        """Why it is not up, in words (None when up)."""
+        condition = self.condition(now)
+        if condition is health.Condition.UP:
+            return None
+        if condition is health.Condition.INCOMPATIBLE:
+            return self.incompatible
+        if condition is health.Condition.SUSPECT:
+            return f"silent for {self.silent_for(now):.0f}s"
+        if condition is health.Condition.DRAINED:
+            return f"drained: {self.drained}" if self.drained else "drained"
+        return self.error
 
     def status(self) -> health.NodeStatus:
         return health.NodeStatus(self.name, self.up, self.down_since, self.error)
@@ -67,9 +109,15 @@ class Nodes:
     def __init__(self, specs: Mapping[str, NodeSpec] | list[NodeSpec],
                  channel_factory: ChannelFactory, hub: EventHub,
                  clock: Callable[[], float], *, on_hello: HelloHandler,
-                 on_event: EventHandler, rand: Callable[[], float] = random.random) -> None:
+                 on_event: EventHandler, rand: Callable[[], float] = random.random,
+                 suspect_after: float = health.SUSPECT_AFTER_S,
+                 dead_after: float = health.DEAD_AFTER_S,
+                 ping_every: float = health.PING_EVERY_S) -> None:
         items = specs.values() if isinstance(specs, Mapping) else specs
-        self.states: dict[str, NodeState] = {n.name: NodeState(n) for n in items}
+        self.states: dict[str, NodeState] = {
+            n.name: NodeState(n, suspect_after=suspect_after) for n in items}
+        self.suspect_after, self.dead_after, self.ping_every = \
+            suspect_after, dead_after, ping_every
         self.channel_factory = channel_factory
         self.hub = hub
         self.clock = clock
@@ -79,6 +127,9 @@ class Nodes:
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._sends: set[asyncio.Task[None]] = set()
+        self._pings: dict[str, dict[int, float]] = {}  # node -> ping id -> sent at
+        self._ping_ids = 0
+        self.head_software = versions.software_versions()
 
     def __iter__(self) -> Iterator[NodeState]:
         return iter(self.states.values())
@@ -107,6 +158,7 @@ class Nodes:
         loop = asyncio.get_running_loop()
         for node in self.states.values():
             self._tasks.append(loop.create_task(self._loop(node), name=f"node {node.name}"))
+        self._tasks.append(loop.create_task(self._heartbeat_loop(), name="heartbeats"))
 
     async def stop(self) -> None:
         self._stopping = True
@@ -156,7 +208,8 @@ class Nodes:
                 await channel.start()
             except Exception as err:
                 failures += 1
-                self.mark_down(node, f"agent did not start: {err}")
+                node.untrusted = getattr(err, "state", None) == "untrusted"
+                self.mark_down(node, str(err) if node.untrusted else f"agent did not start: {err}")
                 await asyncio.sleep(health.reconnect_delay(failures, self.rand()))
                 continue
             failures = 0
@@ -174,10 +227,14 @@ class Nodes:
             try:
                 self.on_hello(node, hello)
                 async for raw in channel.events():
+                    node.last_heard = self.clock()
                     try:
                         event = parse_event(raw)
                     except ProtocolError as err:
                         log.warning("node %s: event skipped: %s", node.name, err)
+                        continue
+                    if isinstance(event, Pong):
+                        self._on_pong(node, event)
                         continue
                     try:
                         self.on_event(node, event)
@@ -187,8 +244,69 @@ class Nodes:
                 raise
             except Exception as err:
                 log.warning("node %s: channel failed: %s", node.name, err)
-            self.mark_down(node, "agent connection ended")
+            if node.channel is channel and channel.alive:
+                await channel.close()  # closed by the heartbeat check: make sure it is gone
+            self.mark_down(node, node.error if node.error and not node.up
+                           else "agent connection ended")
             await asyncio.sleep(health.reconnect_delay(1, self.rand()))
+
+    # --------------------------------------------------------- heartbeats
+    async def _heartbeat_loop(self) -> None:
+        """Ping every connected node; a node silent for DEAD_AFTER_S has its
+        channel closed (a hung link or agent), so that it reconnects."""
+        next_ping = 0.0
+        while True:
+            await asyncio.sleep(HEARTBEAT_TICK_S)
+            now = self.clock()
+            ping = now >= next_ping
+            if ping:
+                next_ping = now + self.ping_every
+            for node in self.states.values():
+                if not node.up or node.channel is None:
+                    continue
+                verdict = health.link_verdict(node.silent_for(now),
+                                              suspect_after=self.suspect_after,
+                                              dead_after=self.dead_after)
+                if verdict is health.Link.DEAD:
+                    why = f"no heartbeat for {node.silent_for(now):.0f}s (a hung link or agent)"
+                    log.warning("node %s: %s; reconnecting", node.name, why)
+                    channel = node.channel
+                    self.mark_down(node, why)
+                    self._close_later(channel)
+                    continue
+                if verdict is health.Link.SUSPECT and not node.state_published_suspect:
+                    node.state_published_suspect = True
+                    self.hub.publish({"type": "node", "node": node.name, "up": True,
+                                      "state": "suspect"})
+                elif verdict is health.Link.OK and node.state_published_suspect:
+                    node.state_published_suspect = False
+                    self.hub.publish({"type": "node", "node": node.name, "up": True,
+                                      "state": node.condition(now).value})
+                if ping:
+                    self._ping(node, now)
+
+    def _ping(self, node: NodeState, now: float) -> None:
+        self._ping_ids += 1
+        sent = self._pings.setdefault(node.name, {})
+        sent[self._ping_ids] = now
+        for old in [i for i, t in sent.items() if now - t > self.dead_after]:
+            del sent[old]  # never answered
+        self.send(node.name, Simple("ping", self._ping_ids))
+
+    def _on_pong(self, node: NodeState, pong: Pong) -> None:
+        sent = self._pings.get(node.name, {}).pop(pong.id, None) \
+            if isinstance(pong.id, int) else None
+        if sent is not None:
+            node.rtt_ms = (self.clock() - sent) * 1000.0
+
+    def _close_later(self, channel: AgentChannel) -> None:
+        async def close() -> None:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+        task = asyncio.get_running_loop().create_task(close())
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
 
     def _mark_up(self, node: NodeState, hello: Hello) -> None:
         node.gpus = node.spec.gpus if node.spec.gpus is not None else len(hello.gpus)
@@ -196,6 +314,12 @@ class Nodes:
         node.slots = node.spec.slots if node.spec.slots is not None else (hello.cpus or 1)
         node.memory_gb = node.spec.memory_gb
         node.up, node.error, node.down_since, node.seen = True, None, None, True
+        node.last_heard, node.untrusted = self.clock(), False
+        node.software = dict(hello.software)
+        node.incompatible = None if node.spec.is_local else versions.incompatible_reason(
+            self.head_software, node.software, node.name)
+        if node.incompatible:
+            log.warning("node %s %s", node.name, node.incompatible)
         log.info("node %s up: %d GPUs, %d slots", node.name, node.gpus, node.slots)
         self.hub.publish({"type": "node", "node": node.name, "up": True})
 

@@ -23,6 +23,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -65,6 +66,8 @@ CANCEL_TRIES = 5
 START_REFUSED_WAIT_S = 2.0
 FLUSH_EVERY_S = 0.5  # metric points and offsets reach the store this often
 WATCHDOG_EVERY_S = 1.0
+DRAINS_FILE = "drained.json"  # in the engine home: which nodes take no new work, and why
+MAX_DRAIN_REASON = 200
 TELEMETRY_PRUNE_EVERY_S = 3600.0
 
 
@@ -81,6 +84,8 @@ class Runtime:
         lost_after: float = 60.0,
         stop_grace: float = 10.0,
         telemetry_keep_s: float = 7 * 86400.0,
+        suspect_after: float = health.SUSPECT_AFTER_S,
+        dead_after: float = health.DEAD_AFTER_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -95,8 +100,10 @@ class Runtime:
         self.clock = clock
         self.hub = EventHub()
         self.nodes = Nodes(list(cluster.nodes), channel_factory, self.hub, clock,
-                           on_hello=self._on_hello, on_event=self._on_event)
+                           on_hello=self._on_hello, on_event=self._on_event,
+                           suspect_after=suspect_after, dead_after=dead_after)
         self.ingest = Ingest(store, self.logs_dir, self.hub, clock)
+        self._load_drains()
         self.running: dict[str, Running] = {}
         self._kick = asyncio.Event()
         self._deps_dirty = True
@@ -264,11 +271,68 @@ class Runtime:
         self.kick()
         return job
 
+    def drain(self, node_name: str, reason: str, caller: Caller) -> dict[str, Any]:
+        """No new work on the node (its running attempts go on); remembered
+        across engine restarts."""
+        node = self._admin_node(node_name, caller, "drain")
+        if not isinstance(reason, str) or len(reason) > MAX_DRAIN_REASON \
+                or not reason.isprintable():
+            raise BadRequest(f"reason: expected at most {MAX_DRAIN_REASON} printable characters")
+        node.drained = reason
+        self._save_drains()
+        log.info("node %s drained by %s%s", node.name, caller.name,
+                 f": {reason}" if reason else "")
+        self.hub.publish({"type": "node", "node": node.name, "up": node.up,
+                          "state": node.condition(self.clock()).value})
+        return self._node_view(node.name)
+
+    def undrain(self, node_name: str, caller: Caller) -> dict[str, Any]:
+        node = self._admin_node(node_name, caller, "undrain")
+        node.drained = None
+        self._save_drains()
+        log.info("node %s undrained by %s", node.name, caller.name)
+        self.hub.publish({"type": "node", "node": node.name, "up": node.up,
+                          "state": node.condition(self.clock()).value})
+        self.kick()
+        return self._node_view(node.name)
+
+    def _admin_node(self, node_name: str, caller: Caller, verb: str) -> NodeState:
+        node = self.nodes.get(node_name)
+        if node is None:
+            names = ", ".join(self.nodes.states)
+            raise NotFound(f"no node {node_name!r} in cluster {self.cluster.name!r} "
+                           f"(nodes: {names}); see `llmconsole nodes`")
+        if caller.uid != self.engine_uid and caller.name not in self.cluster.admins:
+            raise Forbidden(f"only the engine's owner ({user_name(self.engine_uid)}) or an admin "
+                            f"of cluster {self.cluster.name!r} may {verb} a node")
+        return node
+
+    def _node_view(self, name: str) -> dict[str, Any]:
+        return next(v for v in self.node_views() if v["name"] == name)
+
+    def _load_drains(self) -> None:
+        try:
+            saved = json.loads((self.home / DRAINS_FILE).read_text())
+        except (OSError, ValueError):
+            return
+        if isinstance(saved, dict):
+            for name, reason in saved.items():
+                node = self.nodes.get(name)
+                if node is not None and isinstance(reason, str):
+                    node.drained = reason
+
+    def _save_drains(self) -> None:
+        doc = {n.name: n.drained for n in self.nodes if n.drained is not None}
+        path = self.home / DRAINS_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        os.replace(tmp, path)
+
     def log_path(self, job_id: int, number: int) -> Path:
         return self.ingest.log_path(job_id, number)
 
     def node_views(self) -> list[dict[str, Any]]:
-        return views.node_views(self.nodes, self.running.values())
+        return views.node_views(self.nodes, self.running.values(), self.clock())
 
     def job_view(self, job: Job) -> dict[str, Any]:
         return views.job_view(job, self.running.get(attempt_key(job.id, job.attempt)))
@@ -352,6 +416,7 @@ class Runtime:
                     used_slots[p.node] = used_slots.get(p.node, 0) + p.cpus
                     used_mem[p.node] = used_mem.get(p.node, 0.0) + run.spec.resources.memory_gb
         caps = []
+        now = self.clock()
         for node in self.nodes.values():
             gpus, slots = node.gpus, node.slots
             taken = used_gpus.get(node.name, set())
@@ -364,7 +429,9 @@ class Runtime:
                 free_slots=max(0, slots - used_slots.get(node.name, 0)),
                 memory_gb=mem,
                 free_memory_gb=None if mem is None else mem - used_mem.get(node.name, 0.0),
-                up=node.up or idle,
+                labels=node.spec.labels,  # what resources.nodes_with matches, with the name
+                # suspect, drained, incompatible or untrusted nodes take no new work
+                up=idle or node.condition(now).takes_work(),
             ))
         return caps
 
@@ -594,7 +661,7 @@ def _pending(job_id: int, spec: JobSpec) -> scheduler.PendingJob:
     r = spec.resources
     return scheduler.PendingJob(job_id=job_id, priority=spec.priority, seq=job_id, nodes=r.nodes,
                                 gpus_per_node=r.gpus_per_node, cpus=r.cpus,
-                                memory_gb=r.memory_gb)
+                                memory_gb=r.memory_gb, nodes_with=r.nodes_with)
 
 
 def _why(part: Part) -> str | None:

@@ -17,7 +17,8 @@ and logged at debug only.
     POST /v1/jobs/{id}/cancel | /retry    -> job
     GET  /v1/jobs/{id}/logs?attempt=&follow=1&tail=N   text, streamed when following
     GET  /v1/jobs/{id}/metrics?attempt=&name=&since_step=
-    GET  /v1/nodes                        nodes, GPUs (with owning job), telemetry
+    GET  /v1/nodes                        nodes (state, rtt, software, check), GPUs, telemetry
+    POST /v1/nodes/{name}/drain | /undrain   {"reason": "..."}: no new work there (admins)
     GET  /v1/events                       NDJSON stream: job, node, telemetry, metric, log
     POST /v1/shutdown                     stop the daemon (its owner or an admin)
 """
@@ -115,6 +116,8 @@ def make_app(runtime: Runtime, shutdown: asyncio.Event) -> web.Application:
     app.router.add_get("/v1/jobs/{id}/logs", logs)
     app.router.add_get("/v1/jobs/{id}/metrics", metrics)
     app.router.add_get("/v1/nodes", nodes)
+    app.router.add_post("/v1/nodes/{name}/drain", drain_node)
+    app.router.add_post("/v1/nodes/{name}/undrain", undrain_node)
     app.router.add_get("/v1/events", events)
     app.router.add_post("/v1/shutdown", shutdown_route)
     return app
@@ -309,6 +312,18 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def nodes(request: web.Request) -> web.Response:
     return web.json_response(_rt(request).node_views())
+
+
+async def drain_node(request: web.Request) -> web.Response:
+    body = await _body(request)
+    if set(body) - {"reason"}:
+        raise BadRequest('send {"reason": "why"} (or {}) to drain a node')
+    return web.json_response(_rt(request).drain(request.match_info["name"],
+                                                body.get("reason", ""), caller(request)))
+
+
+async def undrain_node(request: web.Request) -> web.Response:
+    return web.json_response(_rt(request).undrain(request.match_info["name"], caller(request)))
 
 
 def _attempt(request: web.Request, job_id: int, attempts: int) -> int | None:

@@ -55,7 +55,11 @@ def attempt_view(a: Attempt) -> dict[str, Any]:
     }
 
 
-def node_views(nodes: Iterable[NodeState], running: Iterable[Running]) -> list[dict[str, Any]]:
+def node_views(nodes: Iterable[NodeState], running: Iterable[Running], now: float
+               ) -> list[dict[str, Any]]:
+    """Every node with its state in one word (up, suspect, down, untrusted,
+    incompatible, drained) and why, its GPUs (with the owning job), slots,
+    round-trip time, software and last check."""
     owners: dict[tuple[str, int], int] = {}
     slots_used: dict[str, int] = {}
     jobs_on: dict[str, list[int]] = {}
@@ -80,7 +84,15 @@ def node_views(nodes: Iterable[NodeState], running: Iterable[Running]) -> list[d
             "name": node.name,
             "host": node.spec.host,
             "up": node.up,
+            "state": node.condition(now).value,
+            "state_reason": node.state_reason(now),
             "error": node.error,
+            "rtt_ms": None if node.rtt_ms is None else round(node.rtt_ms, 2),
+            "labels": list(node.spec.labels),
+            "drained": node.drained is not None,
+            "drain_reason": node.drained or None,
+            "software": dict(node.software),
+            "check": node.check,
             "gpus": gpus,
             "slots": node.slots,
             "slots_used": slots_used.get(node.name, 0),

@@ -84,3 +84,30 @@ def test_reconcile_decides_once_per_attempt_the_node_runs(ks: list[Known], rs: l
     for r in rs:
         if r.key not in known_keys:
             assert (decisions.get(r.key) is Action.STOP) == r.alive
+
+
+@given(st.booleans(), st.floats(0, 100), st.booleans(), st.booleans(), st.booleans())
+def test_a_node_has_one_state_and_only_up_takes_work(connected: bool, silent: float,
+                                                     untrusted: bool, incompatible: bool,
+                                                     drained: bool) -> None:
+    state = health.node_state(connected=connected, silent_for=silent, untrusted=untrusted,
+                              incompatible=incompatible, drained=drained, suspect_after=10.0)
+    if not connected:
+        assert state is (health.Condition.UNTRUSTED if untrusted else health.Condition.DOWN)
+    elif incompatible:
+        assert state is health.Condition.INCOMPATIBLE
+    elif silent >= 10.0:
+        assert state is health.Condition.SUSPECT
+    elif drained:
+        assert state is health.Condition.DRAINED
+    else:
+        assert state is health.Condition.UP
+    assert state.takes_work() == (state is health.Condition.UP)
+
+
+@given(st.floats(0, 1000))
+def test_silence_makes_a_link_suspect_then_dead(silent: float) -> None:
+    verdict = health.link_verdict(silent, suspect_after=10.0, dead_after=20.0)
+    expected = health.Link.DEAD if silent >= 20 else \
+        health.Link.SUSPECT if silent >= 10 else health.Link.OK
+    assert verdict is expected
