@@ -4,7 +4,9 @@ dataclasses, no I/O; `lifecycle` owns the states, `store` persists these."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from engine.lifecycle import JobState
@@ -27,12 +29,17 @@ LIMITS: dict[str, tuple[int, int]] = {
 
 @dataclass(frozen=True)
 class Resources:
-    """What one job asks for. `cpus` and `memory_gb` are per node."""
+    """What one job asks for. `cpus` and `memory_gb` are per node.
+
+    `nodes_with` narrows the nodes the job may use: each entry is a label or
+    a node name, and a node qualifies when every entry is one of its labels
+    or its name (`engine.scheduler` applies it). Empty: any node."""
 
     nodes: int = 1
     gpus_per_node: int = 0
     cpus: int = 1
     memory_gb: float = 0.0
+    nodes_with: tuple[str, ...] = ()
 
     @property
     def total_gpus(self) -> int:
@@ -69,6 +76,7 @@ class JobSpec:
                 "gpus_per_node": self.resources.gpus_per_node,
                 "cpus": self.resources.cpus,
                 "memory_gb": self.resources.memory_gb,
+                "nodes_with": list(self.resources.nodes_with),
             },
             "env": dict(self.env),
             "retries": self.retries,
@@ -90,6 +98,8 @@ class JobSpec:
                 gpus_per_node=int(res.get("gpus_per_node", 0)),
                 cpus=int(res.get("cpus", 1)),
                 memory_gb=float(res.get("memory_gb", 0.0)),
+                # absent from specs stored before nodes_with existed: any node
+                nodes_with=tuple(str(x) for x in res.get("nodes_with") or ()),
             ),
             env=tuple(sorted((str(k), str(v)) for k, v in (data.get("env") or {}).items())),
             retries=int(data.get("retries", 0)),
@@ -222,8 +232,8 @@ class NodeSpec:
     port: int | None = None  # None: ssh's own choice (~/.ssh/config, else 22)
     user: str | None = None  # None: ssh's own choice
     identity: str | None = None  # a private key file (ssh -i); None: ssh's own choice
-    python: str | None = None  # the interpreter on the node; None: the engine's own path
-    root: str | None = None  # the node's run directory; None: default_node_root(name)
+    python: str | None = None  # the interpreter on the node; None: see node_python()
+    root: str | None = None  # the node's run directory; None: see node_root()
     gpus: int | None = None  # None: as many as the node's agent reports
     slots: int | None = None  # None: the node's CPU count, as its agent reports
     memory_gb: float | None = None  # None: not limited by the scheduler
@@ -232,6 +242,39 @@ class NodeSpec:
     @property
     def is_local(self) -> bool:
         return self.host is None
+
+
+NODES_DIR = "nodes"  # under the engine home: one run root per remote node, by name
+
+
+def node_root(spec: NodeSpec, engine_home: Path | str) -> str:
+    """The node's run directory (its agent's ``--root``; run folders go in
+    ``runs/`` under it), as a path on that node.
+
+    - `spec.root` when the profile sets it, verbatim: it may start with
+      ``~``, the home of the node's user, expanded on the node (by whoever
+      starts the agent there, never here).
+    - else, for the head node (no host), the engine home itself: its
+      ``runs/`` hold the head node's attempts, as before clusters existed.
+    - else ``<engine home>/nodes/<node name>``: the engine home's path (the
+      same on every node, see `node_python`) with the node's name in it, so
+      nodes that share a home, such as the test hosts on one machine or a
+      home on NFS, never share a run directory.
+    """
+    if spec.root is not None:
+        return spec.root
+    if spec.is_local:
+        return str(engine_home)
+    return str(PurePosixPath(engine_home) / NODES_DIR / spec.name)
+
+
+def node_python(spec: NodeSpec) -> str:
+    """The interpreter that runs the agent on the node: `spec.python` when
+    the profile sets it (verbatim, ``~`` expanded on the node), else the
+    engine's own `sys.executable`. The default assumes the same software
+    everywhere: the project and its .venv at the same path on every node (a
+    shared home, or the same `make setup` on each)."""
+    return spec.python if spec.python is not None else sys.executable
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,9 @@ Job profile: ``<dir>/NAME.toml``
     gpus_per_node = 0       # integer 0..64
     cpus = 1                # integer 1..4096, per node
     memory_gb = 0           # a finite number, 0..1048576 (model.LIMITS), per node
+    nodes_with = ["a100"]   # default []: any node. Labels or node names (at most
+                            # 32); only nodes that have ALL of them, as labels
+                            # or as their name, run the job
     [env]                   # extra environment variables, NAME = "value" (strings
     SEED = "42"             # only). NAME matches ^[A-Za-z_][A-Za-z0-9_]*$;
                             # LD_PRELOAD and LLMCONSOLE_* are refused
@@ -96,16 +99,28 @@ Cluster profile: ``<dir>/clusters/NAME.toml`` (or ``<dir>/NAME.toml``)
     name = "lab"            # default: the file stem (same rule as a job name)
     description = "..."     # optional
     admins = ["alice"]      # user names allowed to cancel/retry anyone's job
-    [[nodes]]               # at least one
+    known_hosts = "~/.ssh/known_hosts"  # optional: the file that holds the
+                            # nodes' host keys (default: the user's own)
+    [[nodes]]               # at least one; the order is kept
     name = "gpu1"           # required, ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$, unique
     host = "10.0.0.5"       # optional: absent = the head node itself (at most one
                             # such node). A hostname, an ssh alias or an IP address:
                             # no spaces, no leading '-', no shell metacharacters
-    port = 22               # 1..65535
-    user = "train"          # optional, ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$
+    port = 22               # 1..65535; absent = ssh's choice (~/.ssh/config, else 22)
+    user = "train"          # optional, ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$; absent =
+                            # ssh's choice
+    identity = "~/.ssh/id_ed25519"  # optional private key (ssh -i); absent = ssh's
+    python = "/opt/llmconsole/.venv/bin/python"  # optional; absent = the engine's
+                            # own interpreter path (`model.node_python`)
+    root = "/scratch/llmc"  # optional run directory on the node; absent = the
+                            # engine home for the head node, else
+                            # <engine home>/nodes/<name> (`model.node_root`)
+                            # (identity, python, root: absolute or under ~)
     gpus = 8                # optional integer >= 0; absent = what the node reports
     slots = 32              # optional integer >= 1; absent = the node's CPU count
     memory_gb = 512         # optional number >= 0; absent = not limited
+    labels = ["a100", "ib"] # optional, ^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$ each:
+                            # what a job's resources.nodes_with may ask for
 
 Pipeline profile: ``<dir>/NAME.toml``
 -------------------------------------
@@ -158,7 +173,6 @@ launcher, env.NAME): ``--set env.SEED=42`` sets the string "42".
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import json
 import os
 import re
@@ -206,6 +220,7 @@ __all__ = [
     "load_pipeline_profile",
     "profile_kind",
     "profile_names",
+    "parse_cluster_text",
     "parse_overrides",
     "profile_dirs",
     "validate_file",
@@ -222,8 +237,6 @@ REFUSED_ENV = spec_rules.REFUSED_ENV
 _ARG_KEY_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 _NODE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
-_HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
-_HOST_RE = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 _TOML_POS_RE = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 _TOML_END_RE = re.compile(r"\s*\(at end of document\)\s*$")
@@ -329,8 +342,10 @@ _ENV_NAME_EXPECTED = spec_rules.ENV_NAME_EXPECTED
 _check_env_name = _rule(spec_rules.check_env_name)
 _check_node_path = _rule(spec_rules.check_node_path)
 _check_label = _rule(spec_rules.check_label)
+_check_node_selector = _rule(spec_rules.check_node_selector)
 NodePath = Annotated[str, AfterValidator(_check_node_path)]
 Label = Annotated[str, AfterValidator(_check_label)]
+NodeSelector = Annotated[str, AfterValidator(_check_node_selector)]
 
 
 def _check_description(value: str) -> str:
@@ -384,22 +399,8 @@ def _check_node_name(value: str) -> str:
     return value
 
 
-_HOST_EXPECTED = (
-    "a hostname, ssh alias or IP address (letters, digits, '.', '-', '_'; no leading '-')"
-)
-
-
-def _check_host(value: str) -> str:
-    try:
-        ipaddress.ip_address(value)
-        return value
-    except ValueError:
-        pass
-    if "@" in value:
-        raise _custom("contains '@'", "a hostname only; put the user name in `user`")
-    if len(value) > 253 or not _HOST_RE.fullmatch(value):
-        raise _custom("is not a hostname or IP address", _HOST_EXPECTED)
-    return value
+_HOST_EXPECTED = spec_rules.HOST_EXPECTED
+_check_host = _rule(spec_rules.check_host)
 
 
 _USER_EXPECTED = "a user name matching ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
@@ -446,6 +447,8 @@ class _ResourcesModel(_Strict):
                                le=LIMITS["gpus_per_node"][1])
     cpus: int = Field(default=1, ge=LIMITS["cpus"][0], le=LIMITS["cpus"][1])
     memory_gb: Gigabytes = 0.0
+    nodes_with: Annotated[list[NodeSelector], Field(max_length=spec_rules.NODES_WITH_MAX)] = (
+        Field(default_factory=list))
 
 
 class _JobModel(_Strict):
@@ -526,11 +529,15 @@ _EXPECTED: dict[str, dict[tuple[str, ...], str]] = {
         ("priority",): _range("priority"),
         ("retries",): _range("retries"),
         ("workdir",): "an absolute path",
-        ("resources",): "a table with nodes, gpus_per_node, cpus, memory_gb",
+        ("resources",): "a table with nodes, gpus_per_node, cpus, memory_gb, nodes_with",
         ("resources", "nodes"): _range("nodes"),
         ("resources", "gpus_per_node"): _range("gpus_per_node"),
         ("resources", "cpus"): _range("cpus") + " (per node)",
         ("resources", "memory_gb"): _MEMORY_EXPECTED,
+        ("resources", "nodes_with"): (f"a list of at most {spec_rules.NODES_WITH_MAX} node "
+                                      "labels or names, e.g. nodes_with = [\"a100\"] (with "
+                                      "--set: 'resources.nodes_with=[\"a100\"]')"),
+        ("resources", "nodes_with", "[]"): spec_rules.NODE_SELECTOR_EXPECTED,
         ("env",): 'a table of NAME = "value"',
         ("env", "*"): 'a string (quote numbers: SEED = "42")',
         ("env", "*", "[key]"): _ENV_NAME_EXPECTED,
@@ -1027,6 +1034,7 @@ def _job_spec(data: Mapping[str, Any], path: Path, overridden: Sequence[str] = (
             gpus_per_node=m.resources.gpus_per_node,
             cpus=m.resources.cpus,
             memory_gb=float(m.resources.memory_gb),
+            nodes_with=tuple(dict.fromkeys(m.resources.nodes_with)),
         ),
         env=tuple(sorted(m.env.items())),
         retries=m.retries,
@@ -1200,6 +1208,19 @@ def load_cluster_profile(
         return default_cluster()
     path = _find_cluster(name_or_path, dirs)
     return _cluster_spec(_read_toml(path), path)
+
+
+def parse_cluster_text(text: str, path: Path | str) -> ClusterSpec:
+    """The `ClusterSpec` of cluster-profile TOML `text`, checked exactly as
+    `load_cluster_profile` checks a file, errors naming `path` (the file
+    that text is about to become: `llmconsole cluster import` validates
+    before it writes)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"not valid TOML ({exc})", path=path) from None
+    return _cluster_spec(data, path)
 
 
 def _check_data(data: Mapping[str, Any], path: Path, kind: object) -> None:

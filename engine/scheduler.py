@@ -2,7 +2,12 @@
 which GPUs (priority then submission order, gang all-or-nothing, best fit,
 EASY-style backfill around one reservation); `unplaceable_reason` says why a job
 can never fit the cluster; `resolve_dependencies` releases or fails held jobs.
-No I/O and no clock: the same inputs always give the same answer."""
+No I/O and no clock: the same inputs always give the same answer.
+
+A job that asks for `nodes_with` (labels or node names) may only use the
+nodes that have every one of them as a label or as their name; everything
+below, the reservation and the reasons included, looks only at those nodes
+for that job."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 
+from engine.hostlists import compress_slurm
 from engine.lifecycle import JobState
 from engine.model import Placement
 
@@ -38,6 +44,7 @@ class PendingJob:
     gpus_per_node: int  # >= 0
     cpus: int  # CPU slots per node, >= 1
     memory_gb: float = 0.0  # per node
+    nodes_with: tuple[str, ...] = ()  # labels or node names every node used must have
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,7 @@ class NodeCapacity:
     memory_gb: float | None = None  # None = not limited
     free_memory_gb: float | None = None
     up: bool = True  # a down node gets nothing
+    labels: tuple[str, ...] = ()  # what jobs' nodes_with match, besides the name
 
 
 @dataclass(frozen=True)
@@ -80,10 +88,11 @@ class DependencyDecision:
     fail: tuple[tuple[int, str], ...]
 
 
-# (nodes, gpus_per_node, cpus, memory_gb): everything that decides whether a
-# job fits. Free capacity only shrinks during a pass, so a shape that failed
-# once fails again, and so does every shape at least as large in every field.
-_Shape = tuple[int, int, int, float]
+# (nodes, gpus_per_node, cpus, memory_gb, nodes_with): everything that decides
+# whether a job fits. Free capacity only shrinks during a pass, so a shape that
+# failed once fails again, and so does every shape at least as large in every
+# number that asks for at least the same nodes_with (more entries, fewer nodes).
+_Shape = tuple[int, int, int, float, frozenset[str]]
 
 # Sort key of a node with free capacity: best fit is the smallest key that
 # suffices (fewest free GPUs, then fewest free slots, then name).
@@ -96,16 +105,26 @@ _BY_PRIORITY = attrgetter("priority")
 class _FreeNode:
     """The mutable free capacity of one up node during one pass."""
 
-    __slots__ = ("name", "free_gpus", "free_slots", "free_memory_gb")
+    __slots__ = ("name", "tags", "free_gpus", "free_slots", "free_memory_gb")
 
     def __init__(self, node: NodeCapacity) -> None:
         self.name = node.name
+        self.tags = _tags(node)
         self.free_gpus: list[int] = sorted(set(node.free_gpus))
         self.free_slots = max(0, node.free_slots)
         self.free_memory_gb: float | None = _free_memory(node)
 
     def fit_key(self) -> _FitKey:
         return (len(self.free_gpus), self.free_slots, self.name)
+
+
+def _tags(node: NodeCapacity) -> frozenset[str]:
+    """What a job's nodes_with may name to ask for `node`: its labels and name."""
+    return frozenset((*node.labels, node.name))
+
+
+def _shape(job: PendingJob) -> _Shape:
+    return (job.nodes, job.gpus_per_node, job.cpus, job.memory_gb, frozenset(job.nodes_with))
 
 
 def _free_memory(node: NodeCapacity) -> float | None:
@@ -117,17 +136,18 @@ def _free_memory(node: NodeCapacity) -> float | None:
 
 
 def _is_valid(shape: _Shape) -> bool:
-    nodes, gpus_per_node, cpus, memory_gb = shape
+    nodes, gpus_per_node, cpus, memory_gb, _ = shape
     return nodes >= 1 and gpus_per_node >= 0 and cpus >= 1 and memory_gb >= 0
 
 
 def _is_dominated(shape: _Shape, failed: list[_Shape]) -> bool:
-    """True when some failed shape is no larger than `shape` in every field."""
-    nodes, gpus_per_node, cpus, memory_gb = shape
-    for f_nodes, f_gpus, f_cpus, f_memory in failed:
+    """True when some failed shape is no larger than `shape` in every number
+    and asks for no more than `shape` does in nodes_with."""
+    nodes, gpus_per_node, cpus, memory_gb, wanted = shape
+    for f_nodes, f_gpus, f_cpus, f_memory, f_wanted in failed:
         if nodes >= f_nodes and gpus_per_node >= f_gpus and cpus >= f_cpus and (
             memory_gb >= f_memory
-        ):
+        ) and f_wanted <= wanted:
             return True
     return False
 
@@ -135,8 +155,8 @@ def _is_dominated(shape: _Shape, failed: list[_Shape]) -> bool:
 def _best_fit(
     fit_keys: list[_FitKey], free_by_name: dict[str, _FreeNode], shape: _Shape
 ) -> list[_FreeNode] | None:
-    """The `nodes` best-fitting nodes with room for `shape`, or None."""
-    nodes, gpus_per_node, cpus, memory_gb = shape
+    """The `nodes` best-fitting qualifying nodes with room for `shape`, or None."""
+    nodes, gpus_per_node, cpus, memory_gb, wanted = shape
     chosen: list[_FreeNode] = []
     for index in range(bisect_left(fit_keys, (gpus_per_node, cpus)), len(fit_keys)):
         _, free_slots, name = fit_keys[index]
@@ -144,6 +164,8 @@ def _best_fit(
             continue
         node = free_by_name[name]
         if node.free_memory_gb is not None and node.free_memory_gb < memory_gb:
+            continue
+        if wanted and not wanted <= node.tags:
             continue
         chosen.append(node)
         if len(chosen) == nodes:
@@ -156,7 +178,7 @@ def _take(
 ) -> tuple[Placement, ...]:
     """Consume `shape` on each chosen node (lowest GPU indices first). A node
     left without a free slot leaves `fit_keys`: every job needs a slot."""
-    _, gpus_per_node, cpus, memory_gb = shape
+    _, gpus_per_node, cpus, memory_gb, _ = shape
     placements = []
     for node in chosen:
         del fit_keys[bisect_left(fit_keys, node.fit_key())]
@@ -172,12 +194,14 @@ def _take(
 
 
 def _can_host(node: NodeCapacity, shape: _Shape) -> bool:
-    """Whether `node`, completely idle, has room for one node of `shape`."""
-    _, gpus_per_node, cpus, memory_gb = shape
+    """Whether `node`, completely idle, qualifies for and has room for one
+    node of `shape`."""
+    _, gpus_per_node, cpus, memory_gb, wanted = shape
     return (
         node.gpus >= gpus_per_node
         and node.slots >= cpus
         and (node.memory_gb is None or node.memory_gb >= memory_gb)
+        and (not wanted or wanted <= _tags(node))
     )
 
 
@@ -215,12 +239,13 @@ def schedule(pending: Sequence[PendingJob], nodes: Sequence[NodeCapacity]) -> li
     not fit, or are invalid, are left out. Raises ValueError when two nodes
     share a name.
 
-    Each job gets `nodes` distinct up nodes, the best fit first (fewest free
-    GPUs that suffice, then fewest free slots, then name), and the lowest free
-    GPU indices there. Backfill without runtime estimates: the first job in
-    order that does not fit (the head) reserves all currently free resources
-    of the `nodes` up nodes that could host it (most total GPUs, then total
-    slots, then most free GPUs, then most free slots, then name); later jobs
+    Each job gets `nodes` distinct up nodes among those that qualify for its
+    `nodes_with`, the best fit first (fewest free GPUs that suffice, then
+    fewest free slots, then name), and the lowest free GPU indices there.
+    Backfill without runtime estimates: the first job in order that does not
+    fit (the head) reserves all currently free resources of the `nodes` up
+    qualifying nodes that could host it (most total GPUs, then total slots,
+    then most free GPUs, then most free slots, then name); later jobs
     only get resources outside that reservation. A blocked job that the up
     nodes could not host even when idle (invalid, too big for the cluster, or
     needing nodes that are down) reserves nothing, and the next blocked job
@@ -247,8 +272,8 @@ def schedule(pending: Sequence[PendingJob], nodes: Sequence[NodeCapacity]) -> li
         if not fit_keys:
             break
         gpus_per_node = job.gpus_per_node
+        shape = _shape(job)
         if gpus_per_node <= most_free_gpus:
-            shape: _Shape = (job.nodes, gpus_per_node, job.cpus, job.memory_gb)
             if shape not in failed_shapes:
                 if _is_valid(shape) and not _is_dominated(shape, minimal_failures):
                     chosen = _best_fit(fit_keys, free_by_name, shape)
@@ -263,7 +288,6 @@ def schedule(pending: Sequence[PendingJob], nodes: Sequence[NodeCapacity]) -> li
             continue
         # The job is blocked and no reservation exists yet: it becomes the
         # head if the up nodes could ever host it.
-        shape = (job.nodes, gpus_per_node, job.cpus, job.memory_gb)
         if shape in never_reservable:
             continue
         reserved = _reservation(up_nodes, free_by_name, shape)
@@ -283,10 +307,38 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
+def _names(nodes: Sequence[NodeCapacity]) -> str:
+    """The nodes' names for a reason line, in Slurm's short form where they
+    allow it (``gpu[01-04], head``)."""
+    names = [node.name for node in nodes]
+    try:
+        return compress_slurm(names, separator=", ")
+    except ValueError:  # a name with brackets or commas: listed as it is
+        return ", ".join(names)
+
+
+def _selector_reason(job: PendingJob, nodes: Sequence[NodeCapacity]) -> str | None:
+    """Why no node qualifies for the job's nodes_with, or None if one does."""
+    tags = [_tags(node) for node in nodes]
+    wanted = frozenset(job.nodes_with)
+    if any(wanted <= have for have in tags):
+        return None
+    missing = [want for want in job.nodes_with if not any(want in have for have in tags)]
+    fix = ("; name labels or node names of the cluster profile in resources.nodes_with, or "
+           "add the label to a node there")
+    if missing:
+        what = " nor label ".join(missing)
+        return f"no node has label {what} (nodes: {_names(nodes)}){fix}"
+    return (f"no node has all of {', '.join(job.nodes_with)} as labels or name "
+            f"(nodes: {_names(nodes)}){fix}")
+
+
 def unplaceable_reason(job: PendingJob, nodes: Sequence[NodeCapacity]) -> str | None:
     """None if `job` would fit the cluster when it is completely idle (every
     defined node, up or not, with everything free); else a one-line reason
-    naming the numbers and the setting to change."""
+    naming the numbers and the setting to change. With `nodes_with`, only
+    the qualifying nodes count, and a job that no node qualifies for is told
+    which labels no node has, naming the nodes."""
     if job.nodes < 1:
         return f"asks for {job.nodes} nodes; set resources.nodes to at least 1"
     if job.gpus_per_node < 0:
@@ -303,39 +355,54 @@ def unplaceable_reason(job: PendingJob, nodes: Sequence[NodeCapacity]) -> str | 
         )
     if not nodes:
         return "the cluster has no nodes; add nodes to the cluster profile"
-    if job.nodes > len(nodes):
+    scope = fix = ""
+    pool = list(nodes)
+    if job.nodes_with:
+        reason = _selector_reason(job, nodes)
+        if reason is not None:
+            return reason
+        wanted = frozenset(job.nodes_with)
+        pool = [node for node in nodes if wanted <= _tags(node)]
+        scope = " with " + ", ".join(job.nodes_with)
+        fix = " or change resources.nodes_with"
+    if job.nodes > len(pool):
+        if not scope:
+            return (
+                f"asks for {_plural(job.nodes, 'node')} but the cluster has {len(nodes)}; "
+                "lower resources.nodes"
+            )
         return (
-            f"asks for {_plural(job.nodes, 'node')} but the cluster has {len(nodes)}; "
-            "lower resources.nodes"
+            f"asks for {_plural(job.nodes, 'node')}{scope} but the cluster has {len(pool)} "
+            f"({_names(pool)}); lower resources.nodes{fix}"
         )
-    largest_gpus = max(node.gpus for node in nodes)
+    largest_gpus = max(node.gpus for node in pool)
     if job.gpus_per_node > largest_gpus:
         return (
-            f"asks for {_plural(job.gpus_per_node, 'GPU')} per node but the largest node has "
-            f"{largest_gpus}; lower resources.gpus_per_node"
+            f"asks for {_plural(job.gpus_per_node, 'GPU')} per node but the largest node"
+            f"{scope} has {largest_gpus}; lower resources.gpus_per_node{fix}"
         )
-    largest_slots = max(node.slots for node in nodes)
+    largest_slots = max(node.slots for node in pool)
     if job.cpus > largest_slots:
         return (
-            f"asks for {_plural(job.cpus, 'CPU slot')} per node but the largest node has "
-            f"{largest_slots}; lower resources.cpus"
+            f"asks for {_plural(job.cpus, 'CPU slot')} per node but the largest node{scope} "
+            f"has {largest_slots}; lower resources.cpus{fix}"
         )
-    limits = [node.memory_gb for node in nodes]
+    limits = [node.memory_gb for node in pool]
     if None not in limits:
         largest_memory = max(limit for limit in limits if limit is not None)
         if job.memory_gb > largest_memory:
             return (
-                f"asks for {job.memory_gb:g} GB memory per node but the largest node has "
-                f"{largest_memory:g} GB; lower resources.memory_gb"
+                f"asks for {job.memory_gb:g} GB memory per node but the largest node{scope} "
+                f"has {largest_memory:g} GB; lower resources.memory_gb{fix}"
             )
-    shape: _Shape = (job.nodes, job.gpus_per_node, job.cpus, job.memory_gb)
-    hosts = sum(1 for node in nodes if _can_host(node, shape))
+    shape = _shape(job)
+    hosts = sum(1 for node in pool if _can_host(node, shape))
     if hosts < job.nodes:
         memory = f", {job.memory_gb:g} GB memory" if job.memory_gb > 0 else ""
         return (
             f"asks for {_plural(job.nodes, 'node')} with {_plural(job.gpus_per_node, 'GPU')}, "
-            f"{_plural(job.cpus, 'CPU slot')}{memory} each but only {_plural(hosts, 'node')} "
-            "can host that; lower resources.nodes or the per-node resources"
+            f"{_plural(job.cpus, 'CPU slot')}{memory} each but only {_plural(hosts, 'node')}"
+            f"{scope} can host that; lower resources.nodes or the per-node resources{fix}"
         )
     return None
 

@@ -7,7 +7,9 @@ The rules are `engine.spec_rules` and `engine.model.LIMITS`, the ones a
 profile follows: every string UTF-8 without NUL (a lone surrogate such as
 "\\udcff" is refused), names 1-128 characters and not blank, env names
 allow-listed, numbers finite and within LIMITS, the argv and environment
-within what the kernel's execve takes."""
+within what the kernel's execve takes, `resources.nodes_with` a list of at
+most `spec_rules.NODES_WITH_MAX` labels or node names (repeats dropped, the
+first kept; absent, as in specs from before it existed: any node)."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from engine.spec_rules import RuleError
 
 FIELDS = {"name", "kind", "argv", "launcher", "resources", "env", "retries", "priority",
           "workdir", "profile"}
-RESOURCE_FIELDS = {"nodes", "gpus_per_node", "cpus", "memory_gb"}
+RESOURCE_FIELDS = {"nodes", "gpus_per_node", "cpus", "memory_gb", "nodes_with"}
 
 
 def _apply(field: str, check: Callable[[str], str], value: str) -> None:
@@ -54,6 +56,20 @@ def _memory(res: dict[str, Any]) -> float:
         raise BadRequest(f"spec.resources.memory_gb: expected a finite number from {low} to "
                          f"{high}, got {_shown(repr(value))[:40]}")
     return float(value)
+
+
+def _nodes_with(res: dict[str, Any]) -> tuple[str, ...]:
+    value = res.get("nodes_with", [])
+    limit = spec_rules.NODES_WITH_MAX
+    if not isinstance(value, list) or len(value) > limit:
+        raise BadRequest(f"spec.resources.nodes_with: expected a list of at most {limit} node "
+                         f"labels or names, got {_shown(repr(value))[:40]}")
+    for i, item in enumerate(value):
+        field = f"spec.resources.nodes_with[{i}]"
+        if not isinstance(item, str):
+            raise BadRequest(f"{field}: expected a string, {spec_rules.NODE_SELECTOR_EXPECTED}")
+        _apply(field, spec_rules.check_node_selector, item)
+    return tuple(dict.fromkeys(value))
 
 
 def spec_from_payload(data: Any) -> JobSpec:
@@ -91,6 +107,7 @@ def spec_from_payload(data: Any) -> JobSpec:
         gpus_per_node=_int(res, "gpus_per_node", 0, "spec.resources."),
         cpus=_int(res, "cpus", 1, "spec.resources."),
         memory_gb=_memory(res),
+        nodes_with=_nodes_with(res),
     )
     if resources.nodes > 1 and launcher == "local":
         raise BadRequest("spec.launcher: a job on several nodes needs launcher "

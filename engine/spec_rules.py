@@ -23,6 +23,12 @@ The rules:
 - an environment variable name matches ``^[A-Za-z_][A-Za-z0-9_]*$`` and is
   neither ``LD_PRELOAD`` nor ``LLMCONSOLE_*``;
 - a workdir is an absolute path;
+- a node's host (`check_host`) is an IP address, or a hostname or ssh alias
+  of letters, digits, '.', '-' and '_' (no leading '-', no '@', no shell
+  metacharacters, at most 253 characters);
+- each entry of a job's ``resources.nodes_with`` is a node label or a node
+  name (`check_node_selector`: the label syntax, which node names also
+  follow), at most `NODES_WITH_MAX` of them;
 - the argv and environment fit what ``execve`` takes: each argument and
   each ``NAME=value`` at most `MAX_ARG_BYTES` bytes (Linux's
   MAX_ARG_STRLEN, 131072 with the terminating NUL), all of them together
@@ -36,6 +42,7 @@ The rules:
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import unicodedata
@@ -45,16 +52,21 @@ from engine.model import WORKLOAD_KINDS, StageSpec
 
 __all__ = [
     "ENV_NAME_EXPECTED",
+    "HOST_EXPECTED",
     "MAX_ARG_BYTES",
     "NAME_EXPECTED",
+    "NODES_WITH_MAX",
+    "NODE_SELECTOR_EXPECTED",
     "REFERENCE_RE",
     "REFUSED_ENV",
     "RESERVED_ENV_PREFIX",
     "RuleError",
     "check_env_name",
+    "check_host",
     "check_exec_size",
     "check_arg_size",
     "check_name",
+    "check_node_selector",
     "check_text",
     "check_workdir",
     "exec_size",
@@ -165,6 +177,44 @@ def check_label(value: str) -> str:
     check_text(value, LABEL_EXPECTED)
     if not _LABEL_RE.fullmatch(value):
         raise RuleError("is not a valid label", LABEL_EXPECTED)
+    return value
+
+
+HOST_EXPECTED = (
+    "a hostname, ssh alias or IP address (letters, digits, '.', '-', '_'; no leading '-')"
+)
+_HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST_RE = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
+_HOST_MAX = 253  # characters: the longest DNS name
+
+
+def check_host(value: str) -> str:
+    """A node's host: what ssh is given to reach it, never an option."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if "@" in value:
+        raise RuleError("contains '@'", "a hostname only; put the user name in `user`")
+    if len(value) > _HOST_MAX or not _HOST_RE.fullmatch(value):
+        raise RuleError("is not a hostname or IP address", HOST_EXPECTED)
+    return value
+
+
+# A job names a few labels and node names; a longer list is a mistake (and
+# every entry is checked against every node at each scheduling pass).
+NODES_WITH_MAX = 32
+NODE_SELECTOR_EXPECTED = ("a node label or node name matching "
+                          "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+
+
+def check_node_selector(value: str) -> str:
+    """One entry of ``resources.nodes_with``: a label or a node name (node
+    names follow the label syntax too, without ':')."""
+    check_text(value, NODE_SELECTOR_EXPECTED)
+    if not _LABEL_RE.fullmatch(value):
+        raise RuleError("is not a node label or node name", NODE_SELECTOR_EXPECTED)
     return value
 
 
