@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from engine import cli_nodes
+from engine import cli_cluster, cli_nodes
 from engine.cli_common import (
     ACTIVE,
     EXIT_ERROR,
@@ -446,6 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("nodes", cli_nodes.cmd_nodes, "nodes, their GPUs and who uses them "
             "(and: " + ", ".join(cli_nodes.ACTIONS) + ")")
     cli_nodes.add_actions(p)
+
+    p = add("cluster", cli_cluster.cmd_cluster, "cluster profiles: import one from a "
+            "hostfile, a horovod -H list or a Slurm node list", json_flag=False)
+    cli_cluster.add_parser_arguments(p)
 
     p = add("compare", cmd_compare,
             "a table of the results of train, compress and eval jobs (size, latency, "
