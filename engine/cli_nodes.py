@@ -70,6 +70,28 @@ def cmd_undrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_table(results: list[dict[str, Any]]) -> str:
+    rows = []
+    for r in results:
+        for c in r["checks"]:
+            mark = "ok" if c["ok"] else "-" if c["ok"] is None else "FAIL"
+            rows.append([_printable(r["node"]), c["check"], mark, _printable(c["detail"])])
+    failed = [r["node"] for r in results if not r["ok"]]
+    verdict = ("every check passed" if not failed else
+               f"checks failed on {', '.join(_printable(n) for n in failed)}")
+    return _table(rows, ["NODE", "CHECK", "OK", "DETAIL"]) + "\n" + verdict
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    results = _client().check_nodes(args.node)
+    _emit(args, results, check_table)
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+def _optional_node(p: argparse.ArgumentParser) -> None:
+    p.add_argument("node", metavar="NODE", nargs="?", help="one node (default: all)")
+
+
 def _node_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("node", metavar="NODE", help="a node of the cluster (see `llmconsole nodes`)")
 
@@ -82,6 +104,8 @@ def _drain_arguments(p: argparse.ArgumentParser) -> None:
 # name -> (what it does, how to add its arguments, what runs it)
 ACTIONS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Action]] = {
     "list": ("nodes, their GPUs and who uses them (the default)", lambda p: None, cmd_list),
+    "check": ("a doctor before launches: link, host key, software, GPUs, disk, clock, peers",
+              _optional_node, cmd_check),
     "drain": ("no new work on NODE (its running jobs go on); admins only", _drain_arguments,
               cmd_drain),
     "undrain": ("NODE takes new work again", _node_argument, cmd_undrain),

@@ -276,6 +276,11 @@ class EngineClient:
         result: list[dict[str, Any]] = self._json("GET", "/v1/nodes")
         return result
 
+    def check_nodes(self, node: str | None = None) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._json(
+            "POST", "/v1/nodes:check", {} if node is None else {"node": node})
+        return result
+
     def drain(self, node: str, reason: str = "") -> dict[str, Any]:
         result: dict[str, Any] = self._json("POST", f"/v1/nodes/{quote(node, safe='')}/drain",
                                             {"reason": reason})

@@ -33,7 +33,10 @@ from engine.agent.protocol import (
     Command,
     Event,
     Hello,
+    Peer,
     Pong,
+    Probe,
+    ProbeResult,
     ProtocolError,
     Simple,
     parse_event,
@@ -73,6 +76,7 @@ class NodeState:
     check: dict[str, Any] | None = None  # the last `nodes check` of it
     state_published_suspect: bool = False
     suspect_after: float = health.SUSPECT_AFTER_S
+    gpus_seen: int | None = None  # what its agent reported in hello
 
     @property
     def name(self) -> str:
@@ -129,6 +133,7 @@ class Nodes:
         self._sends: set[asyncio.Task[None]] = set()
         self._pings: dict[str, dict[int, float]] = {}  # node -> ping id -> sent at
         self._ping_ids = 0
+        self._probes: dict[int, asyncio.Future[ProbeResult]] = {}
         self.head_software = versions.software_versions()
 
     def __iter__(self) -> Iterator[NodeState]:
@@ -236,6 +241,11 @@ class Nodes:
                     if isinstance(event, Pong):
                         self._on_pong(node, event)
                         continue
+                    if isinstance(event, ProbeResult):
+                        waiting = self._probes.pop(event.id, None)
+                        if waiting is not None and not waiting.done():
+                            waiting.set_result(event)
+                        continue
                     try:
                         self.on_event(node, event)
                     except Exception:
@@ -299,6 +309,26 @@ class Nodes:
         if sent is not None:
             node.rtt_ms = (self.clock() - sent) * 1000.0
 
+    async def probe(self, node_name: str, peers: tuple[Peer, ...], timeout: float
+                    ) -> tuple[ProbeResult, float] | None:
+        """Ask a node's agent for a probe; (its answer, when it was asked),
+        or None if the node is down or does not answer within `timeout`."""
+        node = self.states.get(node_name)
+        if node is None or not node.up:
+            return None
+        self._ping_ids += 1
+        probe_id = self._ping_ids
+        waiting: asyncio.Future[ProbeResult] = asyncio.get_running_loop().create_future()
+        self._probes[probe_id] = waiting
+        asked = self.clock()
+        self.send(node_name, Probe(probe_id, peers))
+        try:
+            return await asyncio.wait_for(waiting, timeout), asked
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            self._probes.pop(probe_id, None)
+
     def _close_later(self, channel: AgentChannel) -> None:
         async def close() -> None:
             with contextlib.suppress(Exception):
@@ -315,6 +345,7 @@ class Nodes:
         node.memory_gb = node.spec.memory_gb
         node.up, node.error, node.down_since, node.seen = True, None, None, True
         node.last_heard, node.untrusted = self.clock(), False
+        node.gpus_seen = len(hello.gpus)
         node.software = dict(hello.software)
         node.incompatible = None if node.spec.is_local else versions.incompatible_reason(
             self.head_software, node.software, node.name)

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine import health, scheduler
+from engine import doctor, health, scheduler
 from engine.agent import protocol as wire
 from engine.api import views
 from engine.api.views import attempt_view
@@ -295,6 +295,33 @@ class Runtime:
                           "state": node.condition(self.clock()).value})
         self.kick()
         return self._node_view(node.name)
+
+    async def check(self, node_name: str | None = None) -> list[dict[str, Any]]:
+        """`nodes check`: every node (or one), each check ok or not in words;
+        the result is also kept on the node (its view's `check`)."""
+        if node_name is not None and self.nodes.get(node_name) is None:
+            raise NotFound(f"no node {node_name!r} in cluster {self.cluster.name!r} "
+                           f"(nodes: {', '.join(self.nodes.states)}); see `llmconsole nodes`")
+        names = [node_name] if node_name is not None else list(self.nodes.states)
+        results = await asyncio.gather(*(self._check_one(n) for n in names))
+        self.hub.publish({"type": "nodes-checked", "nodes": names})
+        return list(results)
+
+    async def _check_one(self, name: str) -> dict[str, Any]:
+        node = self.nodes[name]
+        peers = tuple(wire.Peer(n.host, n.port, n.user, n.identity, self.cluster.known_hosts)
+                      for n in self.cluster.nodes if n.host is not None and n.name != name)
+        answer = await self.nodes.probe(name, peers, doctor.PROBE_TIMEOUT_S)
+        now = self.clock()
+        result = doctor.check_node(doctor.Facts(
+            name=name, state=node.condition(now).value, state_reason=node.state_reason(now),
+            rtt_ms=node.rtt_ms, untrusted=node.untrusted, incompatible=node.incompatible,
+            software=node.software, gpus_expected=node.spec.gpus, gpus_seen=node.gpus_seen,
+            probe=answer[0] if answer else None, asked_at=answer[1] if answer else None,
+            answered_at=now if answer else None))
+        result["time"] = now
+        node.check = result
+        return result
 
     def _admin_node(self, node_name: str, caller: Caller, verb: str) -> NodeState:
         node = self.nodes.get(node_name)

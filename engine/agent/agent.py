@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from engine.agent import runs
+from engine.agent import probe, runs
 from engine.agent.protocol import (
     MAX_COMMAND_BYTES,
     VERSION,
@@ -55,6 +55,7 @@ from engine.agent.protocol import (
     Lost,
     Metric,
     Pong,
+    Probe,
     ProtocolError,
     Runs,
     RunSummary,
@@ -237,6 +238,10 @@ class Agent:
                 task.add_done_callback(self._stops.discard)
             elif isinstance(cmd, Attach):
                 self._attach(cmd)
+            elif isinstance(cmd, Probe):
+                task = asyncio.create_task(self._probe(cmd))
+                self._stops.add(task)  # ended with the agent, like stops
+                task.add_done_callback(self._stops.discard)
             elif isinstance(cmd, Simple):
                 if cmd.op == "ping":
                     self.emit(Pong(cmd.id))
@@ -248,6 +253,10 @@ class Agent:
             log(f"command failed: {e!r}")
             attempt = getattr(cmd, "attempt", None)
             self.error(f"internal error: {e}", attempt)
+
+    async def _probe(self, cmd: Probe) -> None:
+        """Answered off the event loop: the peers' ssh checks take seconds."""
+        self.emit(await asyncio.to_thread(probe.answer, cmd, self.root))
 
     # ---- telemetry -------------------------------------------------------
 

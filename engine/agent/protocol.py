@@ -99,7 +99,36 @@ class Simple:
         return {"op": self.op, "id": self.id}
 
 
-Command = Start | Stop | Attach | Simple
+@dataclass(frozen=True)
+class Peer:
+    """Another node, as the first node of a job across nodes reaches it over
+    ssh (the way horovodrun will)."""
+
+    host: str
+    port: int | None = None
+    user: str | None = None
+    identity: str | None = None
+    known_hosts: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"host": self.host, "port": self.port, "user": self.user,
+                "identity": self.identity, "known_hosts": self.known_hosts}
+
+
+@dataclass(frozen=True)
+class Probe:
+    """`nodes check`: report the clock, free disk under the root, and whether
+    each peer answers over ssh with strict host keys; answered by a
+    ProbeResult with the same id."""
+
+    id: int
+    peers: tuple[Peer, ...] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": "probe", "id": self.id, "peers": [p.to_wire() for p in self.peers]}
+
+
+Command = Start | Stop | Attach | Simple | Probe
 
 
 def _no_nul(value: str, what: str, attempt: str, op: str) -> str:
@@ -170,6 +199,35 @@ def _offset(value: object, name: str, attempt: str) -> int:
     return value
 
 
+def _parse_probe(msg: dict[str, Any]) -> Probe:
+    probe_id = msg.get("id")
+    if not isinstance(probe_id, int) or isinstance(probe_id, bool):
+        raise ProtocolError("probe: id must be an integer", op="probe")
+    peers = msg.get("peers") or []
+    if not isinstance(peers, list):
+        raise ProtocolError("probe: peers must be a list", op="probe")
+    out = []
+    for item in peers:
+        if not isinstance(item, dict) or not isinstance(item.get("host"), str) \
+                or not item["host"] or item["host"].startswith("-"):
+            raise ProtocolError("probe: each peer needs a host (not starting with '-')",
+                                op="probe")
+        port = item.get("port")
+        if port is not None and (not isinstance(port, int) or isinstance(port, bool)
+                                 or not 1 <= port <= 65535):
+            raise ProtocolError("probe: a peer's port must be 1-65535", op="probe")
+        text = {}
+        for key in ("user", "identity", "known_hosts"):
+            value = item.get(key)
+            if value is not None and (not isinstance(value, str) or "\0" in value
+                                      or value.startswith("-")):
+                raise ProtocolError(f"probe: a peer's {key} must be a string", op="probe")
+            text[key] = value
+        out.append(Peer(item["host"], port, text["user"], text["identity"],
+                        text["known_hosts"]))
+    return Probe(probe_id, tuple(out))
+
+
 def parse_command(line: bytes) -> Command:
     """One stdin line -> a command. Raises ProtocolError."""
     if len(line) > MAX_COMMAND_BYTES:
@@ -199,6 +257,8 @@ def parse_command(line: bytes) -> Command:
                       _offset(offsets.get("metrics"), "metrics", attempt))
     if op in ("list", "shutdown", "ping"):
         return Simple(op, msg.get("id"))
+    if op == "probe":
+        return _parse_probe(msg)
     raise ProtocolError(f"unknown op {op!r}", op=op if isinstance(op, str) else None)
 
 
@@ -372,6 +432,22 @@ class Pong:
 
 
 @dataclass(frozen=True)
+class ProbeResult:
+    """The answer to a Probe: the agent's clock (for the skew), free disk
+    under its root, and each peer: {"host", "ok", "detail", "seconds"}."""
+
+    id: int
+    time: float
+    root: str
+    disk_free_gb: float | None
+    peers: tuple[dict[str, Any], ...] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ev": "probe", "id": self.id, "time": self.time, "root": self.root,
+                "disk_free_gb": self.disk_free_gb, "peers": [dict(p) for p in self.peers]}
+
+
+@dataclass(frozen=True)
 class Unknown:
     """An event this engine does not know (from a newer agent): kept whole."""
 
@@ -382,7 +458,8 @@ class Unknown:
         return {**self.fields, "ev": self.ev}
 
 
-Event = Hello | Telemetry | Started | Log | Metric | Exited | Lost | Error | Runs | Pong | Unknown
+Event = (Hello | Telemetry | Started | Log | Metric | Exited | Lost | Error | Runs | Pong
+         | ProbeResult | Unknown)
 
 
 class _Fields:
@@ -519,6 +596,9 @@ def parse_event(obj: dict[str, Any]) -> Event:
         return Runs(f.runs())
     if ev == "pong":
         return Pong(obj.get("id"))
+    if ev == "probe":
+        return ProbeResult(f.integer("id"), f.number("time"), f.text("root"),
+                           f.opt_number("disk_free_gb"), f.objects("peers"))
     return Unknown(ev, {k: v for k, v in obj.items() if k != "ev"})
 
 

@@ -18,6 +18,7 @@ and logged at debug only.
     GET  /v1/jobs/{id}/logs?attempt=&follow=1&tail=N   text, streamed when following
     GET  /v1/jobs/{id}/metrics?attempt=&name=&since_step=
     GET  /v1/nodes                        nodes (state, rtt, software, check), GPUs, telemetry
+    POST /v1/nodes:check                  {"node": NAME} or {}: the doctor's rows per node
     POST /v1/nodes/{name}/drain | /undrain   {"reason": "..."}: no new work there (admins)
     GET  /v1/events                       NDJSON stream: job, node, telemetry, metric, log
     POST /v1/shutdown                     stop the daemon (its owner or an admin)
@@ -116,6 +117,7 @@ def make_app(runtime: Runtime, shutdown: asyncio.Event) -> web.Application:
     app.router.add_get("/v1/jobs/{id}/logs", logs)
     app.router.add_get("/v1/jobs/{id}/metrics", metrics)
     app.router.add_get("/v1/nodes", nodes)
+    app.router.add_post("/v1/nodes:check", check_nodes)
     app.router.add_post("/v1/nodes/{name}/drain", drain_node)
     app.router.add_post("/v1/nodes/{name}/undrain", undrain_node)
     app.router.add_get("/v1/events", events)
@@ -312,6 +314,14 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def nodes(request: web.Request) -> web.Response:
     return web.json_response(_rt(request).node_views())
+
+
+async def check_nodes(request: web.Request) -> web.Response:
+    body = await _body(request)
+    node = body.get("node")
+    if set(body) - {"node"} or (node is not None and not isinstance(node, str)):
+        raise BadRequest('send {"node": "NAME"} to check one node, or {} for all')
+    return web.json_response(await _rt(request).check(node))
 
 
 async def drain_node(request: web.Request) -> web.Response:
