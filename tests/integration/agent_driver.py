@@ -1,11 +1,15 @@
 """Driving a real node agent in tests: `Driver` (a channel to a `python -m
 engine.agent` process plus every event it sent, with waiting helpers) and
-process helpers. Shared by test_agent.py and test_owner.py."""
+process helpers. Shared by test_agent.py and test_owner.py. A Driver reaches
+its agent through the local transport, or through the SSH transport on a
+test host (tests/cluster/hosts.py) when given `ssh`: the same agent, the
+same root (every test host shares this machine's filesystem)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -15,7 +19,9 @@ from typing import Any
 import psutil
 
 from engine.agent.protocol import ProtocolError, Unknown, parse_event
-from engine.transport import LocalAgentChannel
+from engine.transport import LocalAgentChannel, SubprocessChannel
+from engine.transport.ssh import SshAgentChannel
+from tests.cluster.hosts import SshHosts
 
 PY = sys.executable
 JOB_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
@@ -26,11 +32,21 @@ class Driver:
     """A channel plus everything it has said, with waiting helpers."""
 
     def __init__(self, root: Path, interval: float = 0.2, grace: float | None = None,
-                 prefix: Sequence[str] = ()) -> None:
-        """`prefix` runs the agent under another command (e.g. setpriv)."""
+                 prefix: Sequence[str] = (), ssh: SshHosts | None = None,
+                 host: str = "node1") -> None:
+        """`prefix` runs the agent under another command (e.g. setpriv);
+        `ssh` reaches it on test host `host` instead, over SSH."""
         extra = ["--grace", str(grace)] if grace is not None else []
-        self.ch = LocalAgentChannel("n1", root, interval=interval, extra_args=extra)
-        self.ch.argv = [*prefix, *self.ch.argv]
+        self.ch: SubprocessChannel
+        if ssh is None:
+            self.ch = LocalAgentChannel("n1", root, interval=interval, extra_args=extra)
+            self.ch.argv = [*prefix, *self.ch.argv]
+        else:
+            assert not prefix, "prefix runs a local agent under another command"
+            self.ch = SshAgentChannel(ssh.node_spec(host, root=root, node="n1"), root.parent,
+                                      interval, known_hosts=str(ssh.known_hosts),
+                                      extra_args=extra, ssh_config=str(ssh.ssh_config))
+        self.transport = "local" if ssh is None else "ssh"
         self.root = root
         self.events: list[Event] = []
         self.times: list[float] = []
@@ -103,6 +119,25 @@ class Driver:
         if uid is not None:
             msg["uid"] = uid
         await self.ch.send(msg)
+
+    def agent_pid(self) -> int:
+        """The agent process: the channel's child locally; over SSH the
+        process the node's sshd started with this root (on this machine)."""
+        if isinstance(self.ch, LocalAgentChannel):
+            assert self.ch.pid is not None
+            return self.ch.pid
+        wanted = ["-m", "engine.agent", "--node", "n1", "--root", str(self.root)]
+        for p in psutil.process_iter(["cmdline"]):
+            cmd = p.info["cmdline"] or []
+            if cmd[1:7] == wanted:
+                parent = p.parent()
+                if parent is not None and parent.name().startswith("sshd"):
+                    return int(p.pid)
+        raise AssertionError(f"no agent of {self.root} behind an sshd")
+
+    def kill_agent(self) -> None:
+        """SIGKILL the agent process itself (over SSH: on the node)."""
+        os.kill(self.agent_pid(), signal.SIGKILL)
 
     async def close(self) -> None:
         await self.ch.close()

@@ -1,6 +1,10 @@
-"""The node agent end to end: real `python -m engine.agent` processes driven
-through LocalAgentChannel, real jobs, real signals. Each test uses its own
-tmp_path root; leftover job processes of that root are killed afterwards."""
+"""The node agent end to end: real `python -m engine.agent` processes, real
+jobs, real signals. The protocol's tests (start, stream, exit, stop, attach,
+bytes) are one suite per transport: `[local]` drives the agent through
+LocalAgentChannel, `[ssh]` through SshAgentChannel on a real sshd test host
+on loopback (tests/cluster/hosts.py), with the same assertions. Each test
+uses its own tmp_path root; leftover job processes of that root are killed
+afterwards."""
 
 from __future__ import annotations
 
@@ -9,8 +13,9 @@ import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -24,8 +29,10 @@ from engine.transport import (
     SubprocessChannel,
     agent_argv,
 )
-from engine.transport.factory import NoTransport, channel_factory
+from engine.transport.factory import channel_factory
 from engine.transport.local import agent_env
+from engine.transport.ssh import SshAgentChannel
+from tests.cluster.hosts import SshHosts
 from tests.integration.agent_driver import (
     JOB_ENV,
     PY,
@@ -49,9 +56,31 @@ def root(tmp_path: Path) -> Iterator[Path]:
             pass
 
 
+MakeDriver = Callable[..., Driver]
+
+
+@pytest.fixture(scope="module")
+def agent_hosts() -> Iterator[SshHosts]:
+    """One sshd test host for the [ssh] suite of this module."""
+    with SshHosts.start(1) as hosts:
+        yield hosts
+
+
+@pytest.fixture(params=["local", "ssh"])
+def backend(request: pytest.FixtureRequest) -> MakeDriver:
+    """Makes Drivers over one transport: the local one, or SSH to a test host."""
+    if request.param == "local":
+        return Driver
+    hosts: SshHosts = request.getfixturevalue("agent_hosts")
+
+    def make(root: Path, **kw: Any) -> Driver:
+        return Driver(root, ssh=hosts, **kw)
+    return make
+
+
 @pytest.fixture()
-async def agent(root: Path) -> AsyncIterator[Driver]:
-    d = await Driver(root).start()
+async def agent(root: Path, backend: MakeDriver) -> AsyncIterator[Driver]:
+    d = await backend(root).start()
     yield d
     await d.close()
 
@@ -64,7 +93,7 @@ async def test_hello_and_telemetry_at_interval(agent: Driver) -> None:
     assert isinstance(agent.ch, AgentChannel)
     assert hello is not None and agent.ch.alive
     assert hello["ev"] == "hello" and hello["node"] == "n1" and hello["version"] == 1
-    assert hello["pid"] == agent.ch.pid and hello["cpus"] == os.cpu_count()
+    assert hello["pid"] == agent.agent_pid() and hello["cpus"] == os.cpu_count()
     assert hello["memory_gb"] > 0 and hello["runs"] == []
     assert hello["gpus"] == []  # no NVIDIA driver on this machine
     await agent.until(lambda e: sum(x["ev"] == "telemetry" for x in agent.events) >= 6,
@@ -327,15 +356,15 @@ print("after", flush=True); metric(3)
 """
 
 
-async def test_job_survives_agent_kill_and_new_agent_reattaches(root: Path,
-                                                                tmp_path: Path) -> None:
-    first = await Driver(root).start()
+async def test_job_survives_agent_kill_and_new_agent_reattaches(root: Path, tmp_path: Path,
+                                                                backend: MakeDriver) -> None:
+    first = await backend(root).start()
     await first.start_job("14.1", SLOW, str(tmp_path))
     line = await first.until(lambda e: e["ev"] == "log" and e["line"] == "first")
     metric = await first.until(lambda e: e["ev"] == "metric")
     job = first.of("14.1", "started")[0]["pid"]
     assert first.ch.pid is not None
-    os.kill(first.ch.pid, signal.SIGKILL)
+    first.kill_agent()
     await asyncio.wait_for(first.ended.wait(), 5)
     assert not first.ch.alive
     (tmp_path / "one").touch()
@@ -346,7 +375,7 @@ async def test_job_survives_agent_kill_and_new_agent_reattaches(root: Path,
         await asyncio.sleep(0.01)
     assert not gone(job)  # the job outlived its agent
 
-    second = await Driver(root).start()
+    second = await backend(root).start()
     try:
         hello = second.ch.hello
         assert hello is not None
@@ -436,15 +465,16 @@ async def test_eof_on_stdin_exits_cleanly_and_stdout_is_only_events(root: Path) 
     assert not gone(started["pid"])
 
 
-async def test_stop_without_attach_after_agent_restart(root: Path) -> None:
-    first = await Driver(root).start()
+async def test_stop_without_attach_after_agent_restart(root: Path,
+                                                     backend: MakeDriver) -> None:
+    first = await backend(root).start()
     await first.start_job("19.1", "import time; print('up', flush=True); time.sleep(60)")
     await first.until(lambda e: e["ev"] == "log" and e["attempt"] == "19.1")
     job = first.of("19.1", "started")[0]["pid"]
     assert first.ch.pid is not None
-    os.kill(first.ch.pid, signal.SIGKILL)
+    first.kill_agent()
     await asyncio.wait_for(first.ended.wait(), 5)
-    second = await Driver(root).start()
+    second = await backend(root).start()
     try:
         await second.ch.send({"op": "stop", "attempt": "19.1", "grace": 5})
         exited = await second.exited("19.1")
@@ -474,8 +504,9 @@ async def test_leftover_processes_are_ended_with_the_job(agent: Driver) -> None:
     assert all(gone(p) for p in pids), [psutil.Process(p).status() for p in pids if not gone(p)]
 
 
-async def test_supervisor_finishes_a_stop_when_the_agent_dies_mid_grace(root: Path) -> None:
-    d = await Driver(root).start()
+async def test_supervisor_finishes_a_stop_when_the_agent_dies_mid_grace(
+        root: Path, backend: MakeDriver) -> None:
+    d = await backend(root).start()
     code = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
             "print('ready', flush=True); time.sleep(60)")
     await d.start_job("21.1", code)
@@ -488,7 +519,7 @@ async def test_supervisor_finishes_a_stop_when_the_agent_dies_mid_grace(root: Pa
             break
         await asyncio.sleep(0.01)
     assert d.ch.pid is not None
-    os.kill(d.ch.pid, signal.SIGKILL)  # before its SIGKILL escalation
+    d.kill_agent()  # before its SIGKILL escalation
     assert await wait_gone([job], timeout=5)
     exit_file = run_dir(root, "21.1") / "exit.json"
     for _ in range(200):
@@ -633,10 +664,18 @@ async def test_any_command_line_that_runs_the_agent_is_a_channel(root: Path) -> 
     assert not ch.alive
 
 
-def test_channel_factory_gives_the_head_node_a_local_agent(tmp_path: Path) -> None:
-    make = channel_factory(tmp_path, 0.5)
+def test_channel_factory_gives_the_head_node_a_local_agent_and_others_ssh(
+        tmp_path: Path) -> None:
+    """Changed with the SSH transport: a node with a host gets an ssh channel
+    (before, it was refused as needing a transport this engine lacked)."""
+    make = channel_factory(tmp_path, 0.5, known_hosts="/k/known_hosts")
     local = make(NodeSpec("head"))
     assert isinstance(local, LocalAgentChannel) and local.root == tmp_path
     assert local.argv[-2:] == ["--interval", "0.5"] and "--root" in local.argv
-    with pytest.raises(NoTransport, match=r"node gpu1 \(10\.0\.0\.7\) needs the SSH transport"):
-        make(NodeSpec("gpu1", host="10.0.0.7"))
+    remote = make(NodeSpec("gpu1", host="10.0.0.7", port=2222, python="/opt/py/bin/python"))
+    assert isinstance(remote, SshAgentChannel) and remote.node == "gpu1"
+    assert remote.argv[0] == "ssh" and remote.argv[-3:] == [
+        "--", "10.0.0.7", f"exec /opt/py/bin/python -m engine.agent --node gpu1 --root "
+                          f"{tmp_path}/nodes/gpu1 --interval 0.5"]
+    assert "UserKnownHostsFile=/k/known_hosts" in remote.argv
+    assert remote.argv[remote.argv.index("-p") + 1] == "2222"
