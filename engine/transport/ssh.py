@@ -46,12 +46,11 @@ import asyncio
 import os
 import shlex
 import subprocess
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from engine import hostkeys
-from engine.model import NodeSpec
+from engine.model import NodeSpec, node_python, node_root
 from engine.transport.base import AgentError
 from engine.transport.local import agent_argv
 from engine.transport.subprocess_channel import HELLO_TIMEOUT_S, SubprocessChannel
@@ -78,17 +77,6 @@ SSH_ENV_NAMES = ("PATH", "HOME", "USER", "LOGNAME", "SSH_AUTH_SOCK", "KRB5CCNAME
 # <ControlPath>.<16 random characters> while it binds it, and %C is 40 hex digits.
 UNIX_SOCKET_PATH_MAX = 107
 CONTROL_NAME_LEN = 40 + 17
-
-
-def node_root(spec: NodeSpec, home: Path | str) -> str:
-    """The node's run directory: its profile's `root`, else one under the
-    engine home named after the node (nodes sharing a filesystem never meet)."""
-    return spec.root or f"{home}/nodes/{spec.name}"
-
-
-def node_python(spec: NodeSpec) -> str:
-    """The interpreter on the node: its profile's `python`, else the engine's own."""
-    return spec.python or sys.executable
 
 
 def ssh_config_path() -> str | None:
@@ -190,7 +178,8 @@ def query_argv(spec: NodeSpec, *, known_hosts: str | None = None,
 
 def remote_agent_argv(spec: NodeSpec, home: Path | str, interval: float = 1.0,
                       extra_args: Sequence[str] = ()) -> list[str]:
-    """The agent's argv on the node: its python, its root."""
+    """The agent's argv on the node: its python and its root
+    (engine.model.node_python, node_root)."""
     return agent_argv(spec.name, node_root(spec, home), interval, node_python(spec), extra_args)
 
 
