@@ -4,10 +4,14 @@ allow-listed from the engine's own. No I/O; nothing here ever goes through a
 shell, so names and arguments stay plain bytes whatever they contain.
 
 horovodrun copies the environment it is given onto every worker's command
-line, which is why the job environment is an allow-list and not a copy."""
+line, which is why the job environment is an allow-list and not a copy.
+Across nodes it also runs ssh with host-key checking off, so there the
+launch goes through engine/sshwrap (`ssh.py launch` before horovodrun: the
+job's ssh is ours, strict, with each node's port, user and identity)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,8 +19,10 @@ from pathlib import Path
 
 from engine import host_gpus
 from engine.model import JobSpec, NodeSpec, Placement
+from engine.sshwrap import ssh as sshwrap
 
 HOST_GPUS_SCRIPT = Path(host_gpus.__file__).resolve()
+SSHWRAP_SCRIPT = Path(sshwrap.__file__).resolve()
 TORCHRUN_RDZV_PORT = 29400  # torchrun's own default for its c10d rendezvous
 
 ALLOWED_ENV = frozenset(
@@ -36,6 +42,8 @@ def job_environment(base: Mapping[str, str], spec: JobSpec) -> dict[str, str]:
         k: v for k, v in base.items() if k in ALLOWED_ENV or k.startswith(ALLOWED_PREFIXES)
     }
     env.pop("CUDA_VISIBLE_DEVICES", None)  # the agent sets it from the allocation
+    if spec.launcher == "horovodrun" and base.get(sshwrap.ENV_CONFIG):
+        env[sshwrap.ENV_CONFIG] = base[sshwrap.ENV_CONFIG]  # a path: the engine's ssh config
     env.update(dict(spec.env))
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -57,9 +65,12 @@ def launch_argv(
     placements: Sequence[Placement],
     nodes: Mapping[str, NodeSpec],
     python: str = sys.executable,
+    *,
+    known_hosts: str | None = None,
 ) -> list[str]:
     """The full argv run on the first node of the allocation (for torchrun
-    across nodes, on every node: see `launch_parts`)."""
+    across nodes, on every node: see `launch_parts`). horovodrun across
+    nodes starts behind `sshwrap_prefix`; `known_hosts` is the cluster's."""
     argv = list(spec.argv)
     if spec.launcher == "local":
         return argv
@@ -68,6 +79,8 @@ def launch_argv(
     if spec.launcher == "horovodrun":
         hosts = ",".join(f"{_host(nodes[p.node])}:{per_node}" for p in placements)
         wrapped = [launcher_program("horovodrun", python), "-np", str(total), "-H", hosts]
+        if len(placements) > 1:
+            wrapped = [*sshwrap_prefix(placements, nodes, python, known_hosts), *wrapped]
         if spec.resources.gpus_per_node == 0:
             wrapped.append("--gloo")
         if _per_host_gpus(spec, placements):
@@ -102,15 +115,45 @@ def launch_parts(
     placements: Sequence[Placement],
     nodes: Mapping[str, NodeSpec],
     python: str = sys.executable,
+    *,
+    known_hosts: str | None = None,
 ) -> list[LaunchPart]:
     """The processes to start, one per node that runs a launcher: the first
     node for local and horovodrun jobs (horovodrun reaches the others over
     SSH itself), every node for torchrun across nodes (each node's torchrun
     meets the others at the rendezvous on the first)."""
-    argv = tuple(launch_argv(spec, placements, nodes, python))
+    argv = tuple(launch_argv(spec, placements, nodes, python, known_hosts=known_hosts))
     if spec.launcher == "torchrun" and len(placements) > 1:
         return [LaunchPart(p.node, argv, p.gpus) for p in placements]
     return [LaunchPart(placements[0].node, argv, placements[0].gpus)]
+
+
+def ssh_hosts(placements: Sequence[Placement], nodes: Mapping[str, NodeSpec]
+              ) -> dict[str, dict[str, str | int]]:
+    """How the launching node reaches each host of the allocation, by the
+    name horovodrun is given (`-H`): the node's port, user and identity
+    (paths, never secrets), for the hosts whose profile sets any."""
+    table: dict[str, dict[str, str | int]] = {}
+    for p in placements:
+        node = nodes[p.node]
+        entry: dict[str, str | int] = {k: v for k, v in (("port", node.port), ("user", node.user),
+                                                         ("identity", node.identity))
+                                       if v is not None}
+        if node.host is not None and entry:
+            table[node.host] = entry
+    return table
+
+
+def sshwrap_prefix(placements: Sequence[Placement], nodes: Mapping[str, NodeSpec],
+                   python: str = sys.executable, known_hosts: str | None = None) -> list[str]:
+    """`python -I -S ssh.py launch --hosts JSON [--known-hosts FILE] --`: what
+    horovodrun across nodes starts behind, so that every ssh it runs is
+    engine/sshwrap's (see its docstring)."""
+    table = json.dumps(ssh_hosts(placements, nodes), sort_keys=True, separators=(",", ":"))
+    prefix = [python, "-I", "-S", str(SSHWRAP_SCRIPT), "launch", "--hosts", table]
+    if known_hosts is not None:
+        prefix += ["--known-hosts", known_hosts]
+    return [*prefix, "--"]
 
 
 def placement_environment(spec: JobSpec, placements: Sequence[Placement],
