@@ -29,6 +29,10 @@ Contracts:
     row is unchanged, so a read always reflects the file.
   * The file is created 0600 (SQLite gives its -wal/-shm files the same
     mode); a missing parent directory is created 0700.
+  * Telemetry is kept at full rate for TELEMETRY_FULL_RATE_S and as
+    one-minute averages beyond, up to the keep period (`prune_telemetry`,
+    which the engine calls periodically); `telemetry_history` reads a node's
+    range at the finest resolution held for all of it.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -53,6 +58,12 @@ from engine.store.errors import StaleState, StoreError, UnknownJob
 from engine.store.records import MetricPoint, TelemetryRow
 
 BUSY_TIMEOUT_S = 10.0
+# Telemetry history: every sample is kept this long (a chart of the last hour
+# at 1 Hz), one-minute averages (made as samples are recorded) for as long as
+# the engine keeps telemetry: 64 nodes at 1 Hz make 230,000 samples an hour,
+# a week of their minutes 645,000 rows (and one per GPU of each).
+TELEMETRY_FULL_RATE_S = 3600.0
+TELEMETRY_AVERAGE_S = 60  # the averaged resolution, seconds
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
 DEFAULT_CACHE_SIZE = 32_768
@@ -95,6 +106,58 @@ _SELECT_METRICS = "SELECT job_id, attempt, step, name, value, time FROM metrics"
 _SELECT_TELEMETRY = (
     "SELECT node, time, cpu_percent, memory_percent, load1, gpus_json FROM telemetry"
 )
+
+# One-minute averages are kept as sums and counts (a null figure is not
+# counted), added to as samples arrive: one row per node and minute, one per
+# GPU of it; the average is sum / count when read.
+_ADD_MINUTE = """
+INSERT INTO telemetry_minute (node, time, samples, cpu_sum, cpu_n, memory_sum, memory_n,
+                              load1_sum, load1_n)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (node, time) DO UPDATE SET
+    samples = samples + excluded.samples,
+    cpu_sum = cpu_sum + excluded.cpu_sum, cpu_n = cpu_n + excluded.cpu_n,
+    memory_sum = memory_sum + excluded.memory_sum, memory_n = memory_n + excluded.memory_n,
+    load1_sum = load1_sum + excluded.load1_sum, load1_n = load1_n + excluded.load1_n
+"""
+
+_ADD_MINUTE_GPU = """
+INSERT INTO telemetry_minute_gpu (node, time, gpu, util_sum, util_n, used_sum, used_n,
+                                  temp_sum, temp_n, power_sum, power_n,
+                                  memory_total_mb, power_limit_w)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (node, time, gpu) DO UPDATE SET
+    util_sum = util_sum + excluded.util_sum, util_n = util_n + excluded.util_n,
+    used_sum = used_sum + excluded.used_sum, used_n = used_n + excluded.used_n,
+    temp_sum = temp_sum + excluded.temp_sum, temp_n = temp_n + excluded.temp_n,
+    power_sum = power_sum + excluded.power_sum, power_n = power_n + excluded.power_n,
+    memory_total_mb = max(coalesce(memory_total_mb, excluded.memory_total_mb),
+                          coalesce(excluded.memory_total_mb, memory_total_mb)),
+    power_limit_w = max(coalesce(power_limit_w, excluded.power_limit_w),
+                        coalesce(excluded.power_limit_w, power_limit_w))
+"""
+
+_SELECT_MINUTES = """
+SELECT time, cpu_sum / nullif(cpu_n, 0), memory_sum / nullif(memory_n, 0),
+       load1_sum / nullif(load1_n, 0)
+FROM telemetry_minute WHERE node = :node AND time >= :start AND time < :end ORDER BY time
+"""
+
+_SELECT_MINUTE_GPUS = """
+SELECT time, gpu, util_sum / nullif(util_n, 0), used_sum / nullif(used_n, 0),
+       memory_total_mb, temp_sum / nullif(temp_n, 0), power_sum / nullif(power_n, 0),
+       power_limit_w
+FROM telemetry_minute_gpu WHERE node = :node AND time >= :start AND time < :end
+ORDER BY time, gpu
+"""
+
+_TELEMETRY_FULL_RATE = _SELECT_TELEMETRY + (
+    " WHERE node = :node AND time >= :start AND time < :end ORDER BY time, id")
+
+_SET_HORIZON = """
+INSERT INTO telemetry_horizon (id, full_rate_from) VALUES (1, :from)
+ON CONFLICT (id) DO UPDATE SET full_rate_from = max(full_rate_from, excluded.full_rate_from)
+"""
 
 _INSERT_JOB = """
 INSERT INTO jobs (name, kind, priority, spec_json, owner_uid, state, attempt,
@@ -249,6 +312,56 @@ def _current_number(conn: sqlite3.Connection, job_id: int) -> int:
     if row is None:
         raise UnknownJob(job_id)
     return int(row[0])
+
+
+def _finite(name: str, value: float) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite time, not {value!r}")
+    return number
+
+
+def _minute_of(t: float) -> float:
+    """The start of the minute `t` falls in."""
+    return float(math.floor(t / TELEMETRY_AVERAGE_S) * TELEMETRY_AVERAGE_S)
+
+
+def _figure(value: Any) -> float | None:
+    """A measured figure, or None (missing, not a number, or not finite)."""
+    kind = type(value)
+    if kind is not float and kind is not int:  # bool is neither here
+        return None
+    return float(value) if value - value == 0 else None  # inf - inf and NaN are NaN
+
+
+def _add(acc: list[Any], at: int, value: Any) -> None:
+    """Count `value` into the sum at acc[at] and the count at acc[at + 1]."""
+    kind = type(value)
+    if (kind is float or kind is int) and value - value == 0:
+        acc[at] += value
+        acc[at + 1] += 1
+
+
+def _larger(held: float | None, value: Any) -> float | None:
+    number = _figure(value)
+    if number is None:
+        return held
+    return number if held is None else max(held, number)
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+@dataclass(frozen=True)
+class TelemetryHistory:
+    """A node's telemetry over a time range (Store.telemetry_history):
+    `resolution_s` None for every sample as the agent reported it, 60 for
+    one-minute averages (each row's time is the start of its minute)."""
+
+    node: str
+    resolution_s: float | None
+    rows: list[TelemetryRow]
 
 
 def _float_or_nan(value: float | None) -> float:
@@ -824,11 +937,36 @@ class Store:
         ]
 
     def record_telemetry(self, rows: Iterable[TelemetryRow]) -> None:
-        """Append samples in one transaction."""
-        values = [
-            (r.node, r.time, r.cpu_percent, r.memory_percent, r.load1, json.dumps(list(r.gpus)))
-            for r in rows
-        ]
+        """Append samples in one transaction, each also added to its node's
+        minute (the sums and counts the one-minute averages are read from)."""
+        values = []
+        minutes: dict[tuple[str, float], list[float]] = {}
+        gpu_minutes: dict[tuple[str, float, int], list[float | None]] = {}
+        for r in rows:
+            values.append((r.node, r.time, r.cpu_percent, r.memory_percent, r.load1,
+                           json.dumps(list(r.gpus))))
+            minute = _minute_of(r.time)
+            host = minutes.get((r.node, minute))
+            if host is None:
+                host = minutes[(r.node, minute)] = [0, 0.0, 0, 0.0, 0, 0.0, 0]
+            host[0] += 1
+            _add(host, 1, r.cpu_percent)
+            _add(host, 3, r.memory_percent)
+            _add(host, 5, r.load1)
+            for gpu in r.gpus:
+                index = gpu.get("index")
+                if type(index) is not int:
+                    continue  # a GPU the averages cannot name (bool is not int here)
+                acc = gpu_minutes.get((r.node, minute, index))
+                if acc is None:
+                    acc = gpu_minutes[(r.node, minute, index)] = [
+                        0.0, 0, 0.0, 0, 0.0, 0, 0.0, 0, None, None]
+                _add(acc, 0, gpu.get("util_percent"))
+                _add(acc, 2, gpu.get("memory_used_mb"))
+                _add(acc, 4, gpu.get("temperature_c"))
+                _add(acc, 6, gpu.get("power_w"))
+                acc[8] = _larger(acc[8], gpu.get("memory_total_mb"))
+                acc[9] = _larger(acc[9], gpu.get("power_limit_w"))
         if not values:
             return
         with self._write() as conn:
@@ -837,12 +975,62 @@ class Store:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 values,
             )
+            conn.executemany(_ADD_MINUTE, [(*key, *acc) for key, acc in minutes.items()])
+            conn.executemany(_ADD_MINUTE_GPU, [(*key, *acc) for key, acc in gpu_minutes.items()])
 
-    def prune_telemetry(self, before: float) -> int:
-        """Drop samples older than `before`; returns how many went."""
+    def prune_telemetry(self, before: float, *, now: float | None = None) -> int:
+        """Keep telemetry from `before` on: every sample of the last
+        TELEMETRY_FULL_RATE_S before `now` (default: the newest sample held),
+        and one-minute averages (made as samples are recorded) of all of it;
+        returns how many full-rate samples went. One transaction. A minute is
+        dropped by its start. Later reads know which full-rate samples went
+        (telemetry_history)."""
+        before = _finite("before", before)
         with self._write() as conn:
-            cur = conn.execute("DELETE FROM telemetry WHERE time < ?", (float(before),))
+            if now is None:
+                newest = conn.execute("SELECT max(time) FROM telemetry").fetchone()[0]
+                now = before if newest is None else float(newest)
+            full_rate_from = max(before, _finite("now", now) - TELEMETRY_FULL_RATE_S)
+            cur = conn.execute("DELETE FROM telemetry WHERE time < ?", (full_rate_from,))
+            conn.execute("DELETE FROM telemetry_minute WHERE time < ?", (before,))
+            conn.execute("DELETE FROM telemetry_minute_gpu WHERE time < ?", (before,))
+            conn.execute(_SET_HORIZON, {"from": full_rate_from})
             return int(cur.rowcount)
+
+    def telemetry_history(self, node: str, start: float, end: float) -> TelemetryHistory:
+        """The node's telemetry over [start, end), at the finest resolution
+        held for all of it: every sample (`resolution_s` None) when the range
+        is at most TELEMETRY_FULL_RATE_S long and no sample of it was pruned;
+        else one row per minute (`resolution_s` 60, the range widened to
+        whole minutes, each row's time the start of its minute): the average
+        of the host's cpu, memory and load1 and of each GPU's util, memory
+        used, temperature and power draw, with its largest memory total and
+        power limit (no processes). Rows by time, GPUs by index; an empty
+        list for a range without telemetry."""
+        start, end = _finite("start", start), _finite("end", end)
+        if end < start:
+            raise ValueError(f"the range ends ({end}) before it starts ({start})")
+        horizon = self._rows("SELECT full_rate_from FROM telemetry_horizon")
+        full_rate_from = float(horizon[0][0]) if horizon else -math.inf
+        params: dict[str, Any] = {"node": node, "start": start, "end": end}
+        if end - start <= TELEMETRY_FULL_RATE_S and start >= full_rate_from:
+            return TelemetryHistory(node, None, [
+                TelemetryRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]))
+                for r in self._rows(_TELEMETRY_FULL_RATE, params)])
+        params["start"] = _minute_of(start)
+        gpus: dict[float, list[dict[str, Any]]] = {}
+        for t, index, util, used, total, temp, power, limit in self._rows(
+                _SELECT_MINUTE_GPUS, params):
+            gpus.setdefault(t, []).append({
+                "index": index, "util_percent": _rounded(util, 1),
+                "memory_used_mb": None if used is None else int(round(used)),
+                "memory_total_mb": None if total is None else int(total),
+                "temperature_c": _rounded(temp, 1), "power_w": _rounded(power, 1),
+                "power_limit_w": limit})
+        return TelemetryHistory(node, float(TELEMETRY_AVERAGE_S), [
+            TelemetryRow(node, float(t), _rounded(cpu, 2), _rounded(memory, 2),
+                         _rounded(load1, 2), gpus.get(t, []))
+            for t, cpu, memory, load1 in self._rows(_SELECT_MINUTES, params)])
 
     def telemetry(
         self, node: str, *, since: float | None = None, limit: int | None = None

@@ -143,6 +143,91 @@ MIGRATIONS: list[Migration] = [
             "CREATE INDEX telemetry_node_time ON telemetry (node, time)",
         ],
     ),
+    (
+        2,
+        [
+            # Telemetry history beyond the full-rate window: one row per node
+            # and minute (`time` is the minute's start, a multiple of 60) and
+            # one per GPU of it, holding sums and counts of what the samples
+            # of that minute said (a null figure is not counted), added to as
+            # samples are recorded; an average is sum / count.
+            """
+            CREATE TABLE telemetry_minute (
+                node       TEXT    NOT NULL,
+                time       REAL    NOT NULL,
+                samples    INTEGER NOT NULL CHECK (samples >= 1),
+                cpu_sum    REAL    NOT NULL DEFAULT 0,
+                cpu_n      INTEGER NOT NULL DEFAULT 0,
+                memory_sum REAL    NOT NULL DEFAULT 0,
+                memory_n   INTEGER NOT NULL DEFAULT 0,
+                load1_sum  REAL    NOT NULL DEFAULT 0,
+                load1_n    INTEGER NOT NULL DEFAULT 0,
+                PRIMARY KEY (node, time)
+            ) WITHOUT ROWID
+            """,
+            """
+            CREATE TABLE telemetry_minute_gpu (
+                node            TEXT    NOT NULL,
+                time            REAL    NOT NULL,
+                gpu             INTEGER NOT NULL,
+                util_sum        REAL    NOT NULL DEFAULT 0,
+                util_n          INTEGER NOT NULL DEFAULT 0,
+                used_sum        REAL    NOT NULL DEFAULT 0,
+                used_n          INTEGER NOT NULL DEFAULT 0,
+                temp_sum        REAL    NOT NULL DEFAULT 0,
+                temp_n          INTEGER NOT NULL DEFAULT 0,
+                power_sum       REAL    NOT NULL DEFAULT 0,
+                power_n         INTEGER NOT NULL DEFAULT 0,
+                memory_total_mb REAL,
+                power_limit_w   REAL,
+                PRIMARY KEY (node, time, gpu)
+            ) WITHOUT ROWID
+            """,
+            # Every full-rate sample from `full_rate_from` on is held (older
+            # ones were pruned): one row, or none before the first prune.
+            """
+            CREATE TABLE telemetry_horizon (
+                id             INTEGER PRIMARY KEY CHECK (id = 1),
+                full_rate_from REAL    NOT NULL
+            )
+            """,
+            # The prune drops rows by age, across nodes.
+            "CREATE INDEX telemetry_time ON telemetry (time)",
+            "CREATE INDEX telemetry_minute_time ON telemetry_minute (time)",
+            "CREATE INDEX telemetry_minute_gpu_time ON telemetry_minute_gpu (time)",
+            # The minutes of the telemetry held before this version.
+            """
+            INSERT INTO telemetry_minute (node, time, samples, cpu_sum, cpu_n, memory_sum,
+                                          memory_n, load1_sum, load1_n)
+            SELECT node, CAST(time / 60 AS INTEGER) * 60, count(*),
+                   total(cpu_percent), count(cpu_percent), total(memory_percent),
+                   count(memory_percent), total(load1), count(load1)
+            FROM telemetry GROUP BY 1, 2
+            """,
+            """
+            INSERT INTO telemetry_minute_gpu (node, time, gpu, util_sum, util_n, used_sum,
+                                              used_n, temp_sum, temp_n, power_sum, power_n,
+                                              memory_total_mb, power_limit_w)
+            SELECT node, minute, gpu, total(util), count(util), total(used), count(used),
+                   total(temp), count(temp), total(power), count(power), max(memory_total),
+                   max(power_limit)
+            FROM (
+                SELECT t.node AS node, CAST(t.time / 60 AS INTEGER) * 60 AS minute,
+                       json_extract(g.value, '$.index') AS gpu,
+                       json_extract(g.value, '$.util_percent') AS util,
+                       json_extract(g.value, '$.memory_used_mb') AS used,
+                       json_extract(g.value, '$.temperature_c') AS temp,
+                       json_extract(g.value, '$.power_w') AS power,
+                       json_extract(g.value, '$.memory_total_mb') AS memory_total,
+                       json_extract(g.value, '$.power_limit_w') AS power_limit
+                FROM telemetry t,  -- a row Python wrote with NaN is not JSON to SQLite
+                     json_each(CASE WHEN json_valid(t.gpus_json) THEN t.gpus_json ELSE '[]' END) g
+                WHERE json_type(g.value, '$.index') = 'integer'
+            )
+            GROUP BY node, minute, gpu
+            """,
+        ],
+    ),
 ]
 
 _CREATE_VERSIONS = """
