@@ -297,6 +297,12 @@ def _parse_brackets(expr: str, start: int, line: int, col0: int) -> tuple[list[_
                                      line, col0 + k))
             high_text = expr[j + 1:k]
             j = k
+        # what ends the range first: a stray character after it comes before
+        # what is wrong with its numbers
+        if j >= len(expr):
+            raise HostListError("'[' is never closed", "']'", line, col0 + start)
+        if expr[j] not in ",]":
+            raise _bad_char(expr[j], "',' or ']' after a number", line, col0 + j)
         if len(low_text) > 9 or len(high_text) > 9:
             raise HostListError("a number of more than 9 digits", _RANGE_EXPECTED,
                                 line, col0 + i)
@@ -305,12 +311,8 @@ def _parse_brackets(expr: str, start: int, line: int, col0: int) -> tuple[list[_
             raise HostListError(f"the range {low_text}-{high_text} goes down",
                                 "a range from low to high, such as 01-04", line, col0 + i)
         ranges.append(_Range(low, high, len(low_text)))
-        if j >= len(expr):
-            raise HostListError("'[' is never closed", "']'", line, col0 + start)
         if expr[j] == "]":
             return ranges, j + 1
-        if expr[j] != ",":
-            raise _bad_char(expr[j], "',' or ']' after a number", line, col0 + j)
         i = j + 1
 
 
@@ -377,9 +379,7 @@ def _slurm_entries(text: str) -> list[HostEntry]:
                     depth += 1
                 elif line[j] == "]":
                     depth = max(0, depth - 1)
-                elif line[j].isspace():
-                    raise _bad_char(line[j], _RANGE_EXPECTED, number, j + 1)
-                j += 1
+                j += 1  # a space inside brackets is reported, in its place, below
             names = _expand_expr(line[i:j], number, i + 1, MAX_HOSTS - len(entries))
             entries.extend(HostEntry(name, line=number, column=i + 1) for name in names)
             i = j

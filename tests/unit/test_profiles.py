@@ -1,5 +1,6 @@
 """Profiles: shipped and fixture files, error messages (one line, naming the
-file and the field), `--set` overrides, lookup order, argv building."""
+file and the field), `--set` overrides, lookup order, argv building, cluster
+node fields and their defaults, a job's resources.nodes_with."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import get_args
 import pytest
 
 import engine
-from engine import profiles
+from engine import model, profiles
 from engine.model import KINDS, LAUNCHERS, ClusterSpec, JobSpec, NodeSpec, Resources
 from engine.profiles import (
     ProfileError,
@@ -759,3 +760,119 @@ def test_an_argument_over_the_kernel_limit_is_refused(tmp_path: Path) -> None:
                                       f'command = ["{sys.executable}", "-c", "pass", '
                                       f'"{near}"]\n')))
     subprocess.run(spec.argv, check=True, timeout=60)
+
+
+# --- clusters: node fields, defaults, labels; jobs: resources.nodes_with -----
+
+
+def test_every_node_field_loads(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.toml", '''kind = "cluster"
+known_hosts = "~/.ssh/known_hosts_lab"
+[[nodes]]
+name = "head"
+labels = ["cpu", "cpu"]
+[[nodes]]
+name = "gpu1"
+host = "gpu1.lab"
+port = 2222
+user = "train"
+identity = "~/.ssh/id_lab"
+python = "/opt/venv/bin/python"
+root = "/scratch/llmc"
+gpus = 4
+slots = 16
+memory_gb = 128
+labels = ["a100", "ib", "zone:b"]
+''')
+    spec = load_cluster_profile(str(path))
+    assert spec.known_hosts == "~/.ssh/known_hosts_lab"
+    assert spec.node("head") == NodeSpec(name="head", labels=("cpu",))  # repeats dropped
+    assert spec.node("gpu1") == NodeSpec(
+        name="gpu1", host="gpu1.lab", port=2222, user="train", identity="~/.ssh/id_lab",
+        python="/opt/venv/bin/python", root="/scratch/llmc", gpus=4, slots=16,
+        memory_gb=128.0, labels=("a100", "ib", "zone:b"))
+
+
+@pytest.mark.parametrize(("line", "field", "fragment"), [
+    ('identity = "id_lab"', "nodes[0].identity", "neither absolute nor under ~"),
+    ('python = "venv/bin/python"', "nodes[0].python", "neither absolute nor under ~"),
+    ('root = "~user/x"', "nodes[0].root", "neither absolute nor under ~"),
+    ('labels = ["-a100"]', "nodes[0].labels[0]", "not a valid label"),
+    ('labels = ["a b"]', "nodes[0].labels[0]", "not a valid label"),
+    ('labels = "a100"', "nodes[0].labels", "valid list"),
+])
+def test_bad_node_fields_name_the_field(tmp_path: Path, line: str, field: str,
+                                        fragment: str) -> None:
+    path = write(tmp_path / "c.toml", f'kind = "cluster"\n[[nodes]]\nname = "n"\n{line}\n')
+    with pytest.raises(ProfileError) as info:
+        load_cluster_profile(str(path))
+    assert info.value.field == field and fragment in str(info.value)
+    assert "; expected " in str(info.value)
+
+
+def test_node_defaults_root_and_python() -> None:
+    home = "/home/ann/.local/share/llmconsole"
+    head, remote = NodeSpec(name="head"), NodeSpec(name="gpu1", host="10.0.0.5")
+    assert model.node_root(head, home) == home  # runs/ under the home, as before
+    assert model.node_root(remote, Path(home)) == f"{home}/nodes/gpu1"
+    assert model.node_root(NodeSpec(name="gpu2", host="h"), home + "/") == f"{home}/nodes/gpu2"
+    assert model.node_root(NodeSpec(name="g", host="h", root="~/runs"), home) == "~/runs"
+    assert model.node_python(remote) == sys.executable
+    assert model.node_python(NodeSpec(name="g", python="/opt/py")) == "/opt/py"
+    # nodes that share a home (the test hosts, an NFS home) never share a root
+    roots = {model.node_root(NodeSpec(name=f"n{i}", host="h"), home) for i in range(3)}
+    assert len(roots) == 3 and home not in roots
+
+
+def test_shipped_lab_example_has_labels_and_every_field() -> None:
+    spec = load_cluster_profile("lab-example", dirs=[SHIPPED])
+    assert [n.name for n in spec.nodes] == ["head", "gpu1", "gpu2", "gpu3"]
+    assert spec.node("gpu1").labels == ("a100", "ib") and spec.node("head").is_local
+    assert {field for n in spec.nodes for field in ("port", "identity", "python", "root")
+            if getattr(n, field) is not None} == {"port", "identity", "python", "root"}
+
+
+def test_nodes_with_in_a_job_profile_and_from_set(tmp_path: Path) -> None:
+    path = write(tmp_path / "j.toml", 'kind = "command"\ncommand = ["true"]\n'
+                 '[resources]\nnodes_with = ["a100", "gpu3", "a100"]\n')
+    spec = load_job_profile(str(path))
+    assert spec.resources.nodes_with == ("a100", "gpu3")  # repeats dropped, order kept
+    assert JobSpec.from_dict(spec.to_dict()) == spec
+    over = load_job_profile(str(path), ['resources.nodes_with=["zone:b"]'])
+    assert over.resources.nodes_with == ("zone:b",)
+    assert load_job_profile(str(path), ["resources.nodes_with=[]"]).resources.nodes_with == ()
+    assert load_job_profile(str(SHIPPED / "hello.toml")).resources.nodes_with == ()
+
+
+@pytest.mark.parametrize(("value", "field", "fragment"), [
+    ("a100", "resources.nodes_with", "'resources.nodes_with=[\"a100\"]'"),
+    ('["-x"]', "resources.nodes_with[0]", "not a node label or node name"),
+    ('["a b"]', "resources.nodes_with[0]", "not a node label or node name"),
+    ("[3]", "resources.nodes_with[0]", "valid string"),
+    ("[" + ", ".join(f'"l{i}"' for i in range(33)) + "]", "resources.nodes_with",
+     "at most 32"),
+])
+def test_bad_nodes_with_is_refused_naming_the_override(value: str, field: str,
+                                                       fragment: str) -> None:
+    with pytest.raises(ProfileError) as info:
+        load_job_profile(str(SHIPPED / "hello.toml"), [f"resources.nodes_with={value}"])
+    text = str(info.value)
+    assert info.value.field == field and fragment in text and "(value from --set)" in text
+
+
+def test_a_spec_stored_before_nodes_with_loads_as_any_node() -> None:
+    old = {"name": "x", "kind": "command", "argv": ["true"],
+           "resources": {"nodes": 1, "gpus_per_node": 0, "cpus": 1, "memory_gb": 0.0}}
+    assert JobSpec.from_dict(old).resources.nodes_with == ()
+    assert JobSpec.from_dict(old).to_dict()["resources"]["nodes_with"] == []
+
+
+def test_cluster_text_is_checked_as_the_file_it_will_become(tmp_path: Path) -> None:
+    text = 'kind = "cluster"\n[[nodes]]\nname = "a"\n[[nodes]]\nname = "b"\n'
+    with pytest.raises(ProfileError) as info:
+        profiles.parse_cluster_text(text, tmp_path / "lab.toml")
+    assert str(info.value).startswith(f"{tmp_path / 'lab.toml'}: nodes[1].host: ")
+    assert profiles.parse_cluster_text(text.replace('"b"\n', '"b"\nhost = "h"\n'),
+                                       "lab.toml").name == "lab"
+    with pytest.raises(ProfileError, match="not valid TOML"):
+        profiles.parse_cluster_text("kind = ", "lab.toml")

@@ -1,6 +1,7 @@
 """Tests of the pure scheduler: hypothesis properties (no GPU given twice,
-capacity never exceeded, gang all-or-nothing, order, backfill, determinism)
-plus examples for best fit, backfill, unplaceable reasons and dependencies."""
+capacity never exceeded, gang all-or-nothing, order, backfill, determinism,
+only nodes with every label or name of a job's nodes_with) plus examples for
+best fit, backfill, nodes_with, unplaceable reasons and dependencies."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def node(
     memory_gb: float | None = None,
     free_memory_gb: float | None = None,
     up: bool = True,
+    labels: Sequence[str] = (),
 ) -> NodeCapacity:
     return NodeCapacity(
         name=name,
@@ -50,6 +52,7 @@ def node(
         memory_gb=memory_gb,
         free_memory_gb=free_memory_gb,
         up=up,
+        labels=tuple(labels),
     )
 
 
@@ -61,6 +64,7 @@ def job(
     priority: int = 0,
     seq: int | None = None,
     memory_gb: float = 0.0,
+    nodes_with: Sequence[str] = (),
 ) -> PendingJob:
     return PendingJob(
         job_id=job_id,
@@ -70,6 +74,7 @@ def job(
         gpus_per_node=gpus,
         cpus=cpus,
         memory_gb=memory_gb,
+        nodes_with=tuple(nodes_with),
     )
 
 
@@ -85,9 +90,15 @@ def idle(nodes: Sequence[NodeCapacity]) -> list[NodeCapacity]:
             memory_gb=n.memory_gb,
             free_memory_gb=n.memory_gb,
             up=True,
+            labels=n.labels,
         )
         for n in nodes
     ]
+
+
+def qualifies(n: NodeCapacity, j: PendingJob) -> bool:
+    """Reference check: the node has every nodes_with entry as a label or name."""
+    return all(want in n.labels or want == n.name for want in j.nodes_with)
 
 
 def scheduling_order(pending: Sequence[PendingJob]) -> list[PendingJob]:
@@ -105,6 +116,7 @@ def node_fits(n: NodeCapacity, j: PendingJob) -> bool:
     memory = free_memory(n)
     return (
         n.up
+        and qualifies(n, j)
         and len(set(n.free_gpus)) >= j.gpus_per_node
         and n.free_slots >= j.cpus
         and (memory is None or memory >= j.memory_gb)
@@ -142,6 +154,7 @@ def reference_schedule(
             for name, (gpus, slots, memory) in free.items()
             if valid
             and name not in reserved
+            and qualifies(totals[name], j)
             and len(gpus) >= j.gpus_per_node
             and slots >= j.cpus
             and (memory is None or memory >= j.memory_gb)
@@ -163,7 +176,8 @@ def reference_schedule(
             hosts = [
                 name
                 for name, n in totals.items()
-                if n.gpus >= j.gpus_per_node
+                if qualifies(n, j)
+                and n.gpus >= j.gpus_per_node
                 and n.slots >= j.cpus
                 and (n.memory_gb is None or n.memory_gb >= j.memory_gb)
             ]
@@ -246,9 +260,15 @@ def clusters(draw: st.DrawFn, max_nodes: int = 6) -> list[NodeCapacity]:
                 memory_gb=memory_gb,
                 free_memory_gb=free_memory_gb,
                 up=draw(st.booleans()) if index else True,
+                labels=tuple(draw(st.sets(st.sampled_from(LABELS), max_size=2))),
             )
         )
     return result
+
+
+# What nodes carry and jobs ask for: labels, and names the strategies give nodes.
+LABELS = ("a100", "ib", "cpu")
+WANTED = (*LABELS, "n0", "n1", "n5", "nowhere")
 
 
 @st.composite
@@ -264,6 +284,9 @@ def pending_jobs(draw: st.DrawFn, max_jobs: int = 12) -> list[PendingJob]:
             gpus_per_node=draw(st.integers(min_value=0, max_value=5)),
             cpus=draw(st.integers(min_value=1, max_value=8)),
             memory_gb=draw(st.sampled_from([0.0, 0.1, 4.0, 12.5, 30.0])),
+            # mostly any node; sometimes labels or names, rarely one nobody has
+            nodes_with=tuple(draw(st.one_of(
+                st.just(()), st.lists(st.sampled_from(WANTED), max_size=2, unique=True)))),
         )
         for index in range(count)
     ]
@@ -368,6 +391,20 @@ def test_down_nodes_get_nothing(pending: list[PendingJob], nodes: list[NodeCapac
 
 @settings(max_examples=150, deadline=None)
 @given(pending=pending_jobs(), nodes=clusters())
+def test_a_placement_only_ever_uses_qualifying_nodes(
+    pending: list[PendingJob], nodes: list[NodeCapacity]
+) -> None:
+    jobs = {j.job_id: j for j in pending}
+    by_name = {n.name: n for n in nodes}
+    for a in schedule(pending, nodes):
+        for p in a.placements:
+            n, j = by_name[p.node], jobs[a.job_id]
+            assert all(want in n.labels or want == n.name for want in j.nodes_with), (
+                f"job {j.job_id} asks for {j.nodes_with}, got {n.name} {n.labels}")
+
+
+@settings(max_examples=150, deadline=None)
+@given(pending=pending_jobs(), nodes=clusters())
 def test_schedule_is_pure(pending: list[PendingJob], nodes: list[NodeCapacity]) -> None:
     pending_before = list(pending)
     nodes_before = list(nodes)
@@ -441,6 +478,48 @@ def test_duplicate_node_names_are_rejected() -> None:
 def test_invalid_job_is_skipped_not_fatal() -> None:
     result = schedule([job(1, nodes=0), job(2, cpus=0), job(3)], [node("a")])
     assert [a.job_id for a in result] == [3]
+
+
+# --- examples: nodes_with --------------------------------------------------
+
+
+def test_a_job_asking_for_a_label_goes_to_a_node_with_it() -> None:
+    nodes = [node("head", gpus=0, labels=("cpu",)), node("gpu1", gpus=4),
+             node("gpu2", gpus=8, labels=("a100", "ib"))]
+    # best fit alone would take gpu1 (fewest free GPUs that suffice)
+    assert schedule([job(1, gpus=2)], nodes)[0].placements[0].node == "gpu1"
+    result = schedule([job(1, gpus=2, nodes_with=["a100"])], nodes)
+    assert result == [Assignment(1, (Placement("gpu2", (0, 1), 1),))]
+
+
+def test_a_job_asking_for_a_name_goes_to_that_node_and_all_entries_must_hold() -> None:
+    nodes = [node("gpu1", labels=("a100",)), node("gpu2", labels=("a100",)), node("gpu3")]
+    assert schedule([job(1, nodes_with=["gpu3"])], nodes)[0].placements[0].node == "gpu3"
+    assert schedule([job(1, nodes_with=["a100", "gpu2"])], nodes)[0].placements[0].node == "gpu2"
+    assert schedule([job(1, nodes_with=["a100", "gpu3"])], nodes) == []
+    gang = schedule([job(1, nodes=2, nodes_with=["a100"])], nodes)
+    assert sorted(p.node for p in gang[0].placements) == ["gpu1", "gpu2"]
+
+
+def test_a_busy_labelled_node_makes_its_job_wait_but_others_run() -> None:
+    nodes = [node("a", gpus=2, free=(), labels=("a100",)), node("b", gpus=2)]
+    result = schedule([job(1, gpus=1, nodes_with=["a100"]), job(2, gpus=1)], nodes)
+    # job 1 holds "a" (its only possible node); job 2 runs on "b"
+    assert result == [Assignment(2, (Placement("b", (0,), 1),))]
+
+
+def test_the_reservation_is_made_among_qualifying_nodes_only() -> None:
+    nodes = [node("big", gpus=8, free=(0,)), node("a", gpus=4, free=(0, 1), labels=("ib",))]
+    # The head needs 4 GPUs with ib: it can only ever run on "a", so it holds
+    # "a", not the larger "big", and the small job takes "big".
+    result = schedule([job(1, gpus=4, nodes_with=["ib"]), job(2, gpus=1)], nodes)
+    assert result == [Assignment(2, (Placement("big", (0,), 1),))]
+
+
+def test_a_failed_shape_does_not_hide_a_job_with_fewer_wishes() -> None:
+    nodes = [node("a", gpus=1), node("b", gpus=1, free=(), labels=("x",))]
+    result = schedule([job(1, nodes_with=["x"], priority=1), job(2)], nodes)
+    assert [a.job_id for a in result] == [2]
 
 
 # --- examples: backfill ----------------------------------------------------
@@ -556,6 +635,39 @@ def test_unplaceable_reason_for_invalid_jobs_and_empty_cluster() -> None:
     assert reason is not None and "0 nodes" in reason
     reason = unplaceable_reason(job(1, cpus=0), [node("a")])
     assert reason is not None and "0 CPU slots" in reason
+
+
+def test_unplaceable_when_no_node_has_the_label_names_the_label_and_the_nodes() -> None:
+    cluster = [node("head", labels=("cpu",)), node("gpu1")]
+    assert unplaceable_reason(job(1, nodes_with=["a100"]), cluster) == (
+        "no node has label a100 (nodes: head, gpu1); name labels or node names of the "
+        "cluster profile in resources.nodes_with, or add the label to a node there")
+    reason = unplaceable_reason(job(1, nodes_with=["a100", "cpu", "ib"]), cluster)
+    assert reason is not None and reason.startswith("no node has label a100 nor label ib (")
+    reason = unplaceable_reason(job(1, nodes_with=["cpu", "gpu1"]), cluster)
+    assert reason is not None and reason.startswith(
+        "no node has all of cpu, gpu1 as labels or name (nodes: head, gpu1)")
+    many = [node(f"gpu{i:02d}") for i in range(1, 17)]
+    reason = unplaceable_reason(job(1, nodes_with=["h100"]), many)
+    assert reason is not None and "(nodes: gpu[01-16])" in reason
+    # a name is as good as a label, and a down node counts (it may come back)
+    assert unplaceable_reason(job(1, nodes_with=["gpu1"]), cluster) is None
+    assert unplaceable_reason(job(1, nodes_with=["x"]), [node("a", up=False, labels=("x",))]
+                              ) is None
+
+
+def test_unplaceable_reasons_count_only_the_qualifying_nodes() -> None:
+    cluster = [node("a", gpus=8, labels=("ib",)), node("b", gpus=2, labels=("ib", "a100")),
+               node("c", gpus=8, labels=("a100",))]
+    assert unplaceable_reason(job(1, gpus=4, nodes_with=["ib", "a100"]), cluster) == (
+        "asks for 4 GPUs per node but the largest node with ib, a100 has 2; lower "
+        "resources.gpus_per_node or change resources.nodes_with")
+    assert unplaceable_reason(job(1, nodes=3, nodes_with=["ib"]), cluster) == (
+        "asks for 3 nodes with ib but the cluster has 2 (a, b); lower resources.nodes or "
+        "change resources.nodes_with")
+    reason = unplaceable_reason(job(1, nodes=2, gpus=4, nodes_with=["a100"]), cluster)
+    assert reason is not None and "only 1 node with a100 can host that" in reason
+    assert unplaceable_reason(job(1, nodes=2, gpus=2, nodes_with=["a100"]), cluster) is None
 
 
 # --- dependencies ----------------------------------------------------------

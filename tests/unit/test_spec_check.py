@@ -131,3 +131,23 @@ def test_an_env_name_a_profile_refuses_the_api_refuses(tmp_path: Path, env: str)
     with pytest.raises(BadRequest) as err:
         spec_from_payload({**GOOD, "env": {env: "1"}})
     assert info.value.message.split(";")[0] in err.value.message
+
+
+def test_nodes_with_over_the_api_is_checked_and_deduplicated() -> None:
+    spec = spec_from_payload({**GOOD, "resources": {"nodes_with": ["a100", "gpu3", "a100"]}})
+    assert spec.resources.nodes_with == ("a100", "gpu3")
+    assert spec_from_payload(spec.to_dict()) == spec
+    assert spec_from_payload(GOOD).resources.nodes_with == ()  # absent: any node
+
+
+@pytest.mark.parametrize(("nodes_with", "field"), [
+    ("a100", "spec.resources.nodes_with: expected a list"),
+    ([1], "spec.resources.nodes_with[0]: expected a string"),
+    (["-x"], "spec.resources.nodes_with[0]: is not a node label or node name"),
+    (["a\udcffb"], "spec.resources.nodes_with[0]: is not UTF-8 text"),
+    ([f"l{i}" for i in range(33)], "at most 32"),
+])
+def test_bad_nodes_with_over_the_api_names_the_entry(nodes_with: Any, field: str) -> None:
+    with pytest.raises(BadRequest) as err:
+        spec_from_payload({**GOOD, "resources": {"nodes_with": nodes_with}})
+    assert field in err.value.message and "\n" not in err.value.message
