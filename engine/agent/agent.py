@@ -17,6 +17,12 @@ Contract (the engine's runtime codes against this):
 - Jobs never depend on the agent: each is started through supervise.py in a
   new session. EOF on stdin, {"op":"shutdown"}, SIGTERM or a broken stdout
   end the agent and leave every job running.
+- {"op":"reap", "attempt", "run_dir"} ends what is left here of an attempt
+  this node runs no part of (the ranks horovodrun started over SSH carry the
+  launching node's LLMCONSOLE_ATTEMPT and LLMCONSOLE_RUN_DIR): SIGTERM to
+  every process whose environment has both, SIGKILL after the grace to what
+  is still there. It answers nothing; a supervisor of this attempt on this
+  host (test hosts share one machine) is never touched.
 - Every started or attached attempt is tailed (poll, 10 ms for runs younger
   than 2 s, 50 ms after) and ends with exactly one "exited" (after its
   output.log and metrics.jsonl were streamed to the end) or "lost".
@@ -57,6 +63,7 @@ from engine.agent.protocol import (
     Pong,
     Probe,
     ProtocolError,
+    Reap,
     Runs,
     RunSummary,
     Simple,
@@ -232,8 +239,9 @@ class Agent:
         try:
             if isinstance(cmd, Start):
                 self._start(cmd)
-            elif isinstance(cmd, Stop):
-                task = asyncio.create_task(self._stop(cmd))
+            elif isinstance(cmd, (Stop, Reap)):
+                task = asyncio.create_task(self._stop(cmd) if isinstance(cmd, Stop)
+                                           else self._reap(cmd))
                 self._stops.add(task)
                 task.add_done_callback(self._stops.discard)
             elif isinstance(cmd, Attach):
@@ -451,6 +459,36 @@ class Agent:
         strays = await asyncio.to_thread(runs.find_attempt_processes, cmd.attempt, d, exclude,
                                          pgid)
         runs.kill_pids(strays, signal.SIGKILL)
+
+    async def _reap(self, cmd: Reap) -> None:
+        """See the module docstring. The run directory is matched as the
+        engine names it and as this node resolves it (`~`, symlinks)."""
+        grace = self.grace if cmd.grace is None else cmd.grace
+        dirs = {Path(cmd.run_dir), Path(os.path.realpath(os.path.expanduser(cmd.run_dir)))}
+        exclude: set[int] = set()
+        for d in dirs:  # the launching node's supervisor, when that node is this host
+            doc = runs.read_json(d / runs.PID)
+            if doc is not None and doc.get("host") == self.host \
+                    and isinstance(doc.get("supervisor"), int):
+                exclude.add(doc["supervisor"])
+
+        def find() -> list[int]:
+            return sorted({pid for d in dirs
+                           for pid in runs.find_attempt_processes(cmd.attempt, d, exclude)})
+
+        found = await asyncio.to_thread(find)
+        if not found:
+            return
+        log(f"reap {cmd.attempt}: SIGTERM to {len(found)} process(es) of {cmd.run_dir}")
+        runs.kill_pids(found, signal.SIGTERM)
+        end = time.monotonic() + grace
+        while time.monotonic() < end and any(runs.process_alive(p) for p in found):
+            await asyncio.sleep(0.05)
+        left = await asyncio.to_thread(find)
+        if left:
+            log(f"reap {cmd.attempt}: {len(left)} still running {grace:g} s after SIGTERM, "
+                "sent SIGKILL")
+            runs.kill_pids(left, signal.SIGKILL)
 
     # ---- tailing ---------------------------------------------------------
 

@@ -2,8 +2,8 @@
 the agent's stdin, events on its stdout, typed in both directions. It does
 no I/O.
 
-- Commands (engine -> agent): `Start`, `Stop`, `Attach`, `Simple` (list,
-  ping, shutdown). `cmd.to_wire()` is the JSON object the engine sends;
+- Commands (engine -> agent): `Start`, `Stop`, `Attach`, `Reap`, `Simple`
+  (list, ping, shutdown). `cmd.to_wire()` is the JSON object the engine sends;
   `parse_command(line)` is its exact inverse on the agent's side
   (parse_command(json.dumps(cmd.to_wire())) == cmd), and validates: a
   `ProtocolError` says what is wrong and is answered with an "error" event.
@@ -78,6 +78,23 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class Reap:
+    """End what is left of an attempt on a node that runs no part of it:
+    the ranks horovodrun started there over SSH, which carry the markers of
+    the launching node (LLMCONSOLE_ATTEMPT=attempt, LLMCONSOLE_RUN_DIR=
+    run_dir, that node's run directory). SIGTERM, then SIGKILL after
+    `grace` (None: the agent's own)."""
+
+    attempt: str
+    run_dir: str
+    grace: float | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": "reap", "attempt": self.attempt, "run_dir": self.run_dir,
+                "grace": self.grace}
+
+
+@dataclass(frozen=True)
 class Attach:
     attempt: str
     output: int = 0
@@ -128,7 +145,7 @@ class Probe:
         return {"op": "probe", "id": self.id, "peers": [p.to_wire() for p in self.peers]}
 
 
-Command = Start | Stop | Attach | Simple | Probe
+Command = Start | Stop | Attach | Reap | Simple | Probe
 
 
 def _no_nul(value: str, what: str, attempt: str, op: str) -> str:
@@ -190,6 +207,14 @@ def _parse_start(msg: dict[str, Any]) -> Start:
     return Start(attempt, tuple(argv), clean_env, cwd, tuple(gpus), uid)
 
 
+def _grace(msg: dict[str, Any], attempt: str, op: str) -> float | None:
+    grace = msg.get("grace")
+    if grace is not None and (not isinstance(grace, (int, float)) or isinstance(grace, bool)
+                              or not 0 <= grace <= 86400):
+        raise ProtocolError(f"{op}: grace must be seconds in [0, 86400]", attempt, op)
+    return None if grace is None else float(grace)
+
+
 def _offset(value: object, name: str, attempt: str) -> int:
     if value is None:
         return 0
@@ -243,11 +268,14 @@ def parse_command(line: bytes) -> Command:
         return _parse_start(msg)
     if op == "stop":
         attempt = _attempt(msg, "stop")
-        grace = msg.get("grace")
-        if grace is not None and (not isinstance(grace, (int, float)) or isinstance(grace, bool)
-                                  or not 0 <= grace <= 86400):
-            raise ProtocolError("stop: grace must be seconds in [0, 86400]", attempt, "stop")
-        return Stop(attempt, None if grace is None else float(grace))
+        return Stop(attempt, _grace(msg, attempt, "stop"))
+    if op == "reap":
+        attempt = _attempt(msg, "reap")
+        run_dir = msg.get("run_dir")
+        if not isinstance(run_dir, str) or not os.path.isabs(run_dir):
+            raise ProtocolError("reap: run_dir must be an absolute path", attempt, "reap")
+        return Reap(attempt, _no_nul(run_dir, "run_dir", attempt, "reap"),
+                    _grace(msg, attempt, "reap"))
     if op == "attach":
         attempt = _attempt(msg, "attach")
         offsets = msg.get("offsets") or {}

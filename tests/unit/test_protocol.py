@@ -27,6 +27,7 @@ from engine.agent.protocol import (
     Metric,
     Pong,
     ProtocolError,
+    Reap,
     Runs,
     RunSummary,
     Simple,
@@ -67,6 +68,7 @@ commands = st.one_of(
               st.none() | st.integers(0, MAX_UID)),
     st.builds(Stop, attempts, st.none() | st.floats(0, 86400)),
     st.builds(Attach, attempts, offsets, offsets),
+    st.builds(Reap, attempts, exec_text.map(lambda p: "/" + p), st.none() | st.floats(0, 86400)),
     st.builds(Simple, st.sampled_from(["list", "ping", "shutdown"]), json_values),
 )
 
@@ -189,3 +191,18 @@ def test_start_refuses_bad_owners_and_text_exec_cannot_take(wire: dict[str, Any]
     with pytest.raises(ProtocolError, match=complaint) as caught:
         parse_command(_line(wire).rstrip(b"\n"))
     assert caught.value.attempt == "1.1" and caught.value.op == "start"
+
+
+@pytest.mark.parametrize(("wire", "complaint"), [
+    ({"op": "reap", "attempt": "1.1"}, "run_dir must be an absolute path"),
+    ({"op": "reap", "attempt": "1.1", "run_dir": "runs/1.1"}, "run_dir must be an absolute"),
+    ({"op": "reap", "attempt": "1.1", "run_dir": "/r/\0"}, "NUL"),
+    ({"op": "reap", "attempt": "1.1", "run_dir": "/r", "grace": -1}, "grace must be seconds"),
+    ({"op": "reap", "attempt": "1.1", "run_dir": "/r", "grace": True}, "grace must be"),
+])
+def test_reap_refuses_what_names_no_run_directory(wire: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(ProtocolError, match=complaint) as caught:
+        parse_command(_line(wire).rstrip(b"\n"))
+    assert caught.value.attempt == "1.1" and caught.value.op == "reap"
+    with pytest.raises(ProtocolError, match="invalid attempt id"):
+        parse_command(_line({"op": "reap", "attempt": "../x", "run_dir": "/r"}))
