@@ -49,6 +49,7 @@ from engine.model import (
     JobSpec,
     Placement,
     attempt_key,
+    node_root,
 )
 from engine.nodes import ChannelFactory, Nodes, NodeState
 from engine.store import StaleState, Store, UnknownJob
@@ -480,6 +481,21 @@ class Runtime:
         for part in run.parts.values():
             if not part.ended:
                 self.nodes.send(part.node, wire.Stop(run.key, self.stop_grace))
+        self._reap_elsewhere(run)
+
+    def _reap_elsewhere(self, run: Running) -> None:
+        """Ask every node of the allocation that runs no part of the attempt
+        (the hosts horovodrun reached over SSH) to end what carries the
+        launching node's markers: its ranks outlive a killed horovodrun."""
+        others = [n for n in run.nodes if n not in run.parts]
+        spec = self.nodes.specs().get(run.node)
+        if not others or spec is None:
+            return
+        root = Path(node_root(spec, self.home))
+        run_dir = root.resolve() if spec.is_local else root  # the local agent resolves it
+        for node in others:
+            self.nodes.send(node, wire.Reap(run.key, str(run_dir / "runs" / run.key),
+                                            self.stop_grace))
 
     # ---------------------------------------------------------------- nodes
     def _on_hello(self, node: NodeState, hello: wire.Hello) -> None:
@@ -648,6 +664,7 @@ class Runtime:
         return True
 
     def _forget(self, run: Running) -> None:
+        self._reap_elsewhere(run)  # the attempt has ended: nothing of it may stay anywhere
         self.running.pop(run.key, None)
         self.ingest.close(run)
         self.ingest.flush(self.running)
