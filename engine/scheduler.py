@@ -26,6 +26,7 @@ __all__ = [
     "HeldJob",
     "NodeCapacity",
     "PendingJob",
+    "nodes_with_reason",
     "resolve_dependencies",
     "schedule",
     "unplaceable_reason",
@@ -317,12 +318,16 @@ def _names(nodes: Sequence[NodeCapacity]) -> str:
         return ", ".join(names)
 
 
-def _selector_reason(job: PendingJob, nodes: Sequence[NodeCapacity]) -> str | None:
-    """Why no node qualifies for the job's nodes_with, or None if one does."""
+def nodes_with_reason(job: PendingJob, nodes: Sequence[NodeCapacity]) -> str | None:
+    """Why no node (up or not) qualifies for the job's `nodes_with`, or None
+    if one does (or it asks for none). Labels and names come from the cluster
+    profile, so this holds before any node has said what it has."""
     tags = [_tags(node) for node in nodes]
     wanted = frozenset(job.nodes_with)
-    if any(wanted <= have for have in tags):
+    if not wanted or any(wanted <= have for have in tags):
         return None
+    if not nodes:
+        return "the cluster has no nodes; add nodes to the cluster profile"
     missing = [want for want in job.nodes_with if not any(want in have for have in tags)]
     fix = ("; name labels or node names of the cluster profile in resources.nodes_with, or "
            "add the label to a node there")
@@ -358,7 +363,7 @@ def unplaceable_reason(job: PendingJob, nodes: Sequence[NodeCapacity]) -> str | 
     scope = fix = ""
     pool = list(nodes)
     if job.nodes_with:
-        reason = _selector_reason(job, nodes)
+        reason = nodes_with_reason(job, nodes)
         if reason is not None:
             return reason
         wanted = frozenset(job.nodes_with)

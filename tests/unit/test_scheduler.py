@@ -21,6 +21,7 @@ from engine.scheduler import (
     HeldJob,
     NodeCapacity,
     PendingJob,
+    nodes_with_reason,
     resolve_dependencies,
     schedule,
     unplaceable_reason,
@@ -650,6 +651,11 @@ def test_unplaceable_when_no_node_has_the_label_names_the_label_and_the_nodes() 
     many = [node(f"gpu{i:02d}") for i in range(1, 17)]
     reason = unplaceable_reason(job(1, nodes_with=["h100"]), many)
     assert reason is not None and "(nodes: gpu[01-16])" in reason
+    # only labels and names: what the profile says, known before any node is up
+    assert nodes_with_reason(job(1, nodes_with=["a100"]), cluster) == unplaceable_reason(
+        job(1, nodes_with=["a100"]), cluster)
+    assert nodes_with_reason(job(1, gpus=64, nodes_with=["cpu"]), cluster) is None
+    assert nodes_with_reason(job(1, gpus=64), []) is None
     # a name is as good as a label, and a down node counts (it may come back)
     assert unplaceable_reason(job(1, nodes_with=["gpu1"]), cluster) is None
     assert unplaceable_reason(job(1, nodes_with=["x"]), [node("a", up=False, labels=("x",))]
