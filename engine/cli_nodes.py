@@ -5,10 +5,12 @@ GPU (model, utilisation, memory, owning job)."""
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
-from engine.cli_common import _client, _emit, _printable, _table
+from engine.cli_common import CliError, _client, _emit, _printable, _table
 
 Action = Callable[[argparse.Namespace], int]
 
@@ -88,6 +90,61 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if all(r["ok"] for r in results) else 1
 
 
+def cmd_trust(args: argparse.Namespace) -> int:
+    """Client-side, no engine needed: scan NODE's host key, show it, ask,
+    and write it to the cluster's known_hosts (engine.hostkeys.trust)."""
+    from engine import hostkeys
+    from engine.profiles import load_cluster_profile
+    from engine.transport.ssh import query_argv, ssh_config_path, ssh_env
+
+    cluster = load_cluster_profile(args.cluster or os.environ.get("LLMCONSOLE_CLUSTER"))
+    try:
+        node = cluster.node(args.node)
+    except KeyError:
+        names = ", ".join(n.name for n in cluster.nodes)
+        raise CliError(f"nodes trust: no node {_printable(args.node)} in cluster "
+                       f"{_printable(cluster.name)} (its nodes: {_printable(names)}); name one, "
+                       f"or another cluster with --cluster") from None
+    if node.is_local:
+        raise CliError(f"nodes trust: {_printable(node.name)} is the head node, reached "
+                       f"without ssh: it has no host key to trust")
+    shown = sys.stderr if args.json else sys.stdout
+
+    def confirm(question: str) -> bool:
+        print(_printable(question), file=shown, flush=True)
+        if args.yes:
+            return True
+        if not sys.stdin.isatty():
+            raise CliError("nodes trust: stdin is not a terminal, so nothing was asked or "
+                           "written; compare the fingerprint above with the node's and add "
+                           "--yes")
+        return input("trust it? [y/N] ").strip().lower() in ("y", "yes")
+
+    config = ssh_config_path()
+    done = hostkeys.trust(node.name, query_argv(node, known_hosts=cluster.known_hosts,
+                                                ssh_config=config),
+                          known_hosts=cluster.known_hosts, replace=args.replace,
+                          confirm=confirm, env=ssh_env())
+    key = f"{done.key.label} key {done.key.fingerprint}"
+    data = {"node": done.node, "host": done.name, "known_hosts": done.file,
+            "type": done.key.type, "fingerprint": done.key.fingerprint, "added": done.added,
+            "replaced": [k.fingerprint for k in done.replaced]}
+    _emit(args, data, lambda _: (
+        f"node {_printable(done.node)}: {key} written to {_printable(done.file)}; the engine "
+        f"connects at its next try" if done.added else
+        f"node {_printable(done.node)}: {key} is already trusted in {_printable(done.file)}"))
+    return 0
+
+
+def _trust_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("node", metavar="NODE", help="a node of the cluster profile")
+    p.add_argument("--replace", action="store_true",
+                   help="the node was reinstalled: replace the key known for it")
+    p.add_argument("--yes", action="store_true",
+                   help="write the key without asking (check its fingerprint first)")
+    p.add_argument("--cluster", help="cluster profile (default: $LLMCONSOLE_CLUSTER)")
+
+
 def _optional_node(p: argparse.ArgumentParser) -> None:
     p.add_argument("node", metavar="NODE", nargs="?", help="one node (default: all)")
 
@@ -109,6 +166,8 @@ ACTIONS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Action]
     "drain": ("no new work on NODE (its running jobs go on); admins only", _drain_arguments,
               cmd_drain),
     "undrain": ("NODE takes new work again", _node_argument, cmd_undrain),
+    "trust": ("show NODE's host-key fingerprint, ask, and add it to known_hosts",
+              _trust_arguments, cmd_trust),
 }
 
 

@@ -25,8 +25,9 @@ It drives the OpenSSH client, so everything the user's ~/.ssh/config says
   master.
 - On the command line: the options above, the destination, and the remote
   command, built in one place (`remote_command`): every word of the argv
-  `shlex.quote`d into the one string the remote shell sees (a leading `~/`
-  left to that shell, for paths under the node's home). Never there: the
+  `shlex.quote`d into the one string the remote shell sees, so it arrives
+  byte for byte (only the profile's `python` and `root` may start with `~/`,
+  left for that shell to expand to the node user's home). Never there: the
   engine's environment, commands' contents (they travel on the agent's
   stdin), secrets.
 - ssh itself runs with an allow-listed environment (`ssh_env`: PATH, HOME,
@@ -146,15 +147,27 @@ def _destination(spec: NodeSpec) -> str:
     return spec.host
 
 
+class HomePath(str):
+    """A path on the node from its profile (`python`, `root`) whose leading
+    `~` the node's shell expands to the home of the node's user. Every other
+    word of a remote command reaches the node exactly as it is."""
+
+
+def home_path(path: str) -> str:
+    """`path` as a HomePath when it starts with `~/` (or is `~`), else as is."""
+    return HomePath(path) if path == "~" or path.startswith("~/") else path
+
+
 def _word(arg: str) -> str:
-    if arg == "~" or arg.startswith("~/"):
-        return "~/" + shlex.quote(arg[2:]) if arg[2:] else "~/"
+    if isinstance(arg, HomePath) and (arg == "~" or arg.startswith("~/")):
+        return "~" if arg == "~" else "~/" + (shlex.quote(arg[2:]) if arg[2:] else "")
     return shlex.quote(arg)
 
 
 def remote_command(argv: Sequence[str]) -> str:
     """The one string the node's shell runs for `argv`: `exec` and every
-    word quoted (a leading `~/` expanded by that shell, nothing else)."""
+    word quoted, so the program gets each word byte for byte (a HomePath's
+    leading `~` left for that shell to expand, nothing else)."""
     if not argv:
         raise ValueError("an empty remote command")
     return "exec " + " ".join(_word(a) for a in argv)
@@ -179,8 +192,12 @@ def query_argv(spec: NodeSpec, *, known_hosts: str | None = None,
 def remote_agent_argv(spec: NodeSpec, home: Path | str, interval: float = 1.0,
                       extra_args: Sequence[str] = ()) -> list[str]:
     """The agent's argv on the node: its python and its root
-    (engine.model.node_python, node_root)."""
-    return agent_argv(spec.name, node_root(spec, home), interval, node_python(spec), extra_args)
+    (engine.model.node_python, node_root), each a `home_path`."""
+    argv = agent_argv(spec.name, node_root(spec, home), interval, node_python(spec), extra_args)
+    argv[0] = home_path(argv[0])
+    at = argv.index("--root") + 1
+    argv[at] = home_path(argv[at])
+    return argv
 
 
 class SshAgentChannel(SubprocessChannel):

@@ -168,10 +168,13 @@ class SshHosts:
                         head: str | None = "head", alias: bool = False,
                         known_hosts: Path | None = None, name: str = "test-cluster",
                         labels: dict[str, list[str]] | None = None,
+                        roots: Path | None = None,
                         extra: dict[str, dict[str, Any]] | None = None) -> Path:
         """Write a cluster profile: the head node `head` (None: none) and the
-        hosts `names` (default: all), each with its own root; host keys in
-        `known_hosts` (default: every host's). `extra` adds fields per node."""
+        hosts `names` (default: all), each with its own root (`roots/NAME`;
+        default: the host's `root`; give each engine its own, as attempt ids
+        start at 1.1 in every engine); host keys in `known_hosts` (default:
+        every host's). `extra` adds fields per node."""
         chosen = [h.name for h in self.hosts] if names is None else list(names)
         lines = ['kind = "cluster"', f"name = {json.dumps(name)}",
                  f"known_hosts = {json.dumps(str(known_hosts or self.known_hosts))}", ""]
@@ -180,7 +183,7 @@ class SshHosts:
             lines += _toml_fields((extra or {}).get(head, {}))
             lines.append("")
         for n in chosen:
-            spec = self.node_spec(n, alias=alias)
+            spec = self.node_spec(n, alias=alias, root=None if roots is None else roots / n)
             fields: dict[str, Any] = {"host": spec.host}
             if not alias:
                 fields.update(port=spec.port, user=spec.user, identity=spec.identity)
@@ -333,12 +336,14 @@ class SshHosts:
                 _kill(p.pid)
         h.proc = None
 
-    def crash(self, name: str) -> None:
+    def crash(self, name: str, *roots: Path | str) -> None:
         """The host goes away: its sshd, its sessions and every process of
-        its root (agent, supervisors, jobs) are killed."""
+        its root, and of `roots` when its nodes use others (agents,
+        supervisors, jobs), are killed."""
         self.stop(name)
-        for pid in processes_naming(str(self.host(name).root)):
-            _kill(pid)
+        for root in (self.host(name).root, *roots):
+            for pid in processes_naming(str(root)):
+                _kill(pid)
 
     def session_pid(self, name: str, node: str | None = None, timeout: float = 30.0) -> int:
         """The sshd session process on host `name` serving the agent channel
