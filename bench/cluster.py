@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -61,15 +60,6 @@ RTT_PINGS = 50
 RTT_GAP_S = 0.02  # between pings: each one waits for its pong, this keeps them apart
 VARIANTS = 16  # distinct telemetry lines per simulated node, cycled
 PRUNE_HELD_MIN = 5  # minutes of 64 nodes' samples in the store before the prune
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else what platform says."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 # ---- the agent on this machine ---------------------------------------------
@@ -289,5 +279,5 @@ def run() -> list[Figure]:
 
 
 if __name__ == "__main__":
-    print(f"machine: {machine()}; CPU: {cpu_model()}")
+    print(f"machine: {machine()}")
     print(table(run()))

@@ -29,8 +29,35 @@ class Figure:
         return self.value <= self.target
 
 
+INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")  # what int8 kernels use
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    return model, flags
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what platform says."""
+    return _cpuinfo()[0]
+
+
 def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    """The machine a table was measured on: CPU model and its int8
+    instructions (int8 speed depends on VNNI), cores, Python."""
+    model, flags = _cpuinfo()
+    int8 = ", ".join(f for f in INT8_FLAGS if f in flags) or "none of " + "/".join(INT8_FLAGS)
+    return (f"{model} ({platform.machine()}, int8 instructions: {int8}), "
+            f"{os.cpu_count()} cores, Python {platform.python_version()}")
 
 
 def table(figures: list[Figure]) -> str:

@@ -9,7 +9,7 @@ contracts and `engine.store.migrations` for the schema.
                          placements=[Placement("node1", (0, 1), 8)])
 """
 
-from engine.store.db import Store, default_path
+from engine.store.db import Store, TelemetryHistory, default_path
 from engine.store.errors import StaleState, StoreError, UnknownJob
 from engine.store.records import MetricPoint, TelemetryRow
 
@@ -18,6 +18,7 @@ __all__ = [
     "StaleState",
     "Store",
     "StoreError",
+    "TelemetryHistory",
     "TelemetryRow",
     "UnknownJob",
     "default_path",
