@@ -71,7 +71,9 @@ def _show(job: dict[str, Any]) -> str:
         f"  owner      {_printable(job['owner'])} (uid {job['owner_uid']}), "
         f"priority {job['priority']}",
         f"  resources  {res['nodes']} node(s) x {res['gpus_per_node']} GPU(s), "
-        f"{res['cpus']} CPU slot(s), {res['memory_gb']} GB",
+        f"{res['cpus']} CPU slot(s), {res['memory_gb']} GB"
+        + (f", on nodes with {', '.join(_printable(x) for x in res['nodes_with'])}"
+           if res.get("nodes_with") else ""),
         f"  argv       {json.dumps(spec.get('argv', []))}",
     ]
     if job.get("output"):

@@ -168,9 +168,12 @@ class Runtime:
         error names the first bad one by its index)."""
         self._check_can_run_as(caller)
         for index, (spec, _after) in enumerate(items):
-            reason = scheduler.unplaceable_reason(_pending(0, spec),
-                                                  self._capacities(idle=True))
-            if reason is not None and self.nodes.capacity_known():
+            pending, idle = _pending(0, spec), self._capacities(idle=True)
+            # labels and names come from the profile: known before any hello
+            reason = scheduler.nodes_with_reason(pending, idle)
+            if reason is None and self.nodes.capacity_known():
+                reason = scheduler.unplaceable_reason(pending, idle)
+            if reason is not None:
                 which = f"jobs[{index}]" if len(items) > 1 else "job"
                 raise BadRequest(f"{which} {spec.name!r} can never run on cluster "
                                  f"{self.cluster.name!r}: {reason}")
