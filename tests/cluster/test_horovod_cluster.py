@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import threading
 import time
@@ -23,6 +24,7 @@ from typing import Any
 import psutil
 import pytest
 
+from engine.launch import ALLOWED_ENV, ALLOWED_PREFIXES
 from tests.cluster.hosts import SshHosts, processes_naming
 from tests.integration.engine_fixture import EngineHandle, new_engine
 
@@ -118,6 +120,19 @@ class ProcessWatch:
             self._stop.wait(0.05)
 
 
+def env_names(remote_command: str) -> set[str]:
+    """The variables horovodrun writes before a rank's program in the
+    command it gives ssh: `cd DIR > /dev/null 2>&1 ; env A=1 B=2 PROGRAM ...`."""
+    words = shlex.split(remote_command)
+    names = set()
+    for word in words[words.index("env") + 1:]:
+        name, eq, _value = word.partition("=")
+        if not eq or not name.replace("_", "").isalnum():
+            break
+        names.add(name)
+    return names
+
+
 def marked(attempt: str) -> list[str]:
     """Command lines of live processes carrying the attempt's marker."""
     marker = f"LLMCONSOLE_ATTEMPT={attempt}".encode()
@@ -169,6 +184,17 @@ def test_pretrain_tiny_trains_across_two_hosts_with_strict_ssh_and_no_secret_any
     assert to_node2, horovods
     assert f"IdentityFile={ssh_hosts.identity}" in to_node2[0], to_node2[0]
     assert f"Port={ssh_hosts.port}" in to_node2[0], to_node2[0]
+
+    # what horovodrun copied onto the ranks' command lines: the allow-listed job
+    # environment, the profile's [env], horovod's own and llmconsole's markers only
+    ranks = [argv[-1] for argv in horovods if " env " in argv[-1]]
+    assert len(ranks) == 2, horovods
+    for command in ranks:
+        names = env_names(command)
+        assert {"LLMCONSOLE_ATTEMPT", "LLMCONSOLE_RUN_DIR", "HOROVOD_RANK"} <= names, names
+        assert not {n for n in names if n not in ALLOWED_ENV | {"PYTHONUNBUFFERED"}
+                    and not n.startswith((*ALLOWED_PREFIXES, "LLMCONSOLE_"))}, names
+        assert "FOO_TOKEN" not in names and "LLMCONSOLE_SSH_HOSTS" in names
 
     # the engine's FOO_TOKEN: on no command line during the run, in no log after it
     assert not watch.leaks, watch.leaks[:3]
