@@ -74,7 +74,8 @@ async def serve(
         raise DaemonError(f"an engine already runs for {root} "
                           f"(see `llmconsole engine status`)") from None
     store = Store(root / "engine.db")
-    runtime = Runtime(store, cluster, root, channel_factory(root, telemetry_interval),
+    runtime = Runtime(store, cluster, root, channel_factory(root, telemetry_interval,
+                                                       known_hosts=cluster.known_hosts),
                       lost_after=lost_after)
     await runtime.start()
     await runtime.wait_nodes_up(timeout=15.0)

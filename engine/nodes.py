@@ -178,10 +178,15 @@ class Nodes:
                     await node.channel.close()
 
     async def wait_up(self, timeout: float) -> bool:
+        """Until every node is up (True), or each has failed its first try
+        or `timeout` has passed (False): an engine serves at once even when a
+        node is untrusted or unreachable, not after the whole timeout."""
         deadline = self.clock() + timeout
         while self.clock() < deadline:
             if all(n.up for n in self.states.values()):
                 return True
+            if all(n.up or n.error is not None for n in self.states.values()):
+                return False
             await asyncio.sleep(0.02)
         return False
 

@@ -99,16 +99,17 @@ class EngineHandle:
 
 
 def kill_marked(marker: str) -> None:
-    """Kill every process whose environment points into `marker` (job
-    processes and agents left by a test)."""
+    """Kill every process whose environment or command line points into
+    `marker` (job processes and agents left by a test; a remote node's agent
+    carries the engine home only on its command line, --root HOME/nodes/X)."""
     for pid_dir in Path("/proc").iterdir():
         if not pid_dir.name.isdigit() or int(pid_dir.name) == os.getpid():
             continue
         try:
-            environ = (pid_dir / "environ").read_bytes()
+            seen = (pid_dir / "environ").read_bytes() + (pid_dir / "cmdline").read_bytes()
         except OSError:
             continue
-        if marker.encode() in environ:
+        if marker.encode() in seen:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(int(pid_dir.name), signal.SIGKILL)
 
