@@ -74,6 +74,7 @@ def launch_argv(
     argv = list(spec.argv)
     if spec.launcher == "local":
         return argv
+    placements = head_first(placements, nodes)
     per_node = ranks_per_node(spec)
     total = per_node * len(placements)
     if spec.launcher == "horovodrun":
@@ -110,6 +111,14 @@ class LaunchPart:
     gpus: tuple[int, ...]  # this node's GPUs: the launcher's CUDA_VISIBLE_DEVICES
 
 
+def head_first(placements: Sequence[Placement], nodes: Mapping[str, NodeSpec]
+               ) -> list[Placement]:
+    """The allocation with the head node (no host) first, the rest in their
+    order: the head is "localhost" in `-H` and the rendezvous, which only
+    means the head on the head itself, so the launch starts there."""
+    return sorted(placements, key=lambda p: not nodes[p.node].is_local)
+
+
 def launch_parts(
     spec: JobSpec,
     placements: Sequence[Placement],
@@ -122,6 +131,7 @@ def launch_parts(
     node for local and horovodrun jobs (horovodrun reaches the others over
     SSH itself), every node for torchrun across nodes (each node's torchrun
     meets the others at the rendezvous on the first)."""
+    placements = head_first(placements, nodes)
     argv = tuple(launch_argv(spec, placements, nodes, python, known_hosts=known_hosts))
     if spec.launcher == "torchrun" and len(placements) > 1:
         return [LaunchPart(p.node, argv, p.gpus) for p in placements]

@@ -109,6 +109,7 @@ class Runtime:
         self.ingest = Ingest(store, self.logs_dir, self.hub, clock)
         self._load_drains()
         self.running: dict[str, Running] = {}
+        self._reaps_due: dict[str, dict[str, wire.Reap]] = {}  # node -> attempt -> reap
         self._kick = asyncio.Event()
         self._deps_dirty = True
         self._tasks: list[asyncio.Task[None]] = []
@@ -152,7 +153,8 @@ class Runtime:
         self._kick.set()
 
     def _running(self, job: Job, number: int, placements: tuple[Placement, ...]) -> Running:
-        parts = launch_parts(job.spec, placements, self.nodes.specs())
+        parts = launch_parts(job.spec, placements, self.nodes.specs(),
+                             known_hosts=self.cluster.known_hosts)
         return Running(job.id, number, job.spec, placements, owner_uid=job.owner_uid,
                        launch_nodes=tuple(p.node for p in parts))
 
@@ -476,7 +478,8 @@ class Runtime:
         specs = self.nodes.specs()
         env = job_environment(self.base_env, run.spec)
         env.update(placement_environment(run.spec, run.placements, specs))
-        for part in launch_parts(run.spec, run.placements, specs):
+        for part in launch_parts(run.spec, run.placements, specs,
+                                 known_hosts=self.cluster.known_hosts):
             if only is not None and part.node != only:
                 continue
             self.nodes.send(part.node, wire.Start(
@@ -497,15 +500,22 @@ class Runtime:
         spec = self.nodes.specs().get(run.node)
         if not others or spec is None:
             return
-        root = Path(node_root(spec, self.home))
+        root = Path(node_root(spec, self.home)).expanduser() if spec.is_local \
+            else Path(node_root(spec, self.home))
         run_dir = root.resolve() if spec.is_local else root  # the local agent resolves it
+        reap = wire.Reap(run.key, str(run_dir / "runs" / run.key), self.stop_grace)
         for node in others:
-            self.nodes.send(node, wire.Reap(run.key, str(run_dir / "runs" / run.key),
-                                            self.stop_grace))
+            state = self.nodes.get(node)
+            if state is not None and not state.up:
+                # sent when it says hello again: a node that was away may still run ranks
+                self._reaps_due.setdefault(node, {})[run.key] = reap
+            self.nodes.send(node, reap)
 
     # ---------------------------------------------------------------- nodes
     def _on_hello(self, node: NodeState, hello: wire.Hello) -> None:
         self._reconcile(node, hello.runs)
+        for reap in self._reaps_due.pop(node.name, {}).values():
+            self.nodes.send(node.name, reap)  # ranks of attempts that ended while it was away
         self.kick()
 
     def _reconcile(self, node: NodeState, reported_runs: Sequence[wire.RunSummary]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.model import NodeSpec
+from engine.model import NodeSpec, node_root
 from engine.transport.base import AgentChannel
 from engine.transport.local import LocalAgentChannel
 from engine.transport.ssh import SshAgentChannel
@@ -22,7 +22,8 @@ def channel_factory(home: Path, telemetry_interval: float, *,
 
     def make(node: NodeSpec) -> AgentChannel:
         if node.is_local:
-            return LocalAgentChannel(node.name, home, interval=telemetry_interval)
+            return LocalAgentChannel(node.name, Path(node_root(node, home)).expanduser(),
+                                     interval=telemetry_interval)
         return SshAgentChannel(node, home, telemetry_interval, known_hosts=known_hosts)
 
     return make

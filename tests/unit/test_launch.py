@@ -164,3 +164,13 @@ def test_the_engines_ssh_config_reaches_horovodrun_jobs_only() -> None:
     assert horovod["LLMCONSOLE_SSH_CONFIG"] == "/etc/llm/ssh_config"
     assert "FOO_TOKEN" not in horovod
     assert "LLMCONSOLE_SSH_CONFIG" not in job_environment(base, spec())
+
+
+def test_the_head_node_launches_when_it_is_in_the_allocation() -> None:
+    nodes = {"head": NodeSpec("head"), "b": NodeSpec("b", host="10.0.0.2")}
+    s = spec(launcher="horovodrun", resources=Resources(nodes=2, cpus=1))
+    placed = [Placement("b", (), 1), Placement("head", (), 1)]  # the scheduler's order
+    [part] = launch_parts(s, placed, nodes, python="/nonexistent/python")
+    assert part.node == "head"
+    hosts = part.argv[part.argv.index("-H") + 1]
+    assert hosts == "localhost:1,10.0.0.2:1"  # localhost is the launching node itself
