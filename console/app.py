@@ -5,14 +5,23 @@ Widgets render `ConsoleState`; the `EngineBridge` feeds it (snapshot, then
 the engine's pushed events, drained four times a second so bursts arrive
 merged); actions run in thread workers and report the engine's answer,
 refusals included, as notifications.
+
+The GPU panel has one row per GPU (one for a node without), and its NODE
+column says the node's state in words (up, SUSPECT, DOWN, UNTRUSTED,
+INCOMPATIBLE, DRAINED) and its round trip; the line under the panel tells
+the selected node's reason and last check. The panel has a cursor of its
+own (tab moves between the panels): D drains the node under it, U undrains,
+T trusts its host key, C checks every node.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
+from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
@@ -24,11 +33,30 @@ from textual.widgets import Footer, Header, Input, Static
 from console import detail
 from console.bridge import Down, EngineBridge, Snapshot
 from console.chart import Line, MetricChart
-from console.screens import ConfirmScreen, JobScreen, PriorityScreen, SubmitScreen
-from console.state import ConsoleState, bar, smoothed, spark
+from console.screens import (
+    CheckScreen,
+    ConfirmScreen,
+    JobScreen,
+    PriorityScreen,
+    ReasonScreen,
+    SubmitScreen,
+    check_summary,
+)
+from console.state import (
+    ConsoleState,
+    bar,
+    host_key_changed,
+    host_key_refused,
+    node_line,
+    node_state,
+    rtt_text,
+    smoothed,
+    spark,
+    state_word,
+)
 from console.table import Cell, VirtualTable
 from engine import pipelines
-from engine.errors import EngineError
+from engine.errors import EngineError, UserError
 
 DRAIN_INTERVAL = 0.25
 GPU_COLUMNS = (("NODE", 13), ("GPU", 3), ("UTIL", 10), ("MEMORY", 13), ("TEMP", 4),
@@ -39,6 +67,11 @@ SORTS = ("newest", "state", "name", "owner", "loss")
 STATE_STYLE = {"running": "green", "succeeded": "bold green", "failed": "bold red",
                "lost": "bold red", "cancelled": "yellow", "queued": "cyan", "held": "dim",
                "starting": "cyan"}
+#: A node's state word in the NODE column: colour and weight, and the word
+#: itself (in capitals but for "up") so it reads under NO_COLOR too.
+NODE_STYLE = {"up": "green", "suspect": "bold yellow", "down": "bold red",
+              "untrusted": "bold magenta", "incompatible": "bold red", "drained": "bold cyan"}
+NAME_MIN = 4  # cells of a node's name kept before its round trip is left out
 
 
 def _elapsed(job: dict[str, Any], now: float) -> str:
@@ -74,6 +107,7 @@ class LlmConsole(App[None]):
     #banner { background: $error; color: $text; height: 1; display: none; }
     #banner.shown { display: block; }
     #gpus { height: 1fr; min-height: 5; }
+    #nodeline { height: 1; background: $panel; color: $text-muted; }
     #jobs { height: 2fr; }
     #losspanel { height: 1fr; min-height: 5; max-height: 16; }
     #losslabel { width: 30; height: 1fr; }
@@ -81,7 +115,11 @@ class LlmConsole(App[None]):
     #filter { display: none; }
     #filter.shown { display: block; }
     #status { height: 1; background: $panel; }
-    ConfirmScreen, PriorityScreen, SubmitScreen { align: center middle; }
+    ConfirmScreen, PriorityScreen, SubmitScreen, ReasonScreen, CheckScreen {
+        align: center middle; }
+    #checks { width: 110; max-width: 100%; height: auto; max-height: 100%;
+              border: thick $accent; padding: 0 1; background: $surface; }
+    #checktable { height: auto; max-height: 20; }
     #form { width: 90; max-width: 100%; height: auto; border: thick $accent; padding: 1 2;
             background: $surface; }
     .error { color: $error; height: auto; }
@@ -109,6 +147,14 @@ class LlmConsole(App[None]):
         Binding("o", "sort_jobs", "Sort",
                 tooltip="Order jobs by newest, state, name, owner or loss"),
         Binding("/", "filter", "Filter", tooltip="Filter jobs by id, name, kind, state, owner"),
+        Binding("D", "drain_node", "Drain", id="drain-node",
+                tooltip="No new work on the selected node: asks why, then confirms"),
+        Binding("U", "undrain_node", "Undrain", id="undrain-node",
+                tooltip="The selected node takes new work again"),
+        Binding("C", "check_nodes", "Check", id="check-nodes",
+                tooltip="nodes check: link, host key, software, GPUs, disk, clock, peers"),
+        Binding("T", "trust_node", "Trust", id="trust-node",
+                tooltip="Trust the selected node's host key (shows its fingerprint, asks)"),
         Binding("question_mark", "show_help_panel", "Help", tooltip="Show the keys"),
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
@@ -128,13 +174,18 @@ class LlmConsole(App[None]):
         self._gpu_refs: dict[str, tuple[str, dict[str, Any] | None]] = {}
         self._metrics_timer: Timer | None = None
         self._job_screen: JobScreen | None = None
+        self._nodes_asked = 0  # refetches of the nodes asked for, and the newest shown
+        self._nodes_shown = 0
+        self._node_text = ""
+        self._gpu_table: VirtualTable | None = None
+        self._questions: set[threading.Event] = set()  # a worker waits on the user
 
     # ------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static("", id="banner")
-        yield VirtualTable(GPU_COLUMNS, self.gpu_cells, show_cursor=False, flex=0, flex_max=32,
-                           id="gpus")
+        yield VirtualTable(GPU_COLUMNS, self.gpu_cells, flex=0, flex_max=32, id="gpus")
+        yield Static("", id="nodeline")
         yield Input(placeholder="filter jobs: name, kind, state, owner", id="filter")
         yield VirtualTable(JOB_COLUMNS, self.job_cells, flex=1, id="jobs")
         with Horizontal(id="losspanel"):
@@ -150,7 +201,8 @@ class LlmConsole(App[None]):
         self.set_interval(1.0, self._tick)
 
     DASHBOARD_ONLY = frozenset({"toggle_ended", "filter", "clear_filter", "show_job",
-                                "show_logs", "sort_jobs"})
+                                "show_logs", "sort_jobs", "drain_node", "undrain_node",
+                                "check_nodes", "trust_node"})
 
     def _allowed_on(self, action: str, screen: Screen[Any]) -> bool:
         """Dashboard actions are off (and out of the footer) on other screens."""
@@ -165,7 +217,8 @@ class LlmConsole(App[None]):
         yield from super().get_system_commands(screen)
         for binding in self.BINDINGS:
             assert isinstance(binding, Binding)
-            if not binding.show or not self._allowed_on(binding.action, screen):
+            if not (binding.show or binding.tooltip) or \
+                    not self._allowed_on(binding.action, screen):
                 continue
             yield SystemCommand(f"{binding.description} ({self.get_key_display(binding)})",
                                 binding.tooltip,
@@ -173,6 +226,8 @@ class LlmConsole(App[None]):
 
     def on_unmount(self) -> None:
         self.bridge.stop()
+        for question in list(self._questions):  # a worker waiting on an answer: no
+            question.set()
         if self._job_screen is not None:
             self._job_screen.stop_following(final=True)
 
@@ -190,6 +245,7 @@ class LlmConsole(App[None]):
                 changed |= self.state.apply(events)
                 events = []
                 self.state.load(item.nodes, item.jobs)
+                self._nodes_shown = self._nodes_asked  # fresher than any fetch under way
                 changed |= {"jobs", "nodes", "status"}
                 self._banner(None)
             elif isinstance(item, Down):
@@ -201,6 +257,10 @@ class LlmConsole(App[None]):
             else:
                 events.append(item)
         changed |= self.state.apply(events)
+        if self.state.nodes_stale:
+            self.state.nodes_stale = False
+            self._nodes_asked += 1
+            self.load_nodes(self._nodes_asked)
         if self._job_screen is not None:
             self._feed_job_screen(self._job_screen, events, changed)
         if "nodes" in changed:
@@ -226,7 +286,7 @@ class LlmConsole(App[None]):
         counts = self.state.counts()
         parts = [f"{counts.get(s, 0)} {s}" for s in ("running", "queued", "held", "failed")]
         gpus = sum(len(n.get("gpus") or []) for n in self.state.nodes.values())
-        up = sum(1 for n in self.state.nodes.values() if n.get("up"))
+        up = sum(1 for n in self.state.nodes.values() if node_state(n) == "up")
         engine = "engine: connected" if self.state.connected else "engine: DISCONNECTED"
         view = "all jobs" if self.show_ended else "active jobs"
         text = f"{engine} | {up}/{len(self.state.nodes)} nodes up, {gpus} GPUs | " \
@@ -253,10 +313,26 @@ class LlmConsole(App[None]):
         self._gpu_refs = refs
         return keys
 
+    def node_label(self, name: str, node: dict[str, Any]) -> Cell:
+        """The NODE cell: the name, cut to leave room for the state word and
+        the round trip ("gpu1 up 3ms", "gpu2 DOWN", "gpu3 DRAINED 4ms")."""
+        width = self.gpu_table.column_width(0)
+        state = node_state(node)
+        word = f" {state_word(state)}"
+        rtt = f" {rtt_text(node)}" if rtt_text(node) else ""
+        if width - len(word) - len(rtt) < min(NAME_MIN, len(name)):
+            rtt = ""
+        room = max(1, width - len(word) - len(rtt))
+        shown = name if len(name) <= room else name[:max(1, room - 1)] + "…"
+        parts = [(shown, ""), (word, NODE_STYLE.get(state, "bold"))]
+        if rtt:
+            parts.append((rtt, "dim"))
+        return parts
+
     def gpu_cells(self, key: str) -> list[Cell]:
         name, gpu = self._gpu_refs[key]
         node = self.state.nodes.get(name, {})
-        label: Cell = name if node.get("up", True) else (f"{name[:8]} DOWN", "bold red")
+        label = self.node_label(name, node)
         if gpu is None:
             mem = node.get("memory_percent")
             return [label, "cpu", bar(node.get("cpu_percent")),
@@ -273,8 +349,58 @@ class LlmConsole(App[None]):
                 "-" if job is None else ((f"{job} idle", "bold yellow") if idle else str(job)),
                 spark(self.state.gpu_history.get((name, int(gpu.get("index") or 0)), ()))]
 
+    @property
+    def gpu_table(self) -> VirtualTable:
+        if self._gpu_table is None:
+            self._gpu_table = self.query_one("#gpus", VirtualTable)
+        return self._gpu_table
+
     def render_gpus(self) -> None:
-        self.query_one("#gpus", VirtualTable).set_keys(self.gpu_keys())
+        self.gpu_table.set_keys(self.gpu_keys())
+        self.render_node_line()
+
+    def render_node_line(self) -> None:
+        """The selected node's state and why, round trip, GPUs, jobs and last
+        check, under the GPU panel (only repainted when its text changes)."""
+        node = self.selected_node(quiet=True)
+        text = "" if node is None else node_line(node)
+        if text == self._node_text:
+            return
+        self._node_text = text
+        line = Text(text)
+        if node is not None:
+            start = len(f"node {node.get('name')}: ")
+            state = node_state(node)
+            line.stylize(NODE_STYLE.get(state, "bold"), start, start + len(state))
+        self.query_one("#nodeline", Static).update(line, layout=False)
+
+    def selected_node(self, quiet: bool = False) -> dict[str, Any] | None:
+        """The node of the GPU panel's cursor row (a warning when none)."""
+        key = self.gpu_table.cursor_key
+        ref = self._gpu_refs.get(key) if key is not None else None
+        node = self.state.nodes.get(ref[0]) if ref is not None else None
+        if node is None and not quiet:
+            self.notify("no node selected (tab to the GPU panel, then up/down)",
+                        severity="warning")
+        return node
+
+    @work(thread=True, group="nodes")
+    def load_nodes(self, asked: int) -> None:
+        """The nodes' views again (after a "node" or "nodes-checked" event):
+        their reasons, round trips and checks, which events do not carry."""
+        try:
+            nodes = self.bridge.nodes()
+        except EngineError:
+            return  # the event stream's banner says the engine is gone
+        self.call_from_thread(self._nodes_loaded, asked, nodes)
+
+    def _nodes_loaded(self, asked: int, nodes: list[dict[str, Any]]) -> None:
+        if asked <= self._nodes_shown:  # a later fetch (or snapshot) is already shown
+            return
+        self._nodes_shown = asked
+        self.state.load_nodes(nodes)
+        self.render_gpus()
+        self.render_status()
 
     def job_cells(self, key: str) -> list[Cell]:
         job = self.state.jobs.get(int(key))
@@ -350,6 +476,10 @@ class LlmConsole(App[None]):
     @on(VirtualTable.Selected, "#jobs")
     async def _selected_row(self, _event: VirtualTable.Selected) -> None:
         await self.action_show_job()
+
+    @on(VirtualTable.Highlighted, "#gpus")
+    def _gpu_highlighted(self, _event: VirtualTable.Highlighted) -> None:
+        self.render_node_line()
 
     @work(thread=True, exclusive=True, group="metrics")
     def load_metrics(self, job_id: int) -> None:
@@ -435,6 +565,122 @@ class LlmConsole(App[None]):
             return
         note = f"priority {job['priority']}" if verb == "set_priority" else job["state"]
         self.call_from_thread(self.notify, f"job {job_id}: {note}")
+
+    # ------------------------------------------------------------ node actions
+    def action_drain_node(self) -> None:
+        node = self.selected_node()
+        if node is None:
+            return
+        name = str(node["name"])
+
+        def reasoned(reason: str | None) -> None:
+            if reason is None:
+                return
+            why = f" ({reason})" if reason else ""
+
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self.send_node_action("drain", name, reason)
+
+            self.push_screen(ConfirmScreen(f"Drain node {name}{why}? No new work starts "
+                                           "there; its running jobs go on."), answered)
+
+        self.push_screen(ReasonScreen(name), reasoned)
+
+    def action_undrain_node(self) -> None:
+        node = self.selected_node()
+        if node is None:
+            return
+        if not node.get("drained") and node_state(node) != "drained":
+            self.notify(f"node {node['name']} is not drained (D drains it)", severity="warning")
+            return
+        self.send_node_action("undrain", str(node["name"]))
+
+    @work(thread=True, group="actions")
+    def send_node_action(self, verb: str, name: str, *args: Any) -> None:
+        try:
+            view = getattr(self.bridge, f"{verb}_node")(name, *args)
+        except EngineError as err:
+            self.call_from_thread(self.notify, f"{verb} node {name}: {err}",
+                                  severity="error", timeout=8)
+            return
+        self.call_from_thread(self.notify, f"node {name}: {state_word(node_state(view))}")
+
+    def action_check_nodes(self) -> None:
+        self.notify("checking every node (C)...", timeout=3)
+        self.check_nodes()
+
+    @work(thread=True, exclusive=True, group="check")
+    def check_nodes(self) -> None:
+        """`nodes check` on every node: the verdict as a toast, the table in
+        a dialog (the nodes' views are fetched again on the engine's
+        "nodes-checked" event)."""
+        try:
+            results = self.bridge.check_nodes()
+        except EngineError as err:
+            self.call_from_thread(self.notify, f"nodes check: {err}", severity="error",
+                                  timeout=8)
+            return
+        self.call_from_thread(self._checked, results)
+
+    def _checked(self, results: list[dict[str, Any]]) -> None:
+        passed = all(r.get("ok") for r in results)
+        self.notify(check_summary(results), severity="information" if passed else "error",
+                    timeout=8)
+        self.push_screen(CheckScreen(results))
+
+    def action_trust_node(self) -> None:
+        node = self.selected_node()
+        if node is None:
+            return
+        name, state = str(node["name"]), node_state(node)
+        if not host_key_refused(node):
+            self.notify(f"node {name} is {state_word(state)} and ssh does not refuse its host "
+                        "key: T trusts the key of an UNTRUSTED node", severity="warning")
+            return
+        self.trust_node(name, host_key_changed(node))
+
+    @work(thread=True, exclusive=True, group="trust")
+    def trust_node(self, name: str, replace: bool) -> None:
+        """Scan the node's host key, ask with its fingerprint shown, and write
+        it to the cluster's known_hosts (engine.hostkeys, as `llmconsole
+        nodes trust NODE [--replace]` does)."""
+        def confirm(question: str) -> bool:
+            changed = ("Its host key CHANGED since it was trusted (a reinstalled node, or "
+                       "someone in between): yes replaces the known key, as --replace "
+                       "does.\n" if replace else "")
+            return self._ask_from_thread(f"Trust node {name}'s host key?\n{changed}"
+                                         f"{question} y/N")
+
+        try:
+            done = self.bridge.trust_node(name, replace, confirm)
+        except UserError as err:
+            self.call_from_thread(self.notify, f"trust node {name}: {err}", severity="error",
+                                  timeout=10)
+            return
+        key = f"{done.key.label} key {done.key.fingerprint}"
+        note = (f"node {name}: {key} written to {done.file}; the engine connects at its "
+                "next try" if done.added else
+                f"node {name}: {key} is already trusted in {done.file}")
+        self.call_from_thread(self.notify, note, timeout=10)
+
+    def _ask_from_thread(self, question: str) -> bool:
+        """Ask `question` in a yes/no dialog from a worker thread, and wait
+        for the answer (no when the screen closes first)."""
+        answered = threading.Event()
+        answers: list[bool] = []
+
+        def reply(yes: bool | None) -> None:
+            answers.append(bool(yes))
+            answered.set()
+
+        self._questions.add(answered)
+        try:
+            self.call_from_thread(self.push_screen, ConfirmScreen(question), reply)
+            answered.wait()
+        finally:
+            self._questions.discard(answered)
+        return bool(answers and answers[0])
 
     async def action_show_logs(self) -> None:
         await self.action_show_job("logs")

@@ -3,26 +3,34 @@ that takes a snapshot and then follows the engine's event stream, putting
 everything on a queue the screen drains on its own timer (so bursts of
 telemetry and metric points reach the widgets merged, a few times a second),
 reconnecting with backoff when the engine goes away; and the actions
-(cancel, retry, submit), each on its own short-lived client so threads never
-share one. No screen library here."""
+(cancel, retry, submit, drain, check), each on its own short-lived client so
+threads never share one. No screen library here."""
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from engine import hostkeys
 from engine.client import EngineClient, LineStream
-from engine.errors import NotFound
+from engine.errors import NotFound, UserError
+from engine.profiles import load_cluster_profile
+from engine.transport.ssh import query_argv, ssh_config_path, ssh_env
 
 RECENT_ENDED = 500           # ended jobs loaded with a snapshot
 #: What the screen follows. Log lines are not among them: a job's detail
 #: follows its own log (`follow_logs`), so the screen does not receive every
 #: line of every job.
-EVENT_TYPES = ("job", "node", "telemetry", "metric")
+EVENT_TYPES = ("job", "node", "nodes-checked", "telemetry", "metric")
 BACKOFF_START, BACKOFF_MAX = 0.5, 10.0
+#: `nodes check` waits on every node's probe, and the peers' ssh checks run
+#: one after another on the engine's side (up to a minute): the check's
+#: client waits that long and more, where every other call gives up at 30 s.
+CHECK_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -127,6 +135,50 @@ class EngineBridge:
         result: list[dict[str, Any]] = self._call(lambda c: c.metrics(job_id))
         return result
 
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every node's view: state and why, round trip, GPUs, last check."""
+        result: list[dict[str, Any]] = self._call(lambda c: c.nodes())
+        return result
+
+    def drain_node(self, node: str, reason: str) -> dict[str, Any]:
+        """No new work on the node (admins only): its view, drained."""
+        result: dict[str, Any] = self._call(lambda c: c.drain(node, reason))
+        return result
+
+    def undrain_node(self, node: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(lambda c: c.undrain(node))
+        return result
+
+    def check_nodes(self, node: str | None = None) -> list[dict[str, Any]]:
+        """`nodes check` on every node (or one): each check ok or not, in words."""
+        with self._factory() as client:
+            client.timeout = max(client.timeout, CHECK_TIMEOUT_S)
+            result: list[dict[str, Any]] = client.check_nodes(node)
+        return result
+
+    def trust_node(self, name: str, replace: bool, confirm: Callable[[str], bool]
+                   ) -> hostkeys.Trusted:
+        """What `llmconsole nodes trust NODE [--replace]` does, on this side of
+        the socket (the user's ssh, the user's known_hosts or the cluster
+        profile's): the node from the cluster profile ($LLMCONSOLE_CLUSTER),
+        its key scanned, `confirm(question)` asked with its fingerprint, the
+        key written. UserError (one line) when it cannot or must not."""
+        cluster = load_cluster_profile(os.environ.get("LLMCONSOLE_CLUSTER"))
+        try:
+            node = cluster.node(name)
+        except KeyError:
+            names = ", ".join(n.name for n in cluster.nodes)
+            raise UserError(f"no node {name!r} in cluster profile {cluster.name!r} (its nodes: "
+                            f"{names}); set LLMCONSOLE_CLUSTER to the engine's cluster "
+                            f"profile, or run `llmconsole nodes trust {name} --cluster FILE`"
+                            ) from None
+        if node.is_local:
+            raise UserError(f"{name} is the head node, reached without ssh: it has no host "
+                            "key to trust")
+        argv = query_argv(node, known_hosts=cluster.known_hosts, ssh_config=ssh_config_path())
+        return hostkeys.trust(node.name, argv, known_hosts=cluster.known_hosts,
+                              replace=replace, confirm=confirm, env=ssh_env())
+
     def follow_logs(self, job_id: int, attempt: int | None = None, tail: int = 5000
                     ) -> LineStream:
         """The last `tail` lines of an attempt, then new ones until it ends or
@@ -143,6 +195,7 @@ class FixedBridge:
                  details: Mapping[int, dict[str, Any]] | None = None,
                  metrics: Mapping[int, list[dict[str, Any]]] | None = None) -> None:
         self.items: list[Item] = list(items)
+        self.served: list[Item] = []
         self.log_lines = list(logs)
         self.details = dict(details or {})
         self.points = dict(metrics or {})
@@ -156,10 +209,16 @@ class FixedBridge:
 
     def drain(self, limit: int = 10_000) -> list[Item]:
         items, self.items = self.items[:limit], self.items[limit:]
+        self.served.extend(items)
         return items
 
     def metrics(self, job_id: int) -> list[dict[str, Any]]:
         return self.points.get(job_id, [])
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """The nodes of the newest snapshot served."""
+        return next((list(i.nodes) for i in reversed(self.served) if isinstance(i, Snapshot)),
+                    [])
 
     def job(self, job_id: int) -> dict[str, Any]:
         if job_id not in self.details:

@@ -1,6 +1,7 @@
 """The screens stacked over the dashboard: a job's detail (logs, charts,
-history, profile, results), the submit form, the priority prompt and the
-yes/no confirmation. They show what they are given; the app fetches."""
+history, profile, results), the submit form, the priority prompt, a node's
+drain reason, the result of `nodes check` and the yes/no confirmation. They
+show what they are given; the app fetches."""
 
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ from engine.paths import outputs_dir
 
 LOG_LINES = 20_000  # kept per open job screen, searched in place
 DRAIN_LINES = 2_000  # shown per drain (4 a second); a faster log is skipped through
+#: The engine's limit on a drain reason (engine.runtime.MAX_DRAIN_REASON; the
+#: runtime is not imported by the screen): the box takes no more.
+MAX_DRAIN_REASON = 200
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -56,11 +60,93 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Label(self.question, id="question")
+            yield Label(Text(self.question), id="question")  # a name is not markup
             yield Label("[b]y[/b] yes    [b]n[/b] no", id="answers")
 
     def action_answer(self, yes: bool) -> None:
         self.dismiss(yes)
+
+
+class ReasonScreen(ModalScreen["str | None"]):
+    """Why a node is drained (shown with its state; may be empty), checked
+    as the engine will check it before anything is sent."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "close", "Cancel")]
+
+    def __init__(self, node: str) -> None:
+        super().__init__()
+        self.node = node
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label(f"Drain node {self.node}: no new work starts there, running jobs go "
+                        "on. Why? (enter: next, esc: cancel)")
+            yield Input(placeholder="e.g. disk swap at 14:00", id="reason",
+                        max_length=MAX_DRAIN_REASON)
+            yield Static("", id="reason-error", classes="error")
+
+    def on_mount(self) -> None:
+        self.query_one(Input).focus()
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+    @on(Input.Submitted)
+    def _entered(self, event: Input.Submitted) -> None:
+        reason = event.value.strip()
+        if not reason.isprintable():
+            self.query_one("#reason-error", Static).update(
+                "the reason must be printable text on one line")
+            return
+        self.dismiss(reason)
+
+
+class CheckScreen(ModalScreen[None]):
+    """The result of `nodes check`: every check of every node, ok or not,
+    with its detail, and the verdict."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,enter,q", "close", "Close")]
+
+    def __init__(self, results: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.results = results
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="checks"):
+            yield Label(check_summary(self.results), id="verdict")
+            yield DataTable(id="checktable", cursor_type="none", zebra_stripes=True)
+            yield Label("[b]esc[/b] close", id="answers")
+
+    def on_mount(self) -> None:
+        table = self.query_one("#checktable", DataTable)
+        table.add_columns("node", "check", "ok", "detail")
+        table.add_rows([tuple(Text(c) for c in row) for row in check_rows(self.results)])
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+def check_rows(results: Iterable[Mapping[str, Any]]) -> list[tuple[str, str, str, str]]:
+    """(node, check, ok / FAIL / -, detail) for every check of every node."""
+    rows = []
+    for r in results:
+        for c in r.get("checks") or []:
+            mark = "ok" if c.get("ok") else "-" if c.get("ok") is None else "FAIL"
+            rows.append((str(r.get("node")), str(c.get("check")), mark,
+                         str(c.get("detail") or "")))
+    return rows
+
+
+def check_summary(results: Iterable[Mapping[str, Any]]) -> str:
+    """The verdict in one line, naming the failed checks of each node."""
+    failed = []
+    for r in results:
+        if not r.get("ok"):
+            names = [str(c.get("check")) for c in r.get("checks") or [] if c.get("ok") is False]
+            failed.append(f"{r.get('node')} ({', '.join(names) or 'failed'})")
+    if not failed:
+        return "nodes check: every check passed"
+    return "nodes check: checks failed on " + ", ".join(failed)
 
 
 class PriorityScreen(ModalScreen["int | None"]):

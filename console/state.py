@@ -3,16 +3,24 @@ events. Pure: no I/O, no screen library, so it is tested on its own.
 
 Events (from `GET /v1/events`):
     {"type": "job", "job": {...job view...}}
-    {"type": "node", "node": NAME, "up": bool, "error": str | None}
+    {"type": "node", "node": NAME, "up": bool, "state": WORD?, "error": str | None}
+    {"type": "nodes-checked", "nodes": [NAME, ...]}
     {"type": "telemetry", "node": NAME, "gpus": [...], "cpu_percent": ...}
     {"type": "metric", "job": ID, "attempt": N, "step": S, "values": {...}}
+
+A node's view (`GET /v1/nodes`) says more than its events: its state in one
+word and why, round trip, drain reason, last check. So a "node" or
+"nodes-checked" event patches what it carries (the screen answers at once)
+and sets `nodes_stale`: the app then fetches the nodes again and `load_nodes`
+replaces them.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +65,7 @@ class ConsoleState:
     gpu_history: dict[tuple[str, int], deque[float]] = field(default_factory=dict)
     connected: bool = False
     error: str | None = None
+    nodes_stale: bool = False  # a node changed: fetch the nodes' views again
     _counts: dict[str, int] = field(default_factory=dict)
     _newest_first: list[int] | None = None  # job ids, sorted once per new id
 
@@ -71,6 +80,12 @@ class ConsoleState:
             self._counts[job["state"]] = self._counts.get(job["state"], 0) + 1
         self._newest_first = None
         self.connected, self.error = True, None
+        self.nodes_stale = False
+
+    def load_nodes(self, nodes: Iterable[Mapping[str, Any]]) -> None:
+        """Replace the nodes with fresh views (after a "node" event): the GPU
+        history stays, what a node's view says replaces what events patched."""
+        self.nodes = {str(n["name"]): dict(n) for n in nodes}
 
     def load_metrics(self, job_id: int, points: Iterable[Mapping[str, Any]]) -> None:
         """A job's metric points as the API lists them (one per name)."""
@@ -102,8 +117,17 @@ class ConsoleState:
                 node = self.nodes.setdefault(str(event["node"]), {"name": event["node"],
                                                                   "gpus": [], "jobs": []})
                 node["up"] = bool(event.get("up"))
-                node["error"] = event.get("error")
+                if "error" in event or node["up"]:
+                    node["error"] = event.get("error")
+                if "state" in event:
+                    node["state"] = event["state"]
+                else:  # until the refetch: the word that `up` alone gives
+                    node.pop("state", None)
+                    node.pop("state_reason", None)
+                self.nodes_stale = True
                 changed.add("nodes")
+            elif kind == "nodes-checked":
+                self.nodes_stale = True
             elif kind == "telemetry":
                 self._telemetry(event)
                 changed.add("nodes")
@@ -208,3 +232,103 @@ def spark(values: Iterable[float], width: int = 12) -> str:
     ticks = "▁▂▃▄▅▆▇█"
     vals = list(values)[-width:]
     return "".join(ticks[min(7, max(0, int(v / 100 * 7.999)))] for v in vals)
+
+
+# ------------------------------------------------------------------ nodes
+#: A node's state as the screen writes it: "up" plain, every other state in
+#: capitals, so a node that takes no new work reads so without colour too.
+NODE_STATES = ("up", "suspect", "down", "untrusted", "incompatible", "drained")
+#: What in a node's reason says ssh refused its host key (engine.hostkeys'
+#: messages), and that the key is another than the known one.
+HOST_KEY_REFUSED = "host key"
+HOST_KEY_CHANGED = "host key CHANGED"
+#: How the engine's transport begins an error about a node's agent.
+AGENT_ON = "agent on node"
+#: The states of a node whose agent answers pings (its round trip is news).
+ANSWERING = ("up", "suspect", "drained", "incompatible")
+
+
+def node_state(node: Mapping[str, Any]) -> str:
+    """The node's state in one word: the engine's, else what `up` gives."""
+    state = node.get("state")
+    if isinstance(state, str) and state:
+        return state
+    return "up" if node.get("up", True) else "down"
+
+
+def state_word(state: str) -> str:
+    return state if state == "up" else state.upper()
+
+
+def node_reason(node: Mapping[str, Any]) -> str | None:
+    """Why the node is not up, in words (None when up or unknown)."""
+    reason = node.get("state_reason")
+    if node_state(node) == "up":
+        return None
+    return str(reason) if reason else (str(node["error"]) if node.get("error") else None)
+
+
+def rtt_text(node: Mapping[str, Any]) -> str:
+    """The last ping's round trip ("3ms", "<1ms"); "" when none yet, or when
+    the node does not answer pings now (a down node's last one says nothing
+    of now)."""
+    rtt = node.get("rtt_ms")
+    if node_state(node) not in ANSWERING:
+        return ""
+    if not isinstance(rtt, int | float) or not math.isfinite(rtt):
+        return ""
+    return "<1ms" if rtt < 1 else f"{rtt:.0f}ms"
+
+
+def check_verdict(check: Mapping[str, Any] | None,
+                  clock_text: Callable[[float], str] | None = None) -> str:
+    """The last `nodes check` in a few words: "check ok 12:03", "check: disk,
+    clock FAIL", or "not checked". `clock_text(time)` writes the time
+    (default: local HH:MM)."""
+    if not check:
+        return "not checked"
+    failed = [str(c.get("check")) for c in check.get("checks") or [] if c.get("ok") is False]
+    if failed:
+        return f"check: {', '.join(failed)} FAIL"
+    when = check.get("time")
+    if not isinstance(when, int | float):
+        return "check ok"
+    write = clock_text or (lambda t: time.strftime("%H:%M", time.localtime(t)))
+    return f"check ok {write(when)}"
+
+
+def host_key_refused(node: Mapping[str, Any]) -> bool:
+    """ssh refused the node's host key: it is untrusted, or down with a
+    host-key error (what `nodes trust` fixes)."""
+    state = node_state(node)
+    reason = node_reason(node) or ""
+    return state == "untrusted" or (state == "down" and HOST_KEY_REFUSED in reason)
+
+
+def host_key_changed(node: Mapping[str, Any]) -> bool:
+    """The node offers another key than the known one (a reinstalled node,
+    or someone in between): trusting it replaces the known key."""
+    return HOST_KEY_CHANGED in (node_reason(node) or "")
+
+
+def node_line(node: Mapping[str, Any], clock_text: Callable[[float], str] | None = None
+              ) -> str:
+    """The selected node in one line, the short facts first so that a narrow
+    screen cuts only the reason: its state, last check, round trip, GPUs and
+    jobs, then why it is not up ("node gpu1: DRAINED | check: disk FAIL | rtt
+    3ms | 2 GPUs | jobs 3 | drained: disk swap")."""
+    name = str(node.get("name", "?"))
+    parts = [f"node {name}: {state_word(node_state(node))}",
+             check_verdict(node.get("check"), clock_text)]
+    rtt = rtt_text(node)
+    if rtt:
+        parts.append(f"rtt {rtt}")
+    gpus = len(node.get("gpus") or [])
+    parts.append(f"{gpus} GPU{'s' if gpus != 1 else ''}" if gpus else "no GPU")
+    jobs = node.get("jobs") or []
+    if jobs:
+        parts.append("jobs " + ",".join(str(j) for j in jobs))
+    reason = node_reason(node)
+    if reason:  # the line names the node already: not again inside the engine's reason
+        parts.append(reason.replace(f"{AGENT_ON} {name}: ", "", 1))
+    return " | ".join(parts)

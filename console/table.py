@@ -4,7 +4,9 @@ callback, so 10,000 jobs cost a list of ids, and a refresh repaints the
 few dozen visible lines from plain segments (Textual's DataTable renders
 every cell through Rich and drops its whole cache on any change).
 
-A cell is text, or (text, style) where style is a Rich style string.
+A cell is text, (text, style) where style is a Rich style string, or a
+list of such (text, style) parts drawn one after another (a word styled
+inside plain text), cut or padded to the column as a whole.
 """
 
 from __future__ import annotations
@@ -24,8 +26,16 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-Cell = str | tuple[str, str]
+Cell = str | tuple[str, str] | list[tuple[str, str]]
 Column = tuple[str, int]  # label, width in cells
+
+
+def _text(cell: Cell) -> str:
+    if isinstance(cell, str):
+        return cell
+    if isinstance(cell, list):
+        return "".join(text for text, _ in cell)
+    return cell[0]
 
 
 @lru_cache(maxsize=256)
@@ -125,7 +135,11 @@ class VirtualTable(ScrollView, can_focus=True):
 
     def row_text(self, key: str) -> list[str]:
         """A row's cells as plain text (for tests and the CLI's eye)."""
-        return [c if isinstance(c, str) else c[0] for c in self.cells(key)]
+        return [_text(c) for c in self.cells(key)]
+
+    def column_width(self, index: int) -> int:
+        """The width column `index` is drawn at now (the flex one grows)."""
+        return self._widths[index]
 
     # ------------------------------------------------------------ cursor
     def watch_cursor(self, old: int, new: int) -> None:
@@ -196,9 +210,14 @@ class VirtualTable(ScrollView, can_focus=True):
                 style += self.get_component_rich_style("vtable--even")
         segments: list[Segment] = []
         for i, (w, cell) in enumerate(zip(self._widths, cells, strict=False)):
-            text, extra = (cell, "") if isinstance(cell, str) else cell
             if i:
                 segments.append(Segment(" ", style))
+            if isinstance(cell, list):
+                parts = [Segment(text, style + _style(extra) if extra else style)
+                         for text, extra in cell]
+                segments.extend(Segment.adjust_line_length(parts, w, style))
+                continue
+            text, extra = (cell, "") if isinstance(cell, str) else cell
             segments.append(Segment(set_cell_size(text, w), style + _style(extra)
                                     if extra else style))
         strip = Strip(segments, self._width)

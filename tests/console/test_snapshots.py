@@ -1,5 +1,6 @@
 """Pictures of the screen with fixed data (pytest-textual-snapshot): the
-dashboard, a job's detail (charts, logs, results) and the submit form, at
+dashboard (also on a cluster with a node in each state, a drained one
+selected), a job's detail (charts, logs, results) and the submit form, at
 80x24 and 160x48. Update
 them with `pytest tests/console/test_snapshots.py --snapshot-update` and
 look at the report before committing."""
@@ -120,6 +121,50 @@ def _fixed_paths(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("size", SIZES)
 def test_dashboard(snap_compare: Any, size: tuple[int, int]) -> None:
     assert snap_compare(make_app(), terminal_size=size, run_before=_loaded)
+
+
+def _node(name: str, state: str, reason: str | None, gpus: list[dict[str, Any]],
+          rtt: float | None = None, check: dict[str, Any] | None = None,
+          jobs: tuple[int, ...] = ()) -> dict[str, Any]:
+    return {"name": name, "up": state not in ("down", "untrusted"), "state": state,
+            "state_reason": reason, "rtt_ms": rtt, "drained": state == "drained",
+            "drain_reason": reason.removeprefix("drained: ") if state == "drained" and reason
+            else None, "check": check, "slots": 64, "slots_used": 0, "jobs": list(jobs),
+            "gpus": gpus, "cpu_percent": 12.0, "memory_percent": 40.0}
+
+
+DISK_CHECK = {"node": "gpu1", "ok": False, "time": NOW - 300, "checks": [
+    {"check": "link", "ok": True, "detail": "up, 3 ms"},
+    {"check": "disk", "ok": False, "detail": "0.4 GB free under /scratch/llmconsole"}]}
+CLUSTER = [
+    _node("gpu1", "drained", "drained: disk swap at 14:00", [_gpu(0, 96, 70000, 3),
+                                                            _gpu(1, 94, 69000, 3)],
+          rtt=3.2, check=DISK_CHECK, jobs=(3,)),
+    _node("gpu2", "down", "ssh: connect to host gpu2 port 22: Connection refused",
+          [_gpu(0, None, 0, None)]),
+    _node("gpu3-with-a-long-name", "untrusted", "host key unknown: gpu3 offers ED25519 key "
+          "SHA256:abc, which is not in ~/.ssh/known_hosts", [_gpu(0, None, 0, None)]),
+    _node("gpu4", "suspect", "silent for 12s", [_gpu(0, 40, 1000, None)], rtt=41.0),
+    _node("gpu5", "incompatible", "torch 2.1.0 here, 2.13.0 on the head node",
+          [_gpu(0, 0, 0, None)], rtt=2.0),
+    _node("head", "up", None, [], rtt=0.4),
+]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_dashboard_of_a_cluster_with_a_drained_node(snap_compare: Any,
+                                                    size: tuple[int, int]) -> None:
+    """Every node state in words in the NODE column, the round trips, and
+    under the panel the selected (drained) node's reason and failed check."""
+    bridge = FixedBridge([Snapshot(CLUSTER, JOBS), *METRICS], details=DETAILS)
+    app = LlmConsole(bridge=bridge, clock=lambda: NOW)  # type: ignore[arg-type]
+
+    async def gpu_panel_focused(pilot: Any) -> None:
+        await _loaded(pilot)
+        pilot.app.gpu_table.focus()
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=size, run_before=gpu_panel_focused)
 
 
 async def settle(pilot: Any, lines: int = 1) -> None:

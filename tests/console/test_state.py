@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from console.state import ConsoleState, bar, smoothed, spark
+from console.state import (
+    NODE_STATES,
+    ConsoleState,
+    bar,
+    host_key_changed,
+    host_key_refused,
+    node_line,
+    node_state,
+    rtt_text,
+    smoothed,
+    spark,
+    state_word,
+)
 
 
 def job(id_: int, state: str, name: str = "j") -> dict:
@@ -86,3 +98,46 @@ def test_text_helpers() -> None:
     assert bar(50, 10) == "█████░░░░░" and bar(None, 3) == "-  "
     assert smoothed([1.0, 0.0], 0.5) == [1.0, 0.5]
     assert spark([0, 100], 4) == "▁█"
+
+
+def test_node_events_patch_the_state_word_and_ask_for_the_views_again() -> None:
+    s = ConsoleState()
+    s.load([{"name": "n1", "up": True, "state": "up", "gpus": [], "jobs": []}], [])
+    assert not s.nodes_stale
+    s.apply([{"type": "node", "node": "n1", "up": True, "state": "drained"}])
+    assert node_state(s.nodes["n1"]) == "drained" and s.nodes_stale
+    s.nodes_stale = False
+    s.apply([{"type": "node", "node": "n1", "up": False, "error": "ssh: timeout"}])
+    assert node_state(s.nodes["n1"]) == "down" and s.nodes_stale  # `up` alone says down
+    s.nodes_stale = False
+    assert s.apply([{"type": "nodes-checked", "nodes": ["n1"]}]) == set() and s.nodes_stale
+    s.apply([{"type": "telemetry", "node": "n1", "gpus": [{"index": 0, "util_percent": 5.0}]}])
+    s.load_nodes([{"name": "n1", "up": True, "state": "up", "gpus": [], "jobs": []}])
+    assert node_state(s.nodes["n1"]) == "up" and list(s.gpu_history[("n1", 0)]) == [5.0]
+
+
+def test_a_node_in_words() -> None:
+    check = {"node": "n1", "ok": True, "time": 0.0,
+             "checks": [{"check": "link", "ok": True, "detail": "up"},
+                        {"check": "gpus", "ok": None, "detail": "not asked"}]}
+    up = {"name": "n1", "state": "up", "state_reason": None, "rtt_ms": 0.4,
+          "gpus": [{"index": 0}, {"index": 1}], "jobs": [4, 7], "check": check}
+    assert node_line(up, clock_text=lambda t: "12:03") == \
+        "node n1: up | check ok 12:03 | rtt <1ms | 2 GPUs | jobs 4,7"
+    failed = {**check, "ok": False, "checks": [{"check": "disk", "ok": False, "detail": "0"},
+                                               {"check": "clock", "ok": False, "detail": "9"}]}
+    drained = {**up, "state": "drained", "state_reason": "drained: disk swap", "rtt_ms": 12.6,
+               "gpus": [], "jobs": [], "check": failed}
+    assert node_line(drained) == \
+        "node n1: DRAINED | check: disk, clock FAIL | rtt 13ms | no GPU | drained: disk swap"
+    down = {"name": "n2", "up": False, "rtt_ms": 3.0, "error": "agent on node n2: host key "
+            "unknown: n2 offers ED25519 key SHA256:x", "gpus": [{"index": 0}]}
+    assert node_line(down) == ("node n2: DOWN | not checked | 1 GPU | host key unknown: n2 "
+                               "offers ED25519 key SHA256:x")  # no round trip while down
+    assert rtt_text(down) == "" and host_key_refused(down) and not host_key_changed(down)
+    untrusted = {"name": "n3", "state": "untrusted",
+                 "state_reason": "agent on node n3: host key CHANGED: n3 offers ..."}
+    assert host_key_refused(untrusted) and host_key_changed(untrusted)
+    assert not host_key_refused({**down, "error": "ssh: connection refused"})
+    assert [state_word(w) for w in NODE_STATES] == ["up", "SUSPECT", "DOWN", "UNTRUSTED",
+                                                    "INCOMPATIBLE", "DRAINED"]
