@@ -636,6 +636,13 @@ class Runtime:
             self._end(run, JobState.LOST, cause=lost_cause or f"lost on node {lost.node}",
                       reason=run.failure or lost.lost)
             return
+        elif failing is not None and (away := self._node_away(run)) is not None:
+            # it failed because a node of its allocation went away (horovodrun
+            # ends when the ssh to a rank's node drops): the node lost it
+            self._end(run, JobState.LOST, cause=f"node {away.name} went down",
+                      reason=f"node {away.name} went down ({away.error}); "
+                             f"the job then ended with {_why(failing)}")
+            return
         elif failing is None:
             state, reason = JobState.SUCCEEDED, None
         else:
@@ -648,6 +655,14 @@ class Runtime:
             current = JobState.RUNNING
         self._end(run, state, cause=reason or "exit code 0", reason=reason,
                   exit_code=first.code, from_state=current)
+
+    def _node_away(self, run: Running) -> NodeState | None:
+        """A node of the attempt's allocation that is not connected now."""
+        for name in run.nodes:
+            node = self.nodes.get(name)
+            if node is not None and not node.up:
+                return node
+        return None
 
     def _end(self, run: Running, state: JobState, *, cause: str, reason: str | None,
              exit_code: int | None = None, from_state: JobState | None = None) -> None:
