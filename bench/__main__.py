@@ -6,10 +6,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bench import cluster, console, engine_api, scheduling, workloads
+from bench import cluster, cluster_ssh, console, engine_api, scheduling, workloads
 from bench.harness import Figure, machine, save, table
 
-MODULES = (scheduling, engine_api, console, cluster, workloads)
+MODULES = (scheduling, engine_api, console, cluster, cluster_ssh, workloads)
 
 
 def main(argv: list[str]) -> int:

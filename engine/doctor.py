@@ -2,7 +2,8 @@
 row per check, each ok or not with a detail in words; pure (the runtime
 gathers the facts: the node's state, a probe's answer, when it was asked).
 
-Checks: link (connected, round trip), host key (trusted), software (the
+Checks: link (connected, round trip), ssh (a short command over the node's
+shared connection, timed; remote nodes), host key (trusted), software (the
 head's versions), gpus (seen against the profile), disk (free under the
 node's root), clock (skew against the head), peers (this node reaches the
 others over ssh with strict host keys, the way horovodrun will when it is
@@ -38,6 +39,7 @@ class Facts:
     probe: ProbeResult | None
     asked_at: float | None  # the head's clock when the probe was sent
     answered_at: float | None  # ... and when its answer arrived
+    ssh: tuple[bool, str] | None = None  # a short command over ssh: ok, detail (remote nodes)
 
 
 def _row(check: str, ok: bool | None, detail: str) -> dict[str, Any]:
@@ -51,6 +53,8 @@ def check_node(f: Facts) -> dict[str, Any]:
     rtt = "" if f.rtt_ms is None else f"; round trip {f.rtt_ms:.1f} ms"
     rows.append(_row("link", link_ok and f.state != "suspect",
                      f"{f.state}{rtt}" + (f" ({f.state_reason})" if f.state_reason else "")))
+    if f.ssh is not None:
+        rows.append(_row("ssh", f.ssh[0], f.ssh[1]))
     rows.append(_row("host key", not f.untrusted,
                      "trusted" if not f.untrusted else (f.state_reason or "untrusted")))
     if f.software:

@@ -47,12 +47,15 @@ from engine.model import (
     ClusterSpec,
     Job,
     JobSpec,
+    NodeSpec,
     Placement,
     attempt_key,
     node_root,
 )
 from engine.nodes import ChannelFactory, Nodes, NodeState
 from engine.store import StaleState, Store, UnknownJob
+from engine.transport.base import AgentError
+from engine.transport.ssh import ssh_command
 
 __all__ = ["Caller", "ChannelFactory", "NodeState", "Running", "Runtime", "attempt_view",
            "user_name"]
@@ -320,17 +323,36 @@ class Runtime:
         node = self.nodes[name]
         peers = tuple(wire.Peer(n.host, n.port, n.user, n.identity, self.cluster.known_hosts)
                       for n in self.cluster.nodes if n.host is not None and n.name != name)
-        answer = await self.nodes.probe(name, peers, doctor.PROBE_TIMEOUT_S)
+        answer, ssh = await asyncio.gather(
+            self.nodes.probe(name, peers, doctor.PROBE_TIMEOUT_S),
+            asyncio.to_thread(self._ssh_round_trip, node.spec))
         now = self.clock()
         result = doctor.check_node(doctor.Facts(
             name=name, state=node.condition(now).value, state_reason=node.state_reason(now),
             rtt_ms=node.rtt_ms, untrusted=node.untrusted, incompatible=node.incompatible,
             software=node.software, gpus_expected=node.spec.gpus, gpus_seen=node.gpus_seen,
             probe=answer[0] if answer else None, asked_at=answer[1] if answer else None,
-            answered_at=now if answer else None))
+            answered_at=now if answer else None, ssh=ssh))
         result["time"] = now
         node.check = result
         return result
+
+    def _ssh_round_trip(self, spec: NodeSpec) -> tuple[bool, str] | None:
+        """A short command over the node's shared ssh connection, timed
+        (None for the head node, which is reached without ssh)."""
+        if spec.is_local:
+            return None
+        started = time.monotonic()
+        try:
+            done = ssh_command(spec, ["true"], home=self.home,
+                               known_hosts=self.cluster.known_hosts)
+        except AgentError as err:
+            return False, str(err)
+        took = (time.monotonic() - started) * 1000.0
+        if done.returncode != 0:
+            last = (done.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1]
+            return False, f"ssh {spec.host} true exited {done.returncode}: {last[:200]}"
+        return True, f"a short command in {took:.0f} ms"
 
     def _admin_node(self, node_name: str, caller: Caller, verb: str) -> NodeState:
         node = self.nodes.get(node_name)

@@ -75,6 +75,12 @@ def test_an_engine_with_the_head_node_and_two_test_hosts(
         assert all(name in listed for name in ("head", "node1", "node2"))
         checked = json.loads(engine.cli("nodes", "check", "--json", check=False).stdout)
         assert sorted(r["node"] for r in checked) == ["head", "node1", "node2"]
+        by_node = {r["node"]: {c["check"]: c for c in r["checks"]} for r in checked}
+        for name in ("node1", "node2"):  # reached over ssh: timed, and the peers answer
+            assert by_node[name]["ssh"]["ok"], by_node[name]
+            assert by_node[name]["ssh"]["detail"].startswith("a short command in")
+            assert by_node[name]["peers"]["ok"], by_node[name]["peers"]
+        assert "ssh" not in by_node["head"]
 
         canary = tmp_path / "canary"
         strings = hostile_strings(canary)
