@@ -125,6 +125,7 @@ class LlmConsole(App[None]):
     .error { color: $error; height: auto; }
     #dialog { width: 64; max-width: 100%; height: auto; border: thick $warning; padding: 1 2;
               background: $surface; }
+    #dialog Label { width: 1fr; }
     #jobtitle { height: auto; background: $panel; }
     #logsearch { display: none; }
     #logsearch.shown { display: block; }
@@ -179,6 +180,7 @@ class LlmConsole(App[None]):
         self._node_text = ""
         self._gpu_table: VirtualTable | None = None
         self._questions: set[threading.Event] = set()  # a worker waits on the user
+        self._busy: set[str] = set()  # node actions under way ("check", "trust"): once each
 
     # ------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -606,11 +608,20 @@ class LlmConsole(App[None]):
             return
         self.call_from_thread(self.notify, f"node {name}: {state_word(node_state(view))}")
 
-    def action_check_nodes(self) -> None:
-        self.notify("checking every node (C)...", timeout=3)
-        self.check_nodes()
+    def _start(self, job: str) -> bool:
+        """Mark a node action as under way; False (and said) if it already is."""
+        if job in self._busy:
+            self.notify(f"a {job} is under way already; its answer comes", severity="warning")
+            return False
+        self._busy.add(job)
+        return True
 
-    @work(thread=True, exclusive=True, group="check")
+    def action_check_nodes(self) -> None:
+        if self._start("check"):
+            self.notify("checking every node...", timeout=3)
+            self.check_nodes()
+
+    @work(thread=True, group="check")
     def check_nodes(self) -> None:
         """`nodes check` on every node: the verdict as a toast, the table in
         a dialog (the nodes' views are fetched again on the engine's
@@ -621,6 +632,8 @@ class LlmConsole(App[None]):
             self.call_from_thread(self.notify, f"nodes check: {err}", severity="error",
                                   timeout=8)
             return
+        finally:
+            self._busy.discard("check")
         self.call_from_thread(self._checked, results)
 
     def _checked(self, results: list[dict[str, Any]]) -> None:
@@ -638,9 +651,10 @@ class LlmConsole(App[None]):
             self.notify(f"node {name} is {state_word(state)} and ssh does not refuse its host "
                         "key: T trusts the key of an UNTRUSTED node", severity="warning")
             return
-        self.trust_node(name, host_key_changed(node))
+        if self._start("trust"):
+            self.trust_node(name, host_key_changed(node))
 
-    @work(thread=True, exclusive=True, group="trust")
+    @work(thread=True, group="trust")
     def trust_node(self, name: str, replace: bool) -> None:
         """Scan the node's host key, ask with its fingerprint shown, and write
         it to the cluster's known_hosts (engine.hostkeys, as `llmconsole
@@ -658,6 +672,8 @@ class LlmConsole(App[None]):
             self.call_from_thread(self.notify, f"trust node {name}: {err}", severity="error",
                                   timeout=10)
             return
+        finally:
+            self._busy.discard("trust")
         key = f"{done.key.label} key {done.key.fingerprint}"
         note = (f"node {name}: {key} written to {done.file}; the engine connects at its "
                 "next try" if done.added else

@@ -93,6 +93,12 @@ class VirtualTable(ScrollView, can_focus=True):
         self._widths = [w for _, w in self.columns]
         self._width = sum(self._widths) + len(self._widths) - 1
 
+    def watch_show_vertical_scrollbar(self) -> None:
+        """The scrollbar takes width from the flex column, not a horizontal
+        scrollbar's line from the rows (it comes after the last resize when
+        rows outgrow the height)."""
+        self.on_resize()
+
     def on_resize(self) -> None:
         if self.flex is None:
             return

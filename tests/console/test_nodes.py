@@ -17,6 +17,7 @@ import pytest
 from textual.widgets import DataTable, Input, Static
 
 from console.app import LlmConsole
+from console.bridge import FixedBridge, Snapshot
 from console.screens import MAX_DRAIN_REASON, CheckScreen, ConfirmScreen, ReasonScreen
 from console.table import VirtualTable
 from engine.runtime import MAX_DRAIN_REASON as ENGINE_MAX_DRAIN_REASON
@@ -286,3 +287,25 @@ async def test_a_changed_host_key_is_said_and_trust_replaces_it(
         await pilot.press("y")
         await until(pilot, lambda: "written to" in notes(app), timeout=60)
         assert known_hosts.read_text() == ssh_host.known_line("node1")
+
+
+async def test_the_node_keys_are_in_the_palette_and_the_help_only_on_the_dashboard() -> None:
+    app = LlmConsole(bridge=FixedBridge([Snapshot([{"name": "n1", "up": True, "gpus": [],
+                                                   "jobs": []}], [])]))
+    node_keys = {"drain-node": "D", "undrain-node": "U", "check-nodes": "C",
+                 "trust-node": "T"}
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.drain()
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert {"Drain (D)", "Undrain (U)", "Check (C)", "Trust (T)"} <= set(titles)
+        bindings = {b.binding.id: key for key, b in app.screen.active_bindings.items()}
+        assert {i: bindings.get(i) for i in node_keys} == node_keys  # what ? lists
+        await pilot.press("question_mark")
+        await until(pilot, lambda: bool(app.screen.query("KeyPanel")))
+        app.push_screen(CheckScreen([]))
+        await until(pilot, lambda: isinstance(app.screen, CheckScreen))
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert not {"Drain (D)", "Check (C)"} & set(titles)
+        await pilot.press("C")  # not on another screen
+        await pilot.pause(0.2)
+        assert "checking" not in notes(app)
