@@ -54,7 +54,7 @@ def _jobs_table(jobs: list[dict[str, Any]]) -> str:
         return "no jobs here (`llmconsole jobs --all` lists ended ones too)"
     rows = [[str(j["id"]), _cut(_printable(j["name"]), NAME_WIDTH), j["kind"], j["state"],
              str(j["attempt"]), _printable(j["owner"]), _age(j["submitted_at"]), _where(j),
-             _printable(j.get("reason") or "")]
+             _printable(j.get("reason") or j.get("waiting") or "")]
             for j in jobs]
     return _table(rows, ["ID", "NAME", "KIND", "STATE", "TRY", "OWNER", "AGE", "WHERE", "REASON"])
 
@@ -65,7 +65,8 @@ def _show(job: dict[str, Any]) -> str:
     lines = [
         f"job {job['id']}: {_printable(job['name'])}",
         f"  state      {job['state']} (attempt {job['attempt']})"
-        + (f" - {_printable(job['reason'])}" if job.get("reason") else ""),
+        + (f" - {_printable(job['reason'])}" if job.get("reason") else "")
+        + (f" - {_printable(job['waiting'])}" if job.get("waiting") else ""),
         f"  kind       {job['kind']}, launcher {job['launcher']}, "
         f"profile {_printable(job['profile'])}",
         f"  owner      {_printable(job['owner'])} (uid {job['owner_uid']}), "

@@ -113,6 +113,7 @@ class Runtime:
         self._load_drains()
         self.running: dict[str, Running] = {}
         self._reaps_due: dict[str, dict[str, wire.Reap]] = {}  # node -> attempt -> reap
+        self._waiting: dict[int, str] = {}  # queued job -> why it did not start
         self._kick = asyncio.Event()
         self._deps_dirty = True
         self._tasks: list[asyncio.Task[None]] = []
@@ -393,7 +394,17 @@ class Runtime:
         return views.node_views(self.nodes, self.running.values(), self.clock())
 
     def job_view(self, job: Job) -> dict[str, Any]:
-        return views.job_view(job, self.running.get(attempt_key(job.id, job.attempt)))
+        return views.job_view(job, self.running.get(attempt_key(job.id, job.attempt)),
+                              self.waiting_reason(job))
+
+    def waiting_reason(self, job: Job) -> str | None:
+        """Why a waiting job has not started: its dependencies (held), or
+        what the last scheduling pass found (queued)."""
+        if job.state is JobState.HELD:
+            return "waiting for " + ", ".join(f"job {p}" for p in job.after) + " to succeed"
+        if job.state is JobState.QUEUED:
+            return self._waiting.get(job.id, "waiting for the next scheduling pass")
+        return None
 
     # ----------------------------------------------------------- scheduling
     async def _schedule_loop(self) -> None:
@@ -412,11 +423,13 @@ class Runtime:
             self._resolve_dependencies()
         pending = self.store.pending()
         if not pending:
+            self._waiting.clear()
             return 0
         by_id = {j.id: j for j in pending}
         assignments = scheduler.schedule(
             [_pending(j.id, j.spec) for j in pending], self._capacities()
         )
+        placed = {a.job_id for a in assignments}
         for a in assignments:
             job = by_id[a.job_id]
             where = ", ".join(f"{p.node}" + (f" GPUs {list(p.gpus)}" if p.gpus else "")
@@ -433,7 +446,21 @@ class Runtime:
             self.running[run.key] = run
             self._launch(run)
             self._announce(job.id)
+        self._explain_waits([j for j in pending if j.id not in placed])
         return len(assignments)
+
+    def _explain_waits(self, waiting: Sequence[Job]) -> None:
+        """Why each queued job that did not start waits, in words, from what
+        is free after this pass; a job whose reason changed is published."""
+        caps = self._capacities()
+        now = self.clock()
+        states = {n.name: n.condition(now).value for n in self.nodes}
+        reasons = {j.id: scheduler.wait_reason(_pending(j.id, j.spec), caps, states)
+                   for j in waiting}
+        changed = [j for j in waiting if self._waiting.get(j.id) != reasons[j.id]]
+        self._waiting = reasons
+        for job in changed:
+            self._publish_job(job)
 
     def _resolve_dependencies(self) -> None:
         held = self.store.held()

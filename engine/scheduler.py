@@ -412,6 +412,51 @@ def unplaceable_reason(job: PendingJob, nodes: Sequence[NodeCapacity]) -> str | 
     return None
 
 
+def wait_reason(job: PendingJob, nodes: Sequence[NodeCapacity],
+                states: Mapping[str, str] | None = None) -> str:
+    """Why a queued job did not start at the last pass, in words, from what is
+    free now: "needs 1 node with 2 CPU slots free; 0 of 1 up nodes has that
+    now (local: 1 of 2 slots free)", with the nodes that take no work named
+    by their state ("node gpu2 drained"). `states`: node name -> its state
+    word, for nodes that are not up."""
+    states = states or {}
+    pool = list(nodes)
+    if job.nodes_with:
+        wanted = frozenset(job.nodes_with)
+        pool = [node for node in nodes if wanted <= _tags(node)]
+    away = [node for node in pool if not node.up]
+    up = [node for node in pool if node.up]
+    shape = _shape(job)
+    fits = [node for node in up if _fits_now(node, shape)]
+    scope = (" with " + ", ".join(job.nodes_with)) if job.nodes_with else ""
+    memory = f", {job.memory_gb:g} GB memory" if job.memory_gb > 0 else ""
+    gpus = f"{_plural(job.gpus_per_node, 'GPU')} and " if job.gpus_per_node else ""
+    if len(fits) >= job.nodes:
+        why = "behind jobs of higher priority or earlier, which the free resources are kept for"
+    else:
+        free = ", ".join(
+            f"{node.name}: {node.free_slots} of {node.slots} slots"
+            + (f", {len(node.free_gpus)} of {node.gpus} GPUs" if node.gpus else "") + " free"
+            for node in up[:4]) + (", ..." if len(up) > 4 else "")
+        why = (f"needs {_plural(job.nodes, 'node')}{scope} with {gpus}"
+               f"{_plural(job.cpus, 'CPU slot')}{memory} free; {len(fits)} of "
+               f"{_plural(len(up), 'up node')} {'has' if len(fits) == 1 else 'have'} that now"
+               + (f" ({free})" if up else ""))
+    if away:
+        why += "; " + ", ".join(f"node {node.name} {states.get(node.name, 'down')}"
+                                for node in away[:4]) + (", ..." if len(away) > 4 else "")
+    return why
+
+
+def _fits_now(node: NodeCapacity, shape: _Shape) -> bool:
+    _nodes, gpus_per_node, cpus, memory_gb, _with = shape
+    if len(node.free_gpus) < gpus_per_node or node.free_slots < cpus:
+        return False
+    if node.memory_gb is None or node.free_memory_gb is None:
+        return True
+    return node.free_memory_gb >= memory_gb
+
+
 def _cycles(held: Sequence[HeldJob]) -> dict[int, tuple[int, ...]]:
     """Held jobs that wait, directly or not, on themselves, each mapped to
     the sorted members of its cycle. Tarjan's strongly connected components,

@@ -16,8 +16,9 @@ def placement_view(p: Placement) -> dict[str, Any]:
     return {"node": p.node, "gpus": list(p.gpus), "cpus": p.cpus}
 
 
-def job_view(job: Job, run: Running | None) -> dict[str, Any]:
-    """`run`: the job's current attempt if it holds resources."""
+def job_view(job: Job, run: Running | None, waiting: str | None = None) -> dict[str, Any]:
+    """`run`: the job's current attempt if it holds resources; `waiting`:
+    why a held or queued job has not started, in words."""
     return {
         "id": job.id,
         "name": job.spec.name,
@@ -33,6 +34,7 @@ def job_view(job: Job, run: Running | None) -> dict[str, Any]:
         "updated_at": job.updated_at,
         "after": list(job.after),
         "reason": job.reason,
+        "waiting": waiting,
         "exit_code": job.exit_code,
         "placements": [placement_view(p) for p in run.placements] if run else [],
         "resources": job.spec.to_dict()["resources"],

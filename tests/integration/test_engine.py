@@ -500,3 +500,28 @@ def test_priority_reorders_waiting_jobs_and_is_refused_once_running(
     done = [engine.wait_state(j, {"succeeded"}, timeout=30) for j in (first, second)]
     started = [d["attempts"][-1]["started_at"] for d in done]
     assert started[1] < started[0], "the higher-priority job should have started first"
+
+
+def test_a_waiting_job_says_why_in_jobs_and_show(engine: EngineHandle) -> None:
+    slots = os.cpu_count() or 1
+    engine.write_profile("hog", command_profile(
+        [sys.executable, "-c", "import time; time.sleep(60)"]) + f"[resources]\ncpus = {slots}\n")
+    engine.write_profile("quick", command_profile([sys.executable, "-c", "print(1)"]))
+    hog = engine.submit("hog")
+    engine.wait_state(hog, {"running"})
+    waits = engine.submit("quick")
+    after = engine.submit("quick", "--after", str(waits))
+    deadline = time.monotonic() + 20
+    while "CPU slot" not in (engine.job(waits).get("waiting") or ""):
+        assert time.monotonic() < deadline, engine.job(waits)
+        time.sleep(0.1)
+    reason = engine.job(waits)["waiting"]
+    assert reason.startswith("needs 1 node with 1 CPU slot free; 0 of 1 up node have that")
+    assert f"local: 0 of {slots} slots free" in reason
+    assert engine.job(after)["waiting"] == f"waiting for job {waits} to succeed"
+    listing = engine.cli("jobs").stdout
+    assert "needs 1 node with 1 CPU slot free" in listing
+    assert f"waiting for job {waits} to succeed" in engine.cli("show", str(after)).stdout
+    engine.cli("cancel", str(hog))
+    engine.wait_state(after, {"succeeded"})
+    assert engine.job(after)["waiting"] is None

@@ -743,3 +743,17 @@ def test_dependency_decision_matches_parent_states(
             assert h.job_id in decision.release
         else:
             assert h.job_id not in decision.release and h.job_id not in failed
+
+
+def test_a_waiting_job_is_told_why_in_words() -> None:
+    from engine.scheduler import NodeCapacity, PendingJob, wait_reason
+
+    busy = NodeCapacity("local", gpus=0, free_gpus=(), slots=2, free_slots=0)
+    drained = NodeCapacity("gpu2", gpus=8, free_gpus=tuple(range(8)), slots=8, free_slots=8,
+                           up=False)
+    job = PendingJob(job_id=3, priority=0, seq=3, nodes=1, gpus_per_node=0, cpus=2)
+    assert wait_reason(job, [busy, drained], {"gpu2": "drained"}) == (
+        "needs 1 node with 2 CPU slots free; 0 of 1 up node have that now "
+        "(local: 0 of 2 slots free); node gpu2 drained")
+    free = NodeCapacity("local", gpus=0, free_gpus=(), slots=2, free_slots=2)
+    assert wait_reason(job, [free]).startswith("behind jobs of higher priority")
