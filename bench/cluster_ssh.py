@@ -146,10 +146,12 @@ def _engine_figures(hosts: SshHosts) -> dict[str, float]:
             assert time.perf_counter() - submitted < RUN_TIMEOUT_S
             time.sleep(0.02)
         to_running = time.perf_counter() - submitted
-        _wait(engine, int(two["id"]), {"succeeded", "failed"})
-        one = engine.json("submit", "pretrain-tiny", *_sets(
-            "resources.nodes=1", "resources.cpus=2", 'resources.nodes_with=["node1"]'))
-        _wait(engine, int(one["id"]), {"succeeded", "failed"})
+        for job in (two, engine.json("submit", "pretrain-tiny", *_sets(
+                "resources.nodes=1", "resources.cpus=2", 'resources.nodes_with=["node1"]'))):
+            ended = _wait(engine, int(job["id"]), {"succeeded", "failed"})
+            assert ended["state"] == "succeeded", (
+                ended, engine.cli("logs", str(job["id"])).stdout[-2000:])
+        one = job
         ratio = _tokens_per_s(engine, int(two["id"])) / max(
             _tokens_per_s(engine, int(one["id"])), 1e-9)
 

@@ -78,7 +78,9 @@ def launch_argv(
     per_node = ranks_per_node(spec)
     total = per_node * len(placements)
     if spec.launcher == "horovodrun":
-        hosts = ",".join(f"{_host(nodes[p.node])}:{per_node}" for p in placements)
+        # on one node the launch runs there: localhost, so horovodrun needs no ssh
+        hosts = f"localhost:{per_node}" if len(placements) == 1 else \
+            ",".join(f"{_host(nodes[p.node])}:{per_node}" for p in placements)
         wrapped = [launcher_program("horovodrun", python), "-np", str(total), "-H", hosts]
         if len(placements) > 1:
             wrapped = [*sshwrap_prefix(placements, nodes, python, known_hosts), *wrapped]

@@ -143,3 +143,31 @@ def test_an_untrusted_host_runs_nothing_until_nodes_trust(
     finally:
         engine.close()
         kill_naming(roots)
+
+
+def test_horovodrun_on_one_remote_node_runs_there_without_ssh(
+        engine: EngineHandle, ssh_hosts: SshHosts, tmp_path: Path) -> None:
+    from engine.client import EngineClient
+
+    roots = tmp_path / "roots"
+    profile = ssh_hosts.cluster_profile(tmp_path / "cluster.toml", roots=roots)
+    engine.env.update(ssh_hosts.env())
+    engine.serve("--cluster", str(profile))
+    try:
+        wait_nodes(engine, {"head": "up", "node1": "up", "node2": "up"})
+        code = ("import os; print('rank', os.environ['HOROVOD_RANK'], "
+                "os.environ['LLMCONSOLE_RUN_DIR'])")
+        spec = {"name": "two ranks on node2", "kind": "train", "launcher": "horovodrun",
+                "argv": [sys.executable, "-c", code],
+                "resources": {"nodes": 1, "cpus": 2, "nodes_with": ["node2"]}}
+        with EngineClient(engine.home / "engine.sock") as client:
+            job_id = int(client.submit(spec)["id"])
+        job = engine.wait_state(job_id, {"succeeded", "failed"}, timeout=120)
+        lines = job_lines(engine, job_id)
+        assert job["state"] == "succeeded", (job, lines[-20:])
+        ranks = sorted(line.split(":rank ")[1] for line in lines if ":rank " in line)
+        run_dir = str(roots / "node2" / "runs" / f"{job_id}.1")
+        assert ranks == [f"0 {run_dir}", f"1 {run_dir}"], lines  # both, launched on node2
+    finally:
+        engine.close()
+        kill_naming(roots)

@@ -174,3 +174,10 @@ def test_the_head_node_launches_when_it_is_in_the_allocation() -> None:
     assert part.node == "head"
     hosts = part.argv[part.argv.index("-H") + 1]
     assert hosts == "localhost:1,10.0.0.2:1"  # localhost is the launching node itself
+
+
+def test_horovodrun_on_one_remote_node_runs_there_without_ssh() -> None:
+    nodes = {"b": NodeSpec("b", host="10.0.0.2")}
+    s = spec(launcher="horovodrun", resources=Resources(nodes=1, cpus=2))
+    argv = launch_argv(s, [Placement("b", (), 2)], nodes, python="/nonexistent/python")
+    assert argv[:5] == ["horovodrun", "-np", "2", "-H", "localhost:2"]
