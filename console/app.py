@@ -59,6 +59,10 @@ from engine import pipelines
 from engine.errors import EngineError, UserError
 
 DRAIN_INTERVAL = 0.25
+#: The nodes' views are fetched again this often (and on every "node" event):
+#: the engine pings each node every 5 s, and a new round trip, or a suspect
+#: node's growing silence, comes with no event.
+NODES_REFRESH_S = 5.0
 GPU_COLUMNS = (("NODE", 13), ("GPU", 3), ("UTIL", 10), ("MEMORY", 13), ("TEMP", 4),
                ("JOB", 10), ("HISTORY", 12))
 JOB_COLUMNS = (("ID", 5), ("NAME", 14), ("KIND", 8), ("OWNER", 6), ("STATE", 9), ("RES", 5),
@@ -177,6 +181,8 @@ class LlmConsole(App[None]):
         self._job_screen: JobScreen | None = None
         self._nodes_asked = 0  # refetches of the nodes asked for, and the newest shown
         self._nodes_shown = 0
+        self._nodes_fetching = False  # one fetch at a time; `_nodes_again`: one more after
+        self._nodes_again = False
         self._node_text = ""
         self._gpu_table: VirtualTable | None = None
         self._questions: set[threading.Event] = set()  # a worker waits on the user
@@ -201,6 +207,7 @@ class LlmConsole(App[None]):
         self.bridge.start()
         self.set_interval(DRAIN_INTERVAL, self.drain)
         self.set_interval(1.0, self._tick)
+        self.set_interval(NODES_REFRESH_S, self._refresh_nodes)
 
     DASHBOARD_ONLY = frozenset({"toggle_ended", "filter", "clear_filter", "show_job",
                                 "show_logs", "sort_jobs", "drain_node", "undrain_node",
@@ -261,8 +268,7 @@ class LlmConsole(App[None]):
         changed |= self.state.apply(events)
         if self.state.nodes_stale:
             self.state.nodes_stale = False
-            self._nodes_asked += 1
-            self.load_nodes(self._nodes_asked)
+            self.ask_nodes()
         if self._job_screen is not None:
             self._feed_job_screen(self._job_screen, events, changed)
         if "nodes" in changed:
@@ -386,23 +392,40 @@ class LlmConsole(App[None]):
                         severity="warning")
         return node
 
+    def _refresh_nodes(self) -> None:
+        if self.state.connected:
+            self.ask_nodes()
+
+    def ask_nodes(self) -> None:
+        """Fetch the nodes' views again: one fetch at a time, and one more
+        after it when asked meanwhile (so no change is missed)."""
+        if self._nodes_fetching:
+            self._nodes_again = True
+            return
+        self._nodes_fetching, self._nodes_again = True, False
+        self._nodes_asked += 1
+        self.load_nodes(self._nodes_asked)
+
     @work(thread=True, group="nodes")
     def load_nodes(self, asked: int) -> None:
-        """The nodes' views again (after a "node" or "nodes-checked" event):
-        their reasons, round trips and checks, which events do not carry."""
+        """The nodes' views (after a "node" or "nodes-checked" event, and
+        every NODES_REFRESH_S): their reasons, round trips and checks, which
+        events do not carry."""
         try:
-            nodes = self.bridge.nodes()
+            nodes: list[dict[str, Any]] | None = self.bridge.nodes()
         except EngineError:
-            return  # the event stream's banner says the engine is gone
+            nodes = None  # the event stream's banner says the engine is gone
         self.call_from_thread(self._nodes_loaded, asked, nodes)
 
-    def _nodes_loaded(self, asked: int, nodes: list[dict[str, Any]]) -> None:
-        if asked <= self._nodes_shown:  # a later fetch (or snapshot) is already shown
-            return
-        self._nodes_shown = asked
-        self.state.load_nodes(nodes)
-        self.render_gpus()
-        self.render_status()
+    def _nodes_loaded(self, asked: int, nodes: list[dict[str, Any]] | None) -> None:
+        self._nodes_fetching = False
+        if nodes is not None and asked > self._nodes_shown:  # else a snapshot came since
+            self._nodes_shown = asked
+            self.state.load_nodes(nodes)
+            self.render_gpus()
+            self.render_status()
+        if self._nodes_again:
+            self.ask_nodes()
 
     def job_cells(self, key: str) -> list[Cell]:
         job = self.state.jobs.get(int(key))

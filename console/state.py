@@ -140,7 +140,7 @@ class ConsoleState:
     def _telemetry(self, event: Mapping[str, Any]) -> None:
         name = str(event.get("node"))
         node = self.nodes.setdefault(name, {"name": name, "gpus": [], "jobs": [], "up": True})
-        for key in ("cpu_percent", "memory_percent", "load"):
+        for key in ("cpu_percent", "memory_percent", "load", "rtt_ms"):
             if key in event:
                 node[key] = event[key]
         known = {g.get("index"): g for g in node.get("gpus") or []}

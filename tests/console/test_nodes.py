@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable, Input, Static
 
-from console.app import LlmConsole
+from console.app import NODES_REFRESH_S, LlmConsole
 from console.bridge import FixedBridge, Snapshot
 from console.screens import MAX_DRAIN_REASON, CheckScreen, ConfirmScreen, ReasonScreen
 from console.table import VirtualTable
@@ -145,6 +145,10 @@ async def test_check_runs_nodes_check_and_lists_every_check_in_a_dialog(
         await until(pilot, lambda: not isinstance(app.screen, CheckScreen))
         # the engine's "nodes-checked" event: the nodes are fetched again
         await until(pilot, lambda: "| check ok " in node_text(app))
+        # and every few seconds: the round trip of the engine's pings (every 5 s)
+        await until(pilot, lambda: node_cell(app, "local").endswith("ms"),
+                    timeout=3 * NODES_REFRESH_S)
+        assert "| rtt " in node_text(app)
 
 
 @pytest.fixture
