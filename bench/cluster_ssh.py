@@ -41,6 +41,9 @@ SMALL = ["model=micro", "max_docs=400", "block_size=64", "vocab_size=512", "batc
 
 
 def _sets(*extra: str) -> list[str]:
+    # One thread per rank: every "node" is this machine, and a rank alone on its
+    # node would take all its cores, so two "nodes" would run 4 threads on 2.
+    extra = ("env.OMP_NUM_THREADS=1", *extra)
     words = [w for item in SMALL for w in ("--set", f"args.{item}")]
     return [*words, *[w for item in extra for w in ("--set", item)]]
 

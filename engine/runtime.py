@@ -394,8 +394,18 @@ class Runtime:
         return views.node_views(self.nodes, self.running.values(), self.clock())
 
     def job_view(self, job: Job) -> dict[str, Any]:
-        return views.job_view(job, self.running.get(attempt_key(job.id, job.attempt)),
-                              self.waiting_reason(job))
+        return self.job_views([job])[0]
+
+    def job_views(self, jobs: Sequence[Job]) -> list[dict[str, Any]]:
+        """Views of many jobs with two reads of the store (progress and run
+        times of their current attempts), whatever their number."""
+        keys = [(j.id, j.attempt) for j in jobs]
+        progress = self.store.progress(keys)
+        times = self.store.run_times(keys)
+        return [views.job_view(j, self.running.get(attempt_key(j.id, j.attempt)),
+                               self.waiting_reason(j), progress.get((j.id, j.attempt)),
+                               times.get((j.id, j.attempt), (None, None)))
+                for j in jobs]
 
     def waiting_reason(self, job: Job) -> str | None:
         """Why a waiting job has not started: its dependencies (held), or

@@ -218,7 +218,7 @@ async def submit_batch(request: web.Request) -> web.Response:
         except BadRequest as err:
             raise BadRequest(f"jobs[{index}]: {err.message}") from None
     jobs = rt.submit_many(parsed, caller(request))
-    return web.json_response([rt.job_view(j) for j in jobs], status=201)
+    return web.json_response(rt.job_views(jobs), status=201)
 
 
 def _after(value: Any, index: int | None = None) -> list[int | BatchRef]:
@@ -257,7 +257,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     owner = _int_param(request, "owner", 0, 2**32 - 1)
     limit = _int_param(request, "limit", 1)
     jobs = rt.store.list_jobs(states=states, owner_uid=owner, limit=limit)
-    return web.json_response([rt.job_view(j) for j in jobs])
+    return web.json_response(rt.job_views(jobs))
 
 
 async def show_job(request: web.Request) -> web.Response:

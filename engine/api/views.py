@@ -10,15 +10,20 @@ from engine.identity import user_name
 from engine.ingest import Running
 from engine.model import Attempt, Job, Placement, output_dir
 from engine.nodes import NodeState
+from engine.store import Progress
 
 
 def placement_view(p: Placement) -> dict[str, Any]:
     return {"node": p.node, "gpus": list(p.gpus), "cpus": p.cpus}
 
 
-def job_view(job: Job, run: Running | None, waiting: str | None = None) -> dict[str, Any]:
+def job_view(job: Job, run: Running | None, waiting: str | None = None,
+             progress: Progress | None = None,
+             times: tuple[float | None, float | None] = (None, None)) -> dict[str, Any]:
     """`run`: the job's current attempt if it holds resources; `waiting`:
-    why a held or queued job has not started, in words."""
+    why a held or queued job has not started, in words; `progress`: the
+    current attempt's latest step, total, loss and tokens/s; `times`: when
+    the current attempt started and ended (RUN time is between them)."""
     return {
         "id": job.id,
         "name": job.spec.name,
@@ -39,6 +44,11 @@ def job_view(job: Job, run: Running | None, waiting: str | None = None) -> dict[
         "placements": [placement_view(p) for p in run.placements] if run else [],
         "resources": job.spec.to_dict()["resources"],
         "output": output_dir(job.spec),
+        "started_at": times[0],
+        "ended_at": times[1],
+        "progress": None if progress is None else {
+            "step": progress.step, "total": progress.total, "loss": progress.loss,
+            "tokens_per_s": progress.tokens_per_s, "time": progress.time},
     }
 
 

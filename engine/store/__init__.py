@@ -9,12 +9,13 @@ contracts and `engine.store.migrations` for the schema.
                          placements=[Placement("node1", (0, 1), 8)])
 """
 
-from engine.store.db import Store, TelemetryHistory, default_path
+from engine.store.db import Progress, Store, TelemetryHistory, default_path
 from engine.store.errors import StaleState, StoreError, UnknownJob
 from engine.store.records import MetricPoint, TelemetryRow
 
 __all__ = [
     "MetricPoint",
+    "Progress",
     "StaleState",
     "Store",
     "StoreError",

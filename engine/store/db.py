@@ -368,6 +368,49 @@ def _float_or_nan(value: float | None) -> float:
     return math.nan if value is None else float(value)
 
 
+@dataclass(frozen=True)
+class Progress:
+    """An attempt's latest step (and total steps, loss, tokens/s when its
+    points said them), and when."""
+
+    step: int
+    total: int | None
+    loss: float | None
+    tokens_per_s: float | None
+    time: float
+
+
+_UPSERT_PROGRESS = (
+    "INSERT INTO job_progress (job_id, attempt, step, total, loss, tokens_per_s, time)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (job_id, attempt) DO UPDATE SET"
+    " step = MAX(step, excluded.step),"
+    " total = COALESCE(excluded.total, total),"
+    " loss = CASE WHEN excluded.step >= step THEN COALESCE(excluded.loss, loss) ELSE loss END,"
+    " tokens_per_s = CASE WHEN excluded.step >= step"
+    "   THEN COALESCE(excluded.tokens_per_s, tokens_per_s) ELSE tokens_per_s END,"
+    " time = MAX(time, excluded.time)"
+)
+
+
+def _progress_rows(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Metric rows (job, attempt, step, name, value, time) -> one progress
+    row per attempt: its last step, and the last values there of total
+    steps, loss and tokens/s."""
+    latest: dict[tuple[int, int], dict[str, Any]] = {}
+    for job_id, attempt, step, name, value, when in rows:
+        p = latest.setdefault((job_id, attempt), {"step": step, "time": when})
+        if step > p["step"]:
+            p.update(step=step, loss=None, tokens_per_s=None)
+        p["time"] = max(p["time"], when)
+        if step == p["step"] and value is not None and name in ("loss", "tokens_per_s"):
+            p[name] = value
+        if name == "total_steps" and value is not None:
+            p["total"] = int(value)
+    return [(j, a, p["step"], p.get("total"), p.get("loss"), p.get("tokens_per_s"), p["time"])
+            for (j, a), p in latest.items()]
+
+
 class Store:
     """See the module docstring for the contracts."""
 
@@ -903,6 +946,32 @@ class Store:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 rows,
             )
+            conn.executemany(_UPSERT_PROGRESS, _progress_rows(rows))
+
+    def progress(self, keys: Collection[tuple[int, int]]) -> dict[tuple[int, int], Progress]:
+        """The latest progress of each (job id, attempt) asked for that has
+        reported any metric point."""
+        if not keys:
+            return {}
+        rows = self._rows(
+            "SELECT p.job_id, p.attempt, p.step, p.total, p.loss, p.tokens_per_s, p.time"
+            " FROM job_progress p JOIN json_each(?) k"
+            " ON p.job_id = json_extract(k.value, '$[0]')"
+            " AND p.attempt = json_extract(k.value, '$[1]')",
+            (json.dumps([[int(j), int(a)] for j, a in keys]),))
+        return {(r[0], r[1]): Progress(*r[2:]) for r in rows}
+
+    def run_times(self, keys: Collection[tuple[int, int]]
+                  ) -> dict[tuple[int, int], tuple[float | None, float | None]]:
+        """(started_at, ended_at) of each (job id, attempt) asked for."""
+        if not keys:
+            return {}
+        rows = self._rows(
+            "SELECT a.job_id, a.number, a.started_at, a.ended_at FROM attempts a"
+            " JOIN json_each(?) k ON a.job_id = json_extract(k.value, '$[0]')"
+            " AND a.number = json_extract(k.value, '$[1]')",
+            (json.dumps([[int(j), int(a)] for j, a in keys]),))
+        return {(r[0], r[1]): (r[2], r[3]) for r in rows}
 
     def metrics(
         self,

@@ -228,6 +228,44 @@ MIGRATIONS: list[Migration] = [
             """,
         ],
     ),
+    (
+        3,
+        [
+            # Each attempt's progress as its latest metric points said it
+            # (step, total steps, loss, tokens/s), kept as points are
+            # recorded, so a job list shows STEP and LOSS of every job with
+            # one read, whenever it is asked.
+            """
+            CREATE TABLE job_progress (
+                job_id       INTEGER NOT NULL,
+                attempt      INTEGER NOT NULL,
+                step         INTEGER NOT NULL,
+                total        INTEGER,
+                loss         REAL,
+                tokens_per_s REAL,
+                time         REAL    NOT NULL,
+                PRIMARY KEY (job_id, attempt),
+                FOREIGN KEY (job_id, attempt)
+                    REFERENCES attempts (job_id, number) ON DELETE CASCADE
+            ) WITHOUT ROWID
+            """,
+            """
+            INSERT INTO job_progress (job_id, attempt, step, total, loss, tokens_per_s, time)
+            SELECT m.job_id, m.attempt, MAX(m.step),
+                (SELECT CAST(t.value AS INTEGER) FROM metrics t WHERE t.job_id = m.job_id
+                 AND t.attempt = m.attempt AND t.name = 'total_steps'
+                 ORDER BY t.step DESC, t.id DESC LIMIT 1),
+                (SELECT l.value FROM metrics l WHERE l.job_id = m.job_id
+                 AND l.attempt = m.attempt AND l.name = 'loss' AND l.value IS NOT NULL
+                 ORDER BY l.step DESC, l.id DESC LIMIT 1),
+                (SELECT r.value FROM metrics r WHERE r.job_id = m.job_id
+                 AND r.attempt = m.attempt AND r.name = 'tokens_per_s'
+                 ORDER BY r.step DESC, r.id DESC LIMIT 1),
+                MAX(m.time)
+            FROM metrics m GROUP BY m.job_id, m.attempt
+            """,
+        ],
+    ),
 ]
 
 _CREATE_VERSIONS = """

@@ -525,3 +525,24 @@ def test_a_waiting_job_says_why_in_jobs_and_show(engine: EngineHandle) -> None:
     engine.cli("cancel", str(hog))
     engine.wait_state(after, {"succeeded"})
     assert engine.job(after)["waiting"] is None
+
+
+def test_every_job_in_the_list_carries_its_progress_and_run_times(engine: EngineHandle) -> None:
+    script = ("import json, os\n"
+              "with open(os.path.join(os.environ['LLMCONSOLE_RUN_DIR'], 'metrics.jsonl'), 'a') "
+              "as f:\n"
+              "    for step in (1, 2, 3):\n"
+              "        f.write(json.dumps({'step': step, 'loss': 4.0 - step, 'total_steps': 3})"
+              " + '\\n')\n")
+    engine.write_profile("steps", command_profile([sys.executable, "-c", script]))
+    job_id = engine.submit("steps")
+    engine.wait_state(job_id, {"succeeded"})
+    deadline = time.monotonic() + 10
+    while not (listed := engine.json("jobs", "--all"))[0].get("progress"):
+        assert time.monotonic() < deadline, listed
+        time.sleep(0.1)
+    [job] = listed
+    assert job["progress"]["step"] == 3 and job["progress"]["total"] == 3
+    assert job["progress"]["loss"] == 1.0
+    assert job["started_at"] is not None and job["ended_at"] >= job["started_at"]
+    assert job["started_at"] >= job["submitted_at"]
