@@ -129,6 +129,9 @@ class LineStream:
                 pass
 
 
+CHECK_TIMEOUT_S = 90.0  # the engine gives a node's probe 60 s (engine.doctor.PROBE_TIMEOUT_S)
+
+
 class EngineClient:
     def __init__(self, socket_path: Path | str | None = None, timeout: float = 30.0) -> None:
         self.socket_path = Path(socket_path) if socket_path else paths.socket_path()
@@ -277,8 +280,16 @@ class EngineClient:
         return result
 
     def check_nodes(self, node: str | None = None) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._json(
-            "POST", "/v1/nodes:check", {} if node is None else {"node": node})
+        """Waits for the slowest node: its peers' ssh checks run one after
+        another (CHECK_TIMEOUT_S, longer than the engine's probe limit)."""
+        saved, self.timeout = self.timeout, max(self.timeout, CHECK_TIMEOUT_S)
+        try:
+            self.close()  # a connection with the longer timeout
+            result: list[dict[str, Any]] = self._json(
+                "POST", "/v1/nodes:check", {} if node is None else {"node": node})
+        finally:
+            self.close()
+            self.timeout = saved
         return result
 
     def drain(self, node: str, reason: str = "") -> dict[str, Any]:
