@@ -220,6 +220,21 @@ def cmd_priority(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ps_table(procs: list[dict[str, Any]]) -> str:
+    if not procs:
+        return "no processes (the job is not running)"
+    rows = [[_printable(p["node"]), str(p["pid"]), "-" if p.get("rank") is None else str(p["rank"]),
+             f"{p['cpu_percent']:.0f}%", f"{p['rss_mb']:.0f} MB",
+             "-" if p.get("gpu_memory_mb") is None else f"{p['gpu_memory_mb']:.0f} MB",
+             _printable(p["state"]), _printable(p["name"])] for p in procs]
+    return _table(rows, ["NODE", "PID", "RANK", "CPU", "RSS", "GPU MEM", "STATE", "NAME"])
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    _emit(args, _client().processes(args.id), _ps_table)
+    return 0
+
+
 def cmd_metrics(args: argparse.Namespace) -> int:
     points = _client().metrics(args.id, attempt=args.attempt, names=args.name or ())
 
@@ -459,6 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
             "perplexity)")
     p.add_argument("items", nargs="+", metavar="ID|FOLDER",
                    help="a job id or an output folder holding results.json")
+
+    p = add("ps", cmd_ps, "a running job's processes on every node (rank, CPU, memory)")
+    p.add_argument("id", type=int)
 
     p = add("metrics", cmd_metrics, "a job's metric points (loss, lr, ...)")
     p.add_argument("id", type=int)

@@ -279,6 +279,12 @@ class EngineClient:
         result: list[dict[str, Any]] = self._json("GET", "/v1/nodes")
         return result
 
+    def processes(self, job_id: int) -> list[dict[str, Any]]:
+        """Every process of the job's current attempt: node, pid, ppid, name,
+        rank, cpu_percent, rss_mb, gpu_memory_mb, state."""
+        result: list[dict[str, Any]] = self._json("GET", f"/v1/jobs/{int(job_id)}/processes")
+        return result
+
     def check_nodes(self, node: str | None = None) -> list[dict[str, Any]]:
         """Waits for the slowest node: its peers' ssh checks run one after
         another (CHECK_TIMEOUT_S, longer than the engine's probe limit)."""

@@ -37,6 +37,8 @@ from engine.agent.protocol import (
     Pong,
     Probe,
     ProbeResult,
+    Procs,
+    ProcsResult,
     ProtocolError,
     Simple,
     parse_event,
@@ -133,7 +135,7 @@ class Nodes:
         self._sends: set[asyncio.Task[None]] = set()
         self._pings: dict[str, dict[int, float]] = {}  # node -> ping id -> sent at
         self._ping_ids = 0
-        self._probes: dict[int, asyncio.Future[ProbeResult]] = {}
+        self._requests: dict[int, asyncio.Future[ProbeResult | ProcsResult]] = {}
         self.head_software = versions.software_versions()
 
     def __iter__(self) -> Iterator[NodeState]:
@@ -246,8 +248,8 @@ class Nodes:
                     if isinstance(event, Pong):
                         self._on_pong(node, event)
                         continue
-                    if isinstance(event, ProbeResult):
-                        waiting = self._probes.pop(event.id, None)
+                    if isinstance(event, (ProbeResult, ProcsResult)):
+                        waiting = self._requests.pop(event.id, None)
                         if waiting is not None and not waiting.done():
                             waiting.set_result(event)
                         continue
@@ -318,21 +320,35 @@ class Nodes:
                     ) -> tuple[ProbeResult, float] | None:
         """Ask a node's agent for a probe; (its answer, when it was asked),
         or None if the node is down or does not answer within `timeout`."""
+        got = await self._request(node_name, lambda i: Probe(i, peers), timeout)
+        return (got[0], got[1]) if got is not None and isinstance(got[0], ProbeResult) \
+            else None
+
+    async def procs(self, node_name: str, attempt: str, run_dir: str, timeout: float
+                    ) -> ProcsResult | None:
+        """The attempt's processes on a node, or None if it cannot say."""
+        got = await self._request(node_name, lambda i: Procs(i, attempt, run_dir), timeout)
+        return got[0] if got is not None and isinstance(got[0], ProcsResult) else None
+
+    async def _request(self, node_name: str, make: Callable[[int], Command], timeout: float
+                       ) -> tuple[ProbeResult | ProcsResult, float] | None:
+        """Send the command `make(id)` and wait for the event answering that id."""
         node = self.states.get(node_name)
         if node is None or not node.up:
             return None
         self._ping_ids += 1
-        probe_id = self._ping_ids
-        waiting: asyncio.Future[ProbeResult] = asyncio.get_running_loop().create_future()
-        self._probes[probe_id] = waiting
+        request_id = self._ping_ids
+        waiting: asyncio.Future[ProbeResult | ProcsResult] = \
+            asyncio.get_running_loop().create_future()
+        self._requests[request_id] = waiting
         asked = self.clock()
-        self.send(node_name, Probe(probe_id, peers))
+        self.send(node_name, make(request_id))
         try:
             return await asyncio.wait_for(waiting, timeout), asked
         except asyncio.TimeoutError:
             return None
         finally:
-            self._probes.pop(probe_id, None)
+            self._requests.pop(request_id, None)
 
     def _close_later(self, channel: AgentChannel) -> None:
         async def close() -> None:

@@ -70,6 +70,7 @@ CANCEL_TRIES = 5
 START_REFUSED_WAIT_S = 2.0
 FLUSH_EVERY_S = 0.5  # metric points and offsets reach the store this often
 WATCHDOG_EVERY_S = 1.0
+PROCS_TIMEOUT_S = 5.0  # a node's answer to `procs` (it looks at each process for 0.2 s)
 DRAINS_FILE = "drained.json"  # in the engine home: which nodes take no new work, and why
 MAX_DRAIN_REASON = 200
 # Old full-rate telemetry is dropped (its minute averages stay) this often:
@@ -551,18 +552,36 @@ class Runtime:
                 self.nodes.send(part.node, wire.Stop(run.key, self.stop_grace))
         self._reap_elsewhere(run)
 
+    async def processes(self, job_id: int) -> list[dict[str, Any]]:
+        """Every process of the job's current attempt on every node of its
+        allocation (the ranks horovodrun started over SSH included), each with
+        its node; [] when the attempt holds no resources."""
+        job = self.job(job_id)
+        run = self.running.get(attempt_key(job.id, job.attempt))
+        if run is None:
+            return []
+        run_dir = str(self._launch_run_dir(run))
+        answers = await asyncio.gather(*(
+            self.nodes.procs(node, run.key, run_dir, PROCS_TIMEOUT_S) for node in run.nodes))
+        return [{"node": node, **p} for node, got in zip(run.nodes, answers, strict=True)
+                if got is not None for p in got.processes]
+
+    def _launch_run_dir(self, run: Running) -> Path:
+        """The attempt's run directory on its launching node: the value of the
+        LLMCONSOLE_RUN_DIR marker its processes carry, on every node."""
+        spec = self.nodes.specs()[run.node]
+        root = Path(node_root(spec, self.home))
+        root = root.expanduser().resolve() if spec.is_local else root
+        return root / "runs" / run.key
+
     def _reap_elsewhere(self, run: Running) -> None:
         """Ask every node of the allocation that runs no part of the attempt
         (the hosts horovodrun reached over SSH) to end what carries the
         launching node's markers: its ranks outlive a killed horovodrun."""
         others = [n for n in run.nodes if n not in run.parts]
-        spec = self.nodes.specs().get(run.node)
-        if not others or spec is None:
+        if not others or run.node not in self.nodes.states:
             return
-        root = Path(node_root(spec, self.home)).expanduser() if spec.is_local \
-            else Path(node_root(spec, self.home))
-        run_dir = root.resolve() if spec.is_local else root  # the local agent resolves it
-        reap = wire.Reap(run.key, str(run_dir / "runs" / run.key), self.stop_grace)
+        reap = wire.Reap(run.key, str(self._launch_run_dir(run)), self.stop_grace)
         for node in others:
             state = self.nodes.get(node)
             if state is not None and not state.up:

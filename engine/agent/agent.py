@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from engine.agent import probe, runs
+from engine.agent import probe, procs, runs
 from engine.agent.protocol import (
     MAX_COMMAND_BYTES,
     VERSION,
@@ -62,6 +62,7 @@ from engine.agent.protocol import (
     Metric,
     Pong,
     Probe,
+    Procs,
     ProtocolError,
     Reap,
     Runs,
@@ -136,6 +137,7 @@ class Agent:
         self.host = runs.this_host()
         self._out = out if out is not None else sys.stdout.buffer
         self._nvml = NvmlReader(nvml)
+        self._last_gpus: list[dict[str, Any]] = []  # the last sample: procs reads GPU memory
         self._host_sampler = HostSampler()
         self._watches: dict[str, Watch] = {}
         self._stops: set[asyncio.Task[None]] = set()
@@ -246,6 +248,10 @@ class Agent:
                 task.add_done_callback(self._stops.discard)
             elif isinstance(cmd, Attach):
                 self._attach(cmd)
+            elif isinstance(cmd, Procs):
+                task = asyncio.create_task(self._procs(cmd))
+                self._stops.add(task)
+                task.add_done_callback(self._stops.discard)
             elif isinstance(cmd, Probe):
                 task = asyncio.create_task(self._probe(cmd))
                 self._stops.add(task)  # ended with the agent, like stops
@@ -261,6 +267,9 @@ class Agent:
             log(f"command failed: {e!r}")
             attempt = getattr(cmd, "attempt", None)
             self.error(f"internal error: {e}", attempt)
+
+    async def _procs(self, cmd: Procs) -> None:
+        self.emit(await asyncio.to_thread(procs.answer, cmd, self._last_gpus))
 
     async def _probe(self, cmd: Probe) -> None:
         """Answered off the event loop: the peers' ssh checks take seconds."""
@@ -279,6 +288,7 @@ class Agent:
             try:
                 host = self._host_sampler.sample()
                 gpus = await asyncio.to_thread(self._nvml.sample)
+                self._last_gpus = gpus
             except Exception as e:
                 log(f"telemetry failed: {e!r}")
                 continue

@@ -145,7 +145,20 @@ class Probe:
         return {"op": "probe", "id": self.id, "peers": [p.to_wire() for p in self.peers]}
 
 
-Command = Start | Stop | Attach | Reap | Simple | Probe
+@dataclass(frozen=True)
+class Procs:
+    """List the processes of an attempt on this node (those carrying its
+    markers, as `reap` finds them): answered by a ProcsResult, same id."""
+
+    id: int
+    attempt: str
+    run_dir: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": "procs", "id": self.id, "attempt": self.attempt, "run_dir": self.run_dir}
+
+
+Command = Start | Stop | Attach | Reap | Simple | Probe | Procs
 
 
 def _no_nul(value: str, what: str, attempt: str, op: str) -> str:
@@ -269,6 +282,14 @@ def parse_command(line: bytes) -> Command:
     if op == "stop":
         attempt = _attempt(msg, "stop")
         return Stop(attempt, _grace(msg, attempt, "stop"))
+    if op == "procs":
+        attempt = _attempt(msg, "procs")
+        run_dir, procs_id = msg.get("run_dir"), msg.get("id")
+        if not isinstance(run_dir, str) or not os.path.isabs(run_dir):
+            raise ProtocolError("procs: run_dir must be an absolute path", attempt, "procs")
+        if not isinstance(procs_id, int) or isinstance(procs_id, bool):
+            raise ProtocolError("procs: id must be an integer", attempt, "procs")
+        return Procs(procs_id, attempt, _no_nul(run_dir, "run_dir", attempt, "procs"))
     if op == "reap":
         attempt = _attempt(msg, "reap")
         run_dir = msg.get("run_dir")
@@ -476,6 +497,19 @@ class ProbeResult:
 
 
 @dataclass(frozen=True)
+class ProcsResult:
+    """The answer to Procs: one object per process, {"pid", "ppid", "name",
+    "rank" (HOROVOD_RANK or RANK, or null), "cpu_percent", "rss_mb",
+    "gpu_memory_mb" (from NVML, null without a GPU), "state"}."""
+
+    id: int
+    processes: tuple[dict[str, Any], ...] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ev": "procs", "id": self.id, "processes": [dict(p) for p in self.processes]}
+
+
+@dataclass(frozen=True)
 class Unknown:
     """An event this engine does not know (from a newer agent): kept whole."""
 
@@ -487,7 +521,7 @@ class Unknown:
 
 
 Event = (Hello | Telemetry | Started | Log | Metric | Exited | Lost | Error | Runs | Pong
-         | ProbeResult | Unknown)
+         | ProbeResult | ProcsResult | Unknown)
 
 
 class _Fields:
@@ -624,6 +658,8 @@ def parse_event(obj: dict[str, Any]) -> Event:
         return Runs(f.runs())
     if ev == "pong":
         return Pong(obj.get("id"))
+    if ev == "procs":
+        return ProcsResult(f.integer("id"), f.objects("processes"))
     if ev == "probe":
         return ProbeResult(f.integer("id"), f.number("time"), f.text("root"),
                            f.opt_number("disk_free_gb"), f.objects("peers"))

@@ -17,6 +17,7 @@ and logged at debug only.
     POST /v1/jobs/{id}/cancel | /retry    -> job
     GET  /v1/jobs/{id}/logs?attempt=&follow=1&tail=N   text, streamed when following
     GET  /v1/jobs/{id}/metrics?attempt=&name=&since_step=
+    GET  /v1/jobs/{id}/processes          every process of its attempt, on every node
     GET  /v1/nodes                        nodes (state, rtt, software, check), GPUs, telemetry
     POST /v1/nodes:check                  {"node": NAME} or {}: the doctor's rows per node
     POST /v1/nodes/{name}/drain | /undrain   {"reason": "..."}: no new work there (admins)
@@ -116,6 +117,7 @@ def make_app(runtime: Runtime, shutdown: asyncio.Event) -> web.Application:
     app.router.add_post("/v1/jobs/{id}/priority", set_priority)
     app.router.add_get("/v1/jobs/{id}/logs", logs)
     app.router.add_get("/v1/jobs/{id}/metrics", metrics)
+    app.router.add_get("/v1/jobs/{id}/processes", job_processes)
     app.router.add_get("/v1/nodes", nodes)
     app.router.add_post("/v1/nodes:check", check_nodes)
     app.router.add_post("/v1/nodes/{name}/drain", drain_node)
@@ -314,6 +316,10 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def nodes(request: web.Request) -> web.Response:
     return web.json_response(_rt(request).node_views())
+
+
+async def job_processes(request: web.Request) -> web.Response:
+    return web.json_response(await _rt(request).processes(_job_id(request)))
 
 
 async def check_nodes(request: web.Request) -> web.Response:

@@ -546,3 +546,27 @@ def test_every_job_in_the_list_carries_its_progress_and_run_times(engine: Engine
     assert job["progress"]["loss"] == 1.0
     assert job["started_at"] is not None and job["ended_at"] >= job["started_at"]
     assert job["started_at"] >= job["submitted_at"]
+
+
+def test_ps_lists_a_running_jobs_processes_with_their_node(engine: EngineHandle) -> None:
+    script = ("import subprocess, sys, time\n"
+              "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+              "print(child.pid, flush=True)\ntime.sleep(60)\n")
+    engine.write_profile("family", command_profile([sys.executable, "-c", script]))
+    job_id = engine.submit("family")
+    engine.wait_state(job_id, {"running"})
+    deadline = time.monotonic() + 20
+    while not (lines := engine.cli("logs", str(job_id)).stdout.split()):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    child = int(lines[0])
+    procs = engine.json("ps", str(job_id))
+    pids = {p["pid"] for p in procs}
+    assert engine.job(job_id)["attempts"][0]["pid"] in pids and child in pids, procs
+    assert {p["node"] for p in procs} == {"local"}
+    assert all(p["rss_mb"] > 0 and p["state"] for p in procs), procs
+    table = engine.cli("ps", str(job_id)).stdout
+    assert table.startswith("NODE") and str(child) in table
+    engine.cli("cancel", str(job_id))
+    engine.wait_state(job_id, {"cancelled"})
+    assert engine.json("ps", str(job_id)) == []

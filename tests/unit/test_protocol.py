@@ -206,3 +206,21 @@ def test_reap_refuses_what_names_no_run_directory(wire: dict[str, Any], complain
     assert caught.value.attempt == "1.1" and caught.value.op == "reap"
     with pytest.raises(ProtocolError, match="invalid attempt id"):
         parse_command(_line({"op": "reap", "attempt": "../x", "run_dir": "/r"}))
+
+
+def test_procs_and_probe_round_trip_and_refuse_bad_fields() -> None:
+    import json as _json
+
+    from engine.agent.protocol import Peer, Probe, ProbeResult, Procs, ProcsResult
+
+    for cmd in (Procs(7, "3.1", "/srv/runs/3.1"),
+                Probe(8, (Peer("127.0.0.3", 2222, "root", "/k", "/kh"),))):
+        assert parse_command(_json.dumps(cmd.to_wire()).encode()) == cmd
+    for event in (ProcsResult(7, ({"pid": 1, "rank": 0},)),
+                  ProbeResult(8, 1.5, "/srv", 12.0, ({"host": "h", "ok": True},))):
+        assert parse_event(event.to_wire()) == event
+    for bad in ({"op": "procs", "id": 1, "attempt": "3.1", "run_dir": "relative"},
+                {"op": "procs", "id": "x", "attempt": "3.1", "run_dir": "/r"},
+                {"op": "probe", "id": 1, "peers": [{"host": "-oProxyCommand=x"}]}):
+        with pytest.raises(ProtocolError):
+            parse_command(_json.dumps(bad).encode())
