@@ -82,7 +82,9 @@ def check_node(f: Facts) -> dict[str, Any]:
                              f"{p.disk_free_gb:.1f} GB free under {p.root}"
                              + ("" if p.disk_free_gb >= MIN_FREE_DISK_GB
                                 else f" (under {MIN_FREE_DISK_GB:g} GB)")))
-        skew = p.time - (f.asked_at + f.answered_at) / 2
+        # the agent read its clock as the probe arrived: half a round trip after it was sent
+        transit = (f.rtt_ms / 2000.0) if f.rtt_ms is not None else 0.0
+        skew = p.time - (f.asked_at + transit)
         rows.append(_row("clock", abs(skew) <= MAX_CLOCK_SKEW_S,
                          f"{skew:+.2f} s against the head" + (
                              "" if abs(skew) <= MAX_CLOCK_SKEW_S

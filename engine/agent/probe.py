@@ -54,9 +54,10 @@ def check_peer(peer: Peer) -> dict[str, Any]:
 
 
 def answer(probe: Probe, root: Path) -> ProbeResult:
+    received = time.time()  # the clock as the probe arrived, before the slow peer checks
     try:
         free = round(shutil.disk_usage(root).free / 1e9, 2)
     except OSError:
         free = None
     peers = tuple(check_peer(p) for p in probe.peers)
-    return ProbeResult(probe.id, time.time(), str(root), free, peers)
+    return ProbeResult(probe.id, received, str(root), free, peers)
