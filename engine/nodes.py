@@ -79,6 +79,7 @@ class NodeState:
     state_published_suspect: bool = False
     suspect_after: float = health.SUSPECT_AFTER_S
     gpus_seen: int | None = None  # what its agent reported in hello
+    machine: str | None = None  # the agent's host name: nodes on one machine share it
 
     @property
     def name(self) -> str:
@@ -367,6 +368,7 @@ class Nodes:
         node.up, node.error, node.down_since, node.seen = True, None, None, True
         node.last_heard, node.untrusted = self.clock(), False
         node.gpus_seen = len(hello.gpus)
+        node.machine = hello.host
         node.software = dict(hello.software)
         node.incompatible = None if node.spec.is_local else versions.incompatible_reason(
             self.head_software, node.software, node.name)

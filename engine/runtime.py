@@ -563,8 +563,14 @@ class Runtime:
         run_dir = str(self._launch_run_dir(run))
         answers = await asyncio.gather(*(
             self.nodes.procs(node, run.key, run_dir, PROCS_TIMEOUT_S) for node in run.nodes))
-        return [{"node": node, **p} for node, got in zip(run.nodes, answers, strict=True)
-                if got is not None for p in got.processes]
+        out, seen = [], set()
+        for node, got in zip(run.nodes, answers, strict=True):
+            machine = getattr(self.nodes.get(node), "machine", None) or node
+            for p in got.processes if got is not None else ():
+                if (machine, p.get("pid")) not in seen:  # nodes on one machine see the same
+                    seen.add((machine, p.get("pid")))
+                    out.append({"node": node, **p})
+        return out
 
     def _launch_run_dir(self, run: Running) -> Path:
         """The attempt's run directory on its launching node: the value of the
