@@ -30,9 +30,13 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Header, Input, Static
 
-from console import detail
+from console import command_line, detail, keyboard, keymap
 from console.bridge import Down, EngineBridge, Snapshot
 from console.chart import Line, MetricChart
+from console.command_line import CommandLine
+from console.commands import Command
+from console.help import HelpScreen, command_rows
+from console.help import key_rows as help_rows
 from console.screens import (
     CheckScreen,
     ConfirmScreen,
@@ -138,20 +142,27 @@ class LlmConsole(App[None]):
     #attempts { height: auto; max-height: 10; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("q", "quit", "Quit", tooltip="Leave the screen; jobs keep running"),
-        Binding("s", "submit_job", "Submit",
+        Binding("q", "quit", "Quit", id="quit", tooltip="Leave the screen; jobs keep running"),
+        Binding("s", "submit_job", "Submit", id="submit-job",
                 tooltip="Queue a job or pipeline from a profile, with overrides"),
-        Binding("c", "cancel_job", "Cancel", tooltip="Cancel the selected job (asks first)"),
-        Binding("r", "retry_job", "Retry", tooltip="Run the selected ended job again"),
-        Binding("p", "change_priority", "Priority",
+        Binding("c,ctrl+d", "cancel_job", "Cancel", id="cancel-job",
+                tooltip="Cancel the selected job (asks first)"),
+        Binding("r", "retry_job", "Retry", id="retry-job",
+                tooltip="Run the selected ended job again"),
+        Binding("p", "change_priority", "Priority", id="change-priority",
                 tooltip="Change the selected waiting job's priority"),
-        Binding("d", "show_job", "Details",
-                tooltip="The selected job's charts, logs, history, profile and results"),
-        Binding("l", "show_logs", "Logs", tooltip="Follow the selected job's logs"),
-        Binding("a", "toggle_ended", "All/active", tooltip="Show or hide ended jobs"),
-        Binding("o", "sort_jobs", "Sort",
+        Binding("d", "show_job", "Details", id="show-job",
+                tooltip="The selected job's charts, logs, history, profile, results, processes"),
+        Binding("l", "show_logs", "Logs", id="show-logs",
+                tooltip="Follow the selected job's logs"),
+        Binding("a", "toggle_ended", "All/active", id="toggle-ended",
+                tooltip="Show or hide ended jobs"),
+        Binding("o", "sort_jobs", "Sort", id="sort-jobs",
                 tooltip="Order jobs by newest, state, name, owner or loss"),
-        Binding("/", "filter", "Filter", tooltip="Filter jobs by id, name, kind, state, owner"),
+        Binding("/", "filter", "Filter", id="filter",
+                tooltip="Filter jobs by id, name, kind, state, owner"),
+        Binding("colon", "command_line", "Command", id="command-line", show=False,
+                tooltip=":jobs :nodes :job ID :logs ID :submit PROFILE k=v :cancel ID :q"),
         Binding("D", "drain_node", "Drain", id="drain-node",
                 tooltip="No new work on the selected node: asks why, then confirms"),
         Binding("U", "undrain_node", "Undrain", id="undrain-node",
@@ -160,7 +171,8 @@ class LlmConsole(App[None]):
                 tooltip="nodes check: link, host key, software, GPUs, disk, clock, peers"),
         Binding("T", "trust_node", "Trust", id="trust-node",
                 tooltip="Trust the selected node's host key (shows its fingerprint, asks)"),
-        Binding("question_mark", "show_help_panel", "Help", tooltip="Show the keys"),
+        Binding("question_mark", "toggle_help", "Help", id="help",
+                tooltip="Show the keys (? or esc closes)"),
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
 
@@ -187,6 +199,7 @@ class LlmConsole(App[None]):
         self._gpu_table: VirtualTable | None = None
         self._questions: set[threading.Event] = set()  # a worker waits on the user
         self._busy: set[str] = set()  # node actions under way ("check", "trust"): once each
+        self.keymap: dict[str, str] = {}  # binding id -> keys, from the user's keys.toml
 
     # ------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -200,6 +213,8 @@ class LlmConsole(App[None]):
             yield Static("loss: select a job", id="losslabel")
             yield MetricChart("loss", id="loss")
         yield Static("connecting to the engine...", id="status")
+        yield CommandLine(self.run_command, self.profile_names, lambda: self.state.jobs.keys(),
+                          id="cmdline")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -208,17 +223,24 @@ class LlmConsole(App[None]):
         self.set_interval(DRAIN_INTERVAL, self.drain)
         self.set_interval(1.0, self._tick)
         self.set_interval(NODES_REFRESH_S, self._refresh_nodes)
+        self.apply_keys_file()
 
     DASHBOARD_ONLY = frozenset({"toggle_ended", "filter", "clear_filter", "show_job",
                                 "show_logs", "sort_jobs", "drain_node", "undrain_node",
-                                "check_nodes", "trust_node"})
+                                "check_nodes", "trust_node", "command_line"})
 
     def _allowed_on(self, action: str, screen: Screen[Any]) -> bool:
         """Dashboard actions are off (and out of the footer) on other screens."""
         return action not in self.DASHBOARD_ONLY or screen is self.screen_stack[0]
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        return self._allowed_on(action, self.screen)
+        """Off on other screens (False: out of the footer); None (shown
+        disabled, pressing does nothing) for a job key that cannot apply to
+        the selected job."""
+        if not self._allowed_on(action, self.screen):
+            return False
+        return None if keyboard.disabled(action, self._selected_quiet()) else True
+
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         """The command palette (ctrl+p) offers every key's action, by name:
@@ -229,7 +251,8 @@ class LlmConsole(App[None]):
             if not (binding.show or binding.tooltip) or \
                     not self._allowed_on(binding.action, screen):
                 continue
-            yield SystemCommand(f"{binding.description} ({self.get_key_display(binding)})",
+            key = self.get_key_display(binding.with_key(keyboard.first_key(binding, self.keymap)))
+            yield SystemCommand(f"{binding.description} ({key})",
                                 binding.tooltip,
                                 lambda action=binding.action: self.run_action(action))
 
@@ -279,6 +302,8 @@ class LlmConsole(App[None]):
             self.render_jobs(order_changed=False)
         if "metrics" in changed or "jobs" in changed:
             self.render_loss()
+        if "jobs" in changed:
+            self.refresh_bindings()  # a job key may (no longer) apply
         self.render_status()
 
     def _tick(self) -> None:
@@ -490,6 +515,7 @@ class LlmConsole(App[None]):
         job_id = int(event.key)
         if job_id != self.selected:
             self.selected = job_id
+            self.refresh_bindings()
             self.render_loss()
             if job_id not in self.state.series:
                 # after the cursor rests, so holding a key does not ask for each row
@@ -527,6 +553,7 @@ class LlmConsole(App[None]):
         self.selected = job_id
         self.query_one("#jobs", VirtualTable).move_to(str(job_id))
         self.render_loss()
+        self.refresh_bindings()
 
     def _selected_job(self) -> dict[str, Any] | None:
         if self.selected is None:
@@ -822,6 +849,89 @@ class LlmConsole(App[None]):
     @on(Input.Submitted, "#filter")
     def _filter_done(self, _event: Input.Submitted) -> None:
         self.query_one("#jobs", VirtualTable).focus()
+
+    # ------------------------------------------------------------ keyboard
+    def apply_keys_file(self) -> None:
+        """The user's keys.toml (console.keymap): applied when it is good,
+        else one line saying what to fix, and the defaults stay."""
+        self.keymap, problem = keymap.load(keyboard.defaults(self.BINDINGS))
+        if self.keymap:
+            self.set_keymap(self.keymap)
+        if problem:
+            self.notify(problem, severity="error", timeout=20)
+
+    def _selected_quiet(self) -> dict[str, Any] | None:
+        return None if self.selected is None else self.state.jobs.get(self.selected)
+
+    def profile_names(self) -> list[str]:
+        return command_line.profile_names()
+
+    def action_command_line(self) -> None:
+        focused = self.focused
+
+        def back() -> None:  # the focus returns where it was
+            (focused if focused is not None and focused.is_attached
+             else self.query_one("#jobs", VirtualTable)).focus()
+
+        self.query_one("#cmdline", CommandLine).open(back)
+
+    def run_command(self, command: Command) -> str | None:
+        """Run a `:` command; None when done, else the one line of why not."""
+        name, job_id = command.name, command.job_id
+        if job_id is not None and job_id not in self.state.jobs:
+            return f"no job {job_id} on the screen (a job the screen lists: tab completes)"
+        if name in ("jobs", "nodes"):
+            self.call_after_refresh(self.query_one(f"#{'gpus' if name == 'nodes' else name}",
+                                                   VirtualTable).focus)
+        elif name in ("job", "logs") and job_id is not None:
+            self.select(job_id)
+            self.call_after_refresh(self.run_action,
+                                    "show_logs" if name == "logs" else "show_job")
+        elif name == "cancel" and job_id is not None:
+            if keyboard.disabled("cancel_job", self.state.jobs[job_id]):
+                return f"job {job_id} has ended ({self.state.jobs[job_id]['state']})"
+            self.select(job_id)
+            self.call_after_refresh(self.action_cancel_job)
+        elif name == "submit" and command.profile is not None:
+            find = lambda n: pipelines.newest_output(self.state.jobs.values(), n)  # noqa: E731
+            try:
+                sub = command_line.prepare(command.profile, list(command.overrides), find)
+            except UserError as exc:
+                return str(exc)
+            self.send_submission(sub)
+        elif name == "help":
+            self.call_after_refresh(self.action_toggle_help)
+        elif name == "quit":
+            self.exit()
+        return None
+
+    def action_toggle_help(self) -> None:
+        """The app's keys, grouped, then the focused widget's (Textual's)."""
+        if isinstance(self.screen, HelpScreen):
+            self.screen.dismiss(None)
+            return
+        widget = [b.binding for b in self.screen.active_bindings.values() if b.node is not self]
+        show = lambda key: self.get_key_display(Binding(key, ""))  # noqa: E731
+        self.push_screen(HelpScreen([
+            ("dashboard", help_rows(self.BINDINGS, self.keymap, show)),
+            ("job detail (d, l, enter)", help_rows(JobScreen.BINDINGS, self.keymap, show)),
+            ("command line (:)", command_rows()),
+            (f"the focused widget ({type(self.focused).__name__}) and the screen",
+             help_rows(widget, {}, show)),
+        ]))
+
+    @on(JobScreen.ProcessesWanted)
+    def _processes_wanted(self, event: JobScreen.ProcessesWanted) -> None:
+        self.load_processes(event.screen)
+
+    @work(thread=True, exclusive=True, group="processes")
+    def load_processes(self, screen: JobScreen) -> None:
+        try:
+            procs: list[dict[str, Any]] | None = self.bridge.processes(screen.job_id)
+            note = ""
+        except EngineError as err:
+            procs, note = None, f"processes of job {screen.job_id}: {err}"
+        self.call_from_thread(screen.set_processes, procs, note)
 
 
 def run() -> int:

@@ -125,6 +125,11 @@ class EngineBridge:
         result: dict[str, Any] = self._call(lambda c: c.job(job_id))
         return result
 
+    def processes(self, job_id: int) -> list[dict[str, Any]]:
+        """Every process of the job's current attempt on every node."""
+        result: list[dict[str, Any]] = self._call(lambda c: c.processes(job_id))
+        return result
+
     def submit_many(self, items: Sequence[tuple[dict[str, Any], Sequence[Any]]]
                     ) -> list[dict[str, Any]]:
         """Jobs in one all-or-none batch (a single job is a batch of one)."""

@@ -18,6 +18,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
+from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.suggester import SuggestFromList
 from textual.widgets import (
@@ -244,7 +245,9 @@ class SubmitScreen(ModalScreen["pipelines.Submission | None"]):
 class JobScreen(Screen[None]):
     """One job: its logs (followed, searched, one rank or all), charts of
     loss, learning rate and throughput, attempts and events, the profile it
-    came from, and its results table."""
+    came from, its results table, and its processes (every rank's, asked
+    of the app with `ProcessesWanted` every PROCESSES_S while the tab is
+    shown)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,q", "close", "Back"),
@@ -257,7 +260,16 @@ class JobScreen(Screen[None]):
         Binding("3", "tab('history')", "History", show=False),
         Binding("4", "tab('profile')", "Profile", show=False),
         Binding("5", "tab('results')", "Results", show=False),
+        Binding("6", "tab('processes')", "Processes", show=False),
     ]
+
+    class ProcessesWanted(Message):
+        """Posted every PROCESSES_S while the Processes tab is shown (and
+        when it is opened): the app fetches and calls `set_processes`."""
+
+        def __init__(self, screen: JobScreen) -> None:
+            super().__init__()
+            self.screen = screen
 
     def __init__(self, job: Mapping[str, Any], tab: str = "logs") -> None:
         super().__init__()
@@ -297,6 +309,9 @@ class JobScreen(Screen[None]):
             with TabPane("Results", id="results"):
                 yield Static("", id="resultsinfo")
                 yield DataTable(id="resultstable", cursor_type="none", zebra_stripes=True)
+            with TabPane("Processes", id="processes"):
+                yield Static("processes: asking the engine...", id="procsinfo")
+                yield DataTable(id="procs", cursor_type="none", zebra_stripes=True)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -304,6 +319,8 @@ class JobScreen(Screen[None]):
         attempts.add_columns("#", "state", "where", "started", "ended", "exit", "reason")
         events = self.query_one("#events", DataTable)
         events.add_columns("time", "attempt", "change", "cause", "by")
+        self.query_one("#procs", DataTable).add_columns(*PROCESS_COLUMNS)
+        self.set_interval(PROCESSES_S, self._want_processes)
         if self.initial_tab == "logs":  # focus inside a pane would make it the active tab
             self.query_one("#log", RichLog).focus()
         else:
@@ -457,3 +474,59 @@ class JobScreen(Screen[None]):
             self.query_one("#log", RichLog).focus()
             return
         self.dismiss(None)
+
+    # ------------------------------------------------------------ processes
+    def _want_processes(self) -> None:
+        if self.query_one("#tabs", TabbedContent).active == "processes" and self.is_current:
+            self.post_message(self.ProcessesWanted(self))
+
+    @on(TabbedContent.TabActivated, "#tabs")
+    def _tab_shown(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id == "processes":
+            self.post_message(self.ProcessesWanted(self))
+
+    def set_processes(self, procs: list[dict[str, Any]] | None, note: str = "") -> None:
+        """Every rank's process (None with `note` when the engine said why
+        not): a row each, ranks in order, and a line of totals."""
+        info = self.query_one("#procsinfo", Static)
+        table = self.query_one("#procs", DataTable)
+        if procs is None:
+            info.update(Text(note))
+            return
+        rows = process_rows(procs)
+        table.clear()
+        table.add_rows([tuple(Text(c, justify="right" if i in (1, 4, 5, 6) else "left")
+                              for i, c in enumerate(row)) for row in rows])
+        nodes = len({p.get("node") for p in procs})
+        info.update(Text(f"{len(procs)} process(es) on {nodes} node(s), every "
+                         f"{PROCESSES_S:.0f} s" if procs else
+                         "no process: the job runs nothing now (waiting or ended)"))
+
+
+#: The Processes tab's columns; its rows come from `process_rows`.
+PROCESS_COLUMNS = ("rank", "pid", "node", "name", "cpu %", "rss", "gpu mem", "state")
+PROCESSES_S = 2.0  # the Processes tab asks again this often while it is shown
+
+
+def _mb(value: Any) -> str:
+    if value is None:
+        return "-"
+    mb = float(value)
+    return f"{mb / 1024:.1f} GiB" if mb >= 1024 else f"{mb:.0f} MiB"
+
+
+def process_rows(procs: Iterable[Mapping[str, Any]]) -> list[tuple[str, ...]]:
+    """A row per process of GET /v1/jobs/ID/processes, by rank (the
+    launcher, without a rank, first), then node and pid."""
+    def order(p: Mapping[str, Any]) -> tuple[int, str, int]:
+        rank = p.get("rank")
+        return (-1 if rank is None else int(rank), str(p.get("node")), int(p.get("pid") or 0))
+
+    rows: list[tuple[str, ...]] = []
+    for p in sorted(procs, key=order):
+        cpu = p.get("cpu_percent")
+        rows.append(("-" if p.get("rank") is None else str(p["rank"]), str(p.get("pid")),
+                     str(p.get("node")), str(p.get("name") or ""),
+                     "-" if cpu is None else f"{float(cpu):.0f}", _mb(p.get("rss_mb")),
+                     _mb(p.get("gpu_memory_mb")), str(p.get("state") or "")))
+    return rows

@@ -14,6 +14,7 @@ from textual.widgets import DataTable, Input, Static
 from console.app import LlmConsole
 from console.screens import ConfirmScreen, JobScreen, PriorityScreen, SubmitScreen
 from console.table import VirtualTable
+from engine.errors import EngineError
 from tests.integration.engine_fixture import EngineHandle, new_engine
 
 
@@ -132,9 +133,14 @@ async def test_priority_of_a_queued_job_and_the_engines_refusal(engine: EngineHa
         await until(pilot, lambda: engine.job(waiting)["priority"] == 7)
         await until(pilot, lambda: "priority 7" in notes(app))
 
-        (await press_on(pilot, running, "p", PriorityScreen)).query_one(Input).value = "3"
-        await pilot.press("enter")
-        await until(pilot, lambda: "priority only orders jobs" in notes(app))
+        # a running job's priority no longer orders anything: the key is off
+        app.select(running)
+        await pilot.press("p")
+        await pilot.pause(0.2)
+        assert app.screen is app.screen_stack[0]
+        assert app.check_action("change_priority", ()) is None  # shown disabled
+        with pytest.raises(EngineError, match="priority only orders jobs"):
+            app.bridge.set_priority(running, 3)  # the engine's own refusal, had it been asked
         assert engine.job(running)["priority"] == 0
         engine.cli("cancel", str(running), str(waiting))
 
