@@ -47,13 +47,18 @@ from console.screens import (
     check_summary,
 )
 from console.state import (
+    ACTIVE_STATES,
     ConsoleState,
     bar,
+    duration,
     host_key_changed,
     host_key_refused,
+    middle_cut,
     node_line,
     node_state,
+    progress_line,
     rtt_text,
+    run_time,
     smoothed,
     spark,
     state_word,
@@ -69,8 +74,21 @@ DRAIN_INTERVAL = 0.25
 NODES_REFRESH_S = 5.0
 GPU_COLUMNS = (("NODE", 13), ("GPU", 3), ("UTIL", 10), ("MEMORY", 13), ("TEMP", 4),
                ("JOB", 10), ("HISTORY", 12))
-JOB_COLUMNS = (("ID", 5), ("NAME", 14), ("KIND", 8), ("OWNER", 6), ("STATE", 9), ("RES", 5),
-               ("STEP", 9), ("LOSS", 7), ("TIME", 6))  # 77 cells: fits 80 with a scrollbar
+#: The jobs table's columns by width of the screen: (least width, columns,
+#: the NAME column's widest). At 80 KIND and OWNER go (77 cells: fits 80 with
+#: a scrollbar); from 160 names and WHERE widen. RUN is the current
+#: attempt's run time, TRY its number, PRI the priority, WHERE its nodes:GPUs.
+JOB_LAYOUTS: tuple[tuple[int, tuple[tuple[str, int], ...], int], ...] = (
+    (240, (("ID", 5), ("NAME", 24), ("KIND", 8), ("OWNER", 8), ("STATE", 9), ("PRI", 4),
+           ("TRY", 3), ("RES", 5), ("WHERE", 28), ("STEP", 11), ("LOSS", 7), ("RUN", 6)), 64),
+    (160, (("ID", 5), ("NAME", 20), ("KIND", 8), ("OWNER", 8), ("STATE", 9), ("PRI", 4),
+           ("TRY", 3), ("RES", 5), ("WHERE", 18), ("STEP", 11), ("LOSS", 7), ("RUN", 6)), 40),
+    (100, (("ID", 5), ("NAME", 14), ("KIND", 8), ("OWNER", 6), ("STATE", 9), ("PRI", 3),
+           ("TRY", 3), ("RES", 5), ("WHERE", 8), ("STEP", 9), ("LOSS", 7), ("RUN", 6)), 48),
+    (0, (("ID", 5), ("NAME", 13), ("STATE", 9), ("PRI", 3), ("TRY", 3), ("RES", 5),
+         ("WHERE", 8), ("STEP", 9), ("LOSS", 7), ("RUN", 6)), 48),
+)
+JOB_COLUMNS = JOB_LAYOUTS[-1][1]
 SORTS = ("newest", "state", "name", "owner", "loss")
 STATE_STYLE = {"running": "green", "succeeded": "bold green", "failed": "bold red",
                "lost": "bold red", "cancelled": "yellow", "queued": "cyan", "held": "dim",
@@ -82,24 +100,24 @@ NODE_STYLE = {"up": "green", "suspect": "bold yellow", "down": "bold red",
 NAME_MIN = 4  # cells of a node's name kept before its round trip is left out
 
 
-def _elapsed(job: dict[str, Any], now: float) -> str:
-    start = job.get("submitted_at") or now
-    end = now if job["state"] in ("held", "queued", "starting", "running") else \
-        (job.get("updated_at") or now)
-    seconds = max(0, int(end - start))
-    if seconds < 3600:
-        return f"{seconds // 60}:{seconds % 60:02d}"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}"
-
-
-def _progress(step: int | None, total: float | None) -> str:
+def _progress(step: int | None, total: float | None, width: int = 9) -> str:
     """step/total, or a percentage when that does not fit the column."""
     if step is None:
         return "-"
     if not total:
         return str(step)
     text = f"{step}/{int(total)}"
-    return text if len(text) <= 9 else f"{100 * step / total:.0f}%"
+    return text if len(text) <= width else f"{100 * step / total:.0f}%"
+
+
+def _where(job: dict[str, Any]) -> str:
+    """Where the current attempt runs, as `llmconsole jobs` says it
+    ("gpu1:0,1 gpu2:0", "local"; "-" when nowhere)."""
+    parts = []
+    for p in job.get("placements") or []:
+        gpus = ",".join(str(g) for g in p.get("gpus") or [])
+        parts.append(f"{p['node']}:{gpus}" if gpus else str(p["node"]))
+    return " ".join(parts) or "-"
 
 
 def _resources(job: dict[str, Any]) -> str:
@@ -119,6 +137,7 @@ class LlmConsole(App[None]):
     #jobs { height: 2fr; }
     #losspanel { height: 1fr; min-height: 5; max-height: 16; }
     #losslabel { width: 30; height: 1fr; }
+    VirtualTable.stale { tint: $background 45%; }
     #loss { width: 1fr; height: 1fr; }
     #filter { display: none; }
     #filter.shown { display: block; }
@@ -198,6 +217,9 @@ class LlmConsole(App[None]):
         self._node_text = ""
         self._gpu_table: VirtualTable | None = None
         self._questions: set[threading.Event] = set()  # a worker waits on the user
+        self._backfilled: set[int] = set()  # jobs whose metric history was fetched
+        self._cancelling: set[int] = set()  # cancels asked: a toast when they end
+        self._job_layout = -1  # the JOB_LAYOUTS entry the jobs table has
         self._busy: set[str] = set()  # node actions under way ("check", "trust"): once each
         self.keymap: dict[str, str] = {}  # binding id -> keys, from the user's keys.toml
 
@@ -219,6 +241,7 @@ class LlmConsole(App[None]):
 
     def on_mount(self) -> None:
         self.query_one("#jobs", VirtualTable).focus()
+        self._fit_jobs()
         self.bridge.start()
         self.set_interval(DRAIN_INTERVAL, self.drain)
         self.set_interval(1.0, self._tick)
@@ -280,18 +303,25 @@ class LlmConsole(App[None]):
                 self._nodes_shown = self._nodes_asked  # fresher than any fetch under way
                 changed |= {"jobs", "nodes", "status"}
                 self._banner(None)
+                self._mark_stale(False)
+                self._backfilled.clear()  # points may have come and gone meanwhile
+                if self.selected is not None:
+                    self._want_metrics(self.selected, 0.0)
             elif isinstance(item, Down):
-                self.state.connected = False
-                self.state.error = item.reason
+                self.state.disconnected(item.reason, self.clock())
+                since = time.strftime("%H:%M:%S", time.localtime(self.state.stale_since))
                 self._banner(f"engine unreachable: {item.reason} - retrying in "
-                             f"{item.retry_in:.1f}s")
+                             f"{item.retry_in:.1f}s; data stale since {since}")
+                self._mark_stale(True)
                 changed.add("status")
             else:
                 events.append(item)
         changed |= self.state.apply(events)
-        if self.state.nodes_stale:
-            self.state.nodes_stale = False
+        if self.state.nodes_stale or self.state.allocations_changed:
+            # a node changed, or a job started or ended: the GPUs' owners too
+            self.state.nodes_stale = self.state.allocations_changed = False
             self.ask_nodes()
+        self._tell_cancelled(events)
         if self._job_screen is not None:
             self._feed_job_screen(self._job_screen, events, changed)
         if "nodes" in changed:
@@ -310,6 +340,20 @@ class LlmConsole(App[None]):
         if self.state.connected:
             self.render_jobs(order_changed=False)  # elapsed times move
 
+    def _mark_stale(self, stale: bool) -> None:
+        """Dim the tables while what they show is the engine's last word."""
+        for table in self.query(VirtualTable):
+            table.set_class(stale, "stale")
+
+    def _tell_cancelled(self, events: list[dict[str, Any]]) -> None:
+        """A cancel asked here: say how the job ended when its event comes."""
+        for event in events:
+            job = event.get("job") if event.get("type") == "job" else None
+            if isinstance(job, dict) and job.get("id") in self._cancelling \
+                    and job.get("state") not in ACTIVE_STATES:
+                self._cancelling.discard(int(job["id"]))
+                self.notify(f"job {job['id']}: {job['state']}")
+
     def _banner(self, text: str | None) -> None:
         banner = self.query_one("#banner", Static)
         banner.update(text or "")
@@ -321,6 +365,9 @@ class LlmConsole(App[None]):
         gpus = sum(len(n.get("gpus") or []) for n in self.state.nodes.values())
         up = sum(1 for n in self.state.nodes.values() if node_state(n) == "up")
         engine = "engine: connected" if self.state.connected else "engine: DISCONNECTED"
+        if not self.state.connected and self.state.stale_since is not None:
+            engine += " (stale since " + time.strftime(
+                "%H:%M:%S", time.localtime(self.state.stale_since)) + ")"
         view = "all jobs" if self.show_ended else "active jobs"
         text = f"{engine} | {up}/{len(self.state.nodes)} nodes up, {gpus} GPUs | " \
                + ", ".join(parts) + f" | {self.shown_jobs:,} {view}"
@@ -444,6 +491,8 @@ class LlmConsole(App[None]):
 
     def _nodes_loaded(self, asked: int, nodes: list[dict[str, Any]] | None) -> None:
         self._nodes_fetching = False
+        if not self.query("#nodeline"):  # the screen is closing: nothing to show it on
+            return
         if nodes is not None and asked > self._nodes_shown:  # else a snapshot came since
             self._nodes_shown = asked
             self.state.load_nodes(nodes)
@@ -456,13 +505,51 @@ class LlmConsole(App[None]):
         job = self.state.jobs.get(int(key))
         if job is None:
             return [key]
-        series = self.state.series.get(int(key))
-        loss = series.last.get("loss") if series else None
+        table = self.query_one("#jobs", VirtualTable)
+        progress = self.state.job_progress(int(key))
         state = job["state"]
-        return [key, str(job["name"]), str(job["kind"]), str(job.get("owner", "")),
-                (state, STATE_STYLE.get(state, "")), _resources(job),
-                _progress(series.step, series.last.get("total_steps")) if series else "-",
-                "-" if loss is None else f"{loss:.4f}", _elapsed(job, self.clock())]
+        out: list[Cell] = []
+        for index, (label, _width) in enumerate(table.columns):
+            width = table.column_width(index)
+            if label == "ID":
+                out.append(key)
+            elif label == "NAME":
+                out.append(middle_cut(str(job["name"]), width))
+            elif label == "KIND":
+                out.append(str(job["kind"]))
+            elif label == "OWNER":
+                out.append(middle_cut(str(job.get("owner", "")), width))
+            elif label == "STATE":
+                out.append((state, STATE_STYLE.get(state, "")))
+            elif label == "PRI":
+                out.append(str(job.get("priority", 0)))
+            elif label == "TRY":
+                out.append(str(job.get("attempt") or 1))
+            elif label == "RES":
+                out.append(_resources(job))
+            elif label == "WHERE":
+                out.append(middle_cut(_where(job), width))
+            elif label == "STEP":
+                out.append(_progress(progress.step, progress.total, width))
+            elif label == "LOSS":
+                out.append("-" if progress.loss is None else f"{progress.loss:.4f}")
+            elif label == "RUN":
+                out.append(duration(run_time(job, self.clock())))
+            else:
+                out.append("")
+        return out
+
+    def on_resize(self) -> None:
+        self._fit_jobs()
+
+    def _fit_jobs(self) -> None:
+        """The jobs table's columns for the screen's width (JOB_LAYOUTS)."""
+        width = self.size.width
+        index = next(i for i, (least, _c, _m) in enumerate(JOB_LAYOUTS) if width >= least)
+        if index != self._job_layout:
+            self._job_layout = index
+            _least, columns, widest = JOB_LAYOUTS[index]
+            self.query_one("#jobs", VirtualTable).set_columns(columns, flex=1, flex_max=widest)
 
     def render_jobs(self, order_changed: bool = True) -> None:
         """Re-list the jobs (after jobs came or went, or the filter or sort
@@ -479,6 +566,8 @@ class LlmConsole(App[None]):
             return
         key = table.cursor_key
         self.selected = int(key) if key is not None else None
+        if self.selected is not None:  # the cursor moved to another job (a filter)
+            self._want_metrics(self.selected)
 
     def render_loss(self) -> None:
         static = self.query_one("#losslabel", Static)
@@ -492,16 +581,24 @@ class LlmConsole(App[None]):
             chart.show([], key=None, title="loss")
             return
         series = self.state.series.get(self.selected)
+        job = self.state.jobs.get(self.selected) or {}
         if series is None or not series.loss:
-            label(f"job {self.selected}: no loss yet")
+            why = job.get("waiting") if job.get("state") in ("held", "queued") else \
+                job.get("reason")
+            label(f"job {self.selected} {job.get('state', '')}: {why}" if why else
+                  f"job {self.selected}: no loss yet")
             chart.show([], key=(self.selected, -1), title=f"job {self.selected}: loss")
             return
         steps = [s for s, _v in series.loss]
         values = [v for _s, v in series.loss]
         smooth = smoothed(values)
         held = f"\nheld-out {series.eval_loss[-1][1]:.4f}" if series.eval_loss else ""
-        label(f"job {self.selected} step {series.step}\nloss {values[-1]:.4f}\n"
-              f"smoothed {smooth[-1]:.4f}{held}")
+        # "job 3 step 120/200", then "1.2k tok/s ETA 0:40" (the rest of progress_line)
+        first, _, rate = progress_line(self.state.job_progress(self.selected)).partition(" ")
+        step = first if first != "step" else rate.partition(" ")[0]
+        rate = rate if first != "step" else rate.partition(" ")[2]
+        label(f"job {self.selected} step {step}" + (f"\n{rate}" if rate else "")
+              + f"\nloss {values[-1]:.4f}\nsmoothed {smooth[-1]:.4f}{held}")
         chart.show([Line("loss", series.loss), Line("smoothed", list(zip(steps, smooth,
                                                                          strict=True))),
                     Line("held-out", series.eval_loss, scatter=True)],
@@ -517,12 +614,19 @@ class LlmConsole(App[None]):
             self.selected = job_id
             self.refresh_bindings()
             self.render_loss()
-            if job_id not in self.state.series:
-                # after the cursor rests, so holding a key does not ask for each row
-                if self._metrics_timer is not None:
-                    self._metrics_timer.stop()
-                self._metrics_timer = self.set_timer(
-                    0.2, lambda: self.load_metrics(job_id) if self.selected == job_id else None)
+            self._want_metrics(job_id)
+
+    def _want_metrics(self, job_id: int, delay: float = 0.2) -> None:
+        """Fetch the job's metric history once (merged with the live points
+        that came first), `delay` s after the cursor rests on it, so holding
+        a key does not ask for each row passed."""
+        if job_id in self._backfilled:
+            return
+        if self._metrics_timer is not None:
+            self._metrics_timer.stop()
+        self._metrics_timer = self.set_timer(
+            max(delay, 0.01),
+            lambda: self.load_metrics(job_id) if self.selected == job_id else None)
 
     @on(VirtualTable.Selected, "#jobs")
     async def _selected_row(self, _event: VirtualTable.Selected) -> None:
@@ -541,6 +645,7 @@ class LlmConsole(App[None]):
         self.call_from_thread(self._metrics_loaded, job_id, points)
 
     def _metrics_loaded(self, job_id: int, points: list[dict[str, Any]]) -> None:
+        self._backfilled.add(job_id)
         if points:
             self.state.load_metrics(job_id, points)
             self.render_loss()
@@ -609,13 +714,20 @@ class LlmConsole(App[None]):
 
     @work(thread=True, group="actions")
     def run_action_in_thread(self, verb: str, job_id: int, *args: Any) -> None:
+        if verb == "cancel":  # before the call: its end may come before the answer
+            self._cancelling.add(job_id)
         try:
             job = getattr(self.bridge, verb)(job_id, *args)
         except EngineError as err:
+            self._cancelling.discard(job_id)
             self.call_from_thread(self.notify, f"{verb.replace('_', ' ')} job {job_id}: {err}",
                                   severity="error", timeout=8)
             return
         note = f"priority {job['priority']}" if verb == "set_priority" else job["state"]
+        if verb == "cancel" and job["state"] in ACTIVE_STATES:  # it stops: said when it has
+            note = "cancel requested"
+        elif verb == "cancel":
+            self._cancelling.discard(job_id)
         self.call_from_thread(self.notify, f"job {job_id}: {note}")
 
     # ------------------------------------------------------------ node actions
@@ -813,7 +925,7 @@ class LlmConsole(App[None]):
         data, note = detail.load_results(job.get("output"))
         self.call_from_thread(screen.set_job, job)
         self.call_from_thread(screen.set_results, data, note)
-        if screen.job_id not in self.state.series:
+        if screen.job_id not in self._backfilled:
             self.load_metrics(screen.job_id)
 
     def action_sort_jobs(self) -> None:

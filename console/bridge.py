@@ -2,7 +2,8 @@
 that takes a snapshot and then follows the engine's event stream, putting
 everything on a queue the screen drains on its own timer (so bursts of
 telemetry and metric points reach the widgets merged, a few times a second),
-reconnecting with backoff when the engine goes away; and the actions
+reconnecting quickly at first (every 0.1 s for 5 s), then with backoff (cut
+short when the engine's socket appears again), when the engine goes away; and the actions
 (cancel, retry, submit, drain, check), each on its own short-lived client so
 threads never share one. No screen library here."""
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,10 +29,25 @@ RECENT_ENDED = 500           # ended jobs loaded with a snapshot
 #: line of every job.
 EVENT_TYPES = ("job", "node", "nodes-checked", "telemetry", "metric")
 BACKOFF_START, BACKOFF_MAX = 0.5, 10.0
+#: After a lost connection the reader first retries every QUICK_RETRY_S for
+#: QUICK_FOR_S (an engine restart is back within a second on the screen),
+#: then backs off from BACKOFF_START to BACKOFF_MAX.
+QUICK_RETRY_S, QUICK_FOR_S = 0.1, 5.0
 #: `nodes check` waits on every node's probe, and the peers' ssh checks run
 #: one after another on the engine's side (up to a minute): the check's
 #: client waits that long and more, where every other call gives up at 30 s.
 CHECK_TIMEOUT_S = 120.0
+
+
+def _socket_id(path: object) -> tuple[int, int] | None:
+    """The socket file's (inode, mtime in ns), None when it is not there."""
+    if not isinstance(path, str | os.PathLike):
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 @dataclass(frozen=True)
@@ -77,13 +94,16 @@ class EngineBridge:
 
     def _read(self) -> None:
         backoff = BACKOFF_START
+        lost_at: float | None = None  # when the connection was lost (None: connected)
+        told = False  # a Down is queued for this outage's quick retries
+        client: EngineClient | None = None
         while not self._stop.is_set():
             try:
                 client = self._factory()
                 stream = client.events(EVENT_TYPES)
                 next(stream)  # the hello: subscribed, so no event is missed after the snapshot
                 self._queue.put(self._snapshot(client))
-                backoff = BACKOFF_START
+                backoff, lost_at, told = BACKOFF_START, None, False
                 for event in stream:
                     if self._stop.is_set():
                         return
@@ -92,9 +112,29 @@ class EngineBridge:
                 reason = "the engine closed the event stream"
             except Exception as exc:  # noqa: BLE001 - the reader must outlive any failure
                 reason = str(exc) or type(exc).__name__
+            now = time.monotonic()
+            lost_at = now if lost_at is None else lost_at
+            if now - lost_at < QUICK_FOR_S:
+                if not told:  # once per outage: the banner, not ten a second
+                    self._queue.put(Down(reason, QUICK_RETRY_S))
+                    told = True
+                self._stop.wait(QUICK_RETRY_S)
+                continue
             self._queue.put(Down(reason, backoff))
-            self._stop.wait(backoff)
+            self._wait(client, backoff)
             backoff = min(BACKOFF_MAX, backoff * 2)
+
+    def _wait(self, client: EngineClient | None, seconds: float) -> None:
+        """Wait `seconds`, or less: until the engine's socket appears again
+        (an engine back after the quick retries is reconnected at once)."""
+        path = getattr(client, "socket_path", None)
+        before = _socket_id(path)
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            self._stop.wait(min(QUICK_RETRY_S, max(0.0, deadline - time.monotonic())))
+            now = _socket_id(path)
+            if now is not None and now != before:
+                return
 
     @staticmethod
     def _snapshot(client: EngineClient) -> Snapshot:

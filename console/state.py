@@ -8,6 +8,14 @@ Events (from `GET /v1/events`):
     {"type": "telemetry", "node": NAME, "gpus": [...], "cpu_percent": ...}
     {"type": "metric", "job": ID, "attempt": N, "step": S, "values": {...}}
 
+A job's view carries its current attempt's `progress` (step, total, loss,
+tokens/s, time) and `started_at`/`ended_at`: `job_progress` reads the STEP
+and LOSS of any job from it, and from the job's series when that is newer,
+so every row is right without its metrics fetched. `load_metrics` merges a
+fetched history into the series that live points may have started (no gap,
+no duplicate step). `stale_since` is when the engine was lost (None while
+connected).
+
 A node's view (`GET /v1/nodes`) says more than its events: its state in one
 word and why, round trip, drain reason, last check. So a "node" or
 "nodes-checked" event patches what it carries (the screen answers at once)
@@ -25,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ACTIVE_STATES = ("held", "queued", "starting", "running")
+HOLDING = ("starting", "running")  # a job in these states holds GPUs and slots
 SERIES_POINTS = 2000      # loss points kept per job
 HISTORY_POINTS = 60       # telemetry samples kept per GPU (a minute at 1 Hz)
 
@@ -47,6 +56,7 @@ class Series:
     last: dict[str, float] = field(default_factory=dict)
     step: int | None = None
     version: int = 0  # bumped on every point, so views redraw only on change
+    times: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=64))
 
     @property
     def loss(self) -> deque[tuple[int, float]]:
@@ -66,6 +76,8 @@ class ConsoleState:
     connected: bool = False
     error: str | None = None
     nodes_stale: bool = False  # a node changed: fetch the nodes' views again
+    allocations_changed: bool = False  # a job started or ended: its GPUs changed owner
+    stale_since: float | None = None  # the engine was lost then; None while connected
     _counts: dict[str, int] = field(default_factory=dict)
     _newest_first: list[int] | None = None  # job ids, sorted once per new id
 
@@ -80,6 +92,7 @@ class ConsoleState:
             self._counts[job["state"]] = self._counts.get(job["state"], 0) + 1
         self._newest_first = None
         self.connected, self.error = True, None
+        self.stale_since = None
         self.nodes_stale = False
 
     def load_nodes(self, nodes: Iterable[Mapping[str, Any]]) -> None:
@@ -87,14 +100,41 @@ class ConsoleState:
         history stays, what a node's view says replaces what events patched."""
         self.nodes = {str(n["name"]): dict(n) for n in nodes}
 
+    def disconnected(self, reason: str, now: float) -> None:
+        """The engine is gone: what is shown is stale from `now` on."""
+        if self.connected or self.stale_since is None:
+            self.stale_since = now
+        self.connected, self.error = False, reason
+
     def load_metrics(self, job_id: int, points: Iterable[Mapping[str, Any]]) -> None:
-        """A job's metric points as the API lists them (one per name)."""
+        """A job's metric points as the API lists them (one per name), merged
+        with the points the series already has (live ones that arrived
+        before or while the history was fetched): each step once, in order,
+        of the newest attempt of either."""
         by_step: dict[tuple[int, int], dict[str, float]] = {}
+        times: dict[tuple[int, int], float] = {}
         for p in points:
-            by_step.setdefault((int(p["attempt"]), int(p["step"])), {})[p["name"]] = p["value"]
-        self.series.pop(job_id, None)
-        for (attempt, step), values in sorted(by_step.items()):
-            self._metric(job_id, attempt, step, values)
+            key = (int(p["attempt"]), int(p["step"]))
+            by_step.setdefault(key, {})[p["name"]] = p["value"]
+            if isinstance(p.get("time"), int | float):
+                times[key] = float(p["time"])
+        old = self.series.pop(job_id, None)
+        if old is not None:  # live points: their values win (they are as new or newer)
+            live: dict[int, dict[str, float]] = {}
+            for name, pts in old.points.items():
+                for step, value in pts:
+                    live.setdefault(step, {})[name] = value
+            if old.step is not None:  # the newest values of the metrics not charted
+                live.setdefault(old.step, {}).update(
+                    {k: v for k, v in old.last.items() if k not in CHARTED})
+            for step, values in live.items():
+                by_step.setdefault((old.attempt, step), {}).update(values)
+            for step, when in old.times:
+                times.setdefault((old.attempt, step), when)
+        for key, values in sorted(by_step.items()):
+            self._metric(job_id, key[0], key[1], values, times.get(key))
+        if old is not None and job_id in self.series:
+            self.series[job_id].version = old.version + 1 + len(by_step)
 
     # ---------------------------------------------------------- events
     def apply(self, events: Iterable[Mapping[str, Any]]) -> set[str]:
@@ -110,6 +150,9 @@ class ConsoleState:
                     self._newest_first = None
                 else:
                     self._counts[old["state"]] -= 1
+                was = old["state"] if old is not None else None
+                if (was in HOLDING) != (job["state"] in HOLDING):
+                    self.allocations_changed = True
                 self._counts[job["state"]] = self._counts.get(job["state"], 0) + 1
                 self.jobs[int(job["id"])] = job
                 changed.add("jobs")
@@ -132,8 +175,10 @@ class ConsoleState:
                 self._telemetry(event)
                 changed.add("nodes")
             elif kind == "metric":
+                when = event.get("time")
                 self._metric(int(event["job"]), int(event.get("attempt", 1)),
-                             int(event["step"]), event.get("values") or {})
+                             int(event["step"]), event.get("values") or {},
+                             float(when) if isinstance(when, int | float) else None)
                 changed.add("metrics")
         return changed
 
@@ -155,7 +200,8 @@ class ConsoleState:
                 history.append(float(util))
         node["gpus"] = [known[i] for i in sorted(known, key=lambda i: (i is None, i))]
 
-    def _metric(self, job_id: int, attempt: int, step: int, values: Mapping[str, Any]) -> None:
+    def _metric(self, job_id: int, attempt: int, step: int, values: Mapping[str, Any],
+                when: float | None = None) -> None:
         series = self.series.get(job_id)
         if series is None or attempt > series.attempt:
             series = self.series[job_id] = Series(attempt=attempt)
@@ -165,9 +211,41 @@ class ConsoleState:
             if isinstance(value, int | float) and math.isfinite(value):
                 series.last[name] = float(value)
                 if name in series.points:
-                    series.points[name].append((step, float(value)))
-        series.step = step
+                    points = series.points[name]
+                    if points and points[-1][0] == step:  # a step again: its newest value
+                        points[-1] = (step, float(value))
+                    else:
+                        points.append((step, float(value)))
+        if when is not None and (not series.times or series.times[-1][0] < step):
+            series.times.append((step, when))
+        series.step = step if series.step is None else max(series.step, step)
         series.version += 1
+
+    def job_progress(self, job_id: int) -> Progress:
+        """The job's current attempt's step, total, loss and tokens/s: from
+        its series when that is of the current attempt and as far on, else
+        from the job view's `progress` (which every job has, fetched or not)."""
+        job = self.jobs.get(job_id) or {}
+        view = job.get("progress") or {}
+        attempt = int(job.get("attempt") or 0)
+        out = Progress(step=view.get("step"), total=view.get("total"), loss=view.get("loss"),
+                       tokens_per_s=view.get("tokens_per_s"))
+        series = self.series.get(job_id)
+        if series is not None and series.attempt >= attempt and series.step is not None and \
+                (out.step is None or series.step >= out.step or series.attempt > attempt):
+            total = series.last.get("total_steps")
+            out = Progress(step=series.step,
+                           total=int(total) if total is not None else out.total,
+                           loss=series.last.get("loss", out.loss if series.step == out.step
+                                                else None),
+                           tokens_per_s=series.last.get("tokens_per_s", out.tokens_per_s),
+                           rate=steps_per_s(series.times))
+        for name in ("loss", "tokens_per_s"):
+            value = getattr(out, name)
+            if value is not None and not (isinstance(value, int | float)
+                                          and math.isfinite(value)):
+                setattr(out, name, None)
+        return out
 
     # ---------------------------------------------------------- views
     def visible_jobs(self, show_ended: bool, text: str = "", limit: int | None = None,
@@ -198,8 +276,7 @@ class ConsoleState:
             out.sort(key=lambda j: str(j.get(sort, "")).lower())
         elif sort == "loss":
             def loss(j: dict[str, Any]) -> tuple[bool, float]:
-                series = self.series.get(int(j["id"]))
-                value = series.last.get("loss") if series else None
+                value = self.job_progress(int(j["id"])).loss
                 return (value is None, value if value is not None else 0.0)
             out.sort(key=loss)
         return (out if limit is None else out[:limit]), len(out)
@@ -207,6 +284,93 @@ class ConsoleState:
     def counts(self) -> dict[str, int]:
         """Jobs per state (kept up to date as events arrive)."""
         return {k: v for k, v in self._counts.items() if v}
+
+
+@dataclass
+class Progress:
+    """Where a job's current attempt is: step of total, loss, tokens/s and
+    steps/s (from the times of its recent points; None when unknown)."""
+
+    step: int | None = None
+    total: int | None = None
+    loss: float | None = None
+    tokens_per_s: float | None = None
+    rate: float | None = None
+
+    def eta_s(self) -> float | None:
+        """Seconds to the total at the current rate (None when unknown)."""
+        if not self.total or self.step is None or not self.rate:
+            return None
+        return max(0.0, (self.total - self.step) / self.rate)
+
+
+def steps_per_s(times: Iterable[tuple[int, float]], window: int = 32) -> float | None:
+    """Steps per second over the newest `window` (step, time) points."""
+    pts = list(times)[-window:]
+    if len(pts) < 2:
+        return None
+    (s0, t0), (s1, t1) = pts[0], pts[-1]
+    return (s1 - s0) / (t1 - t0) if t1 > t0 and s1 > s0 else None
+
+
+def duration(seconds: float | None) -> str:
+    """0:40, 12:05, 3h07 ("-" for None)."""
+    if seconds is None:
+        return "-"
+    s = max(0, int(seconds))
+    return f"{s // 60}:{s % 60:02d}" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}"
+
+
+def run_time(job: Mapping[str, Any], now: float) -> float | None:
+    """How long the current attempt has run: started_at to ended_at, or to
+    `now` while it runs; None for a job that never started."""
+    start = job.get("started_at")
+    if not isinstance(start, int | float):
+        return None
+    end = job.get("ended_at")
+    if not isinstance(end, int | float):
+        end = now if job.get("state") in HOLDING else job.get("updated_at") or now
+    return max(0.0, float(end) - float(start))
+
+
+def rate_text(value: float | None) -> str:
+    """1.2k, 850, 3.4M."""
+    if value is None:
+        return "-"
+    for unit, size in (("M", 1e6), ("k", 1e3)):
+        if value >= size:
+            return f"{value / size:.1f}{unit}"
+    return f"{value:.0f}"
+
+
+def progress_line(p: Progress) -> str:
+    """"120/200 1.2k tok/s ETA 0:40" (the parts known)."""
+    if p.step is None:
+        return ""
+    parts = [f"{p.step}/{p.total}" if p.total else f"step {p.step}"]
+    if p.tokens_per_s is not None:
+        parts.append(f"{rate_text(p.tokens_per_s)} tok/s")
+    eta = p.eta_s()
+    if eta is not None:
+        parts.append(f"ETA {duration(eta)}")
+    return " ".join(parts)
+
+
+def middle_cut(text: str, width: int) -> str:
+    """`text` in `width` cells, cut in the middle with an ellipsis, so the
+    start and the end stay ("pipeline-…/prune", "pipeline-…/pretrain")."""
+    if width <= 0:
+        return ""
+    if len(text) <= width:
+        return text
+    if width == 1:
+        return "…"
+    tail = (width - 1) // 2
+    last = text.rfind("/")
+    if last > 0:  # the last part of a path whole when the start keeps a few cells
+        tail = max(tail, min(len(text) - last, width - 1 - 4))
+    head = width - 1 - tail
+    return text[:head] + "…" + (text[-tail:] if tail else "")
 
 
 def smoothed(values: list[float], weight: float = 0.8) -> list[float]:

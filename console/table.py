@@ -99,13 +99,24 @@ class VirtualTable(ScrollView, can_focus=True):
         rows outgrow the height)."""
         self.on_resize()
 
+    def set_columns(self, columns: Sequence[Column], flex: int | None = None,
+                    flex_max: int | None = None) -> None:
+        """Draw these columns from now on (another set for another width);
+        `cells` must give cells for them."""
+        self.columns = list(columns)
+        self.flex = flex
+        if flex_max is not None:
+            self.flex_max = flex_max
+        self._widths = []
+        self.on_resize()
+        self.refresh()
+
     def on_resize(self) -> None:
-        if self.flex is None:
-            return
         widths = [w for _, w in self.columns]
-        base = sum(widths) + len(widths) - 1
-        spare = self.scrollable_content_region.width - base
-        widths[self.flex] = min(self.flex_max, widths[self.flex] + max(0, spare))
+        if self.flex is not None:
+            base = sum(widths) + len(widths) - 1
+            spare = self.scrollable_content_region.width - base
+            widths[self.flex] = min(self.flex_max, widths[self.flex] + max(0, spare))
         if widths != self._widths:
             self._widths = widths
             self._width = sum(widths) + len(widths) - 1

@@ -8,6 +8,7 @@ look at the report before committing."""
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 from textual.widgets import Input
 
 from console.app import LlmConsole
-from console.bridge import FixedBridge, Snapshot
+from console.bridge import Down, FixedBridge, Snapshot
 
 NOW = 1_800_000_000.0
 
@@ -26,7 +27,9 @@ def _job(id_: int, name: str, kind: str, state: str, gpus: int = 0, ago: float =
             "attempt": 1, "priority": 0, "submitted_at": NOW - ago, "updated_at": NOW - ago / 2,
             "after": [], "reason": None, "exit_code": None, "placements": [], "profile": profile,
             "resources": {"nodes": 1, "gpus_per_node": gpus, "cpus": 2, "memory_gb": 0.0},
-            "output": None}
+            "output": None, "waiting": None, "progress": None,
+            "started_at": None if state in ("queued", "held") else NOW - ago + 5,
+            "ended_at": NOW - ago / 2 if state in ("succeeded", "failed") else None}
 
 
 def _gpu(index: int, util: float | None, used: int, job: int | None) -> dict[str, Any]:
@@ -43,13 +46,23 @@ NODES = [
      "slots_used": 0, "jobs": [], "gpus": [_gpu(0, None, 0, None)]},
 ]
 JOBS = [
-    _job(1, "pipeline-tiny/pretrain", "train", "succeeded", ago=3600, profile="pretrain-tiny"),
-    _job(2, "pipeline-tiny/prune", "compress", "failed", ago=1800),
-    _job(3, "llama-7b-finetune", "train", "running", gpus=3, ago=900),
-    _job(4, "eval; rm -rf ~ [b]x", "eval", "queued", ago=30),
-    _job(5, "nightly-pretrain", "train", "held", gpus=8, ago=10),
+    {**_job(1, "pipeline-tiny/pretrain", "train", "succeeded", ago=3600,
+            profile="pretrain-tiny"),
+     "progress": {"step": 300, "total": 300, "loss": 2.0412, "tokens_per_s": 8800.0,
+                  "time": NOW - 1800}},
+    {**_job(2, "pipeline-tiny/prune", "compress", "failed", ago=1800), "attempt": 2,
+     "progress": {"step": 40, "total": None, "loss": 3.1, "tokens_per_s": None,
+                  "time": NOW - 900}},
+    {**_job(3, "llama-7b-finetune", "train", "running", gpus=3, ago=900), "priority": 5,
+     "placements": [{"node": "gpu1", "gpus": [0, 1, 2], "cpus": 24}]},
+    {**_job(4, "eval; rm -rf ~ [b]x", "eval", "queued", ago=30),
+     "waiting": "needs 1 node with 2 CPU slots free; 0 of 1 up node have that now "
+                "(gpu1: 0 of 64 slots free); node gpu2 down"},
+    {**_job(5, "nightly-pretrain", "train", "held", gpus=8, ago=10), "priority": -1,
+     "after": [3], "waiting": "waiting for job 3 to succeed"},
 ]
 METRICS = [{"type": "metric", "job": 3, "attempt": 1, "step": step,
+            "time": NOW - 2 * (120 - step),
             "values": {"loss": 4.0 / (1 + step / 20) + (0.1 if step % 3 else 0.0),
                        "lr": 3e-4 * min(1.0, step / 20), "tokens_per_s": 9000 + 40 * (step % 7),
                        "total_steps": 200}}
@@ -231,3 +244,35 @@ def test_submit_form_with_an_error(snap_compare: Any, size: tuple[int, int]) -> 
         steady_cursors(pilot)
 
     assert snap_compare(make_app(), terminal_size=size, run_before=bad_submit)
+
+
+def test_dashboard_wide_names_and_where(snap_compare: Any) -> None:
+    """At 240 columns names and WHERE widen; PRI, TRY and RUN stay."""
+    assert snap_compare(make_app(), terminal_size=(240, 60), run_before=_loaded)
+
+
+def test_dashboard_a_queued_job_says_why_it_waits(snap_compare: Any) -> None:
+    """80x24: the selected queued job's line is the engine's reason in words;
+    names are cut in the middle ("pipeli…/pretrain", "pipeline…y/prune")."""
+    async def queued(pilot: Any) -> None:
+        await _loaded(pilot)
+        pilot.app.select(4)
+        await pilot.pause()
+
+    assert snap_compare(make_app(), terminal_size=(80, 24), run_before=queued)
+
+
+def test_dashboard_stale_during_an_outage(snap_compare: Any,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine lost: the banner, the tables dimmed and the status line
+    say since when what they show is stale."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    bridge = FixedBridge([Snapshot(NODES, JOBS), *METRICS,
+                          Down("[Errno 111] Connection refused", 0.1)], details=DETAILS)
+    app = LlmConsole(bridge=bridge, clock=lambda: NOW)  # type: ignore[arg-type]
+    try:
+        assert snap_compare(app, terminal_size=(100, 30), run_before=_loaded)
+    finally:
+        monkeypatch.undo()  # TZ as it was, for the tests after this one
+        time.tzset()
