@@ -12,6 +12,14 @@ INCOMPATIBLE, DRAINED) and its round trip; the line under the panel tells
 the selected node's reason and last check. The panel has a cursor of its
 own (tab moves between the panels): D drains the node under it, U undrains,
 T trusts its host key, C checks every node.
+
+Every number is the engine's: STEP and LOSS of each job from its view's
+progress (or its series when further), RUN the current attempt's run time,
+the GPUs' owners refetched whenever a job starts or ends, a job's metric
+history fetched once it is selected and merged with live points. The jobs
+table's columns follow the width (JOB_LAYOUTS); names are cut in the middle.
+A held or queued job's reason, and a running one's rate and ETA, are on the
+loss label; during an outage the tables are dimmed and say since when.
 """
 
 from __future__ import annotations
@@ -583,9 +591,12 @@ class LlmConsole(App[None]):
         series = self.state.series.get(self.selected)
         job = self.state.jobs.get(self.selected) or {}
         if series is None or not series.loss:
-            why = job.get("waiting") if job.get("state") in ("held", "queued") else \
-                job.get("reason")
-            label(f"job {self.selected} {job.get('state', '')}: {why}" if why else
+            waits = job.get("state") in ("held", "queued")
+            why = job.get("waiting") if waits else job.get("reason")
+            age = job.get("submitted_at")  # a waiting job's AGE: how long it has waited
+            since = f" {duration(self.clock() - age)}" if waits and \
+                isinstance(age, int | float) else ""
+            label(f"job {self.selected} {job.get('state', '')}{since}: {why}" if why else
                   f"job {self.selected}: no loss yet")
             chart.show([], key=(self.selected, -1), title=f"job {self.selected}: loss")
             return

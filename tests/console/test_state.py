@@ -5,12 +5,17 @@ from __future__ import annotations
 from console.state import (
     NODE_STATES,
     ConsoleState,
+    Progress,
     bar,
+    duration,
     host_key_changed,
     host_key_refused,
+    middle_cut,
     node_line,
     node_state,
+    progress_line,
     rtt_text,
+    run_time,
     smoothed,
     spark,
     state_word,
@@ -141,3 +146,74 @@ def test_a_node_in_words() -> None:
     assert not host_key_refused({**down, "error": "ssh: connection refused"})
     assert [state_word(w) for w in NODE_STATES] == ["up", "SUSPECT", "DOWN", "UNTRUSTED",
                                                     "INCOMPATIBLE", "DRAINED"]
+
+
+def test_a_fetched_history_merges_with_the_live_points_that_came_first() -> None:
+    s = ConsoleState()
+    s.apply([{"type": "metric", "job": 4, "attempt": 1, "step": s_, "time": 100.0 + s_,
+              "values": {"loss": 10.0 / s_, "total_steps": 10}} for s_ in (5, 6)])
+    history = [{"attempt": 1, "step": s_, "name": "loss", "value": 10.0 / s_,
+                "time": 100.0 + s_} for s_ in range(1, 6)]  # up to the first live one
+    s.load_metrics(4, history)
+    series = s.series[4]
+    assert list(series.loss) == [(s_, 10.0 / s_) for s_ in range(1, 7)]  # no gap, no repeat
+    assert series.step == 6 and series.last["total_steps"] == 10  # not charted, kept
+    # an older attempt's history does not replace the newer attempt's points
+    s.apply([{"type": "metric", "job": 4, "attempt": 2, "step": 1, "values": {"loss": 9.0}}])
+    s.load_metrics(4, history)
+    assert s.series[4].attempt == 2 and list(s.series[4].loss) == [(1, 9.0)]
+
+
+def test_progress_comes_from_the_job_view_until_the_series_is_further() -> None:
+    s = ConsoleState()
+    s.load([], [{**job(1, "succeeded"), "attempt": 1,
+                 "progress": {"step": 300, "total": 300, "loss": 2.5, "tokens_per_s": 900.0,
+                              "time": 0.0}},
+                {**job(2, "running"), "attempt": 2, "progress": None}])
+    p = s.job_progress(1)
+    assert (p.step, p.total, p.loss, p.tokens_per_s) == (300, 300, 2.5, 900.0)
+    assert s.job_progress(2).step is None
+    s.apply([{"type": "metric", "job": 2, "attempt": 1, "step": 50, "values": {"loss": 1.0}}])
+    assert s.job_progress(2).loss is None  # the last attempt's point is not the current one
+    s.apply([{"type": "metric", "job": 2, "attempt": 2, "step": s_, "time": float(s_),
+              "values": {"loss": 3.0, "total_steps": 20, "tokens_per_s": 1500.0}}
+             for s_ in (1, 2, 3, 4)])
+    p = s.job_progress(2)
+    assert (p.step, p.total, p.loss, p.rate) == (4, 20, 3.0, 1.0)
+    assert progress_line(p) == "4/20 1.5k tok/s ETA 0:16"
+    assert progress_line(Progress(step=7)) == "step 7"
+
+
+def test_allocations_change_when_a_job_starts_or_ends() -> None:
+    s = ConsoleState()
+    s.load([], [job(1, "queued")])
+    s.apply([{"type": "job", "job": job(1, "queued")}])
+    assert not s.allocations_changed
+    s.apply([{"type": "job", "job": job(1, "starting")}])
+    assert s.allocations_changed
+    s.allocations_changed = False
+    s.apply([{"type": "job", "job": job(1, "running")}])
+    assert not s.allocations_changed  # still holding the same
+    s.apply([{"type": "job", "job": job(1, "failed")}])
+    assert s.allocations_changed
+
+
+def test_run_time_names_and_staleness() -> None:
+    ran = {"state": "succeeded", "started_at": 100.0, "ended_at": 107.0, "submitted_at": 0.0}
+    assert run_time(ran, now=10_000.0) == 7.0 and duration(7.0) == "0:07"
+    assert run_time({"state": "queued", "submitted_at": 0.0}, now=50.0) is None
+    assert run_time({"state": "running", "started_at": 40.0}, now=50.0) == 10.0
+    assert duration(None) == "-" and duration(3 * 3600 + 420) == "3h07"
+    a, b = "pipeline-tiny/prune", "pipeline-tiny/pretrain"
+    for width in range(3, 24):
+        ca, cb = middle_cut(a, width), middle_cut(b, width)
+        assert len(ca) <= width and len(cb) <= width
+        assert ca != cb  # the stages stay distinct at every width
+    assert middle_cut(a, 14) == "pipelin…/prune" and middle_cut(b, 14) == "pipe…/pretrain"
+    s = ConsoleState()
+    s.load([], [])
+    s.disconnected("gone", now=5.0)
+    s.disconnected("still gone", now=9.0)
+    assert not s.connected and s.stale_since == 5.0  # since the first loss
+    s.load([], [])
+    assert s.connected and s.stale_since is None

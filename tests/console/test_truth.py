@@ -134,6 +134,12 @@ async def test_a_screen_opened_after_the_jobs_ended_has_every_loss(
             app.action_sort_jobs()
         table = app.query_one("#jobs", VirtualTable)
         assert table.keys == [str(ids[1]), str(ids[2]), str(ids[0]), str(quiet)]
+        # a filter puts the cursor on another job: its chart loads
+        app.action_filter()
+        await pilot.press(*"mid")
+        await until(pilot, lambda: app.selected == ids[2] and ids[2] in app.state.series)
+        assert list(app.state.series[ids[2]].loss) == losses(engine, ids[2])
+        await until(pilot, lambda: f"job {ids[2]} step 5/5" in label(app))
 
 
 async def test_the_cancel_toast_says_requested_then_cancelled(engine: EngineHandle) -> None:
