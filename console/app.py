@@ -39,6 +39,7 @@ from textual.timer import Timer
 from textual.widgets import Footer, Header, Input, Static
 
 from console import command_line, detail, keyboard, keymap
+from console import compare as compare_screen
 from console.bridge import Down, EngineBridge, Snapshot
 from console.chart import Line, MetricChart
 from console.command_line import CommandLine
@@ -198,6 +199,10 @@ class LlmConsole(App[None]):
                 tooltip="nodes check: link, host key, software, GPUs, disk, clock, peers"),
         Binding("T", "trust_node", "Trust", id="trust-node",
                 tooltip="Trust the selected node's host key (shows its fingerprint, asks)"),
+        Binding("space", "mark_job", "Mark", id="mark-job", show=False,
+                tooltip="Mark or unmark the selected job for compare (m)"),
+        Binding("m", "compare_jobs", "Compare", id="compare-jobs", show=False,
+                tooltip="The marked jobs' loss curves overlaid and their results table"),
         Binding("question_mark", "toggle_help", "Help", id="help",
                 tooltip="Show the keys (? or esc closes)"),
         Binding("escape", "clear_filter", "Clear filter", show=False),
@@ -230,6 +235,7 @@ class LlmConsole(App[None]):
         self._job_layout = -1  # the JOB_LAYOUTS entry the jobs table has
         self._busy: set[str] = set()  # node actions under way ("check", "trust"): once each
         self.keymap: dict[str, str] = {}  # binding id -> keys, from the user's keys.toml
+        self.marks = compare_screen.Marks()  # jobs marked (space) for compare (m)
 
     # ------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -258,7 +264,8 @@ class LlmConsole(App[None]):
 
     DASHBOARD_ONLY = frozenset({"toggle_ended", "filter", "clear_filter", "show_job",
                                 "show_logs", "sort_jobs", "drain_node", "undrain_node",
-                                "check_nodes", "trust_node", "command_line"})
+                                "check_nodes", "trust_node", "command_line",
+                                "mark_job", "compare_jobs"})
 
     def _allowed_on(self, action: str, screen: Screen[Any]) -> bool:
         """Dashboard actions are off (and out of the footer) on other screens."""
@@ -271,7 +278,6 @@ class LlmConsole(App[None]):
         if not self._allowed_on(action, self.screen):
             return False
         return None if keyboard.disabled(action, self._selected_quiet()) else True
-
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         """The command palette (ctrl+p) offers every key's action, by name:
@@ -520,7 +526,7 @@ class LlmConsole(App[None]):
         for index, (label, _width) in enumerate(table.columns):
             width = table.column_width(index)
             if label == "ID":
-                out.append(key)
+                out.append(compare_screen.mark_cell(int(key), self.marks))
             elif label == "NAME":
                 out.append(middle_cut(str(job["name"]), width))
             elif label == "KIND":
@@ -870,6 +876,14 @@ class LlmConsole(App[None]):
         finally:
             self._questions.discard(answered)
         return bool(answers and answers[0])
+
+    def action_mark_job(self) -> None:
+        if self.selected is not None:
+            self.marks.toggle(self.selected)
+            self.render_jobs(order_changed=False)
+
+    def action_compare_jobs(self) -> None:
+        compare_screen.open_compare(self, self.marks, self.selected)
 
     async def action_show_logs(self) -> None:
         await self.action_show_job("logs")

@@ -11,7 +11,7 @@ from rich.text import Text
 from textual.app import RenderResult
 from textual_plotext import PlotextPlot
 
-Points = Sequence[tuple[int, float]]
+Points = Sequence[tuple[float, float]]  # (step or seconds, value)
 
 
 @dataclass(frozen=True)
@@ -19,9 +19,10 @@ class Line:
     label: str
     points: Points
     scatter: bool = False  # points (held-out loss) rather than a line
+    marker: str | None = None  # a glyph of its own (series differ without colour too)
 
 
-def thin(points: Points, most: int) -> list[tuple[int, float]]:
+def thin(points: Points, most: int) -> list[tuple[float, float]]:
     """At most `most` evenly spaced points, always keeping the newest."""
     pts = list(points)
     if most <= 0 or len(pts) <= most:
@@ -42,12 +43,17 @@ class MetricChart(PlotextPlot):
         self._drawn: object = None
         self._empty: str | None = "no data yet"
 
-    def show(self, lines: Sequence[Line], key: object = None, title: str | None = None) -> None:
-        """Draw `lines`; `key` (data version) skips the work when unchanged."""
+    def show(self, lines: Sequence[Line], key: object = None, title: str | None = None,
+             *, log_y: bool = False, xlabel: str | None = None) -> None:
+        """Draw `lines`; `key` (data version) skips the work when unchanged.
+        `log_y`: a log scale (values <= 0 are left out); `xlabel` names x."""
         title = self.chart_title if title is None else title
-        if key is not None and (key, title, self.size.width) == self._drawn:
+        if key is not None and (key, title, self.size.width, log_y, xlabel) == self._drawn:
             return
-        self._drawn = (key, title, self.size.width)
+        self._drawn = (key, title, self.size.width, log_y, xlabel)
+        if log_y:
+            lines = [Line(ln.label, [p for p in ln.points if p[1] > 0], ln.scatter, ln.marker)
+                     for ln in lines]
         if not any(line.points for line in lines):
             self._empty = f"{title}: no points yet"  # plotext would draw an empty frame
             self.refresh()
@@ -57,6 +63,9 @@ class MetricChart(PlotextPlot):
         plt.clear_data()
         plt.clear_figure()
         plt.title(title)
+        plt.yscale("log" if log_y else "linear")
+        if xlabel:
+            plt.xlabel(xlabel)
         most = max(20, self.size.width * 2)
         for line in lines:
             pts = thin(line.points, most)
@@ -64,9 +73,9 @@ class MetricChart(PlotextPlot):
                 continue
             xs, ys = [p[0] for p in pts], [p[1] for p in pts]
             if line.scatter:
-                plt.scatter(xs, ys, label=line.label, marker="dot")
+                plt.scatter(xs, ys, label=line.label, marker=line.marker or "dot")
             else:
-                plt.plot(xs, ys, label=line.label, marker="braille")
+                plt.plot(xs, ys, label=line.label, marker=line.marker or "braille")
         self.refresh()
 
     def render(self) -> RenderResult:

@@ -166,3 +166,117 @@ def load_results(output: str | None) -> tuple[dict[str, Any] | None, str]:
         return None, f"{path}: not a JSON object; run the job again"
     title = " ".join(str(data[k]) for k in ("kind", "method", "format", "status") if k in data)
     return data, title
+
+
+# ------------------------------------------------------------------ logs like less
+def matches(lines: Sequence[str], needle: str) -> list[int]:
+    """Indexes of the lines containing `needle`, case-insensitively (none
+    for an empty needle)."""
+    if not needle:
+        return []
+    needle = needle.lower()
+    return [i for i, line in enumerate(lines) if needle in line.lower()]
+
+
+def next_match(found: Sequence[int], current: int | None, step: int, start: int = 0
+               ) -> int | None:
+    """The position in `found` after (step 1) or before (step -1) `current`,
+    wrapping like less; with no current one, the first match at or after
+    line `start` (else the first). None when nothing matches."""
+    if not found:
+        return None
+    if current is None or not 0 <= current < len(found):
+        return next((k for k, i in enumerate(found) if i >= start), 0)
+    return (current + step) % len(found)
+
+
+def world_size(job: Mapping[str, Any]) -> int | None:
+    """The job's rank count when known: resources nodes x GPUs per node (a
+    rank per GPU), else horovodrun's/mpirun's `-np N` in its argv."""
+    spec = job.get("spec") or {}
+    resources = spec.get("resources") or job.get("resources") or {}
+    gpus = resources.get("gpus_per_node") or 0
+    if gpus:
+        return int(resources.get("nodes") or 1) * int(gpus)
+    argv = [str(a) for a in spec.get("argv") or []]
+    for flag, value in zip(argv, argv[1:], strict=False):
+        if flag in ("-np", "-n", "--num-proc") and value.isdigit():
+            return int(value)
+    return None
+
+
+def rank_choices(seen: Iterable[int], world: int | None) -> list[int]:
+    """Every rank the picker offers: 0..world-1 when the world size is known,
+    and any rank seen in the log besides."""
+    return sorted({*seen, *range(world or 0)})
+
+
+def rank_note(rank: int | None, counts: Mapping[int, int]) -> str:
+    """What the picker says of the chosen rank: its line count, or that it
+    has written nothing yet (a silent rank is listed, not hidden)."""
+    if rank is None:
+        return "all ranks"
+    n = counts.get(rank, 0)
+    return f"rank {rank}: no lines yet" if not n else f"rank {rank} ({n:,} lines)"
+
+
+def default_log_path(job: Mapping[str, Any], attempt: int, folder: str | Path) -> str:
+    """Where ctrl+s offers to save a log: job-ID-NAME-attempt-N.log in `folder`."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", str(job.get("name") or "job")).strip("-") or "job"
+    return str(Path(folder) / f"job-{job.get('id')}-{name}-attempt-{attempt}.log")
+
+
+# ------------------------------------------------------------------ comparison, tensorboard
+COMPARISON = "comparison.json"
+
+
+def _compare_argv(job: Mapping[str, Any]) -> list[str]:
+    """The folders after `--compare` in the job's argv (an evaluate stage)."""
+    argv = [str(a) for a in (job.get("spec") or {}).get("argv") or []]
+    if "--compare" not in argv:
+        return []
+    out = []
+    for arg in argv[argv.index("--compare") + 1:]:
+        if arg.startswith("--"):
+            break
+        out.append(arg)
+    return out
+
+
+def comparison(job: Mapping[str, Any]) -> tuple[list[str], list[list[str]], str] | None:
+    """The comparison table a pipeline's evaluate job made of the stages
+    before it: its output's comparison.json, else built from the folders its
+    argv names after --compare (as `llmconsole compare` would). (headers,
+    cells, where it came from), or None when the job compares nothing."""
+    from engine.workloads import compare
+    from engine.workloads.common import WorkloadError
+
+    output = job.get("output")
+    if output:
+        path = Path(output) / COMPARISON
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            rows = [compare.Row(**{k: v for k, v in r.items() if k != "label"})
+                    for r in data["rows"]]
+            headers, cells = compare.comparison_rows(rows)
+            return headers, cells, str(path)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    folders = _compare_argv(job)
+    if not folders:
+        return None
+    try:
+        rows = compare.load_results(folders)
+    except WorkloadError as err:
+        return [], [], str(err)
+    headers, cells = compare.comparison_rows(rows)
+    return headers, cells, "llmconsole compare " + " ".join(shlex.quote(f) for f in folders)
+
+
+def tensorboard_line(output: str | None) -> str:
+    """Where the job's TensorBoard event files are, and the command to see them."""
+    if not output:
+        return "TensorBoard: this job writes no event files (no output folder)"
+    folder = Path(output) / "tensorboard"
+    there = "" if folder.is_dir() else " (not written yet)"
+    return f"TensorBoard files: {folder}{there}\n  tensorboard --logdir {shlex.quote(str(folder))}"

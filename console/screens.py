@@ -13,13 +13,15 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
+from rich.segment import Segment
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
+from textual.strip import Strip
 from textual.suggester import SuggestFromList
 from textual.widgets import (
     DataTable,
@@ -36,11 +38,12 @@ from console import detail
 from console.chart import Line, MetricChart
 from console.state import Series, smoothed
 from engine import pipelines, profiles
-from engine.errors import UserError
+from engine.errors import EngineError, UserError
 from engine.model import LIMITS
 from engine.paths import outputs_dir
 
 LOG_LINES = 20_000  # kept per open job screen, searched in place
+CONTEXT = 3  # lines kept above a match the view jumps to
 DRAIN_LINES = 2_000  # shown per drain (4 a second); a faster log is skipped through
 #: The engine's limit on a drain reason (engine.runtime.MAX_DRAIN_REASON; the
 #: runtime is not imported by the screen): the box takes no more.
@@ -242,19 +245,86 @@ class SubmitScreen(ModalScreen["pipelines.Submission | None"]):
         self.dismiss(sub)
 
 
+class SavePathScreen(ModalScreen["str | None"]):
+    """Where to save a job's log: a path, with a default in the current folder."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "close", "Cancel")]
+
+    def __init__(self, job_id: int, default: str) -> None:
+        super().__init__()
+        self.job_id, self.default = job_id, default
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label(f"Save the log of job {self.job_id} to (enter: save, esc: cancel)")
+            yield Input(value=self.default, id="savepath")
+            yield Static("", id="save-error", classes="error")
+
+    def on_mount(self) -> None:
+        self.query_one(Input).focus()
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+    @on(Input.Submitted)
+    def _entered(self, event: Input.Submitted) -> None:
+        path = os.path.expanduser(event.value.strip())
+        if not path or os.path.isdir(path):
+            self.query_one("#save-error", Static).update(
+                f"{path or '(empty)'}: give a file name, not a folder")
+            return
+        self.dismiss(path)
+
+
+class LogView(RichLog):
+    """The log: home/end (and g/G) go to the top or bottom through the
+    screen, so going up pauses following and going down resumes it."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("home", "screen.top", "Top", show=False),
+        Binding("end", "screen.bottom", "Bottom", show=False),
+    ]
+
+    def restyle(self, row: int, text: Text) -> bool:
+        """Draw row `row` (an unwrapped line) as `text`, in place: moving the
+        current match does not rewrite the whole log. False when it cannot."""
+        if self.wrap or not 0 <= row < len(self.lines) or not self._size_known:
+            return False
+        options = self.app.console.options.update(overflow="ignore", no_wrap=True)
+        options = options.update_width(max(1, self.lines[row].cell_length))
+        lines = list(Segment.split_lines(self.app.console.render(text, options)))
+        if len(lines) != 1:
+            return False
+        strip = Strip(lines[0])
+        strip.adjust_cell_length(self.lines[row].cell_length)
+        self.lines[row] = strip
+        self._line_cache.clear()
+        self.refresh()
+        return True
+
+
 class JobScreen(Screen[None]):
-    """One job: its logs (followed, searched, one rank or all), charts of
-    loss, learning rate and throughput, attempts and events, the profile it
-    came from, its results table, and its processes (every rank's, asked
-    of the app with `ProcessesWanted` every PROCESSES_S while the tab is
-    shown)."""
+    """One job: its logs (followed, searched like less: the whole log stays,
+    matches highlighted, n/N jump between them; one rank or all, silent ranks
+    listed; wrap; top/bottom; saved to a file), charts of loss, learning rate
+    and throughput, attempts and events, the profile it came from, its
+    results table (a pipeline's comparison in its evaluate job) and where its
+    TensorBoard files are; its processes (every rank's, asked of the app with
+    `ProcessesWanted` every PROCESSES_S while the tab is shown)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,q", "close", "Back"),
         Binding("slash", "search", "Search logs"),
+        Binding("n", "match(1)", "Next match", show=False),
+        Binding("N", "match(-1)", "Prev match", show=False),
+        Binding("ampersand", "toggle_only", "Only matches", show=False),
         Binding("right_square_bracket", "rank(1)", "Next rank"),
         Binding("left_square_bracket", "rank(-1)", "Prev rank"),
         Binding("f", "toggle_follow", "Follow"),
+        Binding("w", "toggle_wrap", "Wrap", show=False),
+        Binding("g,home", "top", "Top", show=False),
+        Binding("G,end", "bottom", "Bottom", show=False),
+        Binding("ctrl+s", "save_log", "Save log", show=False),
         Binding("1,l", "tab('logs')", "Logs", show=False),
         Binding("2", "tab('charts')", "Charts", show=False),
         Binding("3", "tab('history')", "History", show=False),
@@ -279,8 +349,15 @@ class JobScreen(Screen[None]):
         self.lines: deque[str] = deque(maxlen=LOG_LINES)
         self.rank: int | None = None
         self.ranks: list[int] = []
+        self.rank_counts: dict[int, int] = {}
         self.needle = ""
         self.follow = True
+        self.wrap = False
+        self.only = False  # &: only the lines that match (as less's &pattern)
+        self.shown: list[str] = []  # the lines in the view (of the chosen rank)
+        self.found: list[int] = []  # indexes in `shown` of the search's matches
+        self.current: int | None = None  # position in `found` of the match jumped to
+        self._starts: list[int] = []  # each shown line's first row in the view (wrapped)
         self.inbox: deque[str] = deque()  # lines from the follower thread
         self.following_attempt = 0
         self._log_stream: Any = None
@@ -294,7 +371,7 @@ class JobScreen(Screen[None]):
                 yield Input(placeholder="search the log (enter: done, esc: clear)",
                             id="logsearch")
                 yield Static(self._log_label(), id="loginfo")
-                yield RichLog(id="log", max_lines=LOG_LINES, wrap=False, markup=False)
+                yield LogView(id="log", max_lines=LOG_LINES, wrap=False, markup=False)
             with TabPane("Charts", id="charts"):
                 yield MetricChart("loss", id="chart-loss")
                 yield MetricChart("learning rate", id="chart-lr")
@@ -306,9 +383,14 @@ class JobScreen(Screen[None]):
                 yield DataTable(id="events", cursor_type="none", zebra_stripes=True)
             with TabPane("Profile", id="profile"), VerticalScroll():
                 yield Static(detail.describe(self.job), id="spec")
-            with TabPane("Results", id="results"):
+                yield Static(detail.tensorboard_line(self.job.get("output")),
+                             id="profile-tensorboard")
+            with TabPane("Results", id="results"), VerticalScroll():
                 yield Static("", id="resultsinfo")
                 yield DataTable(id="resultstable", cursor_type="none", zebra_stripes=True)
+                yield Static("", id="comparisoninfo")
+                yield DataTable(id="comparisontable", cursor_type="none", zebra_stripes=True)
+                yield Static(detail.tensorboard_line(self.job.get("output")), id="tensorboard")
             with TabPane("Processes", id="processes"):
                 yield Static("processes: asking the engine...", id="procsinfo")
                 yield DataTable(id="procs", cursor_type="none", zebra_stripes=True)
@@ -337,8 +419,13 @@ class JobScreen(Screen[None]):
         """A newer view of the job (from the event stream or `show`)."""
         self.job.update(job)
         self.query_one("#jobtitle", Static).update(Text(self._title()))
+        if "spec" in job:
+            self._set_ranks(self.ranks)
         if "history" in job:
             self.query_one("#spec", Static).update(Text(detail.describe(self.job)))
+            board = Text(detail.tensorboard_line(self.job.get("output")))
+            self.query_one("#tensorboard", Static).update(board)
+            self.query_one("#profile-tensorboard", Static).update(board)
             self._fill(self.query_one("#attempts", DataTable), detail.attempt_rows(self.job))
             self._fill(self.query_one("#events", DataTable), detail.history_rows(self.job))
 
@@ -350,6 +437,22 @@ class JobScreen(Screen[None]):
             headers, rows = detail.results_table(data)
             table.add_columns(*headers)
             table.add_rows(rows)
+        self.set_comparison(detail.comparison(self.job))
+
+    def set_comparison(self, found: tuple[list[str], list[list[str]], str] | None) -> None:
+        """The comparison of a pipeline's stages (its evaluate job's), if any."""
+        info = self.query_one("#comparisoninfo", Static)
+        table = self.query_one("#comparisontable", DataTable)
+        table.clear(columns=True)
+        table.display = bool(found and found[0])
+        if found is None:
+            info.update("")
+            return
+        headers, cells, source = found
+        info.update(Text(f"comparison ({source})" if headers else f"comparison: {source}"))
+        if headers:
+            table.add_columns(*headers)
+            table.add_rows([tuple(Text(c) for c in row) for row in cells])
 
     @staticmethod
     def _fill(table: DataTable[Any], rows: Iterable[tuple[str, ...]]) -> None:
@@ -393,12 +496,23 @@ class JobScreen(Screen[None]):
     def add_lines(self, lines: Iterable[str]) -> None:
         fresh = list(lines)
         self.lines.extend(fresh)
-        ranks = detail.ranks_in(fresh)
-        if any(r not in self.ranks for r in ranks):
-            self.ranks = sorted({*self.ranks, *ranks})
-            self.query_one("#loginfo", Static).update(self._log_label())
-        if self.follow:
-            self._write(detail.select_lines(fresh, self.rank, self.needle))
+        for line in fresh:
+            r = detail.rank_of(line)
+            if r is not None:
+                self.rank_counts[r] = self.rank_counts.get(r, 0) + 1
+        self._set_ranks(self.rank_counts)
+        chosen = detail.select_lines(fresh, self.rank, self.needle if self.only else "")
+        if len(self.shown) + len(chosen) > LOG_LINES:  # the view drops its oldest: again
+            self._redraw_log()
+            return
+        base = len(self.shown)
+        self.shown.extend(chosen)
+        self.found.extend(base + i for i in detail.matches(chosen, self.needle))
+        self._write(chosen)
+        self.query_one("#loginfo", Static).update(self._log_label(), layout=False)
+
+    def _set_ranks(self, seen: Iterable[int]) -> None:
+        self.ranks = detail.rank_choices(seen, detail.world_size(self.job))
 
     def set_series(self, series: Series | None) -> None:
         charts = {c.id: c for c in self.query(MetricChart)}
@@ -417,24 +531,171 @@ class JobScreen(Screen[None]):
 
     # ------------------------------------------------------------ logs view
     def _log_label(self) -> str:
-        ranks = "all ranks" if self.rank is None else f"rank {self.rank}"
+        ranks = detail.rank_note(self.rank, self.rank_counts)
         known = f" (ranks {', '.join(map(str, self.ranks))}; [ ] to switch)" if self.ranks else ""
-        search = f"  search {self.needle!r}" if self.needle else ""
+        search = ""
+        if self.needle:
+            where = ("no match" if not self.found else
+                     f"{len(self.found)} matches, n/N to jump" if self.current is None else
+                     f"match {self.current + 1}/{len(self.found)}")
+            search = f"  search {self.needle!r}: {where}"
         follow = "following" if self.follow else "paused (f to follow)"
-        return f"{ranks}{known}{search}  {follow}"
+        if self.needle and self.only:
+            search += " (only matching lines; & for all)"
+        wrap = "  wrap" if self.wrap else ""
+        # the search first: on a narrow screen the end of the line is cut
+        return f"{search.strip()}{'  ' if search else ''}{ranks}{known}  {follow}{wrap}"
 
-    def _write(self, lines: Iterable[str]) -> None:
-        log = self.query_one("#log", RichLog)
-        for line in lines:
-            text = Text(line)
-            if self.needle:
-                text.highlight_words([self.needle], "reverse", case_sensitive=False)
-            log.write(text)
+    def _styled(self, index: int) -> Text:
+        text = Text(self.shown[index])
+        if self.needle:
+            current = self.current is not None and self.found[self.current] == index
+            text.highlight_words([self.needle], "bold underline reverse" if current
+                                 else "reverse", case_sensitive=False)
+        return text
+
+    def _write(self, lines: list[str]) -> None:
+        """Write the last `len(lines)` lines of `shown` at the bottom."""
+        log = self.query_one("#log", LogView)
+        for index in range(len(self.shown) - len(lines), len(self.shown)):
+            self._starts.append(len(log.lines))
+            log.write(self._styled(index), scroll_end=self.follow)
 
     def _redraw_log(self) -> None:
-        self.query_one("#log", RichLog).clear()
-        self._write(detail.select_lines(self.lines, self.rank, self.needle))
-        self.query_one("#loginfo", Static).update(self._log_label())
+        log = self.query_one("#log", LogView)
+        log.clear()
+        log.wrap = self.wrap
+        self.shown = detail.select_lines(self.lines, self.rank,
+                                         self.needle if self.only else "")
+        self.found = detail.matches(self.shown, self.needle)
+        if self.current is not None and self.current >= len(self.found):
+            self.current = None
+        self._starts = []
+        self._write(self.shown)
+        self.query_one("#loginfo", Static).update(self._log_label(), layout=False)
+
+    def _row_of(self, index: int) -> int:
+        """The view's row where shown line `index` starts (lines wrap)."""
+        if self.wrap and index < len(self._starts) and (self._starts[-1] > 0 or index == 0):
+            return self._starts[index]
+        return index
+
+    def action_match(self, step: int) -> None:
+        """n/N: the next or previous match, with CONTEXT lines above it kept;
+        following pauses so the view stays there."""
+        if not self.needle:
+            self.notify("no search: / to search the log", severity="warning")
+            return
+        if not self.found:
+            self.notify(f"no line matches {self.needle!r}", severity="warning")
+            return
+        log = self.query_one("#log", LogView)
+        before = self.current
+        self.current = detail.next_match(self.found, self.current, step,
+                                         start=self._line_at(int(log.scroll_y)))
+        self._jump(before)
+
+    def _line_at(self, row: int) -> int:
+        """The shown line at a row of the view."""
+        if not self.wrap:
+            return row
+        import bisect
+        return max(0, bisect.bisect_right(self._starts, row) - 1)
+
+    def _jump(self, before: int | None = None) -> None:
+        """Scroll to the current match (pausing following) and draw it as
+        the current one, the one before as any other."""
+        if self.current is None:
+            return
+        log = self.query_one("#log", LogView)
+        if self.follow:
+            self.follow = False
+            log.auto_scroll = False
+        offset = len(self.shown) - len(log.lines)  # rows the view has dropped
+        moved = [self.found[k] for k in (before, self.current) if k is not None]
+        if not all(log.restyle(i - offset, self._styled(i)) for i in moved):
+            self._redraw_log()
+        self.query_one("#loginfo", Static).update(self._log_label(), layout=False)
+        log.scroll_to(y=max(0, self._row_of(self.found[self.current]) - CONTEXT),
+                      animate=False, immediate=True)
+
+    def action_toggle_only(self) -> None:
+        """&: only the matching lines, or the whole log again."""
+        self.only = not self.only
+        self.current = None
+        self._redraw_log()
+
+    def action_toggle_wrap(self) -> None:
+        self.wrap = not self.wrap
+        top = self._line_at(int(self.query_one("#log", LogView).scroll_y))
+        self._redraw_log()
+        if not self.follow:
+            self.query_one("#log", LogView).scroll_to(y=self._row_of(top), animate=False,
+                                                      immediate=True)
+
+    def action_top(self) -> None:
+        """g / home: the first line; following pauses."""
+        self.follow = False
+        log = self.query_one("#log", LogView)
+        log.auto_scroll = False
+        log.scroll_home(animate=False, immediate=True)
+        self.query_one("#loginfo", Static).update(self._log_label(), layout=False)
+
+    def action_bottom(self) -> None:
+        """G / end: the last line, and following again."""
+        self.follow = True
+        log = self.query_one("#log", LogView)
+        log.auto_scroll = True
+        log.scroll_end(animate=False, immediate=True)
+        self.query_one("#loginfo", Static).update(self._log_label(), layout=False)
+
+    def action_save_log(self) -> None:
+        """ctrl+s: ask where (a default in the current folder), then write
+        the attempt's log as the engine holds it."""
+        attempt = self.following_attempt or int(self.job.get("attempt") or 1)
+        default = detail.default_log_path(self.job, attempt, os.getcwd())
+
+        def chosen(path: str | None) -> None:
+            if path:
+                self.save_log(path, attempt)
+
+        self.app.push_screen(SavePathScreen(self.job_id, default), chosen)
+
+    @work(thread=True, group="save-log")
+    def save_log(self, path: str, attempt: int) -> None:
+        """The attempt's bytes from the engine, through the app's bridge: its
+        whole log once the attempt has ended; while it runs, what the screen
+        has received (the newest LOG_LINES lines) unless the bridge can give
+        the bytes so far (`log_bytes`)."""
+        bridge = getattr(self.app, "bridge", None)
+        ended = self.job.get("state") in ("succeeded", "failed", "cancelled", "lost")
+        data: bytes | None = None
+        source = "the engine's copy"
+        try:
+            fetch = getattr(bridge, "log_bytes", None)
+            if fetch is not None:
+                data = bytes(fetch(self.job_id, attempt))
+            elif ended and bridge is not None:
+                stream = bridge.follow_logs(self.job_id, attempt, tail=10**9)
+                raw = getattr(stream, "raw", None)
+                data = b"".join(raw()) if raw is not None else \
+                    "".join(f"{line}\n" for line in stream).encode()
+        except EngineError as err:
+            self.app.call_from_thread(self.notify, f"save log: {err}", severity="error",
+                                      timeout=8)
+            return
+        if data is None:
+            data = "".join(f"{line}\n" for line in list(self.lines)).encode()
+            source = f"the {len(self.lines):,} lines received so far"
+        try:
+            with open(path, "wb") as out:
+                out.write(data)
+        except OSError as err:
+            self.app.call_from_thread(self.notify, f"save log: {path}: {err.strerror or err}",
+                                      severity="error", timeout=8)
+            return
+        self.app.call_from_thread(self.notify, f"job {self.job_id} attempt {attempt}: "
+                                  f"{len(data):,} bytes ({source}) saved to {path}")
 
     def action_search(self) -> None:
         self.query_one("#tabs", TabbedContent).active = "logs"
@@ -445,33 +706,44 @@ class JobScreen(Screen[None]):
     @on(Input.Changed, "#logsearch")
     def _search_changed(self, event: Input.Changed) -> None:
         self.needle = event.value
+        self.current = None
         self._redraw_log()
 
     @on(Input.Submitted, "#logsearch")
     def _search_done(self, _event: Input.Submitted) -> None:
-        self.query_one("#log", RichLog).focus()
+        """enter: to the first match from the view's top (wrapping), as less."""
+        log = self.query_one("#log", LogView)
+        log.focus()
+        if self.found:
+            self.current = detail.next_match(self.found, None, 1,
+                                             start=self._line_at(int(log.scroll_y)))
+            self._jump(None)
 
     def action_rank(self, step: int) -> None:
         choices: list[int | None] = [None, *self.ranks]
         self.rank = choices[(choices.index(self.rank) + step) % len(choices)]
+        self.current = None
         self._redraw_log()
 
     def action_toggle_follow(self) -> None:
         self.follow = not self.follow
-        self.query_one("#log", RichLog).auto_scroll = self.follow
+        log = self.query_one("#log", LogView)
+        log.auto_scroll = self.follow
         if self.follow:
-            self._redraw_log()
-        else:
-            self.query_one("#loginfo", Static).update(self._log_label())
+            log.scroll_end(animate=False)
+        self.query_one("#loginfo", Static).update(self._log_label(), layout=False)
 
     def action_tab(self, name: str) -> None:
         self.query_one("#tabs", TabbedContent).active = name
 
     def action_close(self) -> None:
         box = self.query_one("#logsearch", Input)
-        if box.has_focus and box.value:
+        if box.value or self.needle:  # esc ends the search first (its box, highlights)
             box.value = ""
-            self.query_one("#log", RichLog).focus()
+            self.needle, self.current, self.only = "", None, False
+            box.remove_class("shown")
+            self.query_one("#log", LogView).focus()
+            self._redraw_log()
             return
         self.dismiss(None)
 
