@@ -4,6 +4,7 @@ its data changes."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -51,9 +52,11 @@ class MetricChart(PlotextPlot):
         if key is not None and (key, title, self.size.width, log_y, xlabel) == self._drawn:
             return
         self._drawn = (key, title, self.size.width, log_y, xlabel)
-        if log_y:
-            lines = [Line(ln.label, [p for p in ln.points if p[1] > 0], ln.scatter, ln.marker)
-                     for ln in lines]
+        if log_y:  # drawn as log10 with the real values on the axis: plotext's own log
+            # scale transforms its data in place at every build, so a second paint
+            # without new data took the log of the log (and failed under 1)
+            lines = [Line(ln.label, [(x, math.log10(y)) for x, y in ln.points if y > 0],
+                          ln.scatter, ln.marker) for ln in lines]
         if not any(line.points for line in lines):
             self._empty = f"{title}: no points yet"  # plotext would draw an empty frame
             self.refresh()
@@ -63,9 +66,13 @@ class MetricChart(PlotextPlot):
         plt.clear_data()
         plt.clear_figure()
         plt.title(title)
-        plt.yscale("log" if log_y else "linear")
         if xlabel:
             plt.xlabel(xlabel)
+        if log_y:
+            ys = [p[1] for line in lines for p in line.points]
+            low, high = min(ys), max(ys)
+            ticks = [low + (high - low) * k / 4 for k in range(5)] if high > low else [low]
+            plt.yticks(ticks, [f"{10 ** t:.3g}" for t in ticks])
         most = max(20, self.size.width * 2)
         for line in lines:
             pts = thin(line.points, most)

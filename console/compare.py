@@ -234,6 +234,7 @@ class CompareScreen(Screen[None]):
         self.version = 0
         self.rows: list[compare.Row] = []
         self.notes: list[str] = []
+        self._lines: tuple[object, list[Line]] | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(self._title(), id="comparetitle")
@@ -289,9 +290,14 @@ class CompareScreen(Screen[None]):
         return (min(steps), max(steps)) if steps else None
 
     def lines(self) -> list[Line]:
-        runs = [(f"{j['id']} {j.get('name')}", self.runs.get(int(j["id"]), []))
-                for j in self.jobs]
-        return view_lines(runs, self.view)
+        """The chart's lines, computed once per data version and view (the
+        log scale is the chart's: toggling it reuses them)."""
+        key = (self.version, View(**{**self.view.__dict__, "log_y": False}))
+        if self._lines is None or self._lines[0] != key:
+            runs = [(f"{j['id']} {j.get('name')}", self.runs.get(int(j["id"]), []))
+                    for j in self.jobs]
+            self._lines = (key, view_lines(runs, self.view))
+        return self._lines[1]
 
     def redraw(self) -> None:
         self.query_one("#comparetitle", Static).update(Text(self._title()))

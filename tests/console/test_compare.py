@@ -210,3 +210,25 @@ async def test_compare_with_nothing_marked_says_how(engine: EngineHandle) -> Non
         assert not isinstance(app.screen, cmp.CompareScreen)
         assert any("space marks" in n.message for n in app._notifications)
 
+
+
+async def test_a_log_scale_chart_paints_again_without_new_data() -> None:
+    """plotext's own log scale transforms its data at every paint: a
+    second paint took the log of the log. The chart draws log10 itself."""
+    from textual.app import App, ComposeResult
+
+    from console.chart import Line
+
+    class One(App[None]):
+        def compose(self) -> ComposeResult:
+            yield MetricChart("loss", id="c")
+
+    app = One()
+    async with app.run_test(size=(80, 20)) as pilot:
+        chart = app.query_one(MetricChart)
+        chart.show([Line("a", [(s, 4.0 / s) for s in range(1, 200)])], key=1, log_y=True)
+        await pilot.pause()
+        first = chart.render()
+        again = chart.render()  # a repaint (resize, focus) with the same data
+        assert str(first) == str(again)
+        assert "4" in str(first) and "0.0201" in str(first)  # real values on the axis
