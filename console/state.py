@@ -214,6 +214,13 @@ class ConsoleState:
                     points = series.points[name]
                     if points and points[-1][0] == step:  # a step again: its newest value
                         points[-1] = (step, float(value))
+                    elif points and step < points[-1][0]:
+                        # a live point the fetched history had already (queued while
+                        # it was fetched): in its place, once
+                        merged = dict(points)
+                        merged[step] = float(value)
+                        points.clear()
+                        points.extend(sorted(merged.items())[-(points.maxlen or 0):])
                     else:
                         points.append((step, float(value)))
         if when is not None and (not series.times or series.times[-1][0] < step):

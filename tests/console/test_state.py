@@ -158,6 +158,10 @@ def test_a_fetched_history_merges_with_the_live_points_that_came_first() -> None
     series = s.series[4]
     assert list(series.loss) == [(s_, 10.0 / s_) for s_ in range(1, 7)]  # no gap, no repeat
     assert series.step == 6 and series.last["total_steps"] == 10  # not charted, kept
+    # live points queued while the history was fetched, that it has already: once each
+    s.apply([{"type": "metric", "job": 4, "attempt": 1, "step": s_, "values": {"loss": 10.0 / s_}}
+             for s_ in (3, 6)])
+    assert list(s.series[4].loss) == [(s_, 10.0 / s_) for s_ in range(1, 7)]
     # an older attempt's history does not replace the newer attempt's points
     s.apply([{"type": "metric", "job": 4, "attempt": 2, "step": 1, "values": {"loss": 9.0}}])
     s.load_metrics(4, history)

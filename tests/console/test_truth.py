@@ -11,8 +11,10 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 from textual.widgets import Static
 
+from console import bridge
 from console.app import LlmConsole
 from console.screens import ConfirmScreen
 from console.table import VirtualTable
@@ -157,7 +159,10 @@ async def test_the_cancel_toast_says_requested_then_cancelled(engine: EngineHand
 
 
 async def test_reconnects_within_a_second_of_the_engines_return(
-        engine: EngineHandle) -> None:
+        engine: EngineHandle, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the quick retries too: the backoff's wait ends when the engine's
+    socket appears again (the quick phase made short here, 0.5 s)."""
+    monkeypatch.setattr(bridge, "QUICK_FOR_S", 0.5)
     app = LlmConsole()
     async with app.run_test(size=(100, 30)) as pilot:
         await until(pilot, lambda: app.state.connected)
@@ -168,7 +173,8 @@ async def test_reconnects_within_a_second_of_the_engines_return(
         status = str(app.query_one("#status", Static).render())
         assert "DISCONNECTED (stale since" in status
         assert "data stale since" in str(app.query_one("#banner", Static).render())
-        await pilot.pause(6.0)  # past the quick retries: the backoff's turn
+        banner = app.query_one("#banner", Static)
+        await until(pilot, lambda: "retrying in 1.0s" in str(banner.render()))  # backing off
         engine.cli("engine", "start")
         back = time.monotonic()
         await until(pilot, lambda: app.state.connected, timeout=5.0)
