@@ -301,7 +301,14 @@ class LlmConsole(App[None]):
             self._job_screen.stop_following(final=True)
 
     # ------------------------------------------------------------ updates
+    def _dashboard_gone(self) -> bool:
+        """The app is closing (its widgets are being removed): the timers'
+        last ticks must not look for them."""
+        return not self.screen_stack or not self.screen_stack[0].query("#jobs")
+
     def drain(self) -> None:
+        if self._dashboard_gone():
+            return
         if self._job_screen is not None:
             self._job_screen.take_lines()
         items = self.bridge.drain()
@@ -351,7 +358,7 @@ class LlmConsole(App[None]):
         self.render_status()
 
     def _tick(self) -> None:
-        if self.state.connected:
+        if self.state.connected and not self._dashboard_gone():
             self.render_jobs(order_changed=False)  # elapsed times move
 
     def _mark_stale(self, stale: bool) -> None:
@@ -901,7 +908,8 @@ class LlmConsole(App[None]):
 
         await self.push_screen(screen, closed)  # mounted: its widgets exist
         screen.set_series(self.state.series.get(screen.job_id))
-        self.follow_logs(screen, int(job.get("attempt") or 1))
+        screen.following_attempt = int(job.get("attempt") or 1)  # before the worker runs
+        self.follow_logs(screen, screen.following_attempt)
         self.load_detail(screen)
 
     def _feed_job_screen(self, screen: JobScreen, events: list[dict[str, Any]],
@@ -916,6 +924,7 @@ class LlmConsole(App[None]):
             attempt = int(job.get("attempt") or 1)
             if attempt > screen.following_attempt:  # retried: follow the new attempt
                 screen.inbox.append(f"--- attempt {attempt} ---")
+                screen.following_attempt = attempt  # now: the next event must not start another
                 self.follow_logs(screen, attempt)
 
     @work(thread=True, group="logs")

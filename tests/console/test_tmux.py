@@ -61,7 +61,7 @@ def test_submit_watch_and_quit_in_a_real_terminal(engine: EngineHandle) -> None:
     try:
         term.start(80, 24)  # the smallest terminal it promises to work in
         first = term.wait(lambda s: "engine: connected" in s)
-        assert "LOSS" in first and "TIME" in first and "q Quit" in first  # the columns and keys fit
+        assert "LOSS" in first and "RUN" in first and "q Quit" in first  # the columns and keys fit
         term.keys("s")
         term.wait(lambda s: "Submit a job" in s)
         term.keys("hello", "Enter")
@@ -70,7 +70,7 @@ def test_submit_watch_and_quit_in_a_real_terminal(engine: EngineHandle) -> None:
         term.keys("l")  # its logs, in the job's detail
         term.wait(lambda s: "hello from" in s and "Logs" in s and "History" in s)
         term.keys("Escape")
-        term.wait(lambda s: "TIME" in s and "History" not in s)
+        term.wait(lambda s: "RUN" in s and "History" not in s)
         term.keys("q")
         deadline = time.monotonic() + 15
         while term.alive() and time.monotonic() < deadline:
