@@ -232,6 +232,12 @@ class EngineBridge:
         return self._factory().logs(job_id, attempt, follow=True, tail=tail)
 
 
+    def log_bytes(self, job_id: int, attempt: int | None = None) -> bytes:
+        """The attempt's output so far, as the engine's copy holds it (not
+        followed): what `ctrl+s` saves, byte for byte."""
+        return b"".join(self._factory().logs(job_id, attempt).raw())
+
+
 class FixedBridge:
     """The bridge's surface over fixed items, served once, never connecting:
     for pictures (snapshot tests) and benchmarks of the screen."""
@@ -273,6 +279,9 @@ class FixedBridge:
     def follow_logs(self, job_id: int, attempt: int | None = None, tail: int = 5000
                     ) -> FixedStream:
         return FixedStream(self.log_lines[-tail:], self.live_logs)
+
+    def log_bytes(self, job_id: int, attempt: int | None = None) -> bytes:
+        return "".join(f"{line}\n" for line in self.log_lines).encode()
 
 
 class FixedStream:
