@@ -41,7 +41,7 @@ from textual.widgets import Footer, Header, Input, Static
 from console import command_line, detail, keyboard, keymap
 from console import compare as compare_screen
 from console.bridge import Down, EngineBridge, Snapshot
-from console.chart import Line, MetricChart
+from console.chart import MetricChart, loss_lines
 from console.command_line import CommandLine
 from console.commands import Command
 from console.help import HelpScreen, command_rows
@@ -148,6 +148,10 @@ class LlmConsole(App[None]):
     #losslabel { width: 30; height: 1fr; }
     VirtualTable.stale { tint: $background 45%; }
     #loss { width: 1fr; height: 1fr; }
+    Screen.-no-gpus #gpus, Screen.-no-gpus #nodeline, Screen.-jobs-only #gpus,
+    Screen.-jobs-only #nodeline, Screen.-jobs-only #losspanel { display: none; }
+    Screen.-no-gpus #jobs { height: 1fr; }
+    Screen.-no-gpus #losspanel { height: 1fr; max-height: 100%; }
     #filter { display: none; }
     #filter.shown { display: block; }
     #status { height: 1; background: $panel; }
@@ -185,6 +189,8 @@ class LlmConsole(App[None]):
                 tooltip="Follow the selected job's logs"),
         Binding("a", "toggle_ended", "All/active", id="toggle-ended",
                 tooltip="Show or hide ended jobs"),
+        Binding("z", "toggle_panels", "Panels", id="toggle-panels", show=False,
+                tooltip="Panels shown: all, jobs and chart (no GPUs), jobs only"),
         Binding("o", "sort_jobs", "Sort", id="sort-jobs",
                 tooltip="Order jobs by newest, state, name, owner or loss"),
         Binding("/", "filter", "Filter", id="filter",
@@ -236,6 +242,7 @@ class LlmConsole(App[None]):
         self._busy: set[str] = set()  # node actions under way ("check", "trust"): once each
         self.keymap: dict[str, str] = {}  # binding id -> keys, from the user's keys.toml
         self.marks = compare_screen.Marks()  # jobs marked (space) for compare (m)
+        self.panels = 0  # index in PANELS (z)
 
     # ------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -265,7 +272,7 @@ class LlmConsole(App[None]):
     DASHBOARD_ONLY = frozenset({"toggle_ended", "filter", "clear_filter", "show_job",
                                 "show_logs", "sort_jobs", "drain_node", "undrain_node",
                                 "check_nodes", "trust_node", "command_line",
-                                "mark_job", "compare_jobs"})
+                                "mark_job", "compare_jobs", "toggle_panels"})
 
     def _allowed_on(self, action: str, screen: Screen[Any]) -> bool:
         """Dashboard actions are off (and out of the footer) on other screens."""
@@ -623,9 +630,8 @@ class LlmConsole(App[None]):
         rate = rate if first != "step" else rate.partition(" ")[2]
         label(f"job {self.selected} step {step}" + (f"\n{rate}" if rate else "")
               + f"\nloss {values[-1]:.4f}\nsmoothed {smooth[-1]:.4f}{held}")
-        chart.show([Line("loss", series.loss), Line("smoothed", list(zip(steps, smooth,
-                                                                         strict=True))),
-                    Line("held-out", series.eval_loss, scatter=True)],
+        chart.show(loss_lines(series.loss, list(zip(steps, smooth, strict=True)),
+                              series.eval_loss),
                    key=(self.selected, series.version), title=f"job {self.selected}: loss")
 
     # ------------------------------------------------------------ selection
@@ -966,6 +972,21 @@ class LlmConsole(App[None]):
         self.sort_by = SORTS[(SORTS.index(self.sort_by) + 1) % len(SORTS)]
         self.render_jobs()
         self.render_status()
+
+    #: What `z` cycles through: the dashboard screen's class for each (none: all).
+    PANELS = (("all", ""), ("jobs and chart", "-no-gpus"), ("jobs only", "-jobs-only"))
+
+    def action_toggle_panels(self) -> None:
+        """All panels, then jobs and chart (the chart gets the GPU panel's
+        rows), then jobs only; said in one toast line."""
+        dashboard = self.screen_stack[0]
+        self.panels = (self.panels + 1) % len(self.PANELS)
+        for _name, cls in self.PANELS[1:]:
+            dashboard.remove_class(cls)
+        name, cls = self.PANELS[self.panels]
+        if cls:
+            dashboard.add_class(cls)
+        self.notify(f"panels: {name} (z for the next)", timeout=2)
 
     def action_toggle_ended(self) -> None:
         self.show_ended = not self.show_ended

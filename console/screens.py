@@ -35,7 +35,7 @@ from textual.widgets import (
 )
 
 from console import detail
-from console.chart import Line, MetricChart
+from console.chart import Line, MetricChart, loss_lines
 from console.state import Series, smoothed
 from engine import pipelines, profiles
 from engine.errors import EngineError, UserError
@@ -523,8 +523,7 @@ class JobScreen(Screen[None]):
         loss = list(series.points["loss"])
         smooth = list(zip([s for s, _ in loss], smoothed([v for _, v in loss]), strict=True))
         charts["chart-loss"].show(
-            [Line("loss", loss), Line("smoothed", smooth),
-             Line("held-out", series.points["eval_loss"], scatter=True)], key=series.version)
+            loss_lines(loss, smooth, series.points["eval_loss"]), key=series.version)
         charts["chart-lr"].show([Line("lr", series.points["lr"])], key=series.version)
         charts["chart-tps"].show([Line("tokens/s", series.points["tokens_per_s"])],
                                  key=series.version)

@@ -276,3 +276,48 @@ def test_dashboard_stale_during_an_outage(snap_compare: Any,
     finally:
         monkeypatch.undo()  # TZ as it was, for the tests after this one
         time.tzset()
+
+
+#: Held-out loss every 30 steps besides the last: the chart shows all three
+#: series (raw, smoothed, held-out) apart.
+EVALS = [{"type": "metric", "job": 3, "attempt": 1, "step": step,
+          "values": {"eval_loss": 4.0 / (1 + step / 20) - 0.15}} for step in (30, 60, 90)]
+
+
+def three_series_app() -> LlmConsole:
+    bridge = FixedBridge([Snapshot(NODES, JOBS), *METRICS[:-1], *EVALS, METRICS[-1]],
+                         [f"step {i}" for i in range(1, 5)], details=DETAILS)
+    return LlmConsole(bridge=bridge, clock=lambda: NOW)  # type: ignore[arg-type]
+
+
+EVERY_SIZE = [((120, 36), False), ((80, 24), True), ((120, 36), True)]
+
+
+@pytest.mark.parametrize(("size", "no_color"), EVERY_SIZE)
+def test_dashboard_loss_chart_three_series(snap_compare: Any, monkeypatch: pytest.MonkeyPatch,
+                                           size: tuple[int, int], no_color: bool) -> None:
+    """Raw loss in braille dots, smoothed in half blocks, held-out as
+    diamonds, the legend on the title line (not over the curve's start);
+    under NO_COLOR each is still its own glyph and readable."""
+    if no_color:
+        monkeypatch.setenv("NO_COLOR", "1")  # read (and popped) by the App's __init__
+    assert snap_compare(three_series_app(), terminal_size=size, run_before=_loaded)
+
+
+@pytest.mark.parametrize(("size", "no_color"), EVERY_SIZE)
+def test_job_detail_charts_three_series(snap_compare: Any, monkeypatch: pytest.MonkeyPatch,
+                                        size: tuple[int, int], no_color: bool) -> None:
+    if no_color:
+        monkeypatch.setenv("NO_COLOR", "1")
+    assert snap_compare(three_series_app(), terminal_size=size, run_before=_open("d"))
+
+
+def test_dashboard_jobs_and_chart_at_80x24(snap_compare: Any) -> None:
+    """z once: the GPU panel gives its rows to the jobs and the chart."""
+    async def toggled(pilot: Any) -> None:
+        await _loaded(pilot)
+        await pilot.press("z")
+        pilot.app.clear_notifications()
+        await pilot.pause()
+
+    assert snap_compare(three_series_app(), terminal_size=(80, 24), run_before=toggled)
