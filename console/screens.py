@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from rich.segment import Segment
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
@@ -190,9 +190,40 @@ class PriorityScreen(ModalScreen["int | None"]):
         self.dismiss(value)
 
 
+class FieldInput(Input):
+    """An Input that moves on at Tab itself, at once: keys typed fast after
+    the Tab were already queued here (the app's own Tab moves focus only
+    once the key has bubbled up), and went into this field; those that
+    reach it once it has lost the focus go to the field that has it (text
+    and enter; other keys typed in that instant are dropped)."""
+
+    async def _on_key(self, event: events.Key) -> None:
+        focused = self.screen.focused
+        if focused is not self and isinstance(focused, Input):  # typed after a Tab
+            event.stop()
+            event.prevent_default()
+            if event.is_printable and event.character:
+                focused.insert_text_at_cursor(event.character)
+            elif event.key == "enter":
+                await focused.action_submit()
+            return
+        if event.key in ("tab", "shift+tab"):
+            event.stop()
+            event.prevent_default()
+            if event.key == "tab":
+                self.screen.focus_next()
+            else:
+                self.screen.focus_previous()
+            return
+        await super()._on_key(event)
+
+
 class SubmitScreen(ModalScreen["pipelines.Submission | None"]):
     """Pick a profile, give overrides, and see validation errors here,
     before anything is queued."""
+
+    #: The form's lines wrap at its width: the profile list was cut at its end.
+    DEFAULT_CSS = "SubmitScreen #form Label { width: 1fr; }"
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "close", "Cancel"),
@@ -209,8 +240,8 @@ class SubmitScreen(ModalScreen["pipelines.Submission | None"]):
         with Vertical(id="form"):
             yield Label("Submit a job  (enter: submit, tab: next field, esc: cancel)")
             yield Label("profiles: " + ", ".join(self.names), id="names")
-            yield Input(placeholder="profile name (right arrow completes)", id="profile",
-                        suggester=SuggestFromList(self.names, case_sensitive=False))
+            yield FieldInput(placeholder="profile name (right arrow completes)", id="profile",
+                             suggester=SuggestFromList(self.names, case_sensitive=False))
             yield Input(placeholder="overrides: key=value ... e.g. args.max_steps=50 "
                         "resources.cpus=2", id="overrides")
             yield Static("", id="submit-error", classes="error")
