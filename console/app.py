@@ -77,6 +77,7 @@ from engine import pipelines
 from engine.errors import EngineError, UserError
 
 DRAIN_INTERVAL = 0.25
+CURSOR_REST_S = 0.08  # the chart and the footer follow the cursor once it rests
 #: The nodes' views are fetched again this often (and on every "node" event):
 #: the engine pings each node every 5 s, and a new round trip, or a suspect
 #: node's growing silence, comes with no event.
@@ -228,6 +229,8 @@ class LlmConsole(App[None]):
         self._status_text = ""
         self._gpu_refs: dict[str, tuple[str, dict[str, Any] | None]] = {}
         self._metrics_timer: Timer | None = None
+        self._cursor_timer: Timer | None = None
+        self._job_keys_shown: tuple[str, ...] | None = None  # disabled job keys in the footer
         self._job_screen: JobScreen | None = None
         self._nodes_asked = 0  # refetches of the nodes asked for, and the newest shown
         self._nodes_shown = 0
@@ -361,7 +364,7 @@ class LlmConsole(App[None]):
         if "metrics" in changed or "jobs" in changed:
             self.render_loss()
         if "jobs" in changed:
-            self.refresh_bindings()  # a job key may (no longer) apply
+            self._refresh_job_keys()  # a job key may (no longer) apply
         self.render_status()
 
     def _tick(self) -> None:
@@ -642,9 +645,33 @@ class LlmConsole(App[None]):
         job_id = int(event.key)
         if job_id != self.selected:
             self.selected = job_id
-            self.refresh_bindings()
-            self.render_loss()
+            self._cursor_moved()
             self._want_metrics(job_id)
+
+    def _refresh_job_keys(self) -> None:
+        """Redraw the footer only when a job key's enabled state changes: the
+        footer rebuilds every key (about 25 ms), which a cursor moving among
+        jobs of one state must not pay."""
+        job = self._selected_quiet()
+        signature = tuple(sorted(a for a in keyboard.JOB_ACTIONS if keyboard.disabled(a, job)))
+        if signature != self._job_keys_shown:
+            self._job_keys_shown = signature
+            self.refresh_bindings()
+
+    def _cursor_moved(self) -> None:
+        """The footer's keys and the loss chart follow the selected job once the
+        cursor rests (CURSOR_REST_S), so a key held down repaints only the two
+        rows it moves between: the footer and a chart cost tens of ms each."""
+        if self._cursor_timer is not None:
+            self._cursor_timer.stop()
+
+        def rested() -> None:
+            self._cursor_timer = None
+            if not self._dashboard_gone():
+                self._refresh_job_keys()
+                self.render_loss()
+
+        self._cursor_timer = self.set_timer(CURSOR_REST_S, rested)
 
     def _want_metrics(self, job_id: int, delay: float = 0.2) -> None:
         """Fetch the job's metric history once (merged with the live points
@@ -688,7 +715,7 @@ class LlmConsole(App[None]):
         self.selected = job_id
         self.query_one("#jobs", VirtualTable).move_to(str(job_id))
         self.render_loss()
-        self.refresh_bindings()
+        self._refresh_job_keys()
 
     def _selected_job(self) -> dict[str, Any] | None:
         if self.selected is None:
