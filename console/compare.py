@@ -27,10 +27,11 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
-from textual.screen import ModalScreen, Screen
+from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label, Static
 
 from console.chart import Line, MetricChart, thin
+from console.screens import InputPrompt
 from console.state import smoothed
 from engine.errors import EngineError
 from engine.workloads import compare
@@ -172,22 +173,14 @@ def results(jobs: Sequence[Mapping[str, Any]]
 
 
 # ------------------------------------------------------------------ screens
-class RangeScreen(ModalScreen["tuple[int, int] | None"]):
+class RangeScreen(InputPrompt["tuple[int, int] | None"]):
     """A step range for the overlay, typed."""
-
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "close", "Cancel")]
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
             yield Label("Steps to show, e.g. 100-500 (enter: show, esc: cancel)")
             yield Input(placeholder="FIRST-LAST", id="range")
             yield Static("", id="range-error", classes="error")
-
-    def on_mount(self) -> None:
-        self.query_one(Input).focus()
-
-    def action_close(self) -> None:
-        self.dismiss(None)
 
     @on(Input.Submitted)
     def _entered(self, event: Input.Submitted) -> None:

@@ -11,7 +11,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from rich.segment import Segment
 from rich.text import Text
@@ -50,6 +50,22 @@ DRAIN_LINES = 2_000  # shown per drain (4 a second); a faster log is skipped thr
 MAX_DRAIN_REASON = 200
 
 
+PromptResult = TypeVar("PromptResult")
+
+
+class InputPrompt(ModalScreen[PromptResult]):
+    """A one-line question in a dialog: its Input has the focus, and esc
+    closes it with None. Subclasses compose it and answer Input.Submitted."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "close", "Cancel")]
+
+    def on_mount(self) -> None:
+        self.query_one(Input).focus()
+
+    def action_close(self) -> None:
+        self.dismiss(None)  # every prompt's result admits None
+
+
 class ConfirmScreen(ModalScreen[bool]):
     """Yes or no, for actions that stop work."""
 
@@ -71,11 +87,9 @@ class ConfirmScreen(ModalScreen[bool]):
         self.dismiss(yes)
 
 
-class ReasonScreen(ModalScreen["str | None"]):
+class ReasonScreen(InputPrompt["str | None"]):
     """Why a node is drained (shown with its state; may be empty), checked
     as the engine will check it before anything is sent."""
-
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "close", "Cancel")]
 
     def __init__(self, node: str) -> None:
         super().__init__()
@@ -88,12 +102,6 @@ class ReasonScreen(ModalScreen["str | None"]):
             yield Input(placeholder="e.g. disk swap at 14:00", id="reason",
                         max_length=MAX_DRAIN_REASON)
             yield Static("", id="reason-error", classes="error")
-
-    def on_mount(self) -> None:
-        self.query_one(Input).focus()
-
-    def action_close(self) -> None:
-        self.dismiss(None)
 
     @on(Input.Submitted)
     def _entered(self, event: Input.Submitted) -> None:
@@ -153,10 +161,8 @@ def check_summary(results: Iterable[Mapping[str, Any]]) -> str:
     return "nodes check: checks failed on " + ", ".join(failed)
 
 
-class PriorityScreen(ModalScreen["int | None"]):
+class PriorityScreen(InputPrompt["int | None"]):
     """A new priority for a waiting job, checked before it is sent."""
-
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "close", "Cancel")]
 
     def __init__(self, job: Mapping[str, Any]) -> None:
         super().__init__()
@@ -169,12 +175,6 @@ class PriorityScreen(ModalScreen["int | None"]):
                         f"{self.job.get('priority', 0)}; higher starts first, {low}..{high}")
             yield Input(value=str(self.job.get("priority", 0)), id="priority")
             yield Static("", id="priority-error", classes="error")
-
-    def on_mount(self) -> None:
-        self.query_one(Input).focus()
-
-    def action_close(self) -> None:
-        self.dismiss(None)
 
     @on(Input.Submitted)
     def _entered(self, event: Input.Submitted) -> None:
@@ -276,10 +276,8 @@ class SubmitScreen(ModalScreen["pipelines.Submission | None"]):
         self.dismiss(sub)
 
 
-class SavePathScreen(ModalScreen["str | None"]):
+class SavePathScreen(InputPrompt["str | None"]):
     """Where to save a job's log: a path, with a default in the current folder."""
-
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "close", "Cancel")]
 
     def __init__(self, job_id: int, default: str) -> None:
         super().__init__()
@@ -290,12 +288,6 @@ class SavePathScreen(ModalScreen["str | None"]):
             yield Label(f"Save the log of job {self.job_id} to (enter: save, esc: cancel)")
             yield Input(value=self.default, id="savepath")
             yield Static("", id="save-error", classes="error")
-
-    def on_mount(self) -> None:
-        self.query_one(Input).focus()
-
-    def action_close(self) -> None:
-        self.dismiss(None)
 
     @on(Input.Submitted)
     def _entered(self, event: Input.Submitted) -> None:
