@@ -1048,7 +1048,8 @@ class LlmConsole(App[None]):
     def apply_keys_file(self) -> None:
         """The user's keys.toml (console.keymap): applied when it is good,
         else one line saying what to fix, and the defaults stay."""
-        self.keymap, problem = keymap.load(keyboard.defaults(self.BINDINGS))
+        self.keymap, problem = keymap.load(keyboard.defaults(
+            [*self.BINDINGS, *JobScreen.BINDINGS, *compare_screen.CompareScreen.BINDINGS]))
         if self.keymap:
             self.set_keymap(self.keymap)
         if problem:
@@ -1108,7 +1109,9 @@ class LlmConsole(App[None]):
         show = lambda key: self.get_key_display(Binding(key, ""))  # noqa: E731
         self.push_screen(HelpScreen([
             ("dashboard", help_rows(self.BINDINGS, self.keymap, show)),
-            ("job detail (d, l, enter)", help_rows(JobScreen.BINDINGS, self.keymap, show)),
+            ("job detail (d, enter)", help_rows(JobScreen.BINDINGS, self.keymap, show, "job")),
+            ("logs (l)", help_rows(JobScreen.BINDINGS, self.keymap, show, "logs")),
+            ("compare (m)", help_rows(compare_screen.CompareScreen.BINDINGS, self.keymap, show)),
             ("command line (:)", command_rows()),
             (f"the focused widget ({type(self.focused).__name__}) and the screen",
              help_rows(widget, {}, show)),

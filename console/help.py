@@ -1,5 +1,5 @@
 """The `?` help: the app's own keys first, grouped (dashboard, job detail,
-command line), as they are bound now (a user's keys.toml included), then
+logs, compare, command line), as they are bound now (a user's keys.toml included), then
 the keys of the widget that had the focus (Textual's). `?` and Esc close
 it. It shows the rows it is given; `key_rows` makes them from bindings."""
 
@@ -16,18 +16,23 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 
 from console.commands import COMMANDS
+from console.keymap import section_of
 
 Group = tuple[str, Sequence[tuple[str, str]]]  # (title, [(keys, what)])
 
 
 def key_rows(bindings: Iterable[BindingType], keymap: Mapping[str, str],
-             display: Callable[[str], str] = str) -> list[tuple[str, str]]:
+             display: Callable[[str], str] = str, section: str | None = None
+             ) -> list[tuple[str, str]]:
     """(keys, description) of each binding with a description, its keys
     taken from `keymap` by binding id when remapped, each as `display`
-    writes it ("ctrl+d" -> "^d")."""
+    writes it ("ctrl+d" -> "^d"); only those of keys.toml's `section`
+    ("job", "logs": one screen's bindings in two groups) when given."""
     rows = []
     for binding in bindings:
         if not isinstance(binding, Binding) or not binding.description:
+            continue
+        if section is not None and section_of(binding.id or "") != section:
             continue
         keys = keymap.get(binding.id or "", binding.key) if binding.id else binding.key
         shown = ", ".join(display(k.strip()) for k in keys.split(","))

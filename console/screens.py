@@ -32,6 +32,7 @@ from textual.widgets import (
     Static,
     TabbedContent,
     TabPane,
+    Tabs,
 )
 
 from console import detail
@@ -304,8 +305,8 @@ class LogView(RichLog):
     screen, so going up pauses following and going down resumes it."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("home", "screen.top", "Top", show=False),
-        Binding("end", "screen.bottom", "Bottom", show=False),
+        Binding("home", "screen.top", "Top", show=False, id="logs.top"),
+        Binding("end", "screen.bottom", "Bottom", show=False, id="logs.bottom"),
     ]
 
     def restyle(self, row: int, text: Text) -> bool:
@@ -336,24 +337,24 @@ class JobScreen(Screen[None]):
     `ProcessesWanted` every PROCESSES_S while the tab is shown)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape,q", "close", "Back"),
-        Binding("slash", "search", "Search logs"),
-        Binding("n", "match(1)", "Next match", show=False),
-        Binding("N", "match(-1)", "Prev match", show=False),
-        Binding("ampersand", "toggle_only", "Only matches", show=False),
-        Binding("right_square_bracket", "rank(1)", "Next rank"),
-        Binding("left_square_bracket", "rank(-1)", "Prev rank"),
-        Binding("f", "toggle_follow", "Follow"),
-        Binding("w", "toggle_wrap", "Wrap", show=False),
-        Binding("g,home", "top", "Top", show=False),
-        Binding("G,end", "bottom", "Bottom", show=False),
-        Binding("ctrl+s", "save_log", "Save log", show=False),
-        Binding("1,l", "tab('logs')", "Logs", show=False),
-        Binding("2", "tab('charts')", "Charts", show=False),
-        Binding("3", "tab('history')", "History", show=False),
-        Binding("4", "tab('profile')", "Profile", show=False),
-        Binding("5", "tab('results')", "Results", show=False),
-        Binding("6", "tab('processes')", "Processes", show=False),
+        Binding("escape,q", "close", "Back", id="job.back"),
+        Binding("slash", "search", "Search logs", id="logs.search"),
+        Binding("n", "match(1)", "Next match", show=False, id="logs.next-match"),
+        Binding("N", "match(-1)", "Prev match", show=False, id="logs.prev-match"),
+        Binding("ampersand", "toggle_only", "Only matches", show=False, id="logs.only-matches"),
+        Binding("right_square_bracket", "rank(1)", "Next rank", id="logs.next-rank"),
+        Binding("left_square_bracket", "rank(-1)", "Prev rank", id="logs.prev-rank"),
+        Binding("f", "toggle_follow", "Follow", id="logs.follow"),
+        Binding("w", "toggle_wrap", "Wrap", show=False, id="logs.wrap"),
+        Binding("g,home", "top", "Top", show=False, id="logs.top"),
+        Binding("G,end", "bottom", "Bottom", show=False, id="logs.bottom"),
+        Binding("ctrl+s", "save_log", "Save log", show=False, id="logs.save"),
+        Binding("1,l", "tab('logs')", "Logs", show=False, id="job.logs"),
+        Binding("2", "tab('charts')", "Charts", show=False, id="job.charts"),
+        Binding("3", "tab('history')", "History", show=False, id="job.history"),
+        Binding("4", "tab('profile')", "Profile", show=False, id="job.profile"),
+        Binding("5", "tab('results')", "Results", show=False, id="job.results"),
+        Binding("6", "tab('processes')", "Processes", show=False, id="job.processes"),
     ]
 
     class ProcessesWanted(Message):
@@ -543,10 +544,12 @@ class JobScreen(Screen[None]):
             for chart in charts.values():
                 chart.show([], key=0)
             return
-        loss = list(series.points["loss"])
-        smooth = list(zip([s for s, _ in loss], smoothed([v for _, v in loss]), strict=True))
-        charts["chart-loss"].show(
-            loss_lines(loss, smooth, series.points["eval_loss"]), key=series.version)
+        def losses() -> list[Line]:  # built only when the chart draws
+            loss = list(series.points["loss"])
+            smooth = list(zip([s for s, _ in loss], smoothed([v for _, v in loss]), strict=True))
+            return loss_lines(loss, smooth, series.points["eval_loss"])
+
+        charts["chart-loss"].show(losses, key=series.version)
         charts["chart-lr"].show([Line("lr", series.points["lr"])], key=series.version)
         charts["chart-tps"].show([Line("tokens/s", series.points["tokens_per_s"])],
                                  key=series.version)
@@ -756,7 +759,15 @@ class JobScreen(Screen[None]):
         self.query_one("#loginfo", Static).update(self._log_label(), layout=False)
 
     def action_tab(self, name: str) -> None:
-        self.query_one("#tabs", TabbedContent).active = name
+        """To tab `name`, the focus with it: left in the log (or its search
+        box), the focus would bring the Logs tab back."""
+        tabs = self.query_one("#tabs", TabbedContent)
+        if name == "logs":
+            tabs.active = name
+            self.query_one("#log", LogView).focus()
+        else:
+            tabs.query_one(Tabs).focus()
+            tabs.active = name
 
     def action_close(self) -> None:
         box = self.query_one("#logsearch", Input)

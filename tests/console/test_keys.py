@@ -5,18 +5,21 @@ keys.toml, and the job detail's Processes tab."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-from textual.widgets import DataTable, Footer
+from textual.binding import Binding
+from textual.widgets import DataTable, Footer, Input, TabbedContent
 from textual.widgets._footer import FooterKey
 
 from console.app import LlmConsole
 from console.command_line import CommandLine
 from console.commands import Command, CommandError, complete, parse
+from console.compare import CompareScreen
 from console.help import HelpScreen
-from console.keymap import load
+from console.keymap import entry, load, section_of
 from console.screens import ConfirmScreen, JobScreen, process_rows
 from console.table import VirtualTable
 from tests.console.test_app import engine, job_cells, notes, until  # noqa: F401  (engine: the fixture)
@@ -73,6 +76,53 @@ def test_keys_file_good_unknown_clash_and_broken(tmp_path: Path) -> None:
         assert keymap == {} and problem is not None, text
         assert said in problem and str(path) in problem and "\n" not in problem, problem
         assert "default keys apply" in problem
+
+
+def test_keys_file_sections_of_every_screen(tmp_path: Path) -> None:
+    known = {"cancel-job": "c,ctrl+d", "help": "question_mark", "job.back": "escape,q",
+             "job.charts": "2", "logs.search": "slash", "logs.next-match": "n",
+             "compare.x": "x"}
+    path = tmp_path / "keys.toml"
+    path.write_text('[dashboard]\ncancel-job = "x"\n[job]\ncharts = "v"\n'
+                    '[logs]\nsearch = "/,s"\n[compare]\nx = "t"\n')
+    assert load(known, path) == ({"cancel-job": "x", "job.charts": "v",
+                                  "logs.search": "slash,s", "compare.x": "t"}, None)
+    path.write_text('[keys]\nhelp = "f1"\njob.charts = "v"\n')  # the first format, and within it
+    assert load(known, path) == ({"help": "f1", "job.charts": "v"}, None)
+    path.write_text('[compare]\nx = "c"\n[job]\ncharts = "x"\n')  # other screens: no clash
+    assert load(known, path) == ({"compare.x": "c", "job.charts": "x"}, None)
+    for text, said in [
+            ('[jobs]\ncharts = "v"\n', "unknown section [jobs] (sections: [dashboard], [job]"),
+            ('cancel-job = "x"\n', "cancel-job = 'x' is outside a section; put it under"),
+            ('[job]\nchart = "v"\n', "unknown key id 'chart' in [job] (ids: back, charts)"),
+            ('[logs]\ncharts = "v"\n', "unknown key id 'charts' in [logs] (ids: next-match,"),
+            ('[job]\ncharts = "n"\n',  # [job] and [logs] are one screen
+             "[job] charts = 'n' clashes with [logs] next-match (also 'n'); choose another key"
+             " or remap [logs] next-match too"),
+            ('[logs]\nsearch = "ctrl+foo"\n', "[logs] search = 'ctrl+foo' is not a key like"),
+            ('[logs]\nsearch = "super+"\n', "[logs] search = 'super+' is not a key"),
+            ('[job]\nback = "escape, two words"\n', "[job] back = 'escape, two words' is not"),
+            ('[compare]\nx = "wibble"\n', "[compare] x = 'wibble' is not a key")]:
+        path.write_text(text)
+        keymap, problem = load(known, path)
+        assert keymap == {} and problem is not None, text
+        assert said in problem and str(path) in problem and "\n" not in problem, problem
+        assert problem.endswith(f"fix {path}; the default keys apply"), problem
+
+
+def test_the_readme_lists_every_binding_id_by_section() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    part = readme[readme.index("The ids: [dashboard]"):]
+    part = part[:part.index("`?` shows")]
+    listed: dict[str, set[str]] = {}
+    for section, names in re.findall(r"\[(\w+)\]((?:\s*`[\w-]+`,?)+)", part):
+        listed[section] = set(re.findall(r"`([\w-]+)`", names))
+    ids = {b.id for b in [*LlmConsole.BINDINGS, *JobScreen.BINDINGS, *CompareScreen.BINDINGS]
+           if isinstance(b, Binding) and b.id}
+    by_section: dict[str, set[str]] = {}
+    for ident in ids:
+        by_section.setdefault(section_of(ident), set()).add(entry(ident).split()[-1])
+    assert listed == by_section
 
 
 def test_process_rows_by_rank_with_units() -> None:
@@ -265,6 +315,86 @@ async def test_a_key_remapped_in_keys_toml(engine: EngineHandle, no_user_keys: P
         await pilot.press("y")
         await until(pilot, lambda: engine.job(job_id)["state"] == "cancelled")
         assert not app._notifications or "keys.toml" not in notes(app)
+
+
+def help_row(text: str, keys: str, what: str) -> int | None:
+    """Where the `?` help has the row "keys  what" first (console.help's
+    layout), None where it has not."""
+    found = re.search(rf"^  {re.escape(keys)} +{re.escape(what)}$", text, re.M)
+    return None if found is None else found.start()
+
+
+async def test_job_detail_and_logs_keys_remapped_in_keys_toml(
+        engine: EngineHandle, no_user_keys: Path) -> None:  # noqa: F811
+    no_user_keys.parent.mkdir(parents=True)
+    no_user_keys.write_text('[job]\ncharts = "v"\n\n[logs]\nsearch = "k"\n')
+    job_id = engine.submit("sleep")
+    engine.wait_state(job_id, ["running"])
+    app = LlmConsole()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: "running" in " ".join(job_cells(app, job_id)))
+        assert not app._notifications  # the file is good: nothing said
+        app.select(job_id)
+        await pilot.press("l")
+        await until(pilot, lambda: isinstance(app.screen, JobScreen))
+        screen = app.screen
+        tabs, box = screen.query_one("#tabs", TabbedContent), screen.query_one("#logsearch", Input)
+        assert tabs.active == "logs"
+        key = footer_key(app, "search")
+        assert key is not None and key.key == "k"  # the footer says the new key
+        await pilot.press("slash")  # no longer search
+        await pilot.pause(0.1)
+        assert not box.has_focus and not box.has_class("shown")
+        await pilot.press("k")
+        await until(pilot, lambda: box.has_focus and box.has_class("shown"))
+        await pilot.press("s", "l", "enter")  # the box takes the letters; enter: back to the log
+        await until(pilot, lambda: not box.has_focus)
+        assert screen.needle == "sl"  # type: ignore[attr-defined]
+        await pilot.press("2")  # no longer the Charts tab
+        await pilot.pause(0.1)
+        assert tabs.active == "logs"
+        await pilot.press("v")  # from the log, after a search (its box shown)
+        await until(pilot, lambda: tabs.active == "charts")
+        await pilot.pause(0.1)
+        assert tabs.active == "charts"  # and it stays
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        text = str(app.screen.query_one("#helptext").render())
+        charts, search = help_row(text, "v", "Charts"), help_row(text, "k", "Search logs")
+        assert charts is not None and search is not None, text
+        assert help_row(text, "2", "Charts") is help_row(text, "/", "Search logs") is None
+        assert help_row(text, "n", "Next match") and help_row(text, "3", "History")
+        assert text.index("\njob detail (d, enter)\n") < charts < text.index("\nlogs (l)\n") \
+            < search < text.index("\ncompare (m)\n")  # in their screen's group
+        await pilot.press("escape")
+        await until(pilot, lambda: app.screen is screen)
+    engine.cli("cancel", str(job_id))
+
+
+async def test_a_clash_in_the_detail_keys_is_one_line_and_the_defaults_stay(
+        engine: EngineHandle, no_user_keys: Path) -> None:  # noqa: F811
+    no_user_keys.parent.mkdir(parents=True)
+    no_user_keys.write_text('[keys]\ncancel-job = "x"\n[logs]\nwrap = "2"\n')
+    job_id = engine.submit("hello")
+    engine.wait_state(job_id, ["succeeded"])
+    app = LlmConsole()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: "succeeded" in " ".join(job_cells(app, job_id)))
+        said = [n.message for n in app._notifications]
+        assert said == [f"{no_user_keys}: [logs] wrap = '2' clashes with [job] charts (also "
+                        f"'2'); choose another key or remap [job] charts too; fix "
+                        f"{no_user_keys}; the default keys apply"]
+        assert app.keymap == {}  # not even the good entry: the defaults stay
+        app.select(job_id)
+        await pilot.press("l")
+        await until(pilot, lambda: isinstance(app.screen, JobScreen))
+        await pilot.press("2")
+        await until(pilot, lambda: app.screen.query_one("#tabs", TabbedContent).active
+                    == "charts")
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        text = str(app.screen.query_one("#helptext").render())
+        assert help_row(text, "2", "Charts") and help_row(text, "w", "Wrap"), text
 
 
 async def test_a_bad_keys_toml_is_one_line_and_the_defaults_stay(
