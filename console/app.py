@@ -100,13 +100,18 @@ JOB_LAYOUTS: tuple[tuple[int, tuple[tuple[str, int], ...], int], ...] = (
 )
 JOB_COLUMNS = JOB_LAYOUTS[-1][1]
 SORTS = ("newest", "state", "name", "owner", "loss")
-STATE_STYLE = {"running": "green", "succeeded": "bold green", "failed": "bold red",
-               "lost": "bold red", "cancelled": "yellow", "queued": "cyan", "held": "dim",
-               "starting": "cyan"}
+#: A job's state word. Under NO_COLOR Textual keeps only each colour's
+#: brightness, so every style stays bright on the table's rows (red and
+#: magenta text turn dark grey: those states are white on red instead).
+STATE_STYLE = {"running": "green", "succeeded": "bold green", "failed": "bold white on red",
+               "lost": "bold white on red", "cancelled": "bright_yellow", "queued": "sky_blue1",
+               "held": "dim", "starting": "sky_blue1"}
 #: A node's state word in the NODE column: colour and weight, and the word
-#: itself (in capitals but for "up") so it reads under NO_COLOR too.
-NODE_STYLE = {"up": "green", "suspect": "bold yellow", "down": "bold red",
-              "untrusted": "bold magenta", "incompatible": "bold red", "drained": "bold cyan"}
+#: itself (in capitals but for "up") so it reads under NO_COLOR too (bright,
+#: as STATE_STYLE).
+NODE_STYLE = {"up": "green", "suspect": "bold bright_yellow", "down": "bold white on red",
+              "untrusted": "bold white on magenta", "incompatible": "bold white on red",
+              "drained": "bold sky_blue1"}
 NAME_MIN = 4  # cells of a node's name kept before its round trip is left out
 
 

@@ -1,7 +1,8 @@
 """The cluster on the screen, against a real engine daemon (and real sshd
 test hosts on loopback for host keys): each node's state in words in the GPU
 panel, drain and undrain (D, U), `nodes check` (C) and trusting a node's
-host key (T), the engine's refusals as notifications."""
+host key (T), the engine's refusals as notifications; every job and node
+state readable under NO_COLOR; a CPU-only node's history."""
 
 from __future__ import annotations
 
@@ -14,16 +15,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rich.segment import Segment
+from rich.style import Style
+from textual.color import Color
+from textual.filter import Monochrome
 from textual.widgets import DataTable, Input, Static
 
-from console.app import NODES_REFRESH_S, LlmConsole
+from console.app import NODE_STYLE, NODES_REFRESH_S, STATE_STYLE, LlmConsole
 from console.bridge import FixedBridge, Snapshot
 from console.help import HelpScreen
 from console.screens import MAX_DRAIN_REASON, CheckScreen, ConfirmScreen, ReasonScreen
 from console.table import VirtualTable
 from engine.runtime import MAX_DRAIN_REASON as ENGINE_MAX_DRAIN_REASON
 from tests.cluster.hosts import SshHosts
-from tests.console.test_app import notes, until
+from tests.console.test_app import job_cells, notes, until
 from tests.integration.engine_fixture import EngineHandle, kill_marked, new_engine
 from tests.integration.test_owner import AS_NOBODY, NOBODY, NOBODY_PYTHONPATH, python_for_nobody
 
@@ -316,3 +321,78 @@ async def test_the_node_keys_are_in_the_palette_and_the_help_only_on_the_dashboa
         await pilot.press("C")  # not on another screen
         await pilot.pause(0.2)
         assert "checking" not in notes(app)
+
+
+def luminance(color: Color) -> float:
+    """WCAG relative luminance."""
+    def channel(value: int) -> float:
+        v = value / 255
+        return v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4
+    return 0.2126 * channel(color.r) + 0.7152 * channel(color.g) + 0.0722 * channel(color.b)
+
+
+def contrast(style: Style) -> float:
+    """WCAG contrast of a drawn style's text on its background."""
+    fg, bg = Color.from_rich_color(style.color), Color.from_rich_color(style.bgcolor)
+    if style.reverse:
+        fg, bg = bg, fg
+    light, dark = sorted((luminance(fg), luminance(bg)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def as_shown(app: LlmConsole, segments: list[Segment]) -> list[Segment]:
+    """Segments as the terminal gets them: through the app's filters (under
+    NO_COLOR Textual's Monochrome, which keeps only brightness)."""
+    for line_filter in app._filters:
+        segments = line_filter.apply(segments, app.screen.styles.background)
+    return segments
+
+
+def drawn(app: LlmConsole, table: VirtualTable, key: str, word: str) -> Style:
+    """The style `word` is drawn in on `key`'s row of `table`, as shown."""
+    y = table.keys.index(key) - round(table.scroll_offset.y) + 1
+    found = [s for s in as_shown(app, list(table.render_line(y))) if word in s.text]
+    assert found, (key, word)
+    assert found[0].style is not None
+    return found[0].style
+
+
+async def test_every_job_and_node_state_reads_under_no_color(
+        engine: EngineHandle, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine.write_profile("fails", 'kind = "command"\ncommand = ["false"]\n')
+    failed = engine.submit("fails")
+    engine.wait_state(failed, ["failed"])
+    ok = engine.submit("hello")
+    engine.wait_state(ok, ["succeeded"])
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = LlmConsole()
+    async with app.run_test(size=(120, 40)) as pilot:
+        assert app.no_color and any(isinstance(f, Monochrome) for f in app._filters)
+        jobs = app.query_one("#jobs", VirtualTable)
+        await until(pilot, lambda: "failed" in job_cells(app, failed)
+                    and "succeeded" in job_cells(app, ok))
+        gpus = app.query_one("#gpus", VirtualTable)
+        await until(pilot, lambda: any(" up" in c for c in gpu_rows(app).values()))
+        for on_cursor in (False, True):  # the failed job off the cursor, then on it
+            app.select(ok if not on_cursor else failed)
+            await pilot.pause(0.1)
+            assert (jobs.cursor_key == str(failed)) is on_cursor
+            style = drawn(app, jobs, str(failed), "failed")
+            assert style.bold and contrast(style) >= 4.5, (on_cursor, style)
+        assert contrast(drawn(app, jobs, str(ok), "succeeded")) >= 4.5
+        assert contrast(drawn(app, gpus, gpus.keys[0], " up")) >= 4.5
+
+        # every style, on every kind of row: plain, zebra, the cursor focused and not
+        base = jobs.rich_style
+        rows = {"plain": base, "zebra": base + jobs.get_component_rich_style("vtable--even"),
+                "cursor": base + jobs.get_component_rich_style("vtable--cursor")}
+        jobs.blur()
+        await pilot.pause(0.1)
+        rows["cursor, blurred"] = base + jobs.get_component_rich_style("vtable--cursor")
+        assert len({str(r) for r in rows.values()}) == 4
+        for word, style in [*STATE_STYLE.items(), *NODE_STYLE.items()]:
+            for row, background in rows.items():
+                [shown] = as_shown(app, [Segment(word, background + Style.parse(style))])
+                assert shown.style is not None
+                least = 3.0 if row.startswith("cursor") else 4.5  # WCAG AA: large / body text
+                assert contrast(shown.style) >= least, (word, style, row, shown.style)
