@@ -453,7 +453,8 @@ class LlmConsole(App[None]):
             mem = node.get("memory_percent")
             return [label, "cpu", bar(node.get("cpu_percent")),
                     "-" if mem is None else f"{mem:.0f}% RAM", "-",
-                    ",".join(str(j) for j in node.get("jobs") or []) or "-", ""]
+                    ",".join(str(j) for j in node.get("jobs") or []) or "-",
+                    spark(self.state.cpu_history.get(name, ()))]
         used, total = gpu.get("memory_used_mb"), gpu.get("memory_total_mb")
         util = gpu.get("util_percent")
         job = gpu.get("job")

@@ -35,7 +35,7 @@ from typing import Any
 ACTIVE_STATES = ("held", "queued", "starting", "running")
 HOLDING = ("starting", "running")  # a job in these states holds GPUs and slots
 SERIES_POINTS = 2000      # loss points kept per job
-HISTORY_POINTS = 60       # telemetry samples kept per GPU (a minute at 1 Hz)
+HISTORY_POINTS = 60       # telemetry samples kept per GPU and node CPU (a minute at 1 Hz)
 
 
 CHARTED = ("loss", "eval_loss", "lr", "tokens_per_s")  # metrics kept as series
@@ -73,6 +73,8 @@ class ConsoleState:
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
     series: dict[int, Series] = field(default_factory=dict)
     gpu_history: dict[tuple[str, int], deque[float]] = field(default_factory=dict)
+    #: each node's CPU utilisation, as gpu_history (a CPU-only node's row shows it)
+    cpu_history: dict[str, deque[float]] = field(default_factory=dict)
     connected: bool = False
     error: str | None = None
     nodes_stale: bool = False  # a node changed: fetch the nodes' views again
@@ -97,7 +99,7 @@ class ConsoleState:
 
     def load_nodes(self, nodes: Iterable[Mapping[str, Any]]) -> None:
         """Replace the nodes with fresh views (after a "node" event): the GPU
-        history stays, what a node's view says replaces what events patched."""
+        and CPU history stays, what a node's view says replaces what events patched."""
         self.nodes = {str(n["name"]): dict(n) for n in nodes}
 
     def disconnected(self, reason: str, now: float) -> None:
@@ -188,6 +190,9 @@ class ConsoleState:
         for key in ("cpu_percent", "memory_percent", "load", "rtt_ms"):
             if key in event:
                 node[key] = event[key]
+        cpu = event.get("cpu_percent")
+        if isinstance(cpu, int | float):
+            self.cpu_history.setdefault(name, deque(maxlen=HISTORY_POINTS)).append(float(cpu))
         known = {g.get("index"): g for g in node.get("gpus") or []}
         for tele in event.get("gpus") or []:
             index = tele.get("index")

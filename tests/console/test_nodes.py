@@ -25,6 +25,7 @@ from console.app import NODE_STYLE, NODES_REFRESH_S, STATE_STYLE, LlmConsole
 from console.bridge import FixedBridge, Snapshot
 from console.help import HelpScreen
 from console.screens import MAX_DRAIN_REASON, CheckScreen, ConfirmScreen, ReasonScreen
+from console.state import HISTORY_POINTS, ConsoleState, spark
 from console.table import VirtualTable
 from engine.runtime import MAX_DRAIN_REASON as ENGINE_MAX_DRAIN_REASON
 from tests.cluster.hosts import SshHosts
@@ -396,3 +397,45 @@ async def test_every_job_and_node_state_reads_under_no_color(
                 assert shown.style is not None
                 least = 3.0 if row.startswith("cursor") else 4.5  # WCAG AA: large / body text
                 assert contrast(shown.style) >= least, (word, style, row, shown.style)
+
+
+def test_cpu_history_is_kept_as_the_gpus_from_telemetry() -> None:
+    state = ConsoleState()
+    values = [10.0, 95.5, 50.0] + [float(i % 100) for i in range(HISTORY_POINTS + 5)]
+    state.apply([{"type": "telemetry", "node": "n1", "cpu_percent": values[0]},
+                 {"type": "telemetry", "node": "n1", "rtt_ms": 3.0},  # no CPU: no sample
+                 {"type": "telemetry", "node": "n1", "cpu_percent": None}]
+                + [{"type": "telemetry", "node": "n1", "cpu_percent": v} for v in values[1:]])
+    assert list(state.cpu_history["n1"]) == values[-HISTORY_POINTS:]  # a minute at 1 Hz
+    state.load_nodes([{"name": "n1", "up": True, "gpus": [], "jobs": []}])
+    assert list(state.cpu_history["n1"]) == values[-HISTORY_POINTS:]  # kept over a reload
+
+
+async def test_a_cpu_only_nodes_row_has_its_cpu_history(
+        engine: EngineHandle, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[float] = []  # the CPU of every telemetry event the screen applied
+    telemetry = ConsoleState._telemetry
+
+    def record(self: ConsoleState, event: dict[str, object]) -> None:
+        if event.get("node") == "local" and isinstance(event.get("cpu_percent"), int | float):
+            seen.append(float(event["cpu_percent"]))  # type: ignore[arg-type]
+        telemetry(self, event)
+
+    monkeypatch.setattr(ConsoleState, "_telemetry", record)
+    app = LlmConsole()
+    async with app.run_test(size=(120, 40)) as pilot:
+        table = app.query_one("#gpus", VirtualTable)
+
+        def cpu_row() -> list[str]:
+            rows = [table.row_text(k) for k in table.keys if table.row_text(k)[1] == "cpu"]
+            return rows[0] if rows else []
+
+        await until(pilot, lambda: len(seen) >= 3 and cpu_row() != [])
+        await pilot.pause(0.3)  # drawn at the next drain
+        history = cpu_row()[-1].strip()
+        assert history and history == spark(seen), (history, seen)
+        assert list(app.state.cpu_history["local"]) == seen[-HISTORY_POINTS:]
+        count = len(seen)
+        await until(pilot, lambda: len(seen) > count)  # the next sample moves it on
+        await pilot.pause(0.3)
+        assert cpu_row()[-1].strip() == spark(seen) and len(spark(seen)) == min(12, len(seen))
