@@ -1,65 +1,46 @@
-"""A metric chart: plotext drawn by textual-plotext, fed (step, value)
-points thinned to what the widget's width can show, and redrawn only when
-its data changes.
+"""A metric chart: console.plot's cells in a widget, fed (step, value)
+points thinned to what the widget's width can show, and drawn again only
+when its data or its size changes.
 
 Series differ by glyph as well as colour, so they read under NO_COLOR
 (Textual's monochrome filter keeps only each colour's brightness): the raw
 loss is fine braille dots, the smoothed loss a line of box-drawing strokes
 drawn over it, held-out loss a diamond at each point, each in a colour of
 its own brightness well above the background. `loss_lines` builds the
-three for every loss chart. The legend is written on the title line (glyph,
-name), not inside the plot where it covered the start of the curve (plotext's
-box only for a legend longer than LEGEND_MOST, e.g. many compared runs)."""
+three for every loss chart. The legend is on the title line (glyph, name),
+not inside the plot where it would cover the start of the curve."""
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
-from rich.text import Text
-from textual.app import RenderResult
+from rich.segment import Segment
+from rich.style import Style
+from textual.strip import Strip
 from textual.timer import Timer
-from textual_plotext import PlotextPlot
+from textual.widget import Widget
 
-Points = Sequence[tuple[float, float]]  # (step or seconds, value)
+from console.plot import Line, Points, draw, legend
 
+#: What a chart is given: its lines, or a function that builds them.
+Lines = Sequence[Line] | Callable[[], Sequence[Line]]
 
-@dataclass(frozen=True)
-class Line:
-    label: str
-    points: Points
-    scatter: bool = False  # points (held-out loss) rather than a line
-    marker: str | None = None  # a glyph of its own (series differ without colour too)
-    color: tuple[int, int, int] | None = None  # RGB; None: plotext's sequence
+__all__ = ["Line", "MetricChart", "Points", "legend", "loss_lines", "thin"]
 
-
-#: (plotext marker, the glyph the legend shows for it, colour) of each loss
-#: series; the colours' brightness (Rec. 709 luma about 150, 190, 130 of 255)
-#: stays far from the dark backgrounds' under NO_COLOR.
-RAW = ("braille", "⠤", (90, 160, 230))
-SMOOTHED = ("─", "─", (250, 190, 40))
-HELD_OUT = ("◆", "◆", (240, 90, 200))
-LEGEND_GLYPH = {"braille": "⠤", "hd": "▄", "fhd": "▄", "dot": "•", "sd": "█"}
-
-
-LEGEND_MOST = 60  # longer (many runs): plotext's own legend box
+#: (marker, colour) of each loss series; the colours' brightness (Rec. 709
+#: luma about 150, 190, 130 of 255) stays far from the dark backgrounds'
+#: under NO_COLOR.
+RAW = ("braille", (90, 160, 230))
+SMOOTHED = ("─", (250, 190, 40))
+HELD_OUT = ("◆", (240, 90, 200))
 
 
 def loss_lines(loss: Points, smooth: Points, held_out: Points) -> list[Line]:
     """The three loss series, each with its own glyph and colour."""
-    return [Line("loss", loss, marker=RAW[0], color=RAW[2]),
-            Line("smoothed", smooth, marker=SMOOTHED[0], color=SMOOTHED[2]),
-            Line("held-out", held_out, scatter=True, marker=HELD_OUT[0], color=HELD_OUT[2])]
-
-
-def legend(lines: Sequence[Line]) -> str:
-    """'⠤ loss  ▄ smoothed  ◆ held-out': the series that have points."""
-    def glyph(line: Line) -> str:
-        marker = line.marker or ("dot" if line.scatter else "braille")
-        return LEGEND_GLYPH.get(marker, marker[:1])
-    return "  ".join(f"{glyph(ln)} {ln.label}" for ln in lines if ln.points)
+    return [Line("loss", loss, marker=RAW[0], color=RAW[1]),
+            Line("smoothed", smooth, marker=SMOOTHED[0], color=SMOOTHED[1]),
+            Line("held-out", held_out, scatter=True, marker=HELD_OUT[0], color=HELD_OUT[1])]
 
 
 def thin(points: Points, most: int) -> list[tuple[float, float]]:
@@ -72,18 +53,19 @@ def thin(points: Points, most: int) -> list[tuple[float, float]]:
     return [*picked, pts[-1]]
 
 
-class MetricChart(PlotextPlot):
+class MetricChart(Widget):
     """One chart; `show` replaces what it draws."""
 
     DEFAULT_CSS = "MetricChart { height: 1fr; min-height: 5; }"
 
     #: New data for a chart whose frame (title, width, scale, x label) is
     #: unchanged is drawn at most this often (seconds), the last of it when the
-    #: time comes: a plotext build and its ANSI parse cost 20-30 ms a chart at
-    #: 160 columns, and streaming metrics redrew the job detail's three charts
-    #: at every drain (4 a second: 13 % of a core). A frame change, a first
-    #: curve or `at_once` draws at once.
-    REDRAW_EVERY = 1.0
+    #: time comes: streaming metrics arrive at every drain (4 a second), a
+    #: reader does not follow a curve faster (TensorBoard reloads every 30 s),
+    #: and each redraw of a job's three charts at 160 columns costs about 12
+    #: ms with Textual's compositing. A frame change, a first curve or
+    #: `at_once` (a key's answer) draws at once.
+    REDRAW_EVERY = 2.0
 
     def __init__(self, title: str = "", *, id: str | None = None) -> None:  # noqa: A002
         super().__init__(id=id)
@@ -91,8 +73,11 @@ class MetricChart(PlotextPlot):
         self._drawn: object = None
         self._empty: str | None = "no data yet"
         self._chart_drawn_at = 0.0
-        self._chart_later: tuple[Sequence[Line], object, str, bool, str | None] | None = None
+        self._chart_later: tuple[Lines, object, str, bool, str | None] | None = None
         self._chart_timer: Timer | None = None
+        self._plot: tuple[list[Line], str, bool, str | None] = ([], title, False, None)
+        self._text: tuple[tuple[int, int], list[Strip]] | None = None  # (size, rows)
+        self._styles: dict[object, Style] = {}
 
     def _draw_later(self) -> None:
         self._chart_timer = None
@@ -101,13 +86,15 @@ class MetricChart(PlotextPlot):
             lines, key, title, log_y, xlabel = later
             self.show(lines, key, title, log_y=log_y, xlabel=xlabel, at_once=True)
 
-    def show(self, lines: Sequence[Line], key: object = None, title: str | None = None,
+    def show(self, lines: Lines, key: object = None, title: str | None = None,
              *, log_y: bool = False, xlabel: str | None = None, at_once: bool = False
              ) -> None:
-        """Draw `lines`; `key` (data version) skips the work when unchanged.
-        `log_y`: a log scale (values <= 0 are left out); `xlabel` names x.
-        New data in the same frame within REDRAW_EVERY of the last draw is
-        drawn when that time is up (unless `at_once`)."""
+        """Draw `lines` (or what a function of none returns, called only when
+        the chart draws: streamed data that a throttled chart would not draw
+        is not built either); `key` (data version) skips the work when
+        unchanged. `log_y`: a log scale (values <= 0 are left out); `xlabel`
+        names x. New data in the same frame within REDRAW_EVERY of the last
+        draw is drawn when that time is up (unless `at_once`)."""
         title = self.chart_title if title is None else title
         frame = (title, self.size.width, log_y, xlabel)
         if key is not None and (key, *frame) == self._drawn:
@@ -122,46 +109,55 @@ class MetricChart(PlotextPlot):
         self._chart_later = None
         self._chart_drawn_at = time.monotonic()
         self._drawn = (key, *frame)
-        if log_y:  # drawn as log10 with the real values on the axis: plotext's own log
-            # scale transforms its data in place at every build, so a second paint
-            # without new data took the log of the log (and failed under 1)
-            lines = [Line(ln.label, [(x, math.log10(y)) for x, y in ln.points if y > 0],
-                          ln.scatter, ln.marker, ln.color) for ln in lines]
+        self._text = None
+        if callable(lines):
+            lines = lines()
         if not any(line.points for line in lines):
-            self._empty = f"{title}: no points yet"  # plotext would draw an empty frame
+            self._empty = f"{title}: no points yet"
             self.refresh()
             return
         self._empty = None
-        plt = self.plt
-        plt.clear_data()
-        plt.clear_figure()
-        drawn = [line for line in lines if line.points]
-        # the legend on the title line: plotext's own box sits over the curve's start
-        # (kept as plotext's box only where the title line is too short for it)
-        key_text = legend(drawn) if len(drawn) > 1 else ""
-        boxed = len(key_text) > LEGEND_MOST
-        plt.title(f"{title}   {key_text}" if key_text and not boxed else title)
-        if xlabel:
-            plt.xlabel(xlabel)
-        if log_y:
-            ys = [p[1] for line in lines for p in line.points]
-            low, high = min(ys), max(ys)
-            ticks = [low + (high - low) * k / 4 for k in range(5)] if high > low else [low]
-            plt.yticks(ticks, [f"{10 ** t:.3g}" for t in ticks])
-        most = max(20, self.size.width * 2)
-        for line in lines:
-            pts = thin(line.points, most)
-            if not pts:
-                continue
-            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-            label = line.label if boxed else None
-            if line.scatter:
-                plt.scatter(xs, ys, label=label, marker=line.marker or "dot", color=line.color)
-            else:
-                plt.plot(xs, ys, label=label, marker=line.marker or "braille", color=line.color)
+        most = max(20, self.size.width * 2)  # two points a column: a braille cell's dots
+        self._plot = ([Line(ln.label, thin(ln.points, most), ln.scatter, ln.marker, ln.color)
+                       for ln in lines], title, log_y, xlabel)
         self.refresh()
 
-    def render(self) -> RenderResult:
-        if self._empty is not None:
-            return Text(self._empty, style="dim")
-        return super().render()
+    def _style(self, base: Style, color: object) -> Style:
+        style = self._styles.get(color)
+        if style is None:
+            style = base + Style(color="rgb({},{},{})".format(*color)) \
+                if isinstance(color, tuple) else base + Style(dim=True) if color == "dim" else base
+            self._styles[color] = style
+        return style
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._text = None  # the background (a class, the theme) changed: draw again
+        self._styles.clear()
+
+    def _lines(self) -> list[Strip]:
+        """The chart's rows as strips, drawn again only for new data, a new
+        size or new styles (strips, not Text: the conversion of a Text to
+        Textual's content cost more than drawing it)."""
+        width, height = self.size.width, self.size.height
+        if self._text is None or self._text[0] != (width, height):
+            base = self.rich_style
+            if self._empty is not None:
+                rows: list[list[tuple[str, object]]] = [[(self._empty, "dim")]]
+            else:
+                lines, title, log_y, xlabel = self._plot
+                rows = draw(lines, max(10, width), max(1, height), title=title,  # type: ignore[assignment]
+                            xlabel=xlabel, log_y=log_y)
+            strips = [Strip([Segment(text, self._style(base, color)) for text, color in row])
+                      .adjust_cell_length(width, base) for row in rows]
+            strips += [Strip.blank(width, base)] * (height - len(strips))
+            self._text = ((width, height), strips)
+        return self._text[1]
+
+    def render_line(self, y: int) -> Strip:
+        strips = self._lines()
+        return strips[y] if y < len(strips) else Strip.blank(self.size.width)
+
+    def rendered_text(self) -> str:
+        """What the chart shows, as plain text (for tests and the tmux walk)."""
+        return "\n".join(strip.text.rstrip() for strip in self._lines())

@@ -224,6 +224,8 @@ class CompareScreen(Screen[None]):
         self.runs: dict[int, list[Point]] = {}
         self.errors: dict[int, str] = {}
         self.view = View()
+        self._title_shown: str | None = None
+        self._notes_shown: str | None = None
         self.version = 0
         self.rows: list[compare.Row] = []
         self.notes: list[str] = []
@@ -261,7 +263,10 @@ class CompareScreen(Screen[None]):
         lines += [f"job {i}: metrics not read ({e})" for i, e in self.errors.items()]
         lines += [f"job {j['id']}: no loss points yet" for j in self.jobs
                   if j["id"] in self.runs and not self.runs[j["id"]]]
-        self.query_one("#comparenotes", Static).update(Text("\n".join(lines)))
+        text = "\n".join(lines)
+        if text != self._notes_shown:  # on change only, as the title
+            self._notes_shown = text
+            self.query_one("#comparenotes", Static).update(Text(text))
 
     @work(thread=True, exclusive=True, group="compare")
     def load(self) -> None:
@@ -293,7 +298,7 @@ class CompareScreen(Screen[None]):
         log scale is the chart's: toggling it reuses them). Each run's line is
         cut, smoothed, then thinned to a point a column of the chart, and kept
         per run and view (this one and the last): 8 runs of 10,000 points took
-        190 ms a redraw, smoothing every run and handing plotext 2 points a
+        190 ms a redraw, smoothing every run and handing the chart 2 points a
         column of each."""
         view = View(**{**self.view.__dict__, "log_y": False})
         width = max(20, self.query_one("#overlay", MetricChart).size.width)  # a point a column
@@ -319,7 +324,10 @@ class CompareScreen(Screen[None]):
         return self._lines[1]
 
     def redraw(self) -> None:
-        self.query_one("#comparetitle", Static).update(Text(self._title()))
+        title = self._title()
+        if title != self._title_shown:  # an update lays the screen out again: on change only
+            self._title_shown = title
+            self.query_one("#comparetitle", Static).update(Text(title))
         self.query_one("#overlay", MetricChart).show(
             self.lines(), key=(self.version, self.view), title="loss",
             log_y=self.view.log_y, at_once=True,  # a key's answer, not a stream

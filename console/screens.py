@@ -544,10 +544,12 @@ class JobScreen(Screen[None]):
             for chart in charts.values():
                 chart.show([], key=0)
             return
-        loss = list(series.points["loss"])
-        smooth = list(zip([s for s, _ in loss], smoothed([v for _, v in loss]), strict=True))
-        charts["chart-loss"].show(
-            loss_lines(loss, smooth, series.points["eval_loss"]), key=series.version)
+        def losses() -> list[Line]:  # built only when the chart draws
+            loss = list(series.points["loss"])
+            smooth = list(zip([s for s, _ in loss], smoothed([v for _, v in loss]), strict=True))
+            return loss_lines(loss, smooth, series.points["eval_loss"])
+
+        charts["chart-loss"].show(losses, key=series.version)
         charts["chart-lr"].show([Line("lr", series.points["lr"])], key=series.version)
         charts["chart-tps"].show([Line("tokens/s", series.points["tokens_per_s"])],
                                  key=series.version)
