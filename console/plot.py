@@ -195,8 +195,10 @@ def draw(lines: Sequence[Line], width: int, height: int, *, title: str = "",
     key_text = legend([ln for ln, pts in zip(lines, data, strict=True) if pts]) \
         if sum(1 for pts in data if pts) > 1 else ""
     rows.append(_title(title, key_text, lines, data, colors, width))
-    axes = height >= 5
-    plot_h = max(1, height - 1 - (2 if axes else 0))
+    # the x axis: its line and labels from 8 rows, the labels alone from 4
+    # (a short chart keeps its rows for the curve), none below
+    axes = 2 if height >= 8 else 1 if height >= 4 else 0
+    plot_h = max(1, height - 1 - axes)
     xs = [x for pts in data for x, _ in pts]
     ys = [y for pts in data for _, y in pts]
     xlow, xhigh = (min(xs), max(xs)) if xs else (0.0, 1.0)
@@ -244,7 +246,7 @@ def draw(lines: Sequence[Line], width: int, height: int, *, title: str = "",
         side = (label.rjust(gutter - 1) + "┤") if label is not None else " " * (gutter - 1) + "│"
         rows.append([(side, AXIS), *canvas.row(cy, colors)])
     if axes:
-        rows.extend(_x_axis(xlow, xhigh, sx, plot_w, gutter, xlabel))
+        rows.extend(_x_axis(xlow, xhigh, sx, plot_w, gutter, xlabel)[-axes:])
     return rows[:height]
 
 
