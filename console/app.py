@@ -30,7 +30,8 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
+from textual.actions import SkipAction
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
@@ -38,7 +39,7 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Header, Input, Static
 
-from console import command_line, detail, keyboard, keymap
+from console import command_line, detail, keyboard, keymap, typeahead
 from console import compare as compare_screen
 from console.bridge import Down, EngineBridge, Snapshot
 from console.chart import MetricChart, loss_lines
@@ -181,7 +182,7 @@ class LlmConsole(App[None]):
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "Quit", id="quit", tooltip="Leave the screen; jobs keep running"),
-        Binding("s", "submit_job", "Submit", id="submit-job",
+        Binding("s", "submit_job", "Submit", id="submit-job", priority=True,  # typeahead.py
                 tooltip="Queue a job or pipeline from a profile, with overrides"),
         Binding("c,ctrl+d", "cancel_job", "Cancel", id="cancel-job",
                 tooltip="Cancel the selected job (asks first)"),
@@ -251,6 +252,7 @@ class LlmConsole(App[None]):
         self.keymap: dict[str, str] = {}  # binding id -> keys, from the user's keys.toml
         self.marks = compare_screen.Marks()  # jobs marked (space) for compare (m)
         self.panels = 0  # index in PANELS (z)
+        self._select_next: int | None = None  # a job submitted here: selected once listed
 
     # ------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -366,6 +368,8 @@ class LlmConsole(App[None]):
             self.render_jobs()
         elif "metrics" in changed:
             self.render_jobs(order_changed=False)
+        if self._select_next is not None and "jobs" in changed:
+            self._select_submitted()
         if "metrics" in changed or "jobs" in changed:
             self.render_loss()
         if "jobs" in changed:
@@ -723,20 +727,36 @@ class LlmConsole(App[None]):
         self.render_loss()
         self._refresh_job_keys()
 
+    def _cursor_job(self) -> int | None:
+        """The selected job, put right first when the jobs table's cursor has
+        moved: the table tells the app by a message, which a key typed with
+        the arrow overtakes (down and space sent at once unmarked the job
+        marked before, as if the arrow had not been pressed)."""
+        table = self.query_one("#jobs", VirtualTable)
+        key = table.cursor_key
+        if key is not None and key != str(self.selected) and \
+                (self.selected is None or str(self.selected) in table.keys):
+            self._highlighted(VirtualTable.Highlighted(table, key))
+        return self.selected
+
     def _selected_job(self) -> dict[str, Any] | None:
-        if self.selected is None:
+        if self._cursor_job() is None:
             self.notify("no job selected", severity="warning")
             return None
         return self.state.jobs.get(self.selected)
 
     # ------------------------------------------------------------ actions
-    def action_submit_job(self) -> None:
+    async def action_submit_job(self) -> None:
+        if isinstance(self.focused, Input):  # a priority key: in a field it is text
+            raise SkipAction()
+
         def chosen(sub: pipelines.Submission | None) -> None:
             if sub is not None:
                 self.send_submission(sub)
 
         find = lambda name: pipelines.newest_output(self.state.jobs.values(), name)  # noqa: E731
-        self.push_screen(SubmitScreen(find), chosen)
+        # awaited: the app takes the keys typed with `s` once the field has the focus
+        await self.push_screen(SubmitScreen(find), chosen)
 
     @work(thread=True, group="actions")
     def send_submission(self, sub: pipelines.Submission) -> None:
@@ -747,6 +767,22 @@ class LlmConsole(App[None]):
             return
         ids = ", ".join(str(j["id"]) for j in jobs)
         self.call_from_thread(self.notify, f"submitted job(s) {ids}")
+        if jobs:
+            self.call_from_thread(self._select_submitted, int(jobs[0]["id"]))
+
+    def _select_submitted(self, job_id: int | None = None) -> None:
+        """The cursor goes to a job submitted here (a pipeline's first) once
+        the table lists it: it stayed on the job it was on, under the new
+        one, so down or space after a submit acted on that older job."""
+        if job_id is not None:
+            self._select_next = job_id
+        want = self._select_next
+        if want is None or want not in self.state.jobs:
+            return  # not listed yet: the drain that brings it calls again
+        self._select_next = None
+        if self.query_one("#jobs", VirtualTable).move_to(str(want)):  # else filtered out
+            self.select(want)
+            self._want_metrics(want)
 
     def action_cancel_job(self) -> None:
         job = self._selected_job()
@@ -924,7 +960,7 @@ class LlmConsole(App[None]):
         return bool(answers and answers[0])
 
     def action_mark_job(self) -> None:
-        if self.selected is not None:
+        if self._cursor_job() is not None:
             self.marks.toggle(self.selected)
             self.render_jobs(order_changed=False)
 
@@ -1051,6 +1087,12 @@ class LlmConsole(App[None]):
         self.query_one("#jobs", VirtualTable).focus()
 
     # ------------------------------------------------------------ keyboard
+    def _on_key(self, event: events.Key) -> None:
+        """A key typed ahead of a field that has just opened goes into it
+        (console.typeahead), and not on to App._on_key's bindings (Textual
+        calls each class's handler in turn unless the default is prevented)."""
+        typeahead.hand_on(self.focused, event)
+
     def apply_keys_file(self) -> None:
         """The user's keys.toml (console.keymap): applied when it is good,
         else one line saying what to fix, and the defaults stay."""

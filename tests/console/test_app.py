@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from textual import events
 from textual.widgets import DataTable, Input, Static
 
 from console.app import LlmConsole
@@ -106,6 +107,40 @@ async def test_a_followed_log_has_every_line_once_in_order(engine: EngineHandle)
 
         await until(pilot, lambda: "line 39" in text())
         assert text() == [f"line {i}" for i in range(40)]
+
+
+def typed_at_once(app: LlmConsole, keys: str) -> None:
+    """Every key into the driver's queue at once, as a terminal delivers a
+    fast typist's (Pilot's press lets the app go idle after each key)."""
+    driver = app._driver
+    assert driver is not None
+    for char in keys:
+        event = events.Key({"-": "minus"}.get(char, char), char)
+        event.set_sender(app)
+        driver.send_message(event)
+
+
+async def test_keys_typed_with_s_land_in_the_profile_field(engine: EngineHandle) -> None:
+    """`s` and a profile name typed in one instant: the name is in the form
+    (its keys had reached the jobs table, then the app's bindings: the r of
+    "pretrain-tiny" retried the selected job, its a hid the ended ones)."""
+    done = engine.submit("hello")
+    engine.wait_state(done, ["succeeded"])
+    app = LlmConsole()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: "succeeded" in " ".join(job_cells(app, done)))
+        app.select(done)
+        typed_at_once(app, "spretrain-tiny")
+        await until(pilot, lambda: isinstance(app.screen, SubmitScreen)
+                    and app.screen.query_one("#profile", Input).value == "pretrain-tiny")
+        await pilot.pause(0.3)  # a key that went astray has acted by now
+        assert app.screen.query_one("#profile", Input).value == "pretrain-tiny"
+        assert app.show_ended and app.marks.ids == []
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, SubmitScreen))
+    job = engine.job(done)
+    assert (job["state"], job["attempt"]) == ("succeeded", 1)  # not retried
+    assert len(engine.json("jobs", "--all")) == 1  # nothing submitted
 
 
 def notes(app: LlmConsole) -> str:

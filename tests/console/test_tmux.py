@@ -132,3 +132,81 @@ def test_submit_and_search_the_logs_with_n_at_80x24(engine: EngineHandle) -> Non
     finally:
         term.close()
     assert engine.wait_state(job, ["succeeded"])["name"] == "lines"
+
+
+#: pretrain-tiny made tiny (the micro model, a slice of the demo corpus, ten
+#: steps, one horovod worker each): two of them train side by side in about
+#: 40 s on 2 cores.
+TINY_TRAIN = """\
+kind = "train"
+launcher = "horovodrun"
+[resources]
+cpus = 1
+[args]
+model = "micro"
+corpus = "demo"
+max_docs = 200
+block_size = 32
+vocab_size = 256
+batch_size = 4
+eval_batches = 2
+max_steps = 10
+warmup_steps = 2
+log_every = 1
+checkpoint_every = 10
+eval_every = 10
+"""
+
+
+def test_submit_mark_and_compare_two_trainings_at_80x24(engine: EngineHandle) -> None:
+    """Two trainings submitted from the form, each typed in one instant
+    with the `s` that opens it (the name, a Tab, an override, enter), marked
+    with space (the cursor is on the job just submitted; down goes to the
+    one before), compared with m: both runs named on the overlay, the
+    results table of `llmconsole compare`, x by time, smoothing changed,
+    esc back, q quits."""
+    engine.write_profile("tiny-train", TINY_TRAIN)
+    term = Terminal(engine)
+    try:
+        term.start(80, 24)
+        term.wait(lambda s: "engine: connected" in s)
+        term.keys("s", "tiny-train", "Enter")  # one instant: every key in the form
+        term.wait(lambda s: "Submit a job" not in s and "1     tiny-train" in s)
+        term.keys("s", "tiny-train", "Tab", "args.seed=7", "Enter")
+        term.wait(lambda s: "Submit a job" not in s and "2     tiny-train" in s)
+        term.wait(lambda s: s.count("succeeded") == 2, timeout=240)
+        term.keys("Space")  # job 2, the one just submitted
+        term.wait(lambda s: "✓2 " in s)
+        term.keys("Down", "Space")
+        marked = term.wait(lambda s: "✓1 " in s)
+        assert "✓2 " in marked  # space marked the second job, not the first again
+        term.keys("m")
+        shown = term.wait(lambda s: "compare jobs 2 (tiny-train), 1 (tiny-train)" in s
+                          and "2 tiny-train" in s and "1 tiny-train" in s)  # the legend
+        assert "x: step" in shown and "smoothing 0.8" in shown
+        table = json.loads(engine.cli("compare", "--json", "2", "1").stdout)
+        assert len(table["rows"]) == 2
+        for row in table["rows"]:  # the results table: llmconsole compare's rows, in order
+            assert f" {row['name']}  {row['label']} " in shown, (row, shown)
+        assert shown.index(table["rows"][0]["name"]) < shown.index(table["rows"][1]["name"])
+        term.keys("x")
+        term.wait(lambda s: "x: seconds from each run's start" in s)
+        term.keys("+")
+        term.wait(lambda s: "smoothing 0.9" in s)
+        term.keys("-", "-")
+        term.wait(lambda s: "smoothing 0.5" in s)
+        term.keys("Escape")
+        back = term.wait(lambda s: "RUN" in s and "compare jobs" not in s)
+        assert "✓2 " in back and "✓1 " in back  # the marks stay
+        term.keys("q")
+        deadline = time.monotonic() + 15
+        while term.alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not term.alive(), "q did not quit the screen"
+    finally:
+        term.close()
+    jobs = {j["id"]: j for j in engine.json("jobs", "--all")}
+    assert [jobs[i]["state"] for i in (1, 2)] == ["succeeded", "succeeded"]
+    argv = engine.job(2)["spec"]["argv"]  # the override typed after the Tab
+    assert argv[argv.index("--seed") + 1] == "7", argv
+    assert engine.job(1)["output"] != engine.job(2)["output"]  # a folder each
