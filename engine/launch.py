@@ -7,7 +7,13 @@ horovodrun copies the environment it is given onto every worker's command
 line, which is why the job environment is an allow-list and not a copy.
 Across nodes it also runs ssh with host-key checking off, so there the
 launch goes through engine/sshwrap (`ssh.py launch` before horovodrun: the
-job's ssh is ours, strict, with each node's port, user and identity)."""
+job's ssh is ours, strict, with each node's port, user and identity).
+
+A job of a part kind (`engine.model.PART_KINDS`: prepare) on N nodes needs
+no launcher: its argv starts on every node of the allocation, each with
+``--part K/N`` appended (K from 1, the head node's part first), the way
+torchrun across nodes starts on every node; the attempt ends when every part
+has, and the first part to fail stops the others (`engine.runtime`)."""
 
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine import host_gpus
-from engine.model import JobSpec, NodeSpec, Placement
+from engine.model import PART_KINDS, JobSpec, NodeSpec, Placement
 from engine.sshwrap import ssh as sshwrap
 
 HOST_GPUS_SCRIPT = Path(host_gpus.__file__).resolve()
@@ -121,6 +127,20 @@ def head_first(placements: Sequence[Placement], nodes: Mapping[str, NodeSpec]
     return sorted(placements, key=lambda p: not nodes[p.node].is_local)
 
 
+PART_OPTION = "--part"
+FIRST_PART = 1  # parts are numbered 1..N: "--part 1/2" runs the first half
+
+
+def part_argv(argv: Sequence[str], index: int, count: int) -> tuple[str, ...]:
+    """`argv` for part `index` (from 0) of `count`: ``--part K/N`` appended."""
+    return (*argv, PART_OPTION, f"{index + FIRST_PART}/{count}")
+
+
+def runs_in_parts(spec: JobSpec) -> bool:
+    """Whether `spec` starts one part per node (a part kind on several nodes)."""
+    return spec.kind in PART_KINDS and spec.resources.nodes > 1
+
+
 def launch_parts(
     spec: JobSpec,
     placements: Sequence[Placement],
@@ -132,9 +152,13 @@ def launch_parts(
     """The processes to start, one per node that runs a launcher: the first
     node for local and horovodrun jobs (horovodrun reaches the others over
     SSH itself), every node for torchrun across nodes (each node's torchrun
-    meets the others at the rendezvous on the first)."""
+    meets the others at the rendezvous on the first), and every node for a
+    part kind on several nodes, each with its ``--part K/N``."""
     placements = head_first(placements, nodes)
     argv = tuple(launch_argv(spec, placements, nodes, python, known_hosts=known_hosts))
+    if runs_in_parts(spec) and len(placements) > 1:
+        return [LaunchPart(p.node, part_argv(argv, i, len(placements)), p.gpus)
+                for i, p in enumerate(placements)]
     if spec.launcher == "torchrun" and len(placements) > 1:
         return [LaunchPart(p.node, argv, p.gpus) for p in placements]
     return [LaunchPart(placements[0].node, argv, placements[0].gpus)]

@@ -11,7 +11,7 @@ from typing import Any
 
 from engine.lifecycle import JobState
 
-KINDS = ("train", "compress", "eval", "command")
+KINDS = ("train", "compress", "eval", "prepare", "command")
 LAUNCHERS = ("local", "horovodrun", "torchrun")
 
 # Bounds on a job's numbers, the same for profiles and for specs sent to the API.
@@ -136,13 +136,21 @@ class BatchRef:
     index: int
 
 
-WORKLOAD_KINDS = ("train", "compress", "eval")
+#: The kinds whose argv is an `engine.workloads` module with an ``--output``
+#: folder: what ``@stage`` references name and what gets an output assigned.
+WORKLOAD_KINDS = ("train", "compress", "eval", "prepare")
+
+#: The kinds that run one process per node without a distributed launcher:
+#: a job of such a kind on N nodes starts its argv on every node with
+#: ``--part K/N`` appended (`engine.launch.launch_parts`).
+PART_KINDS = ("prepare",)
 
 
 def output_dir(spec: JobSpec) -> str | None:
     """The ``--output`` folder of a workload job (None for other jobs): the
     value of its last ``--output DIR`` or ``--output=DIR``, as the workload's
-    parser reads it."""
+    parser reads it. For a prepare job it is the prepared data folder that a
+    later stage's ``data = "@prepare"`` receives."""
     if spec.kind not in WORKLOAD_KINDS:
         return None
     argv = list(spec.argv)

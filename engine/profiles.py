@@ -31,7 +31,8 @@ Job profile: ``<dir>/NAME.toml``
 
 ::
 
-    kind = "command"        # required: "train" | "compress" | "eval" | "command"
+    kind = "command"        # required: "train" | "compress" | "eval" | "prepare" |
+                            # "command"
     name = "hello"          # default: the file stem. Free text, 1-128 characters,
                             # no control characters (newline, NUL, ...), not blank
     description = "..."     # default "". Newlines and tabs allowed, other control
@@ -47,7 +48,9 @@ Job profile: ``<dir>/NAME.toml``
     workdir = "/abs/path"   # optional, an absolute path
     [resources]
     nodes = 1               # integer 1..4096; more than 1 needs launcher
-                            # horovodrun or torchrun
+                            # horovodrun or torchrun, except for kind
+                            # "prepare": one part per node (--part K/N
+                            # appended by the engine), launcher "local"
     gpus_per_node = 0       # integer 0..64
     cpus = 1                # integer 1..4096, per node
     memory_gb = 0           # a finite number, 0..1048576 (model.LIMITS), per node
@@ -57,7 +60,7 @@ Job profile: ``<dir>/NAME.toml``
     [env]                   # extra environment variables, NAME = "value" (strings
     SEED = "42"             # only). NAME matches ^[A-Za-z_][A-Za-z0-9_]*$;
                             # LD_PRELOAD and LLMCONSOLE_* are refused
-    [args]                  # kinds train/compress/eval only: key = str | int |
+    [args]                  # workload kinds only: key = str | int |
     lr = 3e-4               # float | bool | non-empty list of those; key matches
     amp = true              # ^[A-Za-z][A-Za-z0-9_-]{0,63}$
 
@@ -82,7 +85,7 @@ when the value came from an override.
 The argv of a job (`build_argv`): for kind "command" it is ``command`` as
 given (a first element "python"/"python3" is not rewritten). For the other
 kinds it is ``[sys.executable, "-m", "engine.workloads.<module>", *flags]``
-with module ``train``, ``compress`` or ``evaluate``, and flags from [args] in
+with module ``train``, ``compress``, ``evaluate`` or ``prepare``, and flags from [args] in
 file order: key ``learning_rate`` gives ``--learning-rate``; ``x = 3`` gives
 ``--x 3``; ``flag = true`` gives ``--flag`` and ``false`` nothing; a list gives
 ``--key v1 v2``. Floats are written with `repr` (3e-4 -> ``0.0003``), booleans
@@ -143,7 +146,9 @@ Pipeline profile: ``<dir>/NAME.toml``
     args = { max_steps = 120, model = "@pretrain" }
 
 An argument ``"@stage"`` is replaced by that earlier stage's output folder
-(`engine.pipelines`); one that names no earlier workload stage (a later
+(`engine.pipelines`): a prepare stage's is its prepared data, so
+``data = "@prepare"`` gives the training stage ``--data <that folder>``. One
+that names no earlier workload stage (a later
 stage, which a cycle needs, the stage itself, no stage, a command stage) is a
 `ReferenceError` naming the stage. ``--set STAGE.key=value`` overrides a
 stage's field.
@@ -191,6 +196,7 @@ from engine import spec_rules
 from engine.errors import UserError
 from engine.model import (
     LIMITS,
+    PART_KINDS,
     ClusterSpec,
     JobSpec,
     NodeSpec,
@@ -227,7 +233,8 @@ __all__ = [
 ]
 
 #: kind -> module under `engine.workloads` that runs it.
-WORKLOAD_MODULES: dict[str, str] = {"train": "train", "compress": "compress", "eval": "evaluate"}
+WORKLOAD_MODULES: dict[str, str] = {"train": "train", "compress": "compress", "eval": "evaluate",
+                                     "prepare": "prepare"}
 
 DISTRIBUTED_LAUNCHERS = ("horovodrun", "torchrun")
 DISTRIBUTED_KINDS = ("train", "compress")
@@ -452,7 +459,7 @@ class _ResourcesModel(_Strict):
 
 
 class _JobModel(_Strict):
-    kind: Literal["train", "compress", "eval", "command"]
+    kind: Literal["train", "compress", "eval", "prepare", "command"]
     name: FreeName
     description: Description = ""
     command: Annotated[list[ArgvItem], Field(min_length=1)] | None = None
@@ -515,7 +522,7 @@ class _ClusterModel(_Strict):
     nodes: Annotated[list[_NodeModel], Field(min_length=1)]
 
 
-_JOB_KINDS_TEXT = 'one of "train", "compress", "eval", "command"'
+_JOB_KINDS_TEXT = 'one of "train", "compress", "eval", "prepare", "command"'
 
 # What a field takes, by the shape of its path ('*' = any key, '[]' = any index).
 _EXPECTED: dict[str, dict[tuple[str, ...], str]] = {
@@ -983,11 +990,16 @@ def _job_rules(m: _JobModel) -> list[tuple[str, str, str | None]]:
     if m.launcher in DISTRIBUTED_LAUNCHERS and m.kind not in DISTRIBUTED_KINDS:
         problems.append(("launcher", f'"{m.launcher}" is not available for kind "{m.kind}"',
                          '"local" (horovodrun and torchrun are for kinds train and compress)'))
-    if m.resources.nodes > 1 and m.launcher not in DISTRIBUTED_LAUNCHERS:
+    if m.kind in PART_KINDS and "part" in m.args:
+        problems.append(("args.part", "--part is set by the engine, one part per node",
+                         "resources.nodes = N to run the job in N parts"))
+    if m.resources.nodes > 1 and m.launcher not in DISTRIBUTED_LAUNCHERS \
+            and m.kind not in PART_KINDS:
         problems.append(("resources.nodes",
                          f'a job on {m.resources.nodes} nodes needs a distributed launcher, '
                          f'not "{m.launcher}"',
-                         'launcher = "horovodrun" or "torchrun" (or resources.nodes = 1)'))
+                         'launcher = "horovodrun" or "torchrun" (or resources.nodes = 1; '
+                         'kind "prepare" runs a part per node with launcher "local")'))
     flags: dict[str, str] = {}
     for key in m.args:
         flag = key.replace("_", "-")

@@ -19,7 +19,7 @@ from typing import Any
 
 from engine import spec_rules
 from engine.errors import BadRequest
-from engine.model import KINDS, LAUNCHERS, LIMITS, JobSpec, Resources
+from engine.model import KINDS, LAUNCHERS, LIMITS, PART_KINDS, JobSpec, Resources
 from engine.spec_rules import RuleError
 
 FIELDS = {"name", "kind", "argv", "launcher", "resources", "env", "retries", "priority",
@@ -109,9 +109,9 @@ def spec_from_payload(data: Any) -> JobSpec:
         memory_gb=_memory(res),
         nodes_with=_nodes_with(res),
     )
-    if resources.nodes > 1 and launcher == "local":
+    if resources.nodes > 1 and launcher == "local" and kind not in PART_KINDS:
         raise BadRequest("spec.launcher: a job on several nodes needs launcher "
-                         "'horovodrun' or 'torchrun'")
+                         "'horovodrun' or 'torchrun' (kind 'prepare' runs a part per node)")
     env = data.get("env") or {}
     if not isinstance(env, dict):
         raise BadRequest("spec.env: expected an object of name -> string")

@@ -334,7 +334,7 @@ def stage_reference_problems(stages: Sequence[StageSpec]) -> list[tuple[int, str
             if name in earlier:
                 if stages[names.index(name)].spec.kind not in WORKLOAD_KINDS:
                     problems.append((i, f"@{name} has no output folder (it is a command job)",
-                                     "a train, compress or eval stage"))
+                                     "a train, compress, eval or prepare stage"))
                 continue
             if name == stage.name:
                 why = "it is this stage itself"
