@@ -28,7 +28,9 @@ The methods:
   rank 0 measures and writes the results.
 
 The held-out data is the split training used (``--corpus``,
-``--eval-fraction``, ``--max-docs``; see `engine.workloads.evaluate`), scored
+``--eval-fraction``, ``--max-docs``, or ``--data DIR``, a prepare job's
+output: its heldout/ split, and its train/ split for recovery and
+distillation; see `engine.workloads.evaluate`), scored
 on ``--eval-batches`` batches; latency is timed on one fixed batch of
 ``--batch-size`` x ``--block-size`` held-out tokens on the CPU.
 
@@ -79,6 +81,7 @@ from engine.workloads.common import (
 )
 from engine.workloads.evaluate import (
     HeldOut,
+    check_data_fits,
     describe,
     held_out,
     layer_zeros,
@@ -167,9 +170,14 @@ def recover(model: Any, a: argparse.Namespace, metrics: MetricsLog, tokenizer: A
     import torch
 
     from engine.workloads import data as datasets
+    from engine.workloads import shards
 
-    train_texts, _ = lm_texts(a)
-    blocks = datasets.pack_blocks(tokenizer, train_texts, a.block_size)
+    blocks: Any
+    if a.data is not None:  # rows read from the memory maps as batches ask
+        blocks = shards.open_prepared(a.data).blocks("train", a.block_size)
+    else:
+        train_texts, _ = lm_texts(a)
+        blocks = datasets.pack_blocks(tokenizer, train_texts, a.block_size)
     device = select_device(a.device)
     model.to(device)
     model.train()
@@ -221,6 +229,7 @@ def compress(a: argparse.Namespace) -> dict[str, Any]:
         raise WorkloadError(f"--recover-steps: recovery fine-tunes causal-LM models only and "
                             f"{loaded.folder} is a classifier; prune with --recover-steps 0, "
                             "then fine-tune it with train --task classification")
+    check_data_fits(a, loaded)
     held = held_out(a, loaded.tokenizer, loaded.task)
     if loaded.task == "classification":
         match_labels(loaded, held)
@@ -327,7 +336,8 @@ def distill(a: argparse.Namespace) -> dict[str, Any] | None:
             "--tokenizer", str(teacher_folder), "--teacher", str(teacher_folder),
             "--temperature", repr(a.temperature), "--alpha", repr(a.alpha),
             "--max-steps", str(a.max_steps), "--lr", repr(a.lr),
-            "--warmup-steps", str(a.warmup_steps), "--corpus", a.corpus,
+            "--warmup-steps", str(a.warmup_steps),
+            *(["--data", str(a.data)] if a.data is not None else ["--corpus", a.corpus]),
             "--block-size", str(a.block_size), "--eval-fraction", repr(a.eval_fraction),
             "--max-docs", str(a.max_docs), "--batch-size", str(a.batch_size),
             "--eval-batches", str(a.eval_batches), "--eval-every", str(a.max_steps),

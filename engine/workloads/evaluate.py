@@ -11,12 +11,15 @@ The held-out part of ``--corpus`` is the one training used (a hash of each
 document, `engine.workloads.data.split_indices`, with the same
 ``--eval-fraction`` and ``--max-docs``). A causal LM is scored on the first
 ``--eval-batches`` batches of ``--block-size`` token blocks of that part
-(``eval_loss``, ``perplexity``); a classifier (``--task classification``, or
-a model saved as one) on every held-out labelled example (``eval_loss``,
-``accuracy``). Latency is the median (and p90) forward time of one fixed
-batch of ``--batch-size`` held-out rows on the CPU with the process's torch
-threads; ``tokens_per_s`` follows from the median. Everything runs on the CPU
-so that fp32, fp16, bf16 and int8 models are timed alike.
+(``eval_loss``, ``perplexity``); with ``--data DIR`` (a prepare job's output)
+those blocks are the first of DIR's heldout/ split, read from its memory
+maps, and the model must embed every id of DIR's tokenizer. A classifier
+(``--task classification``, or a model saved as one) is scored on every
+held-out labelled example (``eval_loss``, ``accuracy``). Latency is the
+median (and p90) forward time of one fixed batch of ``--batch-size``
+held-out rows on the CPU with the process's torch threads; ``tokens_per_s``
+follows from the median. Everything runs on the CPU so that fp32, fp16, bf16
+and int8 models are timed alike.
 
 What it writes under ``--output``:
 
@@ -44,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.workloads import compare
+from engine.workloads import compare, shards
 from engine.workloads import data as datasets
 from engine.workloads.common import (
     MetricsLog,
@@ -89,10 +92,31 @@ def lm_texts(a: argparse.Namespace) -> tuple[list[str], list[str]]:
     return [texts[i] for i in train_i], [texts[i] for i in held_i]
 
 
+def check_data_fits(a: argparse.Namespace, loaded: Any) -> None:
+    """With --data: the model embeds every id and shares the tokenizer."""
+    if a.data is None:
+        return
+    prepared = shards.open_prepared(a.data)
+    shards.check_model_vocab(prepared, loaded.model.config.vocab_size,
+                             f"model {loaded.folder}")
+    if loaded.tokenizer is not None:
+        shards.check_tokenizer(prepared, loaded.tokenizer, f"the tokenizer of {loaded.folder}")
+
+
 def held_out(a: argparse.Namespace, tokenizer: Any, task: str) -> HeldOut:
-    """The held-out split of ``--corpus`` for `task`, tokenized."""
+    """The held-out split of ``--corpus`` for `task`, tokenized, or the
+    first held-out blocks of ``--data``."""
     import torch
 
+    if a.data is not None:
+        if task != "causal-lm":
+            raise WorkloadError(f"--data: prepared data is token ids for causal-lm models, "
+                                f"this one is {task}; score a classifier with --corpus")
+        if a.max_docs:
+            raise WorkloadError("--max-docs cuts a --corpus; with --data, leave it out")
+        prepared = shards.open_prepared(a.data)
+        rows = prepared.blocks("heldout", a.block_size)[:a.eval_batches * a.batch_size]
+        return HeldOut(task, _timed_batch(rows, a.batch_size), blocks=rows)
     if task == "classification":
         lab = datasets.load_labelled(a.corpus)
         texts, labels = lab.texts, lab.labels
@@ -230,13 +254,16 @@ def evaluate_model(a: argparse.Namespace) -> dict[str, Any]:
         raise WorkloadError(f"model {loaded.folder}: saved as a {loaded.task} model, not "
                             f"{a.task}; leave --task out (or fine-tune it with train "
                             f"--task {a.task} first)")
+    check_data_fits(a, loaded)
     held = held_out(a, loaded.tokenizer, loaded.task)
     if loaded.task == "classification":
         match_labels(loaded, held)
     assert loaded.folder is not None
     m = measure_model(loaded.model, loaded.folder, held, a)
+    source = {"data": str(Path(a.data).resolve())} if a.data is not None else \
+        {"corpus": a.corpus}
     return {"kind": "eval", "status": "ok", "task": loaded.task, "format": loaded.format,
-            "model": str(loaded.folder.resolve()), "corpus": a.corpus,
+            "model": str(loaded.folder.resolve()), **source,
             "block_size": a.block_size, "batch_size": a.batch_size, **m}
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "number",
     "options",
     "parse",
+    "prepare_parser",
     "train_parser",
 ]
 
@@ -61,7 +62,9 @@ DEVICES = ("auto", "cpu", "cuda")
 
 #: workload module -> how it is run by hand (the parser's prog).
 PROGRAMS = {name: f"python -m engine.workloads.{name}" for name in ("train", "compress",
-                                                                    "evaluate")}
+                                                                    "evaluate", "prepare")}
+#: prepare --dedup values.
+DEDUP = ("both", "exact", "near", "none")
 
 
 class OptionError(Exception):
@@ -155,15 +158,36 @@ POSITIVE = integer(1)
 COUNT = integer(0)
 
 
+class _Default(str):
+    """A default argparse can tell from the same text typed: it finds
+    mutually exclusive options by identity with the default, and a "demo"
+    from argv may be the very object of a literal "demo"."""
+
+
+#: --corpus's default: "demo", refused with --data only when typed.
+DEMO_CORPUS = _Default("demo")
+
+
 # ---------------------------------------------------------------------------
 # The parsers
 
 
+def add_data_option(group: argparse._MutuallyExclusiveGroup, what: str) -> None:
+    """--data DIR: a prepare job's output folder, instead of --corpus. Its
+    presence is checked when the workload starts (a pipeline's folder does
+    not exist yet when the job is submitted)."""
+    group.add_argument("--data", type=Path, metavar="DIR",
+                       help="a prepare job's output folder (token shards, its tokenizer); "
+                            f"{what}; instead of --corpus")
+
+
 def add_measure_options(p: argparse.ArgumentParser) -> None:
     """The held-out data and timing options compress and evaluate share."""
-    p.add_argument("--corpus", default="demo",
-                   help="'demo', a .txt/.jsonl file or a folder (classification: JSONL with "
-                        "text and label); use the corpus the model was trained on")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--corpus", default=DEMO_CORPUS,
+                        help="'demo', a .txt/.jsonl file or a folder (classification: JSONL "
+                             "with text and label); use the corpus the model was trained on")
+    add_data_option(source, "its heldout/ split is scored")
     p.add_argument("--block-size", type=POSITIVE, default=128, help="tokens per held-out row")
     p.add_argument("--eval-fraction", type=number(0, 0.5, low_open=True, high_open=True),
                    default=0.05, help="held-out share of the documents (as in training)")
@@ -186,9 +210,11 @@ def train_parser(prog: str = PROGRAMS["train"], description: str = "") -> Worklo
     p.add_argument("--model", default="tiny",
                    help=f"a preset ({', '.join(PRESETS)}) to pre-train from scratch, or a "
                         "model folder (or a train job's output folder) to fine-tune")
-    p.add_argument("--corpus", default="demo",
-                   help="'demo', a .txt/.jsonl file or a folder (classification: JSONL with "
-                        "text and label)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--corpus", default=DEMO_CORPUS,
+                        help="'demo', a .txt/.jsonl file or a folder (classification: JSONL "
+                             "with text and label)")
+    add_data_option(source, "causal LM: trains on its train/ split, scores its heldout/")
     p.add_argument("--tokenizer", type=Path, help="a tokenizer folder (default: the model's, "
                    "or one trained on the corpus for a preset)")
     p.add_argument("--vocab-size", type=POSITIVE, default=2048)
@@ -287,9 +313,76 @@ def evaluate_parser(prog: str = PROGRAMS["evaluate"], description: str = "") -> 
     return p
 
 
+def part(text: str) -> tuple[int, int]:
+    """An argparse type: ``K/N``, part K (0-based) of N."""
+    k, sep, n = text.partition("/")
+    if not sep or not k.strip().isdigit() or not n.strip().isdigit() or int(n) < 1 \
+            or int(k) >= int(n):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a part; expected K/N with "
+                                         "0 <= K < N, e.g. 0/2")
+    return int(k), int(n)
+
+
+def prepare_parser(prog: str = PROGRAMS["prepare"], description: str = "") -> WorkloadParser:
+    """The options of `engine.workloads.prepare` (0 turns a quality rule off)."""
+    p = WorkloadParser(prog, description)
+    p.add_argument("--input", required=True, action="append", metavar="PATH",
+                   help="a .jsonl/.txt/.md/.parquet file (text ones may end in .gz or .zst), a "
+                        "folder or a glob; repeat for more")
+    p.add_argument("--output", required=True, type=Path, help="the prepared data folder")
+    p.add_argument("--text-field", default="text", help="the JSONL/parquet field of the text")
+    p.add_argument("--tokenizer", type=Path,
+                   help="a saved tokenizer folder (default: one trained on the kept documents)")
+    p.add_argument("--vocab-size", type=integer(256, 1 << 24), default=8192,
+                   help="vocabulary of a trained tokenizer")
+    p.add_argument("--tokenizer-sample", type=POSITIVE, default=20000,
+                   help="kept train documents a tokenizer is trained on (the first ones)")
+    p.add_argument("--workers", type=integer(1, 256), default=0,
+                   help="processes on this node (default: its cores, at most 8); the output "
+                        "does not depend on it")
+    p.add_argument("--tasks", type=integer(1, 65534), default=8,
+                   help="tasks each stage is cut into; the output depends on it")
+    p.add_argument("--eval-fraction", type=number(0, 0.5, low_open=True, high_open=True),
+                   default=0.05, help="held-out share of the documents (as in training)")
+    g = p.add_argument_group("quality rules (Gopher-style; 0 turns one off)")
+    g.add_argument("--min-words", type=COUNT, default=20)
+    g.add_argument("--max-words", type=COUNT, default=100000)
+    g.add_argument("--min-mean-word-length", type=number(0), default=3.0)
+    g.add_argument("--max-mean-word-length", type=number(0), default=10.0)
+    g.add_argument("--max-symbol-ratio", type=number(0), default=0.1,
+                   help="'#' and ellipses per word")
+    g.add_argument("--max-bullet-line-fraction", type=number(0, 1), default=0.9)
+    g.add_argument("--max-ellipsis-line-fraction", type=number(0, 1), default=0.3)
+    g.add_argument("--min-alpha-ratio", type=number(0, 1), default=0.6,
+                   help="share of the words with a letter")
+    g.add_argument("--min-stop-words", type=COUNT, default=0,
+                   help="English stop words a document needs")
+    g.add_argument("--max-duplicate-line-fraction", type=number(0, 1), default=0.3)
+    g = p.add_argument_group("dedup and input")
+    g.add_argument("--dedup", choices=DEDUP, default="both",
+                   help="exact copies of the normalised text, near copies (MinHash LSH), both")
+    g.add_argument("--near-threshold", type=number(0, 1, low_open=True, high_open=True),
+                   default=0.7, help="Jaccard similarity of word 5-grams from which near "
+                                     "copies are removed")
+    g.add_argument("--max-bad-fraction", type=number(0, 1), default=0.01,
+                   help="share of bad records (lines, rows, files) past which the job fails")
+    g = p.add_argument_group("running")
+    g.add_argument("--part", type=part, default=(0, 1), metavar="K/N",
+                   help="this node runs part K of N (set by the engine); every part shares "
+                        "--output")
+    g.add_argument("--barrier-timeout", type=number(1), default=3600.0,
+                   help="seconds a stage waits for the other parts before failing")
+    g.add_argument("--batch-size", type=POSITIVE, default=1000,
+                   help="documents per tokenizer batch")
+    g.add_argument("--keep-work", action="store_true",
+                   help="keep --output/work (intermediate files) after success")
+    return p
+
+
 #: workload module -> its parser.
 PARSERS: dict[str, Callable[[], WorkloadParser]] = {
-    "train": train_parser, "compress": compress_parser, "evaluate": evaluate_parser}
+    "train": train_parser, "compress": compress_parser, "evaluate": evaluate_parser,
+    "prepare": prepare_parser}
 
 
 # ---------------------------------------------------------------------------

@@ -17,6 +17,12 @@ What it writes under ``--output`` (rank 0 only):
   throughput; for a run that diverged, the reason;
 - ``tensorboard/``: event files; metrics lines go to the metrics file.
 
+``--data DIR`` trains on a prepare job's output (`engine.workloads.shards`)
+instead of ``--corpus``: its tokenizer, rows of its train/ split read from
+memory maps as the batches ask for them (no rank loads the dataset), its
+heldout/ split for evaluation. results.json's ``startup`` says what the first
+step cost (seconds since the process started, RSS, data tokens read).
+
 ``--resume`` continues from the newest checkpoint (or starts at step 0 when
 there is none yet) with the same data order and random state, so a resumed
 run ends where an uninterrupted one would. ``--resume-from DIR`` names the
@@ -39,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.workloads import data as datasets
+from engine.workloads import shards
 from engine.workloads.common import (
     Diverged,
     MetricsLog,
@@ -70,6 +77,12 @@ def check_args(a: argparse.Namespace) -> None:
     """What one option alone cannot say (ranges are the parser's types)."""
     if a.teacher and a.task != "causal-lm":
         raise WorkloadError("--teacher: distillation is for --task causal-lm")
+    if a.data is not None and a.task != "causal-lm":
+        raise WorkloadError("--data: prepared data is token ids for --task causal-lm; give a "
+                            "classifier its labelled JSONL with --corpus")
+    if a.data is not None and a.max_docs:
+        raise WorkloadError("--max-docs cuts a --corpus; with --data, prepare a smaller folder "
+                            "(or leave --max-docs out)")
 
 
 # ---------------------------------------------------------------- data
@@ -85,9 +98,17 @@ class Batches:
         return len(next(iter(self.train.values())))
 
 
-def _tokenizer_for(a: argparse.Namespace, texts: Callable[[], list[str]], dist: Dist) -> Any:
-    """The tokenizer: --tokenizer, else the model folder's, else trained on
-    the corpus by rank 0 and shared through ``<output>/tokenizer``."""
+def _tokenizer_for(a: argparse.Namespace, texts: Callable[[], list[str]], dist: Dist,
+                   prepared: shards.Prepared | None = None) -> Any:
+    """The tokenizer: --data's (a --tokenizer must agree with it), else
+    --tokenizer, else the model folder's, else trained on the corpus by
+    rank 0 and shared through ``<output>/tokenizer``."""
+    if prepared is not None:
+        tok = shards.load_data_tokenizer(prepared)
+        if a.tokenizer:
+            shards.check_tokenizer(prepared, datasets.load_tokenizer(a.tokenizer),
+                                   f"--tokenizer {a.tokenizer}")
+        return tok
     if a.tokenizer:
         return datasets.load_tokenizer(a.tokenizer)
     if a.model not in PRESETS:
@@ -104,9 +125,19 @@ def _tokenizer_for(a: argparse.Namespace, texts: Callable[[], list[str]], dist: 
     return datasets.load_tokenizer(folder)
 
 
-def load_data(a: argparse.Namespace, tokenizer: Any) -> Batches:
+def load_data(a: argparse.Namespace, tokenizer: Any,
+              prepared: shards.Prepared | None = None) -> Batches:
+    """The rows to train on and the held-out rows. From --data, training
+    rows are read from the memory maps as batches ask for them; only the
+    held-out rows evaluation scores (--eval-batches x --batch-size) are
+    read up front."""
     import torch
 
+    if prepared is not None:
+        train = prepared.blocks("train", a.block_size)
+        held = prepared.blocks("heldout", a.block_size)
+        return Batches({"input_ids": train},
+                       {"input_ids": held[:a.eval_batches * a.batch_size]})
     if a.task == "classification":
         lab = datasets.load_labelled(a.corpus)
         texts, labels = lab.texts, lab.labels
@@ -242,18 +273,23 @@ class StopFlag:
         self.set = True
 
 
-def _starting_model(a: argparse.Namespace, dist: Dist, texts_for_tokenizer: Callable[[], list[str]]
-                    ) -> tuple[LoadedModel, Any]:
+def _starting_model(a: argparse.Namespace, dist: Dist, texts_for_tokenizer: Callable[[], list[str]],
+                    prepared: shards.Prepared | None = None) -> tuple[LoadedModel, Any]:
     """The model to train and its tokenizer, and the labels (classification)."""
     labels: list[str] = []
     if a.task == "classification":
         labels = datasets.load_labelled(a.corpus).names
-    tokenizer = _tokenizer_for(a, texts_for_tokenizer, dist)
+    tokenizer = _tokenizer_for(a, texts_for_tokenizer, dist, prepared)
     if a.model in PRESETS:
         config = build_config(a.model, len(tokenizer), a.block_size, tokenizer, a.dropout)
+        if prepared is not None:
+            shards.check_model_vocab(prepared, config.vocab_size, f"model {a.model}")
         model = build_model(config, a.task, labels)
         return LoadedModel(model, tokenizer, None, "fp32", a.task, labels), tokenizer
     loaded = load_model(a.model, task=a.task, labels=labels)
+    if prepared is not None:
+        shards.check_model_vocab(prepared, loaded.model.config.vocab_size,
+                                 f"model {loaded.folder}")
     if loaded.format != "fp32":
         raise WorkloadError(f"model {loaded.folder}: format {loaded.format} cannot be trained; "
                             "fine-tune the fp32 model, then compress it")
@@ -288,8 +324,9 @@ def run_training(a: argparse.Namespace, kind: str = "train") -> Outcome:
         train_i, _ = datasets.split_indices(texts, a.eval_fraction)
         return [texts[i] for i in train_i]
 
-    loaded, tokenizer = _starting_model(a, dist, corpus_texts)
-    data = load_data(a, tokenizer)
+    prepared = shards.open_prepared(a.data) if a.data is not None else None
+    loaded, tokenizer = _starting_model(a, dist, corpus_texts, prepared)
+    data = load_data(a, tokenizer, prepared)
     teacher = None
     if a.teacher:
         teacher = load_model(a.teacher).model.to(device)
@@ -417,6 +454,7 @@ def run_training(a: argparse.Namespace, kind: str = "train") -> Outcome:
             folder = save_checkpoint(a.output, step, loaded, state, a.keep_checkpoints)
             print(f"checkpoint {folder}", flush=True)
 
+    startup: dict[str, Any] = {}
     stopped = False
     while step < a.max_steps:
         t0 = time.perf_counter()
@@ -453,6 +491,8 @@ def run_training(a: argparse.Namespace, kind: str = "train") -> Outcome:
         schedule.step()
         step += 1
         elapsed = time.perf_counter() - t0
+        if not startup:
+            startup = startup_record(prepared)
         loss_sum, stop_votes = dist.sum([loss_total / a.grad_accum, 1.0 if stop.set else 0.0],
                                         name="train.step_loss_and_stop")
         last_loss = loss_sum / dist.size
@@ -504,6 +544,7 @@ def run_training(a: argparse.Namespace, kind: str = "train") -> Outcome:
         "parameters": unwrapped_params, "wall_s": round(time.time() - started, 2),
         "model": str((a.output / "model").resolve()),
         "replica_digests": digests, "replicas_identical": len(set(digests)) == 1,
+        "startup": startup,
     }
     if dist.is_main:
         from engine.workloads.models import save_model
@@ -525,6 +566,21 @@ def run_training(a: argparse.Namespace, kind: str = "train") -> Outcome:
         raise Interrupted(f"stopped by a signal at step {step}; checkpoint saved: rerun with "
                           "--resume to continue")
     return Outcome(results, loaded)
+
+
+def startup_record(prepared: shards.Prepared | None) -> dict[str, Any]:
+    """What the first step cost this process: seconds since it started,
+    resident memory now and at its peak, data tokens read so far."""
+    import resource
+
+    import psutil
+
+    me = psutil.Process()
+    return {"first_step_s": round(time.time() - me.create_time(), 3),
+            "rss_first_step_bytes": me.memory_info().rss,
+            # ru_maxrss: KiB on Linux
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "tokens_read_first_step": prepared.tokens_read if prepared is not None else None}
 
 
 def weights_digest(model: Any) -> str:
