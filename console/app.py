@@ -66,6 +66,7 @@ from console.state import (
     middle_cut,
     node_line,
     node_state,
+    prepare_parts,
     progress_line,
     rtt_text,
     run_time,
@@ -623,6 +624,11 @@ class LlmConsole(App[None]):
             return
         series = self.state.series.get(self.selected)
         job = self.state.jobs.get(self.selected) or {}
+        progress = self.state.job_progress(self.selected)
+        if progress.is_prepare and (series is None or not series.loss):  # documents, no loss
+            label(f"job {self.selected} " + "\n".join(prepare_parts(progress)))
+            chart.show([], key=(self.selected, -1), title=f"job {self.selected}: loss")
+            return
         if series is None or not series.loss:
             waits = job.get("state") in ("held", "queued")
             why = job.get("waiting") if waits else job.get("reason")
@@ -1031,7 +1037,7 @@ class LlmConsole(App[None]):
         except EngineError as err:
             self.call_from_thread(self.notify, f"job {screen.job_id}: {err}", severity="error")
             return
-        data, note = detail.load_results(job.get("output"))
+        data, note = detail.load_results(job.get("output"), job.get("kind"))
         self.call_from_thread(screen.set_job, job)
         self.call_from_thread(screen.set_results, data, note)
         if screen.job_id not in self._backfilled:

@@ -1,7 +1,8 @@
 """What the job detail screen shows, as plain text and rows: the attempt and
 event history, the profile behind the job, a results.json as a before/after
-table, and log lines split by rank and searched. Pure: no I/O beyond reading
-one results.json, no screen library, so it is tested on its own."""
+table (a prepare job's manifest.json as its summary), and log lines split by
+rank and searched. Pure: no I/O beyond reading one results.json or
+manifest.json, no screen library, so it is tested on its own."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from engine.workloads import manifest_view
 
 # horovodrun (gloo) prefixes "[1]<stdout>:", mpirun "[1,0]<stderr>:".
 _RANK = re.compile(r"^\[(?:\d+,)?(\d+)\]<(?:stdout|stderr)>:")
@@ -138,7 +141,10 @@ def _change(field: str, before: Any, after: Any) -> str:
 
 def results_table(data: Mapping[str, Any]) -> tuple[list[str], Rows]:
     """(headers, rows) for a results.json: metric/before/after/change for a
-    compression pass, metric/value for training and evaluation."""
+    compression pass, metric/value for training and evaluation; for a
+    prepare job's manifest.json, its summary (`prepare_table`)."""
+    if manifest_view.is_manifest(data):
+        return prepare_table(data)
     before, after = data.get("before"), data.get("after")
     if isinstance(before, Mapping) and isinstance(after, Mapping):
         rows: Rows = [(label, _fmt(f, before.get(f)), _fmt(f, after.get(f)),
@@ -151,10 +157,25 @@ def results_table(data: Mapping[str, Any]) -> tuple[list[str], Rows]:
     return ["metric", "value"], flat
 
 
-def load_results(output: str | None) -> tuple[dict[str, Any] | None, str]:
-    """(results.json of an output folder, or None; a line saying why not)."""
+def prepare_table(manifest: Mapping[str, Any]) -> tuple[list[str], Rows]:
+    """(headers, rows) of a prepare job's manifest.json: documents in and
+    kept, removed by each rule and by dedup, bad input with its first
+    file:line entries, tokens per split, shards, tokenizer
+    (engine.workloads.manifest_view, as `llmconsole show` prints it)."""
+    return ["what", "value"], list(manifest_view.summary_rows(manifest))
+
+
+def load_results(output: str | None, kind: str | None = None
+                 ) -> tuple[dict[str, Any] | None, str]:
+    """(results.json of an output folder, or None; a line saying why not).
+    A prepare job's folder (`kind` "prepare", or one holding manifest.json)
+    gives its manifest instead, with its headline as the line."""
     if not output:
         return None, "this job has no output folder (a command job)"
+    if kind == "prepare" or (Path(output) / manifest_view.MANIFEST).is_file():
+        manifest, why = manifest_view.read_manifest(output)
+        return (manifest, manifest_view.headline(manifest)) if manifest is not None \
+            else (None, why)
     path = Path(output) / "results.json"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

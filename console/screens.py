@@ -38,7 +38,7 @@ from textual.widgets import (
 
 from console import detail
 from console.chart import Line, MetricChart, loss_lines
-from console.state import Series, smoothed
+from console.state import Series, progress_line, series_progress, smoothed
 from engine import pipelines, profiles
 from engine.errors import EngineError, UserError
 from engine.model import LIMITS
@@ -398,6 +398,7 @@ class JobScreen(Screen[None]):
         self._log_stream: Any = None
         self._log_lock = threading.Lock()
         self._gone = False
+        self.prepared = ""  # a prepare job's progress in words (from its metrics)
 
     def compose(self) -> ComposeResult:
         yield Static(self._title(), id="jobtitle")
@@ -447,8 +448,9 @@ class JobScreen(Screen[None]):
     def _title(self) -> str:
         j = self.job
         reason = f" - {j['reason']}" if j.get("reason") else ""
+        progress = f"\n  {self.prepared}" if self.prepared else ""  # a prepare job's
         return (f"job {j['id']}  {j.get('name')}  [{j.get('kind')}]  {j.get('state')}  "
-                f"attempt {j.get('attempt')}  priority {j.get('priority', 0)}{reason}")
+                f"attempt {j.get('attempt')}  priority {j.get('priority', 0)}{reason}{progress}")
 
     def set_job(self, job: Mapping[str, Any]) -> None:
         """A newer view of the job (from the event stream or `show`)."""
@@ -550,6 +552,12 @@ class JobScreen(Screen[None]):
         self.ranks = detail.rank_choices(seen, detail.world_size(self.job))
 
     def set_series(self, series: Series | None) -> None:
+        progress = series_progress(series) if series is not None else None
+        prepared = progress_line(progress) if progress is not None and progress.is_prepare \
+            else ""
+        if prepared != self.prepared:  # a prepare job's documents, rates, removed, ETA
+            self.prepared = prepared
+            self.query_one("#jobtitle", Static).update(Text(self._title()))
         charts = {c.id: c for c in self.query(MetricChart)}
         if series is None:
             for chart in charts.values():

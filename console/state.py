@@ -11,7 +11,9 @@ Events (from `GET /v1/events`):
 A job's view carries its current attempt's `progress` (step, total, loss,
 tokens/s, time) and `started_at`/`ended_at`: `job_progress` reads the STEP
 and LOSS of any job from it, and from the job's series when that is newer,
-so every row is right without its metrics fetched. `load_metrics` merges a
+so every row is right without its metrics fetched. A prepare job's step
+counts documents read (its metrics carry documents_per_s, removed): its
+`progress_line` says so in words. `load_metrics` merges a
 fetched history into the series that live points may have started (no gap,
 no duplicate step). `stale_since` is when the engine was lost (None while
 connected).
@@ -251,8 +253,10 @@ class ConsoleState:
                            loss=series.last.get("loss", out.loss if series.step == out.step
                                                 else None),
                            tokens_per_s=series.last.get("tokens_per_s", out.tokens_per_s),
-                           rate=steps_per_s(series.times))
-        for name in ("loss", "tokens_per_s"):
+                           rate=steps_per_s(series.times),
+                           documents_per_s=series.last.get("documents_per_s"),
+                           removed=_count(series.last.get("removed")))
+        for name in ("loss", "tokens_per_s", "documents_per_s"):
             value = getattr(out, name)
             if value is not None and not (isinstance(value, int | float)
                                           and math.isfinite(value)):
@@ -308,12 +312,41 @@ class Progress:
     loss: float | None = None
     tokens_per_s: float | None = None
     rate: float | None = None
+    #: A prepare job's (its step counts documents read): as it reports them.
+    documents_per_s: float | None = None
+    removed: int | None = None
+
+    @property
+    def is_prepare(self) -> bool:
+        """Progress of a prepare job: its metrics carry documents_per_s."""
+        return self.documents_per_s is not None
 
     def eta_s(self) -> float | None:
-        """Seconds to the total at the current rate (None when unknown)."""
-        if not self.total or self.step is None or not self.rate:
+        """Seconds to the total at the current rate (None when unknown): a
+        prepare job's documents/s as it reports it, else steps/s."""
+        rate = self.documents_per_s or self.rate
+        if not self.total or self.step is None or not rate:
             return None
-        return max(0.0, (self.total - self.step) / self.rate)
+        return max(0.0, (self.total - self.step) / rate)
+
+
+def series_progress(series: Series) -> Progress:
+    """Where a series' attempt is by its own points alone (the job detail's
+    view of the job it follows)."""
+    total = series.last.get("total_steps")
+    documents_per_s = series.last.get("documents_per_s")
+    return Progress(step=series.step, total=_count(total), loss=series.last.get("loss"),
+                    tokens_per_s=series.last.get("tokens_per_s"), rate=steps_per_s(series.times),
+                    documents_per_s=documents_per_s if _count(documents_per_s) is not None
+                    else None,
+                    removed=_count(series.last.get("removed")))
+
+
+def _count(value: Any) -> int | None:
+    """A metric's value as a count (metrics arrive as floats)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return int(value)
 
 
 def steps_per_s(times: Iterable[tuple[int, float]], window: int = 32) -> float | None:
@@ -356,9 +389,12 @@ def rate_text(value: float | None) -> str:
 
 
 def progress_line(p: Progress) -> str:
-    """"120/200 1.2k tok/s ETA 0:40" (the parts known)."""
+    """"120/200 1.2k tok/s ETA 0:40" (the parts known); a prepare job's in
+    words, as `prepare_parts` joined by ", "."""
     if p.step is None:
         return ""
+    if p.is_prepare:
+        return ", ".join(prepare_parts(p))
     parts = [f"{p.step}/{p.total}" if p.total else f"step {p.step}"]
     if p.tokens_per_s is not None:
         parts.append(f"{rate_text(p.tokens_per_s)} tok/s")
@@ -366,6 +402,25 @@ def progress_line(p: Progress) -> str:
     if eta is not None:
         parts.append(f"ETA {duration(eta)}")
     return " ".join(parts)
+
+
+def prepare_parts(p: Progress) -> list[str]:
+    """A prepare job's progress in words, the parts known: "12,400/50,000
+    docs" (read of the estimated total), "830 docs/s", "1.2M tok/s",
+    "1,200 removed", "ETA 0:56"."""
+    if p.step is None:
+        return []
+    parts = [f"{p.step:,}/{p.total:,} docs" if p.total else f"{p.step:,} docs"]
+    if p.documents_per_s is not None:
+        parts.append(f"{p.documents_per_s:,.0f} docs/s")
+    if p.tokens_per_s:
+        parts.append(f"{rate_text(p.tokens_per_s)} tok/s")
+    if p.removed is not None:
+        parts.append(f"{p.removed:,} removed")
+    eta = p.eta_s()
+    if eta is not None:
+        parts.append(f"ETA {duration(eta)}")
+    return parts
 
 
 def middle_cut(text: str, width: int) -> str:

@@ -38,6 +38,7 @@ from engine.cli_common import (
     _table,
 )
 from engine.errors import TooLarge, Unavailable, Unreachable, UserError
+from engine.workloads import manifest_view
 
 
 # ------------------------------------------------------------------ output
@@ -182,8 +183,29 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    _emit(args, _client().job(args.id), _show)
+    """The job; for a prepare job whose output holds manifest.json, its
+    summary after it (and the manifest itself under "manifest" in --json)."""
+    job = _client().job(args.id)
+    manifest = _manifest(job)
+    if manifest is not None and args.json:
+        job["manifest"] = manifest
+    _emit(args, job, lambda j: _show(j) + (_prepared(manifest) if manifest is not None else ""))
     return 0
+
+
+def _manifest(job: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest.json in the job's output folder, if it has one."""
+    output = job.get("output")
+    if not output:
+        return None
+    manifest, _why = manifest_view.read_manifest(output)
+    return manifest
+
+
+def _prepared(manifest: dict[str, Any]) -> str:
+    """The manifest's summary, indented under the job's details."""
+    return "\n" + "\n".join("  " + _printable(line)
+                            for line in manifest_view.summary_lines(manifest))
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
