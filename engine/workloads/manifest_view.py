@@ -73,9 +73,10 @@ def _share(part: Any, whole: Any) -> str:
     return " (<0.1%)" if 0 < share < 0.05 else f" ({share:.1f}%)"
 
 
-def _label(rule: str) -> str:
-    """"min_words" -> "min words", "near_duplicate" -> "near duplicate"."""
-    return rule.replace("_", " ").replace("-", " ")
+def _label(name: str) -> str:
+    """A rule's or a problem's name in words: "min_words" -> "min words";
+    a problem written as a sentence stays as it is."""
+    return name if " " in name else name.replace("_", " ").replace("-", " ")
 
 
 def headline(manifest: Mapping[str, Any]) -> str:
@@ -94,8 +95,9 @@ def headline(manifest: Mapping[str, Any]) -> str:
 
 def summary_rows(manifest: Mapping[str, Any]) -> list[Row]:
     """(label, value) rows, in reading order: documents, removed by each
-    rule (largest first), bad input and its first entries, tokens, shards,
-    dtype, vocabulary, tokenizer."""
+    rule (largest first; those that removed nothing named on one row), bad
+    input and its first entries (problem, file:line), tokens, shards, dtype,
+    vocabulary, tokenizer, inputs."""
     rows: list[Row] = []
     docs_in, docs_out = manifest.get("documents_in"), manifest.get("documents_out")
     if "documents_in" in manifest:
@@ -108,15 +110,18 @@ def summary_rows(manifest: Mapping[str, Any]) -> list[Row]:
         rows.append(("removed", f"{total:,}{_share(total, docs_in)}"))
         ordered = sorted(removed.items(), key=lambda kv: (-(_int(kv[1]) or 0), str(kv[0])))
         rows += [(f"  {_label(str(rule))}", _count(n) + _share(n, docs_in))
-                 for rule, n in ordered]
+                 for rule, n in ordered if _int(n) != 0]
+        idle = [_label(str(rule)) for rule, n in ordered if _int(n) == 0]
+        if idle:  # the rules that ran and removed nothing, on one row
+            rows.append(("  nothing by", ", ".join(idle)))
     bad_total = manifest.get("bad_total")
     bad: list[Any] = _list(manifest.get("bad"))
     if bad_total is not None or bad:
         rows.append(("bad input", _count(bad_total if bad_total is not None else len(bad))))
         for entry in bad[:BAD_SHOWN]:
-            if isinstance(entry, Mapping):
-                rows.append((f"  {entry.get('file', '?')}:{entry.get('line', '?')}",
-                             str(entry.get("problem", ""))))
+            if isinstance(entry, Mapping):  # the path last: it may be long
+                rows.append((f"  {_label(str(entry.get('problem', '?')))}",
+                             f"{entry.get('file', '?')}:{entry.get('line', '?')}"))
         more = (_int(bad_total) or len(bad)) - min(len(bad), BAD_SHOWN)
         if more > 0:
             rows.append(("  ...", f"{more:,} more (manifest.json lists the first {len(bad)})"))

@@ -156,7 +156,7 @@ async def test_progress_on_the_dashboard_and_detail_then_the_manifest_in_results
         shown = [tuple(str(c) for c in table.get_row_at(i)) for i in range(table.row_count)]
         assert shown == rows
         assert ("  exact duplicate", "2,500 (5.0%)") in shown
-        assert ("  data/part-0.jsonl:10", "invalid JSON") in shown
+        assert ("  invalid JSON", "data/part-0.jsonl:10") in shown
         assert str(info.render()) == manifest_view.headline(data)
         # the last point: all documents read, no time left
         await until(pilot, lambda: ", ".join(words(*FINAL)) in str(title.render()))

@@ -59,12 +59,16 @@ def test_rows_say_kept_removed_by_each_rule_tokens_and_shards() -> None:
     assert rows["inputs"] == "2 file(s), 42.5 MB"
 
 
-def test_rules_are_listed_largest_first_under_removed() -> None:
-    labels = [label for label, _ in mv.summary_rows(manifest())]
+def test_rules_are_listed_largest_first_under_removed_and_idle_ones_on_one_row() -> None:
+    m = manifest()
+    m["removed"].update({"stop_words": 0, "alpha_ratio": 0})
+    rows = mv.summary_rows(m)
+    labels = [label for label, _ in rows]
     start = labels.index("removed") + 1
-    rules = labels[start:start + 5]
-    assert rules == ["  exact duplicate", "  min words", "  near duplicate",
-                     "  symbol ratio", "  bad json"]
+    assert labels[start:start + 6] == ["  exact duplicate", "  min words", "  near duplicate",
+                                       "  symbol ratio", "  bad json", "  nothing by"]
+    assert rows[start + 5][1] == "alpha ratio, stop words"
+    assert dict(rows)["removed"] == "5,880 (11.8%)"  # the idle rules add nothing
 
 
 def test_bad_input_shows_its_first_entries_by_file_and_line_and_how_many_more() -> None:
@@ -73,7 +77,7 @@ def test_bad_input_shows_its_first_entries_by_file_and_line_and_how_many_more() 
     at = labels.index("bad input")
     assert rows[at] == ("bad input", "10")
     shown = rows[at + 1:at + 1 + mv.BAD_SHOWN]
-    assert shown == [(f"  data/part-{i}.jsonl:{10 + i}", "invalid JSON")
+    assert shown == [("  invalid JSON", f"data/part-{i}.jsonl:{10 + i}")
                      for i in range(mv.BAD_SHOWN)]
     assert rows[at + 1 + mv.BAD_SHOWN] == (
         "  ...", f"{10 - mv.BAD_SHOWN} more (manifest.json lists the first 8)")
@@ -83,7 +87,10 @@ def test_no_bad_input_means_no_entries_and_none_more() -> None:
     rows = mv.summary_rows(manifest(bad=[], bad_total=0))
     labels = [label for label, _ in rows]
     assert ("bad input", "0") in rows
-    assert "  ..." not in labels and not any(":" in label for label in labels)
+    assert "  ..." not in labels and labels[labels.index("bad input") + 1] == "tokens train"
+    named = mv.summary_rows(manifest(bad=[{"file": "x.txt", "line": 3, "problem": "not_utf8"}],
+                                     bad_total=1))
+    assert ("  not utf8", "x.txt:3") in named  # a problem's name in words
 
 
 def test_headline_and_lines_are_aligned_for_the_cli() -> None:
