@@ -746,10 +746,11 @@ class LlmConsole(App[None]):
         return self.selected
 
     def _selected_job(self) -> dict[str, Any] | None:
-        if self._cursor_job() is None:
+        job_id = self._cursor_job()
+        if job_id is None:
             self.notify("no job selected", severity="warning")
             return None
-        return self.state.jobs.get(self.selected)
+        return self.state.jobs.get(job_id)
 
     # ------------------------------------------------------------ actions
     async def action_submit_job(self) -> None:
@@ -966,8 +967,9 @@ class LlmConsole(App[None]):
         return bool(answers and answers[0])
 
     def action_mark_job(self) -> None:
-        if self._cursor_job() is not None:
-            self.marks.toggle(self.selected)
+        job_id = self._cursor_job()
+        if job_id is not None:
+            self.marks.toggle(job_id)
             self.render_jobs(order_changed=False)
 
     def action_compare_jobs(self) -> None:
@@ -981,13 +983,16 @@ class LlmConsole(App[None]):
         if job is None:
             return
         screen = JobScreen(job, tab)
-        self._job_screen = screen
 
         def closed(_result: None) -> None:
             self._job_screen = None
             screen.stop_following(final=True)
 
         await self.push_screen(screen, closed)  # mounted: its widgets exist
+        # fed by the drain only now: the drain is a timer's callback and runs
+        # during the await, where the job's event (it ended) started a second
+        # follower of the attempt (every line twice, flaky under load)
+        self._job_screen = screen
         screen.set_series(self.state.series.get(screen.job_id))
         screen.following_attempt = int(job.get("attempt") or 1)  # before the worker runs
         self.follow_logs(screen, screen.following_attempt)
@@ -1093,7 +1098,7 @@ class LlmConsole(App[None]):
         self.query_one("#jobs", VirtualTable).focus()
 
     # ------------------------------------------------------------ keyboard
-    def _on_key(self, event: events.Key) -> None:
+    async def _on_key(self, event: events.Key) -> None:
         """A key typed ahead of a field that has just opened goes into it
         (console.typeahead), and not on to App._on_key's bindings (Textual
         calls each class's handler in turn unless the default is prevented)."""

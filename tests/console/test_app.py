@@ -99,13 +99,58 @@ async def test_a_followed_log_has_every_line_once_in_order(engine: EngineHandle)
         await until(pilot, lambda: len(engine.cli("logs", str(job_id)).stdout.split("\n")) > 5)
         app.select(job_id)
         await pilot.press("l")
-        await until(pilot, lambda: isinstance(app.screen, JobScreen))
+        # mounted (pushed is not enough: under load the query came before compose)
+        await until(pilot, lambda: isinstance(app.screen, JobScreen)
+                    and bool(app.screen.query("RichLog")))
         log = app.screen.query_one("RichLog")
 
         def text() -> list[str]:
             return [str(line.text) for line in log.lines]  # type: ignore[attr-defined]
 
         await until(pilot, lambda: "line 39" in text())
+        assert text() == [f"line {i}" for i in range(40)]
+
+
+async def test_a_job_event_while_the_log_screen_mounts_starts_no_second_follower(
+        engine: EngineHandle, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flake of the test above, made certain: the drain is a timer's
+    callback and runs while the app awaits the job screen's mount; the job's
+    event then (it ended) started a second follower of the same attempt
+    ("--- attempt 1 ---" and every line twice). A mount that takes 3 s, as
+    under load, and a job that ends meanwhile (it runs 2 s)."""
+    script = "import time\nfor i in range(40):\n    print('line', i, flush=True)\n" \
+             "    time.sleep(0.05)\n"
+    engine.write_profile("count", 'kind = "command"\n'
+                         f'command = ["python3", "-c", {json.dumps(script)}]\n')
+    real_push = LlmConsole.push_screen
+
+    def slow_push(app: LlmConsole, screen: Any, *args: Any, **kwargs: Any) -> Any:
+        mounted = real_push(app, screen, *args, **kwargs)
+        if not isinstance(screen, JobScreen):
+            return mounted
+
+        async def slowly() -> None:
+            await mounted
+            await asyncio.sleep(3.0)  # the drain's timer ticks meanwhile
+
+        return slowly()
+
+    monkeypatch.setattr(LlmConsole, "push_screen", slow_push)
+    app = LlmConsole()
+    async with app.run_test(size=(120, 40)) as pilot:
+        job_id = engine.submit("count")
+        await until(pilot, lambda: "running" in " ".join(job_cells(app, job_id)))
+        app.select(job_id)
+        await pilot.press("l")
+        await until(pilot, lambda: "succeeded" in " ".join(job_cells(app, job_id)))
+        await until(pilot, lambda: app._job_screen is not None)
+        log = app.screen.query_one("RichLog")
+
+        def text() -> list[str]:
+            return [str(line.text) for line in log.lines]  # type: ignore[attr-defined]
+
+        await until(pilot, lambda: "line 39" in text())
+        await pilot.pause(0.5)  # a second follower's lines would have come by now
         assert text() == [f"line {i}" for i in range(40)]
 
 
