@@ -11,7 +11,7 @@ job's ssh is ours, strict, with each node's port, user and identity).
 
 A job of a part kind (`engine.model.PART_KINDS`: prepare) on N nodes needs
 no launcher: its argv starts on every node of the allocation, each with
-``--part K/N`` appended (K from 1, the head node's part first), the way
+``--part K/N`` appended (K from 0, the head node's part first), the way
 torchrun across nodes starts on every node; the attempt ends when every part
 has, and the first part to fail stops the others (`engine.runtime`)."""
 
@@ -128,7 +128,7 @@ def head_first(placements: Sequence[Placement], nodes: Mapping[str, NodeSpec]
 
 
 PART_OPTION = "--part"
-FIRST_PART = 1  # parts are numbered 1..N: "--part 1/2" runs the first half
+FIRST_PART = 0  # parts are numbered 0..N-1, as prepare's --part reads them
 
 
 def part_argv(argv: Sequence[str], index: int, count: int) -> tuple[str, ...]:

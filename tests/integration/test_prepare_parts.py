@@ -85,9 +85,9 @@ async def test_each_node_runs_its_part_and_the_attempt_ends_when_both_have(
     log = runtime.log_path(job.id, 1).read_text()
     assert done.state is JobState.SUCCEEDED, (done.reason, log[-2000:])
     lines = sorted(line for line in log.splitlines() if line.startswith("part "))
-    assert lines == [f"part 1 of 2 on {tmp_path / 'n1' / 'runs' / '1.1'}",
-                     f"part 2 of 2 on {tmp_path / 'n2' / 'runs' / '1.1'}"]
-    for k in (1, 2):  # both parts wrote into the one shared folder
+    assert lines == [f"part 0 of 2 on {tmp_path / 'n1' / 'runs' / '1.1'}",
+                     f"part 1 of 2 on {tmp_path / 'n2' / 'runs' / '1.1'}"]
+    for k in (0, 1):  # both parts wrote into the one shared folder
         assert json.loads((out / f"part-{k}.json").read_text()) == {"part": k, "of": 2}
     for node in ("n1", "n2"):
         exit_file = tmp_path / node / "runs" / "1.1" / "exit.json"
@@ -98,13 +98,13 @@ async def test_each_node_runs_its_part_and_the_attempt_ends_when_both_have(
 async def test_a_failing_part_fails_the_attempt_with_its_reason_and_stops_the_other(
         runtime: Runtime, tmp_path: Path) -> None:
     out = tmp_path / "shared" / "prep"
-    job = runtime.submit(prepare_on_two(tmp_path, out, fail_part=2), ME)
+    job = runtime.submit(prepare_on_two(tmp_path, out, fail_part=1), ME)
     await wait_for(lambda: runtime.store.get_job(job.id).state.is_terminal(), timeout=120)
     done = runtime.store.get_job(job.id)
     assert done.state is JobState.FAILED
     assert done.reason == "on node n2: exit code 3"
-    survivor = int((out / "pid-1").read_text())
+    survivor = int((out / "pid-0").read_text())
     await wait_for(lambda: not psutil.pid_exists(survivor)
                    or psutil.Process(survivor).status() == psutil.STATUS_ZOMBIE, timeout=30)
-    assert not (out / "part-1.json").exists()  # stopped mid-way, never finished
+    assert not (out / "part-0.json").exists()  # stopped mid-way, never finished
     assert not runtime.running

@@ -16,6 +16,7 @@ from engine.launch import launch_parts, runs_in_parts
 from engine.model import BatchRef, JobSpec, NodeSpec, Placement, Resources, output_dir
 from engine.profiles import ProfileError, load_job_profile, load_pipeline_profile
 from engine.spec_rules import stage_reference_problems
+from engine.workloads import options as workload_options
 
 ARGV = ("/venv/bin/python", "-m", "engine.workloads.prepare", "--input", "/data/a.jsonl",
         "--output", "/shared/prep")
@@ -47,7 +48,7 @@ def test_a_prepare_job_on_three_nodes_starts_a_part_on_each_with_its_number() ->
     placements = [Placement("b", (), 2), Placement("head", (), 2), Placement("c", (), 2)]
     parts = launch_parts(spec, placements, nodes_of("head", "b", "c"))
     assert [p.node for p in parts] == ["head", "b", "c"]  # the head node's part first
-    assert [p.argv for p in parts] == [(*ARGV, "--part", f"{k}/3") for k in (1, 2, 3)]
+    assert [p.argv for p in parts] == [(*ARGV, "--part", f"{k}/3") for k in (0, 1, 2)]
     assert runs_in_parts(spec)
 
 
@@ -74,11 +75,11 @@ def test_the_output_folder_of_a_prepare_job_is_its_output_option() -> None:
 
 def test_a_prepare_profile_on_two_nodes_needs_no_distributed_launcher(tmp_path: Path) -> None:
     path = write(tmp_path / "prep.toml", 'kind = "prepare"\n[resources]\nnodes = 2\ncpus = 2\n'
-                 '[args]\ninput = ["/data/a.jsonl", "/data/b.jsonl"]\ntasks = 8\n')
+                 '[args]\ninput = "/data/*.jsonl"\ntasks = 8\n')
     spec = load_job_profile(str(path))
     assert spec.kind == "prepare" and spec.launcher == "local" and spec.resources.nodes == 2
     assert spec.argv == (sys.executable, "-m", "engine.workloads.prepare", "--input",
-                         "/data/a.jsonl", "/data/b.jsonl", "--tasks", "8")
+                         "/data/*.jsonl", "--tasks", "8")
 
 
 def test_a_train_profile_on_two_nodes_still_needs_one(tmp_path: Path) -> None:
@@ -90,7 +91,7 @@ def test_a_train_profile_on_two_nodes_still_needs_one(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "field", "fragment"), [
-    ('[args]\npart = "1/2"\n', "args.part", "--part is set by the engine"),
+    ('[args]\npart = "0/2"\n', "args.part", "--part is set by the engine"),
     ('launcher = "horovodrun"\n', "launcher", '"horovodrun" is not available for kind '
                                               '"prepare"'),
     ('command = ["echo"]\n', "command", 'not allowed for kind "prepare"'),
@@ -127,3 +128,12 @@ def test_a_stage_reads_the_prepared_data_of_an_earlier_prepare_stage(tmp_path: P
     argv = list(score.argv)
     assert argv[argv.index("--corpus") + 1] == "/out/p-S/prepare"
     assert score_after == [BatchRef(0)]
+
+
+def test_every_parts_argv_is_one_the_prepare_parser_reads_as_that_part() -> None:
+    spec = prepare_spec(nodes=2)
+    parts = launch_parts(spec, [Placement("head", (), 2), Placement("b", (), 2)],
+                         nodes_of("head", "b"))
+    parsed = [workload_options.parse("prepare", list(p.argv[3:])) for p in parts]
+    assert [a.part for a in parsed] == [(0, 2), (1, 2)]
+    assert {str(a.output) for a in parsed} == {"/shared/prep"}  # one folder for all parts
