@@ -205,7 +205,8 @@ def _manifest(job: dict[str, Any]) -> dict[str, Any] | None:
 def _prepared(manifest: dict[str, Any]) -> str:
     """The manifest's summary, indented under the job's details."""
     return "\n" + "\n".join("  " + _printable(line)
-                            for line in manifest_view.summary_lines(manifest))
+                            for line in manifest_view.summary_lines(
+                                manifest, width=manifest_view.LINE_WIDTH - 2))
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

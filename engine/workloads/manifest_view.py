@@ -23,6 +23,8 @@ MANIFEST = "manifest.json"
 FORMAT_PREFIX = "llmconsole-prepare/"
 #: How many bad-input entries the summary lists (the manifest keeps 20).
 BAD_SHOWN = 5
+#: Where `summary_lines` wraps a list of words (a terminal's 100 columns).
+LINE_WIDTH = 100
 
 Row = tuple[str, str]
 
@@ -160,9 +162,29 @@ def summary_rows(manifest: Mapping[str, Any]) -> list[Row]:
     return rows
 
 
-def summary_lines(manifest: Mapping[str, Any], indent: str = "  ") -> list[str]:
-    """The headline, then the rows aligned in two columns."""
+def summary_lines(manifest: Mapping[str, Any], indent: str = "  ",
+                  width: int = LINE_WIDTH) -> list[str]:
+    """The headline, then the rows aligned in two columns; a list of words
+    (the rules that removed nothing) wrapped at `width`, under its column."""
     rows = summary_rows(manifest)
-    width = max((len(label) for label, _ in rows), default=0)
-    return [headline(manifest)] + [f"{indent}{label:<{width}}  {value}".rstrip()
-                                   for label, value in rows]
+    labels = max((len(label) for label, _ in rows), default=0)
+    column = len(indent) + labels + 2
+    lines = [headline(manifest)]
+    for label, value in rows:
+        parts = _wrap_list(value, max(20, width - column)) if ", " in value else [value]
+        lines.append(f"{indent}{label:<{labels}}  {parts[0]}".rstrip())
+        lines += [" " * column + part for part in parts[1:]]
+    return lines
+
+
+def _wrap_list(value: str, width: int) -> list[str]:
+    """"a, b, c" in lines of at most `width` (an item is never cut)."""
+    lines: list[str] = []
+    for item in value.split(", "):
+        if lines and len(lines[-1]) + 2 + len(item) < width:
+            lines[-1] += ", " + item
+        else:
+            if lines:
+                lines[-1] += ","
+            lines.append(item)
+    return lines

@@ -105,6 +105,21 @@ def test_headline_and_lines_are_aligned_for_the_cli() -> None:
         assert line[:column].rstrip() == "  " + label and line[column:] == value
 
 
+def test_a_long_list_of_idle_rules_wraps_under_its_column_whole() -> None:
+    idle = [f"rule_number_{i}" for i in range(12)]
+    m = manifest(removed={"exact_duplicate": 5, **{name: 0 for name in idle}})
+    lines = mv.summary_lines(m, width=60)
+    at = next(i for i, line in enumerate(lines) if "nothing by" in line)
+    column = lines[at].index("rule number 0")
+    wrapped = [lines[at][column:]]
+    for line in lines[at + 1:]:
+        if line[:column].strip():
+            break
+        wrapped.append(line[column:])
+    assert len(wrapped) > 1 and all(len(" " * column + w) <= 60 for w in wrapped)
+    assert " ".join(wrapped) == ", ".join(sorted(n.replace("_", " ") for n in idle))
+
+
 def test_a_partial_or_damaged_manifest_still_reads() -> None:
     partial = {"format": "llmconsole-prepare/1", "documents_in": 3, "documents_out": "x",
                "removed": {"min_words": None}, "bad": ["not an entry"], "tokens": []}
