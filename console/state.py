@@ -407,7 +407,7 @@ def progress_line(p: Progress) -> str:
 def prepare_parts(p: Progress) -> list[str]:
     """A prepare job's progress in words, the parts known: "12,400/50,000
     docs" (read of the estimated total), "830 docs/s", "1.2M tok/s",
-    "1,200 removed", "ETA 0:56"."""
+    "1,200 removed", "ETA 0:56" (of the reading, while documents are left)."""
     if p.step is None:
         return []
     parts = [f"{p.step:,}/{p.total:,} docs" if p.total else f"{p.step:,} docs"]
@@ -418,8 +418,8 @@ def prepare_parts(p: Progress) -> list[str]:
     if p.removed is not None:
         parts.append(f"{p.removed:,} removed")
     eta = p.eta_s()
-    if eta is not None:
-        parts.append(f"ETA {duration(eta)}")
+    if eta is not None and p.total and p.step < p.total:  # once all is read, dedup and
+        parts.append(f"ETA {duration(eta)}")               # tokenizing go on: no ETA then
     return parts
 
 
