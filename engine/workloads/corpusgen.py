@@ -25,11 +25,17 @@ Contract:
   normalisation (`simplify_text`: lower case, no punctuation, digits as 0),
   which implies every weaker one, and near-unique: no two have an estimated
   Jaccard similarity of their word 5-grams of 0.3 or more. A near copy is a
-  base document of at least 200 words with a few alphabetic words (default 3
-  to 5) replaced by other words of the corpus.
-- DIR/part-00000.jsonl[.gz|.zst] ... (K files, documents shuffled) hold
-  {"id", "text", "source"}; DIR/truth.json, written last and atomically, says
-  which documents are unique and which are exact or near copies of which.
+  base document of at least 400 words (`--near-min-words`) with a few
+  alphabetic words (default 3 to 5) replaced by other words of the corpus.
+  Why 400: a changed word changes up to 5 shingles, so 3-5 changes in 200
+  words leave a Jaccard similarity of 0.79-0.87, where prepare's LSH for its
+  default --near-threshold 0.8 (9 bands x 13 rows) finds 93 % of the pairs;
+  in 400 words, 0.86-0.93 and 98.5 %.
+- DIR/data/part-00000.jsonl[.gz|.zst] ... (K files, documents shuffled)
+  hold {"id", "text", "source"}: the input of a prepare (``--input
+  DIR/data``); DIR/truth.json, written last and atomically, says which
+  documents are unique and which are exact or near copies of which (outside
+  data/, as prepare reads .json files too).
 - `score` reads a prepare output folder (see engine/workloads/prepare.py and
   the shard format in docs/DESIGN.md) and counts the planted copies removed and
   the unique documents lost.
@@ -63,9 +69,10 @@ from engine.workloads.common import WorkloadError, run_main, write_json_atomic
 
 FORMAT = "llmconsole-corpusgen/1"
 TRUTH = "truth.json"
+DATA = "data"
 MIN_WORDS = 60              # a base document has at least this many words ...
 MIN_CHARS = 400             # ... and characters
-NEAR_MIN_WORDS = 200        # a near copy's original has at least this many words
+NEAR_MIN_WORDS = 400        # a near copy's original has at least this many words (see below)
 SHINGLE = 5                 # word n-grams, as datatrove's MinhashConfig
 PERMUTATIONS = 64           # MinHash signature length of the near-uniqueness check
 BAND_ROWS = 2               # 32 bands of 2 rows: pairs at Jaccard 0.3 are found 95 % of the time
@@ -324,6 +331,7 @@ class Plan:
     seed: int = 1234
     compress: str = "none"
     changed_words: tuple[int, int] = (3, 5)
+    near_min_words: int = NEAR_MIN_WORDS
 
     @property
     def exact(self) -> int:
@@ -352,6 +360,9 @@ class Plan:
         lo, hi = self.changed_words
         if not 1 <= lo <= hi:
             raise WorkloadError(f"--changed-words {lo}-{hi}: give MIN-MAX with 1 <= MIN <= MAX")
+        if self.near_min_words < hi:
+            raise WorkloadError(f"--near-min-words {self.near_min_words}: give at least the "
+                                f"words changed ({hi})")
 
 
 @dataclass(frozen=True)
@@ -368,11 +379,12 @@ def plant(plan: Plan) -> tuple[list[Document], dict[str, Any]]:
     base = unique_documents(plan.base, rng, plan.seed)
     order = list(range(len(base)))
     rng.shuffle(order)
-    eligible = [i for i in order if len(base[i][1].split()) >= NEAR_MIN_WORDS
+    eligible = [i for i in order if len(base[i][1].split()) >= plan.near_min_words
                 and len(_WORD.findall(base[i][1])) >= plan.changed_words[1]]
     if len(eligible) < plan.near:
         raise WorkloadError(f"{plan.near} near copies asked, only {len(eligible)} documents "
-                            f"have {NEAR_MIN_WORDS} words or more; lower --near-rate")
+                            f"have {plan.near_min_words} words or more; lower --near-rate "
+                            "or --near-min-words")
     near_of = eligible[:plan.near]
     taken = set(near_of)
     exact_of = [i for i in order if i not in taken][:plan.exact]
@@ -433,11 +445,16 @@ def write(plan: Plan, output: Path) -> dict[str, Any]:
     docs, truth = plant(plan)
     output.mkdir(parents=True, exist_ok=True)
     (output / TRUTH).unlink(missing_ok=True)
+    data = output / DATA
+    if data.is_dir():
+        for old in data.glob("part-*"):
+            old.unlink()
+    data.mkdir(exist_ok=True)
     per = -(-len(docs) // plan.files)
     files: list[dict[str, Any]] = []
     for k in range(plan.files):
-        name = f"part-{k:05d}{_suffix(plan.compress)}"
-        tmp = output / f".{name}.tmp-{os.getpid()}"
+        name = f"{DATA}/part-{k:05d}{_suffix(plan.compress)}"
+        tmp = data / f".part-{k:05d}.tmp-{os.getpid()}"
         with _open_compressed(tmp, plan.compress) as fh:
             for doc in docs[k * per:(k + 1) * per]:
                 fh.write(json.dumps({"id": doc.id, "text": doc.text, "source": doc.source},
@@ -583,13 +600,15 @@ def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compress", choices=COMPRESSIONS, default="none")
     p.add_argument("--changed-words", type=_changed_words, default=(3, 5),
                    help="words replaced in a near copy, MIN-MAX (default 3-5)")
+    p.add_argument("--near-min-words", type=int, default=NEAR_MIN_WORDS,
+                   help="words a near copy's original has at least")
     return p.parse_args(None if argv is None else list(argv))
 
 
 def main(argv: Iterable[str] | None = None) -> int:
     args = parse_args(argv)
     plan = Plan(args.documents, args.exact_rate, args.near_rate, args.files, args.seed,
-                args.compress, args.changed_words)
+                args.compress, args.changed_words, args.near_min_words)
     truth = write(plan, args.output)
     print(json.dumps({"output": str(args.output), "documents": truth["documents"],
                       "exact": len(truth["exact"]), "near": len(truth["near"]),

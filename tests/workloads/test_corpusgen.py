@@ -39,7 +39,7 @@ def _shingles(text: str) -> set[str]:
 
 def test_rates_files_and_truth(corpus: tuple[Path, dict, dict[str, Document]]) -> None:
     out, truth, docs = corpus
-    assert sorted(p.name for p in out.glob("part-*")) == [
+    assert sorted(p.name for p in (out / "data").iterdir()) == [
         "part-00000.jsonl.gz", "part-00001.jsonl.gz", "part-00002.jsonl.gz"]
     assert len(docs) == truth["documents"] == 400
     assert len(truth["exact"]) == 40 and len(truth["near"]) == 20
@@ -93,7 +93,7 @@ def test_same_seed_same_bytes_other_seed_other_corpus(tmp_path: Path) -> None:
     assert a["exact"] == b["exact"] and a["near"] == b["near"]
     assert ([(d.id, d.text) for d in read_documents(tmp_path / "a")]
             == [(d.id, d.text) for d in read_documents(tmp_path / "b")])
-    assert (tmp_path / "b" / "part-00001.jsonl.zst").is_file()
+    assert (tmp_path / "b" / "data" / "part-00001.jsonl.zst").is_file()
     assert ({d.text for d in read_documents(tmp_path / "a")}
             != {d.text for d in read_documents(tmp_path / "c")})
     assert a["exact"] != c["exact"] or a["near"] != c["near"]
