@@ -100,7 +100,10 @@ def check_data_fits(a: argparse.Namespace, loaded: Any) -> None:
     shards.check_model_vocab(prepared, loaded.model.config.vocab_size,
                              f"model {loaded.folder}")
     if loaded.tokenizer is not None:
-        shards.check_tokenizer(prepared, loaded.tokenizer, f"the tokenizer of {loaded.folder}")
+        shards.check_tokenizer(prepared, loaded.tokenizer, f"the tokenizer of {loaded.folder}",
+                               "score the model on the data it was trained on, or prepare "
+                               f"this data with its tokenizer (prepare --tokenizer "
+                               f"{loaded.folder})")
 
 
 def held_out(a: argparse.Namespace, tokenizer: Any, task: str) -> HeldOut:

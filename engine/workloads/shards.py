@@ -255,16 +255,18 @@ def open_prepared(folder: Path) -> Prepared:
                     TokenStream(folder, "heldout", manifest))
 
 
-def check_tokenizer(prepared: Prepared, tokenizer: Any, what: str) -> None:
-    """Refuse a tokenizer whose vocabulary is not the data's."""
+def check_tokenizer(prepared: Prepared, tokenizer: Any, what: str,
+                    fix: str = "leave --tokenizer out, or prepare the data with this "
+                               "tokenizer (prepare --tokenizer DIR)") -> None:
+    """Refuse a tokenizer whose vocabulary is not the data's; `fix` ends
+    the message."""
     data_tok = load_data_tokenizer(prepared)
     if tokenizer.get_vocab() != data_tok.get_vocab() or \
             tokenizer.eos_token_id != data_tok.eos_token_id:
         raise WorkloadError(f"{what} disagrees with the tokenizer of --data {prepared.folder} "
                             f"({len(tokenizer)} vs {len(data_tok)} tokens, eos "
                             f"{tokenizer.eos_token_id} vs {data_tok.eos_token_id}); the ids "
-                            "were made by the data's: leave --tokenizer out, or prepare the "
-                            "data with this tokenizer")
+                            f"were made by the data's: {fix}")
 
 
 def check_model_vocab(prepared: Prepared, model_vocab: int, what: str) -> None:
