@@ -35,7 +35,7 @@ from textual.actions import SkipAction
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
-from textual.screen import Screen
+from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Header, Input, Static
 
@@ -248,6 +248,7 @@ class LlmConsole(App[None]):
         self._questions: set[threading.Event] = set()  # a worker waits on the user
         self._backfilled: set[int] = set()  # jobs whose metric history was fetched
         self._cancelling: set[int] = set()  # cancels asked: a toast when they end
+        self._behind: set[str] = set()  # what changed while a full screen covered the dashboard
         self._job_layout = -1  # the JOB_LAYOUTS entry the jobs table has
         self._busy: set[str] = set()  # node actions under way ("check", "trust"): once each
         self.keymap: dict[str, str] = {}  # binding id -> keys, from the user's keys.toml
@@ -329,6 +330,8 @@ class LlmConsole(App[None]):
             return
         if self._job_screen is not None:
             self._job_screen.take_lines()
+        if self._behind and not self._dashboard_hidden():
+            self._render_dashboard(set())  # back from a covering screen
         items = self.bridge.drain()
         if not items:
             return
@@ -363,6 +366,22 @@ class LlmConsole(App[None]):
         self._tell_cancelled(events)
         if self._job_screen is not None:
             self._feed_job_screen(self._job_screen, events, changed)
+        self._render_dashboard(changed)
+
+    def _dashboard_hidden(self) -> bool:
+        """A full screen (a job's detail, compare) covers the dashboard: its
+        repaints would only be composited under it (a full repaint of the top
+        screen 4 times a second: a third of a core with the Charts tab open)."""
+        return len(self.screen_stack) > 1 and not isinstance(self.screen, ModalScreen)
+
+    def _render_dashboard(self, changed: set[str]) -> None:
+        """Draw what `changed` names, or keep it for when the dashboard shows
+        again (the next drain after the covering screen closes)."""
+        if self._dashboard_hidden():
+            self._behind |= changed
+            return
+        changed |= self._behind
+        self._behind = set()
         if "nodes" in changed:
             self.render_gpus()
         if "jobs" in changed or ("metrics" in changed and self.sort_by == "loss"):
@@ -378,7 +397,7 @@ class LlmConsole(App[None]):
         self.render_status()
 
     def _tick(self) -> None:
-        if self.state.connected and not self._dashboard_gone():
+        if self.state.connected and not self._dashboard_gone() and not self._dashboard_hidden():
             self.render_jobs(order_changed=False)  # elapsed times move
 
     def _mark_stale(self, stale: bool) -> None:
@@ -649,8 +668,8 @@ class LlmConsole(App[None]):
         rate = rate if first != "step" else rate.partition(" ")[2]
         label(f"job {self.selected} step {step}" + (f"\n{rate}" if rate else "")
               + f"\nloss {values[-1]:.4f}\nsmoothed {smooth[-1]:.4f}{held}")
-        chart.show(loss_lines(series.loss, list(zip(steps, smooth, strict=True)),
-                              series.eval_loss),
+        chart.show(lambda: loss_lines(series.loss, list(zip(steps, smooth, strict=True)),
+                                      series.eval_loss),
                    key=(self.selected, series.version), title=f"job {self.selected}: loss")
 
     # ------------------------------------------------------------ selection

@@ -9,7 +9,6 @@ why not) keeps the line open with that answer under it. Escape closes it.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterable
 from typing import ClassVar
@@ -38,7 +37,8 @@ def prepare(profile: str, overrides: list[str],
     """:submit's checks, the submit form's: `pipelines.prepare` raises a
     UserError before anything is sent."""
     return pipelines.prepare(profile, overrides, outputs_dir(),
-                             pipelines.make_stamp(time.time(), os.getpid()), find_output)
+                             pipelines.make_stamp(time.time(), pipelines.submission_salt()),
+                             find_output)
 
 
 class CommandInput(Input):

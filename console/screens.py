@@ -5,7 +5,6 @@ show what they are given; the app fetches."""
 
 from __future__ import annotations
 
-import itertools
 import os
 import shlex
 import threading
@@ -220,14 +219,6 @@ class FieldInput(Input):
         await super()._on_key(event)
 
 
-_SUBMITTED = itertools.count()  # forms submitted by this process
-
-
-def submit_salt() -> int:
-    """The salt of a submission's output folder names: the pid alone gave two
-    submissions of one profile within a second the same folder (two
-    trainings wrote one folder, and compare showed one run twice)."""
-    return os.getpid() + next(_SUBMITTED)
 
 
 class SubmitScreen(ModalScreen["pipelines.Submission | None"]):
@@ -277,7 +268,7 @@ class SubmitScreen(ModalScreen["pipelines.Submission | None"]):
         try:
             overrides = shlex.split(self.query_one("#overrides", Input).value)
             sub = pipelines.prepare(profile, overrides, outputs_dir(),
-                                    pipelines.make_stamp(time.time(), submit_salt()),
+                                    pipelines.make_stamp(time.time(), pipelines.submission_salt()),
                                     self.find_output)
         except ValueError as exc:  # shlex: an unclosed quote
             error.update(f"overrides: {exc}")

@@ -118,7 +118,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return found[profile]
 
     sub = pipelines.prepare(args.profile, args.set or (), outputs_dir(),
-                            pipelines.make_stamp(time.time(), os.getpid()), find_output,
+                            pipelines.make_stamp(time.time(), pipelines.submission_salt()),
+                            find_output,
                             name=args.name, after=args.after or ())
     try:
         if sub.pipeline is None:

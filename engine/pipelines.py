@@ -28,6 +28,8 @@ that would fail on its input is refused before anything is queued.
 from __future__ import annotations
 
 import difflib
+import itertools
+import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -141,6 +143,17 @@ def expand(pipeline: PipelineSpec, outputs: Path, stamp: str
 def roots(jobs: Sequence[tuple[JobSpec, Sequence[BatchRef]]]) -> list[int]:
     """Indices of the jobs that wait for no other job of the batch."""
     return [i for i, (_spec, after) in enumerate(jobs) if not after]
+
+
+_SUBMITTED = itertools.count()  # submissions made by this process
+
+
+def submission_salt() -> int:
+    """The salt of a submission's output folder names: this process's id
+    and a count of its submissions (the id alone gave two submissions of one
+    profile from the screen within a second the same folder: two trainings
+    wrote one folder, and compare showed one run twice)."""
+    return os.getpid() + 7919 * next(_SUBMITTED)
 
 
 def make_stamp(now: float, salt: int) -> str:

@@ -213,3 +213,37 @@ async def test_run_time_is_the_attempts_and_stops_when_it_ends(engine: EngineHan
         assert job_cells(app, queued)[-1] == "-"
         assert job_cells(app, running)[-1] != before and "h" in job_cells(app, running)[-1]
         engine.cli("cancel", str(running), str(queued))
+
+
+async def test_the_dashboard_under_a_job_screen_catches_up_when_it_closes() -> None:
+    """A job's detail covers the dashboard: what changed meanwhile (steps,
+    losses, a new job) is drawn when the dashboard shows again, not lost."""
+    from console.bridge import FixedBridge, Snapshot
+
+    now = time.time()
+    job = {"id": 1, "name": "train", "kind": "train", "owner": "ann", "state": "running",
+           "priority": 0, "attempt": 1, "submitted_at": now - 60, "started_at": now - 50,
+           "resources": {"nodes": 1, "gpus_per_node": 0, "cpus_per_node": 1}}
+    fixed = FixedBridge([Snapshot([{"name": "n1", "up": True, "gpus": []}], [job])],
+                        details={1: job})
+    app = LlmConsole(bridge=fixed)
+    async with app.run_test(size=(120, 36)) as pilot:
+        app.drain()
+        await pilot.pause()
+        await pilot.press("d")
+        await until(pilot, lambda: app._job_screen is not None)
+        for step in range(1, 41):
+            fixed.items.append({"type": "metric", "job": 1, "attempt": 1, "step": step,
+                                "values": {"loss": 5.0 - step / 10}, "time": now + step})
+        fixed.items.append({"type": "job", "job": {**job, "id": 2, "name": "later",
+                                                   "state": "queued", "started_at": None}})
+        app.drain()
+        await pilot.pause()
+        assert app._behind  # kept for later: the dashboard is covered
+        await pilot.press("escape")
+        await until(pilot, lambda: app._job_screen is None)
+        await until(pilot, lambda: not app._behind)
+        table = app.query_one("#jobs", VirtualTable)
+        rows = {key: " ".join(table.row_text(key)) for key in ("1", "2")}
+        assert "40" in rows["1"] and "1.0000" in rows["1"], rows
+        assert "later" in rows["2"] and "queued" in rows["2"], rows

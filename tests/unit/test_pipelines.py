@@ -33,18 +33,20 @@ def flag(spec: JobSpec, name: str) -> list[str]:
     return out
 
 
-def test_pipeline_tiny_expands_into_four_dependent_jobs() -> None:
+def test_pipeline_tiny_expands_into_five_dependent_jobs() -> None:
     pipeline = load_pipeline_profile("pipeline-tiny", ["pretrain.args.max_steps=7"])
     jobs = pipelines.expand(pipeline, Path("/out"), "STAMP")
     names = [spec.name for spec, _ in jobs]
-    assert names == ["pipeline-tiny/pretrain", "pipeline-tiny/prune", "pipeline-tiny/quantize",
-                     "pipeline-tiny/evaluate"]
+    assert names == ["pipeline-tiny/prepare", "pipeline-tiny/pretrain", "pipeline-tiny/prune",
+                     "pipeline-tiny/quantize", "pipeline-tiny/evaluate"]
     root = "/out/pipeline-tiny-STAMP"
     assert [output_dir(spec) for spec, _ in jobs] == [f"{root}/{n}" for n in
-                                                      ("pretrain", "prune", "quantize",
-                                                       "evaluate")]
-    pretrain, prune, quantize, evaluate = (spec for spec, _ in jobs)
+                                                      ("prepare", "pretrain", "prune",
+                                                       "quantize", "evaluate")]
+    prepare, pretrain, prune, quantize, evaluate = (spec for spec, _ in jobs)
+    assert prepare.kind == "prepare" and flag(prepare, "--input") == ["demo"]
     assert pretrain.launcher == "horovodrun" and flag(pretrain, "--max-steps") == ["7"]
+    assert flag(pretrain, "--data") == [f"{root}/prepare"] and "--corpus" not in pretrain.argv
     assert flag(prune, "--model") == [f"{root}/pretrain"]
     assert flag(quantize, "--model") == [f"{root}/prune"]
     assert flag(evaluate, "--model") == [f"{root}/quantize"]
@@ -52,7 +54,8 @@ def test_pipeline_tiny_expands_into_four_dependent_jobs() -> None:
                                            f"{root}/quantize"]
     afters = [after for _, after in jobs]
     assert afters[0] == [] and afters[1] == [BatchRef(0)] and afters[2] == [BatchRef(1)]
-    assert set(afters[3]) == {BatchRef(0), BatchRef(1), BatchRef(2)}
+    assert afters[3] == [BatchRef(2)]
+    assert set(afters[4]) == {BatchRef(1), BatchRef(2), BatchRef(3)}
     assert pipelines.roots(jobs) == [0]
 
 
@@ -113,7 +116,8 @@ def test_a_reference_to_a_later_stage_is_refused(tmp_path: Path) -> None:
 
 
 def test_pipeline_overrides_name_a_stage(tmp_path: Path) -> None:
-    with pytest.raises(ProfileError, match="STAGE.key=value with STAGE one of pretrain, prune"):
+    with pytest.raises(ProfileError,
+                       match="STAGE.key=value with STAGE one of prepare, pretrain, prune"):
         load_pipeline_profile("pipeline-tiny", ["args.max_steps=3"])
     with pytest.raises(ProfileError, match="value from --set"):
         load_pipeline_profile("pipeline-tiny", ["prune.resources.cpus=0"])
@@ -249,3 +253,9 @@ def test_a_reference_to_a_profile_that_does_not_exist_suggests_close_names() -> 
         pipelines.single_job(real, Path("/o"), "S", lambda _p: None, names)
     with pytest.raises(pipelines.ReferenceError, match="there is no profile nosuch;"):
         pipelines.prepare("eval-tiny", ["args.model=@nosuch"], Path("/o"), "S", lambda _p: None)
+
+
+def test_submissions_of_one_process_within_a_second_get_their_own_folders() -> None:
+    now = 1_800_000_000.0
+    stamps = {pipelines.make_stamp(now, pipelines.submission_salt()) for _ in range(50)}
+    assert len(stamps) == 50
