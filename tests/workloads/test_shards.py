@@ -150,3 +150,33 @@ def test_data_and_corpus_exclude_each_other(module: str) -> None:
     with pytest.raises(OptionError) as err:
         parse(module, [*base, "--corpus", "demo", "--data", "prepared"])
     assert "not allowed with argument" in str(err.value)
+
+
+def test_shards_written_by_datatrove_read_back_as_the_tokenizer_encodes(
+        tmp_path: Path, tokenizer: Any) -> None:
+    """The real writer (datatrove's DocumentTokenizer, what prepare runs)
+    and this reader agree on the format: ids, index and eos."""
+    from datatrove.data import Document
+    from datatrove.pipeline.tokens import DocumentTokenizer
+
+    d = tmp_path / "d"
+    tokenizer.save_pretrained(str(d / "tokenizer"))
+    texts = TEXTS[:40]
+    step = DocumentTokenizer(str(d / "train"), tokenizer_name_or_path=str(
+        d / "tokenizer/tokenizer.json"), eos_token="</s>", shuffle_documents=False, batch_size=8)
+    for _ in step.run(iter([Document(text=t, id=str(i)) for i, t in enumerate(texts)]),
+                      rank=0, world_size=1) or ():
+        pass
+    written = sorted((d / "train").glob("*.ds"))
+    assert [p.name for p in written] == ["00000_unshuffled.ds"]
+    tokens = written[0].stat().st_size // 2
+    manifest = {"format": shards.FORMAT, "token_dtype": "uint16", "vocab_size": len(tokenizer),
+                "eos_id": tokenizer.eos_token_id,
+                "shards": [{"split": "train", "file": "train/00000_unshuffled.ds",
+                            "documents": len(texts), "tokens": tokens}]}
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    p = shards.open_prepared(d)
+    expected = [e.ids + [tokenizer.eos_token_id] for e in
+                tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
+    assert [x.tolist() for x in p.train.iter_documents()] == expected
+    assert len(p.heldout) == 0
