@@ -171,14 +171,15 @@ def _braille(canvas: _Canvas, pts: Sequence[tuple[float, float]], series: int) -
 
 
 def _glyphs(canvas: _Canvas, pts: Sequence[tuple[float, float]], char: str, series: int) -> None:
-    """The glyph in every cell column the line crosses (from dot coordinates)."""
+    """The glyph in every cell the line crosses (from dot coordinates)."""
     cells = [(int(fx) >> 1, int(fy) >> 2) for fx, fy in pts]
     if len(cells) == 1:
         canvas.put(*cells[0], char, series)
     for (x0, y0), (x1, y1) in zip(cells, cells[1:], strict=False):
-        span = max(1, abs(x1 - x0))
+        span = max(1, abs(x1 - x0), abs(y1 - y0))  # a steep stretch fills its rows too
         for k in range(span + 1):
-            canvas.put(x0 + (x1 - x0) * k // span, y0 + round((y1 - y0) * k / span), char, series)
+            canvas.put(x0 + round((x1 - x0) * k / span), y0 + round((y1 - y0) * k / span),
+                       char, series)
 
 
 def draw(lines: Sequence[Line], width: int, height: int, *, title: str = "",
