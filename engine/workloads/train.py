@@ -39,10 +39,10 @@ import random
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from engine.workloads import data as datasets
 from engine.workloads import shards
@@ -160,18 +160,47 @@ def load_data(a: argparse.Namespace, tokenizer: Any,
     return Batches({"input_ids": train}, {"input_ids": held})
 
 
+class EpochOrder(Sequence[list[int]]):
+    """One rank's micro-batches of one epoch, read off the epoch's
+    permutation as they are asked for: the permutation is the one tensor
+    kept (4 bytes a row), never a Python list of every row."""
+
+    def __init__(self, perm: Any, rank: int, size: int, batch_size: int) -> None:
+        self.perm, self.rank, self.size, self.batch_size = perm, rank, size, batch_size
+        self.batches = len(perm) // (size * batch_size)
+
+    def __len__(self) -> int:
+        return self.batches
+
+    @overload
+    def __getitem__(self, index: int) -> list[int]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[list[int]]: ...
+
+    def __getitem__(self, index: int | slice) -> list[int] | list[list[int]]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.batches))]
+        if not -self.batches <= index < self.batches:
+            raise IndexError(f"batch {index} of {self.batches}")
+        index %= self.batches
+        step = self.size * self.batch_size
+        first = self.rank + index * step
+        return [int(r) for r in self.perm[first:first + step:self.size].tolist()]
+
+
 def epoch_order(rows: int, epoch: int, seed: int, rank: int, size: int,
-                batch_size: int) -> list[list[int]]:
+                batch_size: int) -> EpochOrder:
     """This rank's micro-batches for `epoch`: a permutation seeded by
     (seed, epoch), cut to a multiple of size * batch_size, dealt round-robin
     to the ranks, then chunked. The same on every run and every resume."""
     import torch
 
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    perm = torch.randperm(rows, generator=g).tolist()
-    usable = rows - rows % (size * batch_size)
-    mine = perm[rank:usable:size]
-    return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+    # int32 gives the very permutation int64 gives, in half the memory
+    dtype = torch.int32 if rows < 2**31 else torch.int64
+    perm = torch.randperm(rows, generator=g, dtype=dtype)
+    return EpochOrder(perm, rank, size, batch_size)
 
 
 # ---------------------------------------------------------------- schedule
@@ -290,6 +319,10 @@ def _starting_model(a: argparse.Namespace, dist: Dist, texts_for_tokenizer: Call
     if prepared is not None:
         shards.check_model_vocab(prepared, loaded.model.config.vocab_size,
                                  f"model {loaded.folder}")
+        if loaded.tokenizer is not None and not a.tokenizer:
+            shards.check_tokenizer(prepared, loaded.tokenizer, f"the tokenizer of model "
+                                   f"{loaded.folder}", "prepare the data with the model's "
+                                   f"tokenizer (prepare --tokenizer {loaded.folder})")
     if loaded.format != "fp32":
         raise WorkloadError(f"model {loaded.folder}: format {loaded.format} cannot be trained; "
                             "fine-tune the fp32 model, then compress it")
@@ -415,7 +448,7 @@ def run_training(a: argparse.Namespace, kind: str = "train") -> Outcome:
                             "text, a smaller --batch-size or a smaller --block-size")
     amp = a.amp and device.type == "cuda"
     results: dict[str, Any] = {}
-    order_epoch, order = -1, []
+    order_epoch, order = -1, EpochOrder([], 0, 1, 1)
     last_loss = float("nan")
     eval_stats: dict[str, Any] = {}
     tokens_per_s = samples_per_s = 0.0

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from engine.workloads import data, shards
+from engine.workloads.train import epoch_order
 from tests.workloads.conftest import results, run_workload
 from tests.workloads.test_train import losses, start, wait_for
 
@@ -120,12 +121,14 @@ def test_start_up_does_not_grow_with_the_dataset(
     small, large = tmp_path / "small", tmp_path / "large"
     _random_folder(small, prepared / "tokenizer", 1_000_000)
     _random_folder(large, prepared / "tokenizer", 10_000_000)  # 20 MB of uint16, 80 as int64
-    args = ["--model", "micro", "--block-size", "64", "--batch-size", "8",
+    # rows of 8 tokens: 1.25 M rows in the large folder, so a list of every
+    # row (an epoch order in Python ints) would cost some 70 MB too
+    args = ["--model", "micro", "--block-size", "8", "--batch-size", "8",
             "--eval-batches", "4"]
     one = shards.measure_first_step(small, args, env=wl_env)
     ten = shards.measure_first_step(large, args, env=wl_env)
     # before step 1: the 4 x 8 held-out rows scored, and one batch of 8 rows
-    assert one["tokens_read_first_step"] == ten["tokens_read_first_step"] == (32 + 8) * 64
+    assert one["tokens_read_first_step"] == ten["tokens_read_first_step"] == (32 + 8) * 8
     # 9 M more tokens, none of them resident: loaded as a tensor they were 72 MB
     assert ten["rss_first_step_bytes"] - one["rss_first_step_bytes"] < 16 << 20, (one, ten)
     assert ten["child_peak_rss_bytes"] - one["child_peak_rss_bytes"] < 16 << 20, (one, ten)
@@ -152,3 +155,28 @@ def test_bad_data_folders_are_one_line_naming_the_fix(
     lines = small.stderr.strip().splitlines()
     assert len(lines) == 1 and "has a vocabulary of 512 tokens" in lines[0], small.stderr
     assert f"go up to {len(tok)}" in lines[0]
+
+
+def _listed_order(rows: int, epoch: int, seed: int, rank: int, size: int,
+                  batch_size: int) -> list[list[int]]:
+    """epoch_order as it was written with lists (every row a Python int)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(rows, generator=g).tolist()
+    usable = rows - rows % (size * batch_size)
+    mine = perm[rank:usable:size]
+    return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+
+
+@pytest.mark.parametrize(("rows", "size", "batch"), [(100, 1, 8), (101, 2, 8), (1000, 3, 5),
+                                                     (17, 2, 8), (15, 2, 8)])
+def test_the_lazy_epoch_order_deals_the_batches_the_listed_one_dealt(
+        rows: int, size: int, batch: int) -> None:
+    for epoch in (0, 3):
+        dealt = []
+        for rank in range(size):
+            order = epoch_order(rows, epoch, 42, rank, size, batch)
+            assert list(order) == _listed_order(rows, epoch, 42, rank, size, batch)
+            dealt += [r for b in order for r in b]
+        assert len(dealt) == len(set(dealt)) == rows - rows % (size * batch)
