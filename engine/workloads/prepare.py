@@ -323,6 +323,11 @@ def prepare_tokenizer(run: Run) -> None:
     from engine.workloads.data import load_tokenizer, train_tokenizer
 
     args = run.args
+    split = merged(run.work, "select", "split")
+    if not split.get("train", 0) + split.get("heldout", 0):
+        raise WorkloadError("no documents are left after the quality rules and dedup (see "
+                            f"{run.work / 'counts'}); loosen the rules (e.g. --min-words 0) or "
+                            "give more input")
     if args.tokenizer is not None:
         tok = load_tokenizer(args.tokenizer)
         if tok.eos_token is None:
@@ -332,9 +337,9 @@ def prepare_tokenizer(run: Run) -> None:
     else:
         texts = read_texts(run.work / "kept" / "train", run.tasks, args.tokenizer_sample)
         if not texts:
-            raise WorkloadError("no train documents are left after the quality rules and "
-                                "dedup (see the manifest counts in the log); loosen the rules "
-                                "(e.g. --min-words 0) or give more input")
+            raise WorkloadError("no train documents are left to train a tokenizer on (all "
+                                "went to the held-out split); give more input, a smaller "
+                                "--eval-fraction or a --tokenizer")
         tok = train_tokenizer(texts, args.vocab_size)
     tmp = run.out / f".tokenizer.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -507,6 +512,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     config["files"] = [[f, Path(f).stat().st_size] for f in run.files]
     manifest_path = run.out / "manifest.json"
     if manifest_path.exists():
+        done = read_json(manifest_path, "written by an earlier prepare run in this folder")
+        old = {k: v for k, v in done.get("config", {}).items() if k not in RUN_ONLY}
+        if old != {k: v for k, v in config.items() if k != "files"}:
+            raise WorkloadError(f"--output {run.out}: holds a finished prepare run with other "
+                                "options; use a new --output or remove that folder")
         print(f"{manifest_path}: already complete; nothing to do", file=sys.stderr, flush=True)
         return 0
     check_config(run, config)

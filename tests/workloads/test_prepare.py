@@ -298,3 +298,29 @@ def test_a_vocabulary_over_65536_gives_uint32_shards(env: dict[str, str],
     want = {tuple(tok.encode(normalise(t)).ids + [1]) for t in texts}
     assert {tuple(d) for d in got} == want and len(got) == len(texts)
     assert max(max(d) for d in got) == len(vocab) - 1
+
+
+def test_a_finished_folder_is_left_alone_unless_the_options_differ(
+        corpus: tuple[Path, dict[str, Any]], baseline: tuple[Path, str],
+        env: dict[str, str]) -> None:
+    inp, _ = corpus
+    out = baseline[0]
+    before = output_hash(out)
+    again = prepare(inp, out, env, "--workers", "2")
+    assert again.stderr.strip().endswith("already complete; nothing to do")
+    other = prepare(inp, out, env, "--workers", "1", "--near-threshold", "0.5", check=False)
+    assert other.returncode == 2 and other.stderr.strip().splitlines()[-1] == (
+        f"error: --output {out}: holds a finished prepare run with other options; use a new "
+        "--output or remove that folder")
+    assert output_hash(out) == before
+
+
+def test_nothing_left_after_the_rules_is_one_error_line(env: dict[str, str],
+                                                        tmp_path: Path) -> None:
+    (tmp_path / "in.txt").write_text("too short\n\nalso short\n")
+    proc = run_workload("prepare", ["--input", str(tmp_path / "in.txt"), "--output",
+                                    str(tmp_path / "out"), "--dedup", "none", "--tasks", "2",
+                                    "--workers", "1"], env, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "error: no documents are left after the quality rules and dedup")
