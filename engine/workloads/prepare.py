@@ -341,8 +341,9 @@ def prepare_tokenizer(run: Run) -> None:
                                 "went to the held-out split); give more input, a smaller "
                                 "--eval-fraction or a --tokenizer")
         tok = train_tokenizer(texts, args.vocab_size)
+    for stale in run.out.glob(".tokenizer.tmp-*"):  # a killed run's half-saved copy
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = run.out / f".tokenizer.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tok.save_pretrained(str(tmp))
     if not (tmp / "tokenizer.json").is_file():
         raise WorkloadError(f"--tokenizer {args.tokenizer}: not a fast tokenizer (no "
