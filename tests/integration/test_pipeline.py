@@ -1,41 +1,51 @@
 """The shipped pipeline through the real engine: `llmconsole submit
-pipeline-tiny` queues pretrain (two horovod workers) -> prune -> quantize ->
-evaluate as dependent jobs, each reading the folder of the one before, and
-the last one writes the comparison table."""
+pipeline-tiny` queues prepare -> pretrain (two horovod workers, on the
+prepared data: --data) -> prune -> quantize -> evaluate as dependent jobs,
+each reading the folder of the one before, and the last one writes the
+comparison table."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from engine.workloads.data import demo_corpus_file
 from tests.integration.engine_fixture import EngineHandle
 
 MEASURE = ["max_docs=400", "block_size=64", "eval_batches=4"]
 FAST = [
-    *(f"pretrain.args.{a}" for a in [*MEASURE, "model=micro", "max_steps=8", "vocab_size=512",
-                                     "eval_every=8", "checkpoint_every=8"]),
+    *(f"pretrain.args.{a}" for a in ["block_size=64", "eval_batches=4", "model=micro",
+                                     "max_steps=8", "eval_every=8", "checkpoint_every=8"]),
     *(f"prune.args.{a}" for a in [*MEASURE, "recover_steps=2"]),
     *(f"quantize.args.{a}" for a in MEASURE),
     *(f"evaluate.args.{a}" for a in MEASURE),
+    f"prepare.args.input={demo_corpus_file()}",  # until --input takes "demo" itself
+    "prepare.args.vocab_size=512",
 ]
 
 
 def test_pipeline_tiny_runs_end_to_end_and_compares(engine: EngineHandle) -> None:
     sets = [x for item in FAST for x in ("--set", item)]
     jobs = engine.json("submit", "pipeline-tiny", *sets)
-    assert [j["name"] for j in jobs] == ["pipeline-tiny/pretrain", "pipeline-tiny/prune",
-                                         "pipeline-tiny/quantize", "pipeline-tiny/evaluate"]
-    assert [j["state"] for j in jobs] == ["queued", "held", "held", "held"]
+    assert [j["name"] for j in jobs] == ["pipeline-tiny/prepare", "pipeline-tiny/pretrain",
+                                         "pipeline-tiny/prune", "pipeline-tiny/quantize",
+                                         "pipeline-tiny/evaluate"]
+    assert [j["state"] for j in jobs] == ["queued", "held", "held", "held", "held"]
     ids = [j["id"] for j in jobs]
     assert jobs[1]["after"] == [ids[0]] and jobs[2]["after"] == [ids[1]]
-    assert sorted(jobs[3]["after"]) == ids[:3]
+    assert jobs[3]["after"] == [ids[2]] and sorted(jobs[4]["after"]) == ids[1:4]
+    prepared, jobs, ids = Path(jobs[0]["output"]), jobs[1:], ids[1:]
+    argv = engine.job(ids[0])["spec"]["argv"]
+    assert argv[argv.index("--data") + 1] == str(prepared) and "--corpus" not in argv
 
-    last = engine.wait_state(ids[-1], ["succeeded", "failed", "cancelled"], timeout=280)
+    last = engine.wait_state(ids[-1], ["succeeded", "failed", "cancelled"], timeout=420)
     states = {i: engine.job(i)["state"] for i in ids}
     assert last["state"] == "succeeded", (states, engine.cli("logs", str(ids[-1])).stdout[-2000:])
 
     outputs = [Path(j["output"]) for j in jobs]
-    assert all(o.parent == outputs[0].parent for o in outputs)
+    assert all(o.parent == prepared.parent for o in outputs)
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    assert 0 < manifest["documents_out"] < manifest["documents_in"]
     pretrain = json.loads((outputs[0] / "results.json").read_text())
     assert pretrain["dist"] == "horovod" and pretrain["world_size"] == 2
     prune = json.loads((outputs[1] / "results.json").read_text())
