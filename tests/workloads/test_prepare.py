@@ -324,3 +324,17 @@ def test_nothing_left_after_the_rules_is_one_error_line(env: dict[str, str],
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(
         "error: no documents are left after the quality rules and dedup")
+
+
+def test_a_part_alone_times_out_naming_the_missing_parts(
+        corpus: tuple[Path, dict[str, Any]], env: dict[str, str], tmp_path: Path) -> None:
+    inp, _ = corpus
+    out = tmp_path / "out"
+    proc = prepare(inp, out, env, "--workers", "1", "--part", "0/2", "--barrier-timeout", "1",
+                   check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: stage filter: waited 1 s for task 2 (part 1), task 3 (part 1); check those "
+        f"parts' logs and that every part sees the same {out} (shared storage), or raise "
+        "--barrier-timeout")
+    assert (out / "work" / "failed" / "part-0").read_text().startswith("stage filter: waited")
