@@ -4,7 +4,9 @@ the intermediate files the stages hand each other.
 Contract
 ========
 
-- `resolve_inputs` turns the ``--input`` values (files, folders, globs) into
+- `resolve_inputs` turns the ``--input`` values (files, folders, globs, and
+  ``demo``: the demo corpus of `engine.workloads.data`, built and cached on
+  first use, as ``--corpus demo`` elsewhere) into
   the canonical list of files: each value's files sorted by path, the values
   in the order given, a file named twice kept once. Kinds by name: ``.jsonl``
   (also ``.json``: one object a line), ``.txt``/``.md`` (documents separated
@@ -51,7 +53,7 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.logging import logger
 
 from engine.workloads.common import WorkloadError
-from engine.workloads.data import is_held_out
+from engine.workloads.data import DEMO, is_held_out
 from engine.workloads.prepare_counts import Counts
 
 TEXT_SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".txt": "txt", ".md": "txt",
@@ -82,7 +84,11 @@ def resolve_inputs(values: Sequence[str]) -> list[Path]:
     seen: set[Path] = set()
     for value in values:
         path = Path(value).expanduser()
-        if path.is_dir():
+        if value == DEMO and not path.exists():
+            from engine.workloads.data import demo_corpus_file
+
+            files = [demo_corpus_file()]
+        elif path.is_dir():
             files = sorted(f for f in path.rglob("*") if _known(f))
         elif path.is_file():
             if kind_of(path) is None:

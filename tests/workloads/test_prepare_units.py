@@ -151,6 +151,15 @@ def test_resolve_inputs_folders_globs_order_and_errors(tmp_path: Path) -> None:
         resolve_inputs([str(tmp_path / "z.parquet.gz")])
 
 
+def test_demo_is_the_demo_corpus_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.workloads import data
+
+    demo = tmp_path / "demo.jsonl"
+    demo.write_text('{"text": "x"}\n')
+    monkeypatch.setattr(data, "demo_corpus_file", lambda: demo)
+    assert resolve_inputs(["demo"]) == [demo.resolve()]
+
+
 def test_the_parser_is_registered_and_checks_ranges() -> None:
     assert "prepare" in options.PARSERS and "--near-threshold" in options.options("prepare")
     ns = options.parse("prepare", ["--input", "a", "--input", "b", "--output", "o",
