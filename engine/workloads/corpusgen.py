@@ -31,6 +31,10 @@ Contract:
   words leave a Jaccard similarity of 0.79-0.87, where prepare's LSH for its
   default --near-threshold 0.8 (9 bands x 13 rows) finds 93 % of the pairs;
   in 400 words, 0.86-0.93 and 98.5 %.
+- Every document (copies too) passes prepare's quality rules at their
+  defaults (`engine.workloads.quality`), unless ``--keep-low-quality``: so a
+  prepare with its default rules removes only the planted copies, and any
+  other document missing from its output is a dedup false positive.
 - DIR/data/part-00000.jsonl[.gz|.zst] ... (K files, documents shuffled)
   hold {"id", "text", "source"}: the input of a prepare (``--input
   DIR/data``); DIR/truth.json, written last and atomically, says which
@@ -56,7 +60,7 @@ import re
 import sysconfig
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
@@ -280,14 +284,29 @@ def _mixtures(pool: Sequence[str], rng: random.Random) -> Iterator[tuple[str, st
         yield "mix", "\n\n".join(picked)
 
 
-def unique_documents(count: int, rng: random.Random, seed: int) -> list[tuple[str, str]]:
-    """`count` (source, text) base documents, near-unique among themselves."""
+def passes_prepare_rules() -> Callable[[str], bool]:
+    """Whether a text passes prepare's quality rules at their defaults."""
+    from engine.workloads.quality import Rules, make_filters, verdict
+
+    filters = make_filters(Rules())
+    return lambda text: verdict(text, filters) is None
+
+
+def _anything(text: str) -> bool:
+    return True
+
+
+def unique_documents(count: int, rng: random.Random, seed: int,
+                     keep: Callable[[str], bool] = _anything) -> list[tuple[str, str]]:
+    """`count` (source, text) base documents, near-unique among themselves,
+    each one `keep` accepts."""
     index = NearIndex(seed)
     out: list[tuple[str, str]] = []
     for source, text in raw_documents(rng):
         if len(out) >= count:
             return out
-        if len(text) >= MIN_CHARS and len(text.split()) >= MIN_WORDS and index.add(text):
+        if (len(text) >= MIN_CHARS and len(text.split()) >= MIN_WORDS and keep(text)
+                and index.add(text)):
             out.append((source, text))
     pool = [text for _, text in out]
     tries = 0
@@ -295,7 +314,7 @@ def unique_documents(count: int, rng: random.Random, seed: int) -> list[tuple[st
         if len(out) >= count or tries > MAX_MIX_TRIES * (count - len(pool)):
             break
         tries += 1
-        if index.add(text):
+        if keep(text) and index.add(text):
             out.append((source, text))
     if len(out) < count:
         raise WorkloadError(f"only {len(out)} unique documents can be made from the text on "
@@ -332,6 +351,7 @@ class Plan:
     compress: str = "none"
     changed_words: tuple[int, int] = (3, 5)
     near_min_words: int = NEAR_MIN_WORDS
+    quality_check: bool = True
 
     @property
     def exact(self) -> int:
@@ -376,27 +396,33 @@ def plant(plan: Plan) -> tuple[list[Document], dict[str, Any]]:
     """The shuffled documents and the truth about them."""
     plan.check()
     rng = random.Random(plan.seed)
-    base = unique_documents(plan.base, rng, plan.seed)
+    keep = passes_prepare_rules() if plan.quality_check else _anything
+    base = unique_documents(plan.base, rng, plan.seed, keep)
     order = list(range(len(base)))
     rng.shuffle(order)
     eligible = [i for i in order if len(base[i][1].split()) >= plan.near_min_words
                 and len(_WORD.findall(base[i][1])) >= plan.changed_words[1]]
-    if len(eligible) < plan.near:
-        raise WorkloadError(f"{plan.near} near copies asked, only {len(eligible)} documents "
+    vocabulary = sorted({w for _, t in base[:2000] for w in _WORD.findall(t)})
+    near_of: list[tuple[int, str]] = []
+    for i in eligible:
+        if len(near_of) == plan.near:
+            break
+        copy = near_copy(base[i][1], rng.randint(*plan.changed_words), vocabulary, rng)
+        if keep(copy):
+            near_of.append((i, copy))
+    if len(near_of) < plan.near:
+        raise WorkloadError(f"{plan.near} near copies asked, only {len(near_of)} documents "
                             f"have {plan.near_min_words} words or more; lower --near-rate "
                             "or --near-min-words")
-    near_of = eligible[:plan.near]
-    taken = set(near_of)
+    taken = {i for i, _ in near_of}
     exact_of = [i for i in order if i not in taken][:plan.exact]
-    vocabulary = sorted({w for _, t in base[:2000] for w in _WORD.findall(t)})
     rows: list[tuple[str, str, str, int]] = []   # (kind, text, source, original)
     for i, (source, text) in enumerate(base):
         rows.append(("base", text, source, i))
     for i in exact_of:
         rows.append(("exact", base[i][1], base[i][0], i))
-    for i in near_of:
-        changes = rng.randint(*plan.changed_words)
-        rows.append(("near", near_copy(base[i][1], changes, vocabulary, rng), base[i][0], i))
+    for i, copy in near_of:
+        rows.append(("near", copy, base[i][0], i))
     rng.shuffle(rows)
     width = len(str(len(rows) - 1))
     docs: list[Document] = []
@@ -602,13 +628,16 @@ def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
                    help="words replaced in a near copy, MIN-MAX (default 3-5)")
     p.add_argument("--near-min-words", type=int, default=NEAR_MIN_WORDS,
                    help="words a near copy's original has at least")
+    p.add_argument("--keep-low-quality", action="store_true",
+                   help="keep documents that prepare's default quality rules remove")
     return p.parse_args(None if argv is None else list(argv))
 
 
 def main(argv: Iterable[str] | None = None) -> int:
     args = parse_args(argv)
     plan = Plan(args.documents, args.exact_rate, args.near_rate, args.files, args.seed,
-                args.compress, args.changed_words, args.near_min_words)
+                args.compress, args.changed_words, args.near_min_words,
+                not args.keep_low_quality)
     truth = write(plan, args.output)
     print(json.dumps({"output": str(args.output), "documents": truth["documents"],
                       "exact": len(truth["exact"]), "near": len(truth["near"]),

@@ -15,6 +15,7 @@ import pytest
 
 from engine.workloads import corpusgen
 from engine.workloads.corpusgen import Document, Plan, normalise, read_documents, score
+from engine.workloads.quality import normalise as prepare_normalise
 
 
 def _generate(out: Path, *args: str) -> dict:
@@ -75,9 +76,12 @@ def test_base_documents_unique_under_the_dedup_normalisation(
         corpus: tuple[Path, dict, dict[str, Document]]) -> None:
     _, truth, docs = corpus
     base = [*truth["unique"], *truth["exact"].values(), *truth["near"].values()]
+    passes = corpusgen.passes_prepare_rules()
     for doc in docs.values():
-        assert normalise(doc.text) == doc.text  # prepare's normalisation leaves it as is
+        assert normalise(doc.text) == doc.text
+        assert prepare_normalise(doc.text) == doc.text  # prepare leaves it as it is
         assert len(doc.text.split()) >= corpusgen.MIN_WORDS
+        assert passes(doc.text)
     simplified = [" ".join(corpusgen.dedup_words(docs[i].text)) for i in base]
     assert len(set(simplified)) == len(base)
     shingles = [_shingles(docs[i].text) for i in base]
