@@ -53,9 +53,13 @@ def test_pipeline_tiny_expands_into_five_dependent_jobs() -> None:
     assert flag(evaluate, "--compare") == [f"{root}/pretrain", f"{root}/prune",
                                            f"{root}/quantize"]
     afters = [after for _, after in jobs]
-    assert afters[0] == [] and afters[1] == [BatchRef(0)] and afters[2] == [BatchRef(1)]
-    assert afters[3] == [BatchRef(2)]
-    assert set(afters[4]) == {BatchRef(1), BatchRef(2), BatchRef(3)}
+    # every stage after prepare measures on its held-out split: each waits for it too
+    assert afters[0] == [] and afters[1] == [BatchRef(0)]
+    assert set(afters[2]) == {BatchRef(0), BatchRef(1)}
+    assert set(afters[3]) == {BatchRef(0), BatchRef(2)}
+    assert set(afters[4]) == {BatchRef(0), BatchRef(1), BatchRef(2), BatchRef(3)}
+    for spec in (prune, quantize, evaluate):
+        assert flag(spec, "--data") == [f"{root}/prepare"] and "--corpus" not in spec.argv
     assert pipelines.roots(jobs) == [0]
 
 
