@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.workloads.data import demo_corpus_file
 from tests.integration.engine_fixture import EngineHandle
 
 MEASURE = ["max_docs=400", "block_size=64", "eval_batches=4"]
@@ -19,7 +18,6 @@ FAST = [
     *(f"prune.args.{a}" for a in [*MEASURE, "recover_steps=2"]),
     *(f"quantize.args.{a}" for a in MEASURE),
     *(f"evaluate.args.{a}" for a in MEASURE),
-    f"prepare.args.input={demo_corpus_file()}",  # until --input takes "demo" itself
     "prepare.args.vocab_size=512",
 ]
 

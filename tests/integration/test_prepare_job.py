@@ -9,13 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.workloads.data import demo_corpus_file
 from tests.integration.engine_fixture import EngineHandle
 from tests.integration.test_submit_checks import refused
-
-# The demo corpus's cached JSONL, until prepare's --input takes "demo" itself
-# (as the shipped profile says, like train's --corpus demo).
-DEMO_INPUT = ["--set", f"args.input={demo_corpus_file()}"]
 
 BAD = [
     # CLI arguments after `submit prepare-demo`, the field named, a fragment
@@ -42,7 +37,7 @@ def test_bad_prepare_options_are_refused_at_submit_naming_the_field(
 
 def test_prepare_demo_prepares_the_demo_corpus_and_a_job_reads_it_by_reference(
         engine: EngineHandle) -> None:
-    job_id = engine.submit("prepare-demo", *DEMO_INPUT)
+    job_id = engine.submit("prepare-demo")
     job = engine.wait_state(job_id, {"succeeded", "failed"}, timeout=120)
     assert job["state"] == "succeeded", engine.cli("logs", str(job_id)).stdout[-3000:]
     out = Path(job["output"])
