@@ -25,6 +25,18 @@ from tests.integration.polling import wait_for
 ME = Caller.from_uid(os.getuid())
 
 
+def kill_leftover_runs(root: Path) -> None:
+    """Kill the process group of every run the two nodes under `root` left."""
+    for run_dir in root.glob("n*/runs/*"):
+        pid_file = run_dir / "pid"
+        if pid_file.exists():
+            pgid = json.loads(pid_file.read_text()).get("pgid")
+            try:
+                os.killpg(int(pgid), signal.SIGKILL)
+            except (ProcessLookupError, TypeError):
+                pass
+
+
 class TwoNodes:
     """Real local agents, one root each; a node in `down` cannot be reached."""
 
@@ -50,14 +62,7 @@ async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
     assert await rt.wait_nodes_up(20)
     yield rt
     await rt.stop()
-    for run_dir in tmp_path.glob("n*/runs/*"):
-        pid_file = run_dir / "pid"
-        if pid_file.exists():
-            pgid = json.loads(pid_file.read_text()).get("pgid")
-            try:
-                os.killpg(int(pgid), signal.SIGKILL)
-            except (ProcessLookupError, TypeError):
-                pass
+    kill_leftover_runs(tmp_path)
     store.close()
 
 

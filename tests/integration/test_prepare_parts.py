@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from engine.model import ClusterSpec, JobSpec, NodeSpec, Resources
 from engine.runtime import Caller, Runtime
 from engine.store import Store
 from tests.integration.polling import wait_for
-from tests.integration.test_multinode import TwoNodes
+from tests.integration.test_multinode import TwoNodes, kill_leftover_runs
 
 ME = Caller.from_uid(os.getuid())
 
@@ -57,14 +56,7 @@ async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
     assert await rt.wait_nodes_up(20)
     yield rt
     await rt.stop()
-    for run_dir in tmp_path.glob("n*/runs/*"):
-        pid_file = run_dir / "pid"
-        if pid_file.exists():
-            pgid = json.loads(pid_file.read_text()).get("pgid")
-            try:
-                os.killpg(int(pgid), signal.SIGKILL)
-            except (ProcessLookupError, TypeError):
-                pass
+    kill_leftover_runs(tmp_path)
     store.close()
 
 
