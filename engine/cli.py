@@ -38,7 +38,6 @@ from engine.cli_common import (
     _table,
 )
 from engine.errors import TooLarge, Unavailable, Unreachable, UserError
-from engine.workloads import manifest_view
 
 
 # ------------------------------------------------------------------ output
@@ -199,12 +198,18 @@ def _manifest(job: dict[str, Any]) -> dict[str, Any] | None:
     output = job.get("output")
     if not output:
         return None
+    # here, not at the top: the engine and its CLI run without the workloads package
+    # (a node or a second user may have the engine alone)
+    from engine.workloads import manifest_view
+
     manifest, _why = manifest_view.read_manifest(output)
     return manifest
 
 
 def _prepared(manifest: dict[str, Any]) -> str:
     """The manifest's summary, indented under the job's details."""
+    from engine.workloads import manifest_view
+
     return "\n" + "\n".join("  " + _printable(line)
                             for line in manifest_view.summary_lines(
                                 manifest, width=manifest_view.LINE_WIDTH - 2))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.integration.engine_fixture import EngineHandle
 
-MEASURE = ["max_docs=400", "block_size=64", "eval_batches=4"]
+MEASURE = ["block_size=64", "eval_batches=4"]  # the prepared held-out split: no max_docs
 FAST = [
     *(f"pretrain.args.{a}" for a in ["block_size=64", "eval_batches=4", "model=micro",
                                      "max_steps=8", "eval_every=8", "checkpoint_every=8"]),
@@ -30,11 +30,14 @@ def test_pipeline_tiny_runs_end_to_end_and_compares(engine: EngineHandle) -> Non
                                          "pipeline-tiny/evaluate"]
     assert [j["state"] for j in jobs] == ["queued", "held", "held", "held", "held"]
     ids = [j["id"] for j in jobs]
-    assert jobs[1]["after"] == [ids[0]] and jobs[2]["after"] == [ids[1]]
-    assert jobs[3]["after"] == [ids[2]] and sorted(jobs[4]["after"]) == ids[1:4]
+    # every stage after prepare reads its data (pretrain trains on it, the others measure on
+    # its held-out split), so each waits for it too
+    assert jobs[1]["after"] == [ids[0]] and sorted(jobs[2]["after"]) == [ids[0], ids[1]]
+    assert sorted(jobs[3]["after"]) == [ids[0], ids[2]] and sorted(jobs[4]["after"]) == ids[0:4]
     prepared, jobs, ids = Path(jobs[0]["output"]), jobs[1:], ids[1:]
-    argv = engine.job(ids[0])["spec"]["argv"]
-    assert argv[argv.index("--data") + 1] == str(prepared) and "--corpus" not in argv
+    for job_id in ids:
+        argv = engine.job(job_id)["spec"]["argv"]
+        assert argv[argv.index("--data") + 1] == str(prepared) and "--corpus" not in argv
 
     last = engine.wait_state(ids[-1], ["succeeded", "failed", "cancelled"], timeout=420)
     states = {i: engine.job(i)["state"] for i in ids}
