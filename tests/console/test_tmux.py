@@ -53,6 +53,14 @@ class Terminal:
         return subprocess.run(["tmux", "-L", self.socket, "has-session", "-t", "main"],
                               capture_output=True).returncode == 0
 
+    def quit(self) -> None:
+        """q, and the screen is gone within 15 s."""
+        self.keys("q")
+        deadline = time.monotonic() + 15
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not self.alive(), "q did not quit the screen"
+
     def close(self) -> None:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
 
@@ -72,11 +80,7 @@ def test_submit_watch_and_quit_in_a_real_terminal(engine: EngineHandle) -> None:
         term.wait(lambda s: "hello from" in s and "Logs" in s and "History" in s)
         term.keys("Escape")
         term.wait(lambda s: "RUN" in s and "History" not in s)
-        term.keys("q")
-        deadline = time.monotonic() + 15
-        while term.alive() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not term.alive(), "q did not quit the screen"
+        term.quit()
     finally:
         term.close()
     jobs = engine.json("jobs", "--all")
@@ -124,11 +128,7 @@ def test_submit_and_search_the_logs_with_n_at_80x24(engine: EngineHandle) -> Non
         term.wait(lambda s: "match" not in s and "needle two" in s)
         term.keys("Escape")  # back to the jobs
         term.wait(lambda s: "RUN" in s and "History" not in s)
-        term.keys("q")
-        deadline = time.monotonic() + 15
-        while term.alive() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not term.alive(), "q did not quit the screen"
+        term.quit()
     finally:
         term.close()
     assert engine.wait_state(job, ["succeeded"])["name"] == "lines"
@@ -198,11 +198,7 @@ def test_submit_mark_and_compare_two_trainings_at_80x24(engine: EngineHandle) ->
         term.keys("Escape")
         back = term.wait(lambda s: "RUN" in s and "compare jobs" not in s)
         assert "✓2 " in back and "✓1 " in back  # the marks stay
-        term.keys("q")
-        deadline = time.monotonic() + 15
-        while term.alive() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not term.alive(), "q did not quit the screen"
+        term.quit()
     finally:
         term.close()
     jobs = {j["id"]: j for j in engine.json("jobs", "--all")}
