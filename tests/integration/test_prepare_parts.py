@@ -26,7 +26,9 @@ ME = Caller.from_uid(os.getuid())
 
 # A stand-in for the prepare workload: it reads its --part as the workload
 # does, writes its share into the shared --output folder, and fails when its
-# part is the one named by FAIL_PART (after recording its pid).
+# part is the one named by FAIL_PART (after recording its pid, and once the
+# other part has recorded its own: under load a part that fails at once could
+# otherwise be stopped before the other part has started).
 PART_SCRIPT = """\
 import json, os, sys, time
 argv = sys.argv[1:]
@@ -38,6 +40,11 @@ with open(os.path.join(out, f"pid-{k}"), "w") as f:
     f.write(str(os.getpid()))
 print(f"part {k} of {n} on {os.environ['LLMCONSOLE_RUN_DIR']}", flush=True)
 if os.environ.get("FAIL_PART") == str(k):
+    deadline = time.monotonic() + 60
+    while not all(os.path.exists(os.path.join(out, f"pid-{j}")) for j in range(n)):
+        if time.monotonic() > deadline:
+            sys.exit(4)
+        time.sleep(0.05)
     sys.exit(3)
 if os.environ.get("FAIL_PART"):
     time.sleep(120)
