@@ -2,15 +2,17 @@
 the agent's stdin, events on its stdout, typed in both directions. It does
 no I/O.
 
-- Commands (engine -> agent): `Start`, `Stop`, `Attach`, `Reap`, `Simple`
-  (list, ping, shutdown). `cmd.to_wire()` is the JSON object the engine sends;
-  `parse_command(line)` is its exact inverse on the agent's side
+- Commands (engine -> agent): `Start`, `Stop`, `Attach`, `Reap`, `Dump`,
+  `Procs`, `Probe`, `Simple` (list, ping, shutdown). `cmd.to_wire()` is the
+  JSON object the engine sends; `parse_command(line)` is its exact inverse
+  on the agent's side
   (parse_command(json.dumps(cmd.to_wire())) == cmd), and validates: a
   `ProtocolError` says what is wrong and is answered with an "error" event.
   `start` carries "uid": the job's owner, whom the agent runs it as (null:
   the agent's own user; an agent that is not root refuses any other uid).
 - Events (agent -> engine): `Hello`, `Telemetry`, `Started`, `Log`,
-  `Metric`, `Exited`, `Lost`, `Error`, `Runs`, `Pong`; the agent writes
+  `Metric`, `Exited`, `Lost`, `Error`, `Runs`, `Pong`, `ProbeResult`,
+  `ProcsResult`, `Dumped`; the agent writes
   `ev.to_wire()`, the engine reads `parse_event(obj)`, again exact inverses.
   An event name this engine does not know parses to `Unknown` (a newer agent
   may say more); a known event with a missing or mistyped field, or an
@@ -158,7 +160,37 @@ class Procs:
         return {"op": "procs", "id": self.id, "attempt": self.attempt, "run_dir": self.run_dir}
 
 
-Command = Start | Stop | Attach | Reap | Simple | Probe | Procs
+LABEL_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def valid_label(value: object) -> bool:
+    """A dump label names a folder (stacks/<label>/): 1-64 letters, digits,
+    '.', '_' or '-', and not "." or ".."."""
+    return (isinstance(value, str) and LABEL_RE.fullmatch(value) is not None
+            and value not in (".", ".."))
+
+
+@dataclass(frozen=True)
+class Dump:
+    """Take a stack dump (py-spy) of every live process of the attempt on
+    this node: those whose environment carries LLMCONSOLE_ATTEMPT=attempt and
+    LLMCONSOLE_RUN_DIR = this node's run directory of the attempt or
+    `run_dir` (the launching node's, as in Reap; None: this node's only, or,
+    where this node has no run directory for the attempt, any process marked
+    with the attempt). Each dump goes to <run dir>/stacks/<label>/
+    rank-<R>-<node>-pid<P>.txt; answered by exactly one `Dumped` for the
+    attempt (a bad label or attempt: an "error" event with op "dump")."""
+
+    attempt: str
+    label: str
+    run_dir: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": "dump", "attempt": self.attempt, "label": self.label,
+                "run_dir": self.run_dir}
+
+
+Command = Start | Stop | Attach | Reap | Simple | Probe | Procs | Dump
 
 
 def _no_nul(value: str, what: str, attempt: str, op: str) -> str:
@@ -297,6 +329,18 @@ def parse_command(line: bytes) -> Command:
             raise ProtocolError("reap: run_dir must be an absolute path", attempt, "reap")
         return Reap(attempt, _no_nul(run_dir, "run_dir", attempt, "reap"),
                     _grace(msg, attempt, "reap"))
+    if op == "dump":
+        attempt = _attempt(msg, "dump")
+        label, run_dir = msg.get("label"), msg.get("run_dir")
+        if not valid_label(label):
+            raise ProtocolError(f"dump: label {label!r:.80} is not a folder name: use 1-64 "
+                                "letters, digits, '.', '_' or '-'", attempt, "dump")
+        if run_dir is not None and (not isinstance(run_dir, str) or not os.path.isabs(run_dir)):
+            raise ProtocolError("dump: run_dir must be null or an absolute path", attempt,
+                                "dump")
+        if run_dir is not None:
+            _no_nul(run_dir, "run_dir", attempt, "dump")
+        return Dump(attempt, str(label), run_dir)
     if op == "attach":
         attempt = _attempt(msg, "attach")
         offsets = msg.get("offsets") or {}
@@ -510,6 +554,23 @@ class ProcsResult:
 
 
 @dataclass(frozen=True)
+class Dumped:
+    """The answer to Dump: the files written on this node (absolute paths,
+    one per process dumped) and one line per process that could not be
+    dumped, naming its pid and the reason (py-spy missing, permission
+    denied, process gone, timed out). Both empty: no process of the attempt
+    runs on this node."""
+
+    attempt: str
+    files: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ev": "dumped", "attempt": self.attempt, "files": list(self.files),
+                "errors": list(self.errors)}
+
+
+@dataclass(frozen=True)
 class Unknown:
     """An event this engine does not know (from a newer agent): kept whole."""
 
@@ -521,7 +582,7 @@ class Unknown:
 
 
 Event = (Hello | Telemetry | Started | Log | Metric | Exited | Lost | Error | Runs | Pong
-         | ProbeResult | ProcsResult | Unknown)
+         | ProbeResult | ProcsResult | Dumped | Unknown)
 
 
 class _Fields:
@@ -592,6 +653,12 @@ class _Fields:
             raise self.bad(key, "a list of objects")
         return tuple(value)
 
+    def texts(self, key: str) -> tuple[str, ...]:
+        value = self.obj.get(key)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.bad(key, "a list of strings")
+        return tuple(value)
+
     def numbers(self, key: str) -> tuple[float | None, ...]:
         value = self.obj.get(key)
         if not isinstance(value, list) or not all(
@@ -660,6 +727,8 @@ def parse_event(obj: dict[str, Any]) -> Event:
         return Pong(obj.get("id"))
     if ev == "procs":
         return ProcsResult(f.integer("id"), f.objects("processes"))
+    if ev == "dumped":
+        return Dumped(f.attempt_id(), f.texts("files"), f.texts("errors"))
     if ev == "probe":
         return ProbeResult(f.integer("id"), f.number("time"), f.text("root"),
                            f.opt_number("disk_free_gb"), f.objects("peers"))

@@ -18,6 +18,8 @@ from engine.agent.protocol import (
     VERSION,
     Attach,
     Command,
+    Dump,
+    Dumped,
     Error,
     Event,
     Exited,
@@ -55,6 +57,8 @@ json_values = st.recursive(
     max_leaves=12)
 objects = st.dictionaries(any_text, json_values, max_size=4)
 offsets = st.integers(0, 2**53)
+labels = st.from_regex(r"[A-Za-z0-9._-]{1,64}", fullmatch=True).filter(
+    lambda v: v not in (".", ".."))
 opt_ints = st.none() | st.integers(-2**31, 2**31)
 opt_times = st.none() | st.floats(0, 2e9)
 
@@ -70,6 +74,7 @@ commands = st.one_of(
     st.builds(Attach, attempts, offsets, offsets),
     st.builds(Reap, attempts, exec_text.map(lambda p: "/" + p), st.none() | st.floats(0, 86400)),
     st.builds(Simple, st.sampled_from(["list", "ping", "shutdown"]), json_values),
+    st.builds(Dump, attempts, labels, st.none() | exec_text.map(lambda p: "/" + p)),
 )
 
 runs = st.lists(st.builds(RunSummary, attempts, opt_ints, st.booleans(), st.none() | objects),
@@ -93,9 +98,12 @@ events = st.one_of(
               st.none() | st.sampled_from(["start", "stop", "attach"])),
     st.builds(Runs, runs),
     st.builds(Pong, json_values),
+    st.builds(Dumped, attempts, st.lists(any_text, max_size=3).map(tuple),
+              st.lists(any_text, max_size=3).map(tuple)),
     st.builds(Unknown, any_text.filter(lambda e: e not in {
         "hello", "telemetry", "started", "log", "metric", "exited", "lost", "error", "runs",
-        "pong"}), objects.map(lambda o: {k: v for k, v in o.items() if k != "ev"})),
+        "pong", "procs", "probe", "dumped"}),
+        objects.map(lambda o: {k: v for k, v in o.items() if k != "ev"})),
 )
 
 
@@ -224,3 +232,24 @@ def test_procs_and_probe_round_trip_and_refuse_bad_fields() -> None:
                 {"op": "probe", "id": 1, "peers": [{"host": "-oProxyCommand=x"}]}):
         with pytest.raises(ProtocolError):
             parse_command(_json.dumps(bad).encode())
+
+
+@pytest.mark.parametrize(("wire", "complaint"), [
+    ({"op": "dump", "attempt": "1.1"}, "label None is not a folder name"),
+    ({"op": "dump", "attempt": "1.1", "label": ""}, "not a folder name"),
+    ({"op": "dump", "attempt": "1.1", "label": ".."}, "not a folder name"),
+    ({"op": "dump", "attempt": "1.1", "label": "a/b"}, "not a folder name"),
+    ({"op": "dump", "attempt": "1.1", "label": "x" * 65}, "not a folder name"),
+    ({"op": "dump", "attempt": "1.1", "label": "a b;rm"}, "1-64 letters"),
+    ({"op": "dump", "attempt": "1.1", "label": "ok", "run_dir": "rel"}, "absolute path"),
+    ({"op": "dump", "attempt": "1.1", "label": "ok", "run_dir": "/r\0"}, "NUL"),
+])
+def test_dump_refuses_a_label_that_is_not_a_safe_folder_name(wire: dict[str, Any],
+                                                             complaint: str) -> None:
+    with pytest.raises(ProtocolError, match=complaint) as caught:
+        parse_command(_line(wire).rstrip(b"\n"))
+    assert caught.value.attempt == "1.1" and caught.value.op == "dump"
+    assert parse_command(_line({"op": "dump", "attempt": "1.1", "label": "stall-1"})) == Dump(
+        "1.1", "stall-1")
+    with pytest.raises(ProtocolError, match="files must be a list of strings"):
+        parse_event({"ev": "dumped", "attempt": "1.1", "files": [1], "errors": []})
