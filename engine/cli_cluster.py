@@ -40,16 +40,20 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from engine import hostlists, spec_rules
 from engine.cli_common import CliError, _emit, _printable
-from engine.hostlists import HostEntry, HostListError
-from engine.spec_rules import RuleError
+
+if TYPE_CHECKING:
+    from engine.hostlists import HostEntry
+
+# hostlists and spec_rules are imported by the functions that use them: the
+# `llmconsole` parser imports this module for every command (see
+# tests/unit/test_cli_imports.py), and `jobs` or `cancel` need neither.
 
 __all__ = ["add_parser_arguments", "cmd_cluster", "node_names", "render_profile"]
 
@@ -120,6 +124,8 @@ def render_profile(
     docstring). `head` names the head node by node name or host (None: the
     first); `no_head` leaves every node remote. Raises `CliError` for a
     `head` that names no node."""
+    from engine import hostlists
+
     hosts = [e.host for e in entries]
     names = node_names(hosts)
     head_index: int | None = None if no_head else 0
@@ -190,6 +196,9 @@ def _read_source(file: str) -> tuple[str, str, bool]:
 
 
 def _check_hosts(entries: Sequence[HostEntry], where: str) -> None:
+    from engine import spec_rules
+    from engine.spec_rules import RuleError
+
     for entry in entries:
         try:
             spec_rules.check_host(entry.host)
@@ -208,6 +217,9 @@ def _profile_name(args: argparse.Namespace, file: str, from_file: bool) -> str:
         name = Path(file).stem
     else:
         name = "imported"
+    from engine import spec_rules
+    from engine.spec_rules import RuleError
+
     try:
         spec_rules.check_name(name)
     except RuleError as err:
@@ -229,6 +241,8 @@ def _output_path(args: argparse.Namespace, name: str) -> Path | None:
 
 
 def _write_atomically(path: Path, text: str, force: bool) -> None:
+    import tempfile  # here: it imports random and shutil, which other commands do not need
+
     if path.exists() and not force:
         raise CliError(f"{_printable(path)} exists; pass --force to replace it, or --output "
                        "another path")
@@ -267,6 +281,9 @@ def _write_atomically(path: Path, text: str, force: bool) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from engine import hostlists
+    from engine.hostlists import HostListError
+
     text, where, from_file = _read_source(args.file)
     fmt = hostlists.detect_format(text) if args.format == "auto" else args.format
     try:
@@ -332,7 +349,7 @@ def add_parser_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--output", metavar="PATH",
                    help="where to write ('-': standard output; default: "
                    "profiles/clusters/NAME.toml)")
-    p.add_argument("--format", choices=("auto", *hostlists.FORMATS), default="auto",
+    p.add_argument("--format", choices=("auto", *FORMAT_TEXT), default="auto",
                    help="the list's format (default: told from the text)")
     p.add_argument("--force", action="store_true", help="replace an existing file")
     p.add_argument("--gpus-from-slots", action="store_true",
