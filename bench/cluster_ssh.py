@@ -1,4 +1,4 @@
-"""The cluster over SSH, on sshd test hosts on loopback (tests/cluster/hosts.py):
+"""The cluster over SSH, on sshd test hosts on loopback (chaos/hosts.py):
 the agent's CPU at 1 Hz telemetry behind ssh, a warm round trip over a
 node's channel and the cold connect, and through a real engine: a 2-node
 horovodrun pretrain-tiny from submit to every rank running, its tokens/s
@@ -23,10 +23,10 @@ from typing import Any
 import psutil
 
 from bench.harness import Figure, machine, table
+from chaos.engine_handle import EngineHandle, new_engine
+from chaos.hosts import SshHosts, processes_naming
 from engine.agent.protocol import Simple
 from engine.transport.ssh import SshAgentChannel
-from tests.cluster.hosts import SshHosts, processes_naming
-from tests.integration.engine_fixture import EngineHandle, new_engine
 
 AGENT_WARMUP_S = 3.0
 AGENT_WINDOW_S = 15.0

@@ -1,5 +1,5 @@
 """Fixtures for every test folder: `engine`, a real daemon in a throw-away
-home, driven through the real CLI (see tests/integration/engine_fixture.py)."""
+home, driven through the real CLI (see chaos/engine_handle.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.engine_fixture import EngineHandle, new_engine
+from chaos.engine_handle import EngineHandle, new_engine
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """Fixtures of the cluster tests: `ssh_hosts`, real sshd test hosts on
-127.0.0.2 and 127.0.0.3 for the whole session (tests/cluster/hosts.py), and
+127.0.0.2 and 127.0.0.3 for the whole session (chaos/hosts.py), and
 `cluster_engine`, a real engine daemon whose ssh uses their config."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.cluster.hosts import SshHosts
+from chaos.hosts import SshHosts
 
 
 @pytest.fixture(scope="session")

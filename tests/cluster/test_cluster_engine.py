@@ -15,9 +15,9 @@ from typing import Any
 
 import psutil
 
-from tests.cluster.hosts import SshHosts, processes_naming
+from chaos.engine_handle import EngineHandle
+from chaos.hosts import SshHosts, processes_naming
 from tests.cluster.test_ssh_transport import agent_pids, hostile_strings
-from tests.integration.engine_fixture import EngineHandle
 
 UP_TIMEOUT_S = 60.0  # backoff after failed tries reaches 8-16 s; a loaded machine adds more
 SECRET = "s3cr3t-FOO_TOKEN-engine-7d1e"

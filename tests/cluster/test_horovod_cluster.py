@@ -24,9 +24,9 @@ from typing import Any
 import psutil
 import pytest
 
+from chaos.engine_handle import EngineHandle, new_engine
+from chaos.hosts import SshHosts, processes_naming
 from engine.launch import ALLOWED_ENV, ALLOWED_PREFIXES
-from tests.cluster.hosts import SshHosts, processes_naming
-from tests.integration.engine_fixture import EngineHandle, new_engine
 
 SECRET = "s3cr3t-FOO_TOKEN-horovod-51c9"
 UP_TIMEOUT_S = 60.0  # both hosts connected, on a loaded 2-core machine

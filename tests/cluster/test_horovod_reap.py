@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from chaos.hosts import SshHosts
 from engine.agent.protocol import Reap
-from tests.cluster.hosts import SshHosts
 from tests.integration.agent_driver import Driver, gone, wait_gone
 
 SLEEPER = "import time\nwhile True: time.sleep(1)"

@@ -1,4 +1,4 @@
-"""The test hosts themselves (tests/cluster/hosts.py): a host added on
+"""The test hosts themselves (chaos/hosts.py): a host added on
 request answers at the next loopback address with its key known, and
 closing them leaves no sshd, no process naming their folder, no folder."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import psutil
 
-from tests.cluster.hosts import SshHosts, processes_naming
+from chaos.hosts import SshHosts, processes_naming
 
 
 def test_hosts_on_request_and_nothing_survives_close() -> None:

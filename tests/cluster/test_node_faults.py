@@ -16,10 +16,10 @@ from typing import Any
 import psutil
 import pytest
 
+from chaos.engine_handle import EngineHandle, new_engine
+from chaos.hosts import SshHosts, processes_naming
 from engine import health
-from tests.cluster.hosts import SshHosts, processes_naming
 from tests.cluster.test_horovod_cluster import ACROSS, RUN_TIMEOUT_S, marked, sets, wait_ended
-from tests.integration.engine_fixture import EngineHandle, new_engine
 
 UP_TIMEOUT_S = 60.0
 LOST_AFTER_S = 5.0  # the engine's --lost-after here (60 s by default)

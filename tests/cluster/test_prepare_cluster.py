@@ -14,9 +14,9 @@ import random
 from pathlib import Path
 from typing import Any
 
-from tests.cluster.hosts import SshHosts
+from chaos.engine_handle import EngineHandle
+from chaos.hosts import SshHosts
 from tests.cluster.test_cluster_engine import kill_naming, wait_nodes
-from tests.integration.engine_fixture import EngineHandle
 
 JOB_TIMEOUT_S = 240.0  # datatrove's stages on a loaded 2-core machine, two hosts at once
 

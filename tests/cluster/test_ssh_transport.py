@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from chaos.hosts import SshHosts, processes_naming
 from engine.agent.protocol import Start
 from engine.hostkeys import HostKeyChanged, HostKeyUnknown
 from engine.transport.base import AgentError
@@ -35,7 +36,6 @@ from engine.transport.ssh import (
     control_path,
     ssh_command,
 )
-from tests.cluster.hosts import SshHosts, processes_naming
 from tests.integration.agent_driver import gone, wait_gone
 
 if sys.version_info >= (3, 11):

@@ -12,11 +12,11 @@ import pytest
 from textual import events
 from textual.widgets import DataTable, Input, Static
 
+from chaos.engine_handle import EngineHandle, new_engine
 from console.app import LlmConsole
 from console.screens import ConfirmScreen, JobScreen, PriorityScreen, SubmitScreen
 from console.table import VirtualTable
 from engine.errors import EngineError
-from tests.integration.engine_fixture import EngineHandle, new_engine
 
 
 @pytest.fixture

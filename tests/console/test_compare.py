@@ -10,13 +10,13 @@ from pathlib import Path
 
 from textual.widgets import DataTable
 
+from chaos.engine_handle import EngineHandle
 from console import compare as cmp
 from console.app import LlmConsole
 from console.chart import MetricChart
 from console.screens import JobScreen
 from engine.workloads import compare
 from tests.console.test_app import engine, until  # noqa: F401  (engine: the fixture)
-from tests.integration.engine_fixture import EngineHandle
 
 #: A command job that writes loss points (falling from `start`).
 SCRIPT = """\

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from textual.widgets import DataTable, Input, RichLog, Static
 
+from chaos.engine_handle import EngineHandle
 from console import detail
 from console.screens import JobScreen, SavePathScreen
 from tests.console.test_app import engine  # noqa: F401  (the fixture)
-from tests.integration.engine_fixture import EngineHandle
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 LINES = ["horovodrun: starting", "[0]<stdout>:step 1 loss 4.0", "[1]<stderr>:Warning: slow",

@@ -14,6 +14,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Input, TabbedContent
 from textual.widgets._footer import FooterKey
 
+from chaos.engine_handle import EngineHandle
 from console.app import LlmConsole
 from console.command_line import CommandLine
 from console.commands import Command, CommandError, complete, parse
@@ -23,7 +24,6 @@ from console.keymap import entry, load, section_of
 from console.screens import ConfirmScreen, JobScreen, process_rows
 from console.table import VirtualTable
 from tests.console.test_app import engine, job_cells, notes, until  # noqa: F401  (engine: the fixture)
-from tests.integration.engine_fixture import EngineHandle
 
 # ---------------------------------------------------------------- pure parts
 

@@ -21,6 +21,8 @@ from textual.color import Color
 from textual.filter import Monochrome
 from textual.widgets import DataTable, Input, Static
 
+from chaos.engine_handle import EngineHandle, kill_marked, new_engine
+from chaos.hosts import SshHosts
 from console.app import NODE_STYLE, NODES_REFRESH_S, STATE_STYLE, LlmConsole
 from console.bridge import FixedBridge, Snapshot
 from console.help import HelpScreen
@@ -28,9 +30,7 @@ from console.screens import MAX_DRAIN_REASON, CheckScreen, ConfirmScreen, Reason
 from console.state import HISTORY_POINTS, ConsoleState, spark
 from console.table import VirtualTable
 from engine.runtime import MAX_DRAIN_REASON as ENGINE_MAX_DRAIN_REASON
-from tests.cluster.hosts import SshHosts
 from tests.console.test_app import job_cells, notes, until
-from tests.integration.engine_fixture import EngineHandle, kill_marked, new_engine
 from tests.integration.test_owner import AS_NOBODY, NOBODY, NOBODY_PYTHONPATH, python_for_nobody
 
 #: Where no test host listens (the hosts count up from 127.0.0.2): a node

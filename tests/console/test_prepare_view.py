@@ -14,6 +14,7 @@ from typing import Any
 
 from textual.widgets import DataTable, Static
 
+from chaos.engine_handle import EngineHandle
 from console import detail
 from console.app import LlmConsole
 from console.screens import JobScreen
@@ -21,7 +22,6 @@ from console.state import ConsoleState, Progress, duration, progress_line
 from engine.client import EngineClient
 from engine.workloads import manifest_view
 from tests.console.test_app import engine, job_cells, until  # noqa: F401  (engine: the fixture)
-from tests.integration.engine_fixture import EngineHandle
 from tests.unit.test_manifest_view import manifest
 
 #: (documents read, estimated total, documents/s, tokens/s, removed) the job reports.

@@ -14,10 +14,10 @@ from textual import events
 from textual.widget import Widget
 from textual.widgets import Input
 
+from chaos.engine_handle import EngineHandle
 from console.app import LlmConsole
 from console.screens import PriorityScreen, SubmitScreen
 from tests.console.test_app import engine, job_cells, press_on, until
-from tests.integration.engine_fixture import EngineHandle
 
 __all__ = ["engine"]  # the fixture, shared with test_app
 

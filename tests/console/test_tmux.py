@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.integration.engine_fixture import EngineHandle
+from chaos.engine_handle import EngineHandle
 
 LLMCONSOLE = Path(sys.executable).parent / "llmconsole"
 

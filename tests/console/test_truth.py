@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from textual.widgets import Static
 
+from chaos.engine_handle import EngineHandle
 from console import bridge
 from console.app import LlmConsole
 from console.screens import ConfirmScreen
 from console.table import VirtualTable
 from tests.console.test_app import engine, job_cells, notes, press_on, until
-from tests.integration.engine_fixture import EngineHandle
 
 __all__ = ["engine"]  # the fixture, shared with test_app
 

@@ -2,7 +2,7 @@
 engine.agent` process plus every event it sent, with waiting helpers) and
 process helpers. Shared by test_agent.py and test_owner.py. A Driver reaches
 its agent through the local transport, or through the SSH transport on a
-test host (tests/cluster/hosts.py) when given `ssh`: the same agent, the
+test host (chaos/hosts.py) when given `ssh`: the same agent, the
 same root (every test host shares this machine's filesystem)."""
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any
 
 import psutil
 
+from chaos.hosts import SshHosts
 from engine.agent.protocol import ProtocolError, Unknown, parse_event
 from engine.transport import LocalAgentChannel, SubprocessChannel
 from engine.transport.ssh import SshAgentChannel
-from tests.cluster.hosts import SshHosts
 
 PY = sys.executable
 JOB_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}

@@ -2,7 +2,7 @@
 jobs, real signals. The protocol's tests (start, stream, exit, stop, attach,
 bytes) are one suite per transport: `[local]` drives the agent through
 LocalAgentChannel, `[ssh]` through SshAgentChannel on a real sshd test host
-on loopback (tests/cluster/hosts.py), with the same assertions. Each test
+on loopback (chaos/hosts.py), with the same assertions. Each test
 uses its own tmp_path root; leftover job processes of that root are killed
 afterwards."""
 
@@ -20,6 +20,7 @@ from typing import Any
 import psutil
 import pytest
 
+from chaos.hosts import SshHosts
 from engine.agent.protocol import VERSION, Exited, Log, Pong, Simple, Start, parse_event
 from engine.model import NodeSpec
 from engine.transport import (
@@ -32,7 +33,6 @@ from engine.transport import (
 from engine.transport.factory import channel_factory
 from engine.transport.local import agent_env
 from engine.transport.ssh import SshAgentChannel
-from tests.cluster.hosts import SshHosts
 from tests.integration.agent_driver import (
     JOB_ENV,
     PY,

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from chaos.engine_handle import EngineHandle, new_engine
 from engine.client import EngineClient, UnixHTTPConnection
 from engine.errors import MAX_REQUEST_BYTES
-from tests.integration.engine_fixture import EngineHandle, new_engine
 from tests.integration.test_engine import command_profile
 
 HUGE = "999999999999999999999"  # past SQLite's integers (2**63 - 1)

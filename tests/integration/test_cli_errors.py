@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from chaos.engine_handle import REPO, EngineHandle
 from engine.errors import MAX_REQUEST_BYTES
-from tests.integration.engine_fixture import REPO, EngineHandle
 from tests.integration.test_engine import alive, command_profile
 
 HUGE = "999999999999999999999"

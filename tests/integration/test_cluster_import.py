@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from chaos.engine_handle import REPO
 from engine.model import ClusterSpec, NodeSpec
 from engine.profiles import load_cluster_profile
-from tests.integration.engine_fixture import REPO
 
 
 def llmconsole(cwd: Path, *args: str, stdin: str | bytes | None = None

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.engine_fixture import REPO, EngineHandle
+from chaos.engine_handle import REPO, EngineHandle
 
 EVIL = "; rm -rf ~ $(reboot) \"'"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from tests.integration.engine_fixture import EngineHandle
+from chaos.engine_handle import EngineHandle
 
 
 def test_nodes_check_reports_every_check_of_the_head_node(engine: EngineHandle) -> None:

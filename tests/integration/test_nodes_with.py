@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.integration.engine_fixture import EngineHandle
+from chaos.engine_handle import EngineHandle
 from tests.integration.test_engine import command_profile
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from chaos.engine_handle import REPO, EngineHandle, kill_marked, new_engine
 from tests.integration.agent_driver import Driver, marked_processes, run_dir
-from tests.integration.engine_fixture import REPO, EngineHandle, kill_marked, new_engine
 
 NOBODY = 65534
 AS_NOBODY = ["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups"]

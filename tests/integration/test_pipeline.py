@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.integration.engine_fixture import EngineHandle
+from chaos.engine_handle import EngineHandle
 
 MEASURE = ["block_size=64", "eval_batches=4"]  # the prepared held-out split: no max_docs
 FAST = [

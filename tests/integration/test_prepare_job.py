@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.integration.engine_fixture import EngineHandle
+from chaos.engine_handle import EngineHandle
 from tests.integration.test_submit_checks import refused
 
 BAD = [

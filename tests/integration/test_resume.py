@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.integration.engine_fixture import EngineHandle
+from chaos.engine_handle import EngineHandle
 
 MAX_STEPS, EVERY = 100, 30
 #: pretrain-tiny's own profile, with the micro model on a slice of the demo

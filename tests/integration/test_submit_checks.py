@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from chaos.engine_handle import EngineHandle
 from engine.client import EngineClient
 from engine.errors import BadRequest
 from engine.spec_rules import MAX_ARG_BYTES
-from tests.integration.engine_fixture import EngineHandle
 
 ALL_STATES = ("held", "queued", "starting", "running", "succeeded", "failed", "cancelled",
               "lost")
