@@ -6,7 +6,8 @@ Raises BadRequest naming the field and what was expected, one line:
 The rules are `engine.spec_rules` and `engine.model.LIMITS`, the ones a
 profile follows: every string UTF-8 without NUL (a lone surrogate such as
 "\\udcff" is refused), names 1-128 characters and not blank, env names
-allow-listed, numbers finite and within LIMITS, the argv and environment
+allow-listed, the program (argv[0]) not empty, a distributed launcher
+only for kinds train and compress, numbers finite and within LIMITS, the argv and environment
 within what the kernel's execve takes, `resources.nodes_with` a list of at
 most `spec_rules.NODES_WITH_MAX` labels or node names (repeats dropped, the
 first kept; absent, as in specs from before it existed: any node)."""
@@ -93,9 +94,14 @@ def spec_from_payload(data: Any) -> JobSpec:
     if launcher not in LAUNCHERS:
         raise BadRequest(f"spec.launcher: expected one of {', '.join(LAUNCHERS)}, "
                          f"got {_shown(repr(launcher))[:40]}")
+    try:
+        spec_rules.check_launcher(kind, launcher)
+    except RuleError as err:
+        raise BadRequest(f"spec.launcher: {err.problem}; expected {err.expected}") from None
     argv = data.get("argv")
     if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
         raise BadRequest("spec.argv: expected a non-empty list of strings (no NUL bytes)")
+    _apply("spec.argv[0]", spec_rules.check_program, argv[0])
     for i, arg in enumerate(argv):
         _apply(f"spec.argv[{i}]", spec_rules.check_text, arg)
         _apply(f"spec.argv[{i}]", spec_rules.check_arg_size, arg)

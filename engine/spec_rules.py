@@ -23,6 +23,10 @@ The rules:
 - an environment variable name matches ``^[A-Za-z_][A-Za-z0-9_]*$`` and is
   neither ``LD_PRELOAD`` nor ``LLMCONSOLE_*``;
 - a workdir is an absolute path;
+- a command's program (``argv[0]``, ``command[0]``) is not empty
+  (`check_program`);
+- a distributed launcher (horovodrun, torchrun) runs kinds train and
+  compress only (`check_launcher`);
 - a node's host (`check_host`) is an IP address, or a hostname or ssh alias
   of letters, digits, '.', '-' and '_' (no leading '-', no '@', no shell
   metacharacters, at most 253 characters);
@@ -66,7 +70,9 @@ __all__ = [
     "check_exec_size",
     "check_arg_size",
     "check_name",
+    "check_launcher",
     "check_node_selector",
+    "check_program",
     "check_text",
     "check_workdir",
     "exec_size",
@@ -75,6 +81,8 @@ __all__ = [
     "stage_reference_problems",
 ]
 
+DISTRIBUTED_LAUNCHERS = ("horovodrun", "torchrun")
+DISTRIBUTED_KINDS = ("train", "compress")
 NAME_MAX = 128
 NAME_EXPECTED = f"1 to {NAME_MAX} characters without control characters"
 RESERVED_ENV_PREFIX = "LLMCONSOLE_"
@@ -155,6 +163,22 @@ def check_workdir(value: str) -> str:
     if not value.startswith("/"):
         raise RuleError("is not an absolute path", 'an absolute path such as "/data/run"')
     return value
+
+
+def check_program(value: str) -> str:
+    """A job's program, argv[0]: not empty (execve would refuse it late)."""
+    if not value:
+        raise RuleError("the program is empty", "a program name or path")
+    return value
+
+
+def check_launcher(kind: str, launcher: str) -> str:
+    """`launcher` for a job of `kind`: horovodrun and torchrun start ranks of
+    a training, so only kinds train and compress take them."""
+    if launcher in DISTRIBUTED_LAUNCHERS and kind not in DISTRIBUTED_KINDS:
+        raise RuleError(f'"{launcher}" is not available for kind "{kind}"',
+                        '"local" (horovodrun and torchrun are for kinds train and compress)')
+    return launcher
 
 
 NODE_PATH_EXPECTED = ('an absolute path or one under the home, such as "/opt/venv/bin/python" '
