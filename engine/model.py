@@ -291,6 +291,7 @@ class ClusterSpec:
     nodes: tuple[NodeSpec, ...]
     admins: tuple[str, ...] = ()
     known_hosts: str | None = None  # None: the user's ~/.ssh/known_hosts
+    share_logs: bool = False  # True: every user may read every job's logs, metrics, processes
 
     def node(self, name: str) -> NodeSpec:
         for n in self.nodes:

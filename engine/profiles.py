@@ -104,6 +104,8 @@ Cluster profile: ``<dir>/clusters/NAME.toml`` (or ``<dir>/NAME.toml``)
     admins = ["alice"]      # user names allowed to cancel/retry anyone's job
     known_hosts = "~/.ssh/known_hosts"  # optional: the file that holds the
                             # nodes' host keys (default: the user's own)
+    share_logs = false      # true: every user may read every job's logs, metrics,
+                            # processes and env names (default: owner and admins)
     [[nodes]]               # at least one; the order is kept
     name = "gpu1"           # required, ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$, unique
     host = "10.0.0.5"       # optional: absent = the head node itself (at most one
@@ -236,8 +238,8 @@ __all__ = [
 WORKLOAD_MODULES: dict[str, str] = {"train": "train", "compress": "compress", "eval": "evaluate",
                                      "prepare": "prepare"}
 
-DISTRIBUTED_LAUNCHERS = ("horovodrun", "torchrun")
-DISTRIBUTED_KINDS = ("train", "compress")
+DISTRIBUTED_LAUNCHERS = spec_rules.DISTRIBUTED_LAUNCHERS  # one rule for profiles and the API
+DISTRIBUTED_KINDS = spec_rules.DISTRIBUTED_KINDS
 RESERVED_ENV_PREFIX = spec_rules.RESERVED_ENV_PREFIX
 REFUSED_ENV = spec_rules.REFUSED_ENV
 
@@ -519,6 +521,7 @@ class _ClusterModel(_Strict):
     description: Description = ""
     admins: list[UserName] = Field(default_factory=list)
     known_hosts: NodePath | None = None
+    share_logs: bool = False
     nodes: Annotated[list[_NodeModel], Field(min_length=1)]
 
 
@@ -573,6 +576,7 @@ _EXPECTED: dict[str, dict[tuple[str, ...], str]] = {
         ("nodes", "[]", "labels"): "a list of labels",
         ("nodes", "[]", "labels", "[]"): spec_rules.LABEL_EXPECTED,
         ("known_hosts",): spec_rules.NODE_PATH_EXPECTED,
+        ("share_logs",): "true or false (default false: logs are the owner's and admins')",
     },
 }
 
@@ -1115,6 +1119,7 @@ def _cluster_spec(data: Mapping[str, Any], path: Path) -> ClusterSpec:
         ),
         admins=tuple(dict.fromkeys(m.admins)),
         known_hosts=m.known_hosts,
+        share_logs=m.share_logs,
     )
 
 

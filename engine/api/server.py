@@ -8,6 +8,14 @@ other id is 404 before the store is asked; a query integer outside its
 range is 400 naming the parameter. A client that leaves a stream is normal
 and logged at debug only.
 
+Privacy on a shared engine: a job's logs, metrics, processes and the names
+of its environment variables are readable by its owner, the engine's user
+and the cluster's admins only, unless the cluster profile says
+``share_logs = true``. Anyone else gets 403 naming the owner and the fix
+(`show` answers without the env names and says why; the events stream leaves
+out their log and metric events). The list of jobs (names, states, owners)
+stays visible to every caller: it is what the scheduler's queue shows.
+
     GET  /v1/health                       engine pid, uid, version, uptime
     POST /v1/jobs                         {"spec": {...}, "after": [ids]} -> job
     POST /v1/jobs:batch                   {"jobs": [{"spec":..., "after":...}, ...]}: all or none;
@@ -41,8 +49,9 @@ from aiohttp import web
 
 from engine import __version__
 from engine.errors import MAX_REQUEST_BYTES, BadRequest, EngineError, Forbidden, NotFound, TooLarge
+from engine.identity import user_name
 from engine.lifecycle import JobState
-from engine.model import BatchRef, JobSpec, attempt_key
+from engine.model import BatchRef, Job, JobSpec, attempt_key
 from engine.runtime import Caller, Runtime, attempt_view
 from engine.spec_check import spec_from_payload
 
@@ -65,6 +74,29 @@ def peer_uid(request: web.Request) -> int:
 
 def caller(request: web.Request) -> Caller:
     return Caller.from_uid(peer_uid(request))
+
+
+def may_read(rt: Runtime, me: Caller, owner_uid: int | None) -> bool:
+    """Whether `me` may read the logs, metrics, processes and env names of a
+    job owned by `owner_uid`: its owner, the engine's user, an admin, or
+    anyone when the cluster profile says share_logs = true."""
+    return (rt.cluster.share_logs or me.uid in (owner_uid, rt.engine_uid)
+            or me.name in rt.cluster.admins)
+
+
+def _private(job: Job, what: str) -> str:
+    owner = user_name(job.owner_uid)
+    return (f"the {what} of job {job.id} are private to its owner {owner}: ask {owner} or an "
+            f"admin; or set share_logs = true in the cluster profile")
+
+
+def _readable_job(request: web.Request, what: str) -> tuple[Runtime, Job]:
+    """The job of the route, if the caller may read its `what`; else Forbidden."""
+    rt = _rt(request)
+    job = rt.job(_job_id(request))
+    if not may_read(rt, caller(request), job.owner_uid):
+        raise Forbidden(_private(job, what))
+    return rt, job
 
 
 @web.middleware
@@ -268,6 +300,9 @@ async def show_job(request: web.Request) -> web.Response:
     view = rt.job_view(job)
     view["spec"] = job.spec.to_dict()
     view["spec"]["env"] = sorted(view["spec"]["env"])  # names only: values may be secrets
+    if not may_read(rt, caller(request), job.owner_uid):
+        view["spec"]["env"] = []
+        view["private"] = _private(job, "logs, metrics, processes and env names")
     view["attempts"] = [attempt_view(a) for a in rt.store.attempts(job.id)]
     view["history"] = [
         {"attempt": e.attempt, "time": e.time,
@@ -298,8 +333,7 @@ async def set_priority(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    rt = _rt(request)
-    job = rt.job(_job_id(request))
+    rt, job = _readable_job(request, "metrics")
     names = request.query.get("name")
     points = rt.store.metrics(
         job.id,
@@ -319,7 +353,8 @@ async def nodes(request: web.Request) -> web.Response:
 
 
 async def job_processes(request: web.Request) -> web.Response:
-    return web.json_response(await _rt(request).processes(_job_id(request)))
+    rt, job = _readable_job(request, "processes")
+    return web.json_response(await rt.processes(job.id))
 
 
 async def check_nodes(request: web.Request) -> web.Response:
@@ -356,8 +391,7 @@ def _attempt(request: web.Request, job_id: int, attempts: int) -> int | None:
 async def logs(request: web.Request) -> web.StreamResponse:
     """The attempt's output as the bytes the engine's copy holds (never
     decoded, so a line that is not UTF-8 arrives as it was written)."""
-    rt = _rt(request)
-    job = rt.job(_job_id(request))
+    rt, job = _readable_job(request, "logs")
     number = _attempt(request, job.id, job.attempt) or job.attempt
     follow = request.query.get("follow") in ("1", "true", "yes")
     tail = _int_param(request, "tail", 0)
@@ -435,6 +469,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     rt = _rt(request)
     wanted = set(filter(None, request.query.get("types", "").split(",")))
     sub = rt.hub.subscribe((lambda e: e.get("type") in wanted) if wanted else (lambda e: True))
+    readable = _event_filter(rt, caller(request))
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
     try:
@@ -444,6 +479,8 @@ async def events(request: web.Request) -> web.StreamResponse:
             event = await _next_event(sub, shutdown, 15.0)
             if event is None:
                 event = {"type": "keepalive", "time": time.time()}
+            elif not readable(event):
+                continue
             if not shutdown.is_set():
                 await response.write(json.dumps(event).encode() + b"\n")
     except (ConnectionResetError, asyncio.CancelledError):
@@ -451,6 +488,25 @@ async def events(request: web.Request) -> web.StreamResponse:
     finally:
         sub.close()
     return response
+
+
+def _event_filter(rt: Runtime, me: Caller) -> Callable[[dict[str, Any]], bool]:
+    """Whether `me` may see an event: log and metric events only of the jobs
+    whose logs `me` may read (each job's owner looked up once per stream)."""
+    owners: dict[int, int | None] = {}
+
+    def readable(event: dict[str, Any]) -> bool:
+        job_id = event.get("job")
+        if event.get("type") not in ("log", "metric") or not isinstance(job_id, int):
+            return True
+        if job_id not in owners:
+            try:
+                owners[job_id] = rt.job(job_id).owner_uid
+            except NotFound:
+                owners[job_id] = None
+        return may_read(rt, me, owners[job_id])
+
+    return readable
 
 
 async def shutdown_route(request: web.Request) -> web.Response:
