@@ -23,6 +23,10 @@ Contract (the engine's runtime codes against this):
   every process whose environment has both, SIGKILL after the grace to what
   is still there. It answers nothing; a supervisor of this attempt on this
   host (test hosts share one machine) is never touched.
+- {"op":"dump", "attempt", "label"[, "run_dir"]} writes a py-spy stack dump
+  of every process of the attempt on this node to <run dir>/stacks/<label>/
+  and answers one {"ev":"dumped", "attempt", "files", "errors"} (see
+  engine.agent.stacks); other commands and telemetry go on meanwhile.
 - Every started or attached attempt is tailed (poll, 10 ms for runs younger
   than 2 s, 50 ms after) and ends with exactly one "exited" (after its
   output.log and metrics.jsonl were streamed to the end) or "lost".
@@ -48,11 +52,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from engine.agent import probe, procs, runs
+from engine.agent import probe, procs, runs, stacks
 from engine.agent.protocol import (
     MAX_COMMAND_BYTES,
     VERSION,
     Attach,
+    Dump,
     Error,
     Event,
     Exited,
@@ -252,6 +257,10 @@ class Agent:
                 task = asyncio.create_task(self._procs(cmd))
                 self._stops.add(task)
                 task.add_done_callback(self._stops.discard)
+            elif isinstance(cmd, Dump):
+                task = asyncio.create_task(self._dump(cmd))
+                self._stops.add(task)
+                task.add_done_callback(self._stops.discard)
             elif isinstance(cmd, Probe):
                 task = asyncio.create_task(self._probe(cmd))
                 self._stops.add(task)  # ended with the agent, like stops
@@ -270,6 +279,10 @@ class Agent:
 
     async def _procs(self, cmd: Procs) -> None:
         self.emit(await asyncio.to_thread(procs.answer, cmd, self._last_gpus))
+
+    async def _dump(self, cmd: Dump) -> None:
+        """py-spy runs as subprocesses of the event loop, bounded (stacks.py)."""
+        self.emit(await stacks.dump(cmd, self.node, self.root))
 
     async def _probe(self, cmd: Probe) -> None:
         """Answered off the event loop: the peers' ssh checks take seconds."""

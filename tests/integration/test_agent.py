@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -21,7 +23,8 @@ import psutil
 import pytest
 
 from chaos.hosts import SshHosts
-from engine.agent.protocol import VERSION, Exited, Log, Pong, Simple, Start, parse_event
+from engine.agent import stacks
+from engine.agent.protocol import VERSION, Dump, Exited, Log, Pong, Simple, Start, parse_event
 from engine.model import NodeSpec
 from engine.transport import (
     AgentChannel,
@@ -43,6 +46,7 @@ from tests.integration.agent_driver import (
     run_dir,
     wait_gone,
 )
+from tests.integration.test_owner import NOBODY, python_for_nobody
 
 
 @pytest.fixture()
@@ -679,3 +683,104 @@ def test_channel_factory_gives_the_head_node_a_local_agent_and_others_ssh(
                           f"{tmp_path}/nodes/gpu1 --interval 0.5"]
     assert "UserKnownHostsFile=/k/known_hosts" in remote.argv
     assert remote.argv[remote.argv.index("-p") + 1] == "2222"
+
+
+STUCK = r"""
+import os, subprocess, sys, time
+def stuck_here(tag):
+    print(tag, flush=True)
+    time.sleep(120)
+if len(sys.argv) > 1:
+    stuck_here("child ready")
+child = subprocess.Popen([sys.executable, "-c", CODE, "child"], env={**os.environ, "RANK": "1"})
+stuck_here("parent ready")
+"""
+
+
+@pytest.fixture()
+def open_top() -> Iterator[Path]:
+    """A folder every user may traverse (pytest's tmp_path is under a 0700
+    one), for agents whose jobs run as nobody; their jobs are killed after."""
+    top = Path(tempfile.mkdtemp(prefix="llc-dump-", dir="/tmp"))
+    top.chmod(0o711)
+    yield top
+    for pid in marked_processes(top / "node"):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    shutil.rmtree(top, ignore_errors=True)
+
+
+async def test_dump_writes_a_stack_file_per_rank_and_refuses_a_bad_label(open_top: Path
+                                                                         ) -> None:
+    """Both ranks of a job (RANK=0 from the start's env, RANK=1 set for its
+    child) are dumped by py-spy into the run dir's stacks/<label>/, each file
+    naming node, rank and pid and holding the function they sleep in; a
+    second agent with no run dir of the attempt (a node horovodrun reached
+    over SSH) writes under its own root; a bad label is an error event and
+    the agent goes on. A job run as its owner (nobody) gets files it owns;
+    a missing py-spy is an error line per process, not a crash."""
+    code = f"CODE = {STUCK!r}\n" + STUCK
+    root, root2 = open_top / "node", open_top / "node2"
+    agent = await Driver(root).start()
+    other = await Driver(root2).start()
+    try:
+        await agent.start_job("21.1", code, env={**JOB_ENV, "RANK": "0"})
+        await agent.until(lambda e: e["ev"] == "log" and e["line"] == "child ready")
+        await agent.until(lambda e: e["ev"] == "log" and e["line"] == "parent ready")
+        started = time.monotonic()
+        await agent.ch.send({"op": "dump", "attempt": "21.1", "label": "stall-1"})
+        await agent.ch.send({"op": "dump", "attempt": "21.1", "label": "../up"})
+        await agent.ch.send({"op": "ping", "id": "after"})
+        dumped = await agent.until(lambda e: e["ev"] == "dumped", timeout=30)
+        took = time.monotonic() - started
+        assert dumped["attempt"] == "21.1" and dumped["errors"] == [], dumped
+        folder = run_dir(root, "21.1") / "stacks" / "stall-1"
+        files = sorted(Path(f) for f in dumped["files"])
+        job_pid = agent.of("21.1", "started")[0]["pid"]
+        assert [f.parent for f in files] == [folder, folder]
+        assert [f.name.split("-pid")[0] for f in files] == ["rank-0-n1", "rank-1-n1"]
+        assert files[0].name == f"rank-0-n1-pid{job_pid}.txt"
+        for rank, f in enumerate(files):
+            text = f.read_text()
+            header = text.splitlines()[0]
+            assert header.startswith(f"# node=n1 rank={rank} pid=") and "cmdline=" in header
+            assert "stuck_here" in text, text
+        bad = await agent.until(lambda e: e["ev"] == "error" and e.get("op") == "dump")
+        assert "label '../up' is not a folder name" in bad["message"]
+        assert bad["attempt"] == "21.1" and not (root / "up").exists()
+        assert len(agent.of("21.1", "dumped")) == 1 and agent.ch.alive
+        await agent.until(lambda e: e["ev"] == "pong" and e["id"] == "after")
+        # a node with no run directory of the attempt: the launching node's named
+        await other.ch.send({"op": "dump", "attempt": "21.1", "label": "stall-1",
+                             "run_dir": str(run_dir(root, "21.1"))})
+        remote = await other.until(lambda e: e["ev"] == "dumped", timeout=30)
+        there = run_dir(root2, "21.1") / "stacks" / "stall-1"
+        assert sorted(Path(f).parent for f in remote["files"]) == [there, there], remote
+        assert not (run_dir(root2, "21.1") / "pid").exists()
+        await other.ch.send({"op": "dump", "attempt": "99.1", "label": "none"})
+        assert (await other.until(lambda e: e["ev"] == "dumped" and e["attempt"] == "99.1")
+                ) == {"ev": "dumped", "attempt": "99.1", "files": [], "errors": []}
+        # run as its owner: the label folder and the files are the owner's
+        await agent.ch.send({"op": "start", "attempt": "22.1", "uid": NOBODY,
+                             "argv": [python_for_nobody(), "-c", code],
+                             "env": {**JOB_ENV, "OMPI_COMM_WORLD_RANK": "3"}, "cwd": None,
+                             "gpus": []})
+        await agent.until(lambda e: e["ev"] == "log" and e["attempt"] == "22.1"
+                          and e["line"] == "parent ready")
+        await agent.ch.send({"op": "dump", "attempt": "22.1", "label": "owned"})
+        owned = await agent.until(lambda e: e["ev"] == "dumped" and e["attempt"] == "22.1",
+                                  timeout=30)
+        names = sorted(Path(f).name.split("-pid")[0] for f in owned["files"])
+        assert names == ["rank-1-n1", "rank-3-n1"] and owned["errors"] == [], owned
+        for f in [*owned["files"], str(Path(owned["files"][0]).parent)]:
+            assert os.stat(f).st_uid == NOBODY, f
+        missing = await stacks.dump(Dump("22.1", "again"), "n1", root, "/no/such/py-spy")
+        assert missing.files == () and len(missing.errors) == 2, missing
+        assert all("cannot run /no/such/py-spy" in e and "pid " in e for e in missing.errors)
+        assert not agent.malformed and not other.malformed
+        assert took < 15, took
+    finally:
+        await agent.close()
+        await other.close()
