@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from engine.guard import GuardSpec, from_stored
 from engine.lifecycle import JobState
 
 KINDS = ("train", "compress", "eval", "prepare", "command")
@@ -64,8 +65,12 @@ class JobSpec:
     priority: int = 0
     workdir: str | None = None
     profile: str | None = None
+    guard: GuardSpec | None = None  # the profile's [guard] (engine.guard)
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec as JSON; "guard" only when the job has one (specs
+        without it keep the shape they had before guards existed)."""
+        guard = {"guard": self.guard.to_dict()} if self.guard is not None else {}
         return {
             "name": self.name,
             "kind": self.kind,
@@ -83,6 +88,7 @@ class JobSpec:
             "priority": self.priority,
             "workdir": self.workdir,
             "profile": self.profile,
+            **guard,
         }
 
     @classmethod
@@ -106,6 +112,7 @@ class JobSpec:
             priority=int(data.get("priority", 0)),
             workdir=data.get("workdir"),
             profile=data.get("profile"),
+            guard=from_stored(data.get("guard")),  # absent from older specs: no guard
         )
 
 

@@ -19,11 +19,16 @@ def placement_view(p: Placement) -> dict[str, Any]:
 
 def job_view(job: Job, run: Running | None, waiting: str | None = None,
              progress: Progress | None = None,
-             times: tuple[float | None, float | None] = (None, None)) -> dict[str, Any]:
+             times: tuple[float | None, float | None] = (None, None),
+             guard: dict[str, Any] | None = None) -> dict[str, Any]:
     """`run`: the job's current attempt if it holds resources; `waiting`:
     why a held or queued job has not started, in words; `progress`: the
     current attempt's latest step, total, loss and tokens/s; `times`: when
-    the current attempt started and ended (RUN time is between them)."""
+    the current attempt started and ended (RUN time is between them);
+    `guard`: what the loss guard and stall watch did (`GuardBook.view`):
+    `stalled` is the current attempt's flag ({since, last_step} or None),
+    `guard.restart` the words of the guard restart that made the current
+    attempt ("restart 1 of 2 by loss guard: lr x0.5")."""
     return {
         "id": job.id,
         "name": job.spec.name,
@@ -49,6 +54,8 @@ def job_view(job: Job, run: Running | None, waiting: str | None = None,
         "progress": None if progress is None else {
             "step": progress.step, "total": progress.total, "loss": progress.loss,
             "tokens_per_s": progress.tokens_per_s, "time": progress.time},
+        "stalled": guard.get("stalled") if guard else None,
+        "guard": guard,
     }
 
 

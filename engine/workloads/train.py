@@ -28,6 +28,13 @@ there is none yet) with the same data order and random state, so a resumed
 run ends where an uninterrupted one would. ``--resume-from DIR`` names the
 checkpoint. SIGTERM or SIGINT makes every rank stop after the current step;
 rank 0 saves a checkpoint first, so a cancelled job resumes where it stopped.
+
+A loss guard restart (`engine.guard`) sets LLMCONSOLE_LR_SCALE (the peak
+learning rate is multiplied by it, also over a checkpoint's saved schedule)
+and LLMCONSOLE_RESUME_AT_OR_BEFORE=STEP (resume from the newest checkpoint at
+or before STEP, as if --resume were given; the newer ones, written by the
+attempt that diverged, are renamed ``discarded-step-NNNNNN`` so that no later
+--resume picks them).
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ import random
 import shutil
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
@@ -223,6 +230,37 @@ def checkpoints(output: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step-"))
 
 
+def guard_restart(env: Mapping[str, str] = os.environ) -> tuple[float, int | None]:
+    """(lr multiplier, resume at or before this step or None) of a loss
+    guard restart, from the variables the engine sets; (1.0, None) without."""
+    from engine.guard import ENV_LR_SCALE, ENV_RESUME_AT_OR_BEFORE
+
+    scale_text, step_text = env.get(ENV_LR_SCALE), env.get(ENV_RESUME_AT_OR_BEFORE)
+    try:
+        scale = float(scale_text) if scale_text else 1.0
+        step = int(step_text) if step_text else None
+    except ValueError:
+        scale, step = math.nan, None
+    if not 0 < scale <= 1 or (step is not None and step < 0):
+        raise WorkloadError(f"{ENV_LR_SCALE}={scale_text!r} {ENV_RESUME_AT_OR_BEFORE}="
+                            f"{step_text!r}: expected a number in (0, 1] and a step >= 0 "
+                            "(the engine sets them on a loss guard restart)")
+    return scale, step
+
+
+def set_aside_after(output: Path, step: int) -> list[Path]:
+    """Rename the checkpoints newer than `step` to discarded-step-NNNNNN
+    (never picked by --resume); returns the new paths."""
+    moved = []
+    for folder in checkpoints(output):
+        if int(folder.name.removeprefix("step-")) > step:
+            target = folder.with_name("discarded-" + folder.name)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(folder, target)
+            moved.append(target)
+    return moved
+
+
 def save_checkpoint(output: Path, step: int, model: LoadedModel, state: dict[str, Any],
                     keep: int) -> Path:
     import torch
@@ -371,7 +409,8 @@ def run_training(a: argparse.Namespace, kind: str = "train") -> Outcome:
 
     model = loaded.model.to(device)
     model.train()
-    lr = a.lr * (dist.size if a.scale_lr else 1)
+    lr_scale, resume_at = guard_restart()
+    lr = a.lr * (dist.size if a.scale_lr else 1) * lr_scale
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": a.weight_decay},
@@ -385,9 +424,14 @@ def run_training(a: argparse.Namespace, kind: str = "train") -> Outcome:
         base_opt, lambda s: lr_factor(s, a.warmup_steps, a.max_steps, a.schedule, a.min_lr_ratio))
 
     step, micro = 0, 0
-    resume_from = a.resume_from or (checkpoints(a.output)[-1] if a.resume and
-                                    checkpoints(a.output) else None)
-    if a.resume or a.resume_from:
+    found = [c for c in checkpoints(a.output)
+             if resume_at is None or int(c.name.removeprefix("step-")) <= resume_at]
+    resuming = a.resume or resume_at is not None
+    resume_from = a.resume_from or (found[-1] if resuming and found else None)
+    if resume_at is not None and dist.is_main:
+        for moved in set_aside_after(a.output, resume_at):
+            print(f"loss guard restart: set aside {moved}", flush=True)
+    if resuming or a.resume_from:
         # Rank 0's choice for every rank: a rank that saw other checkpoints
         # (or none, on a node without the output folder) would otherwise
         # skip or join the collectives below on its own.
@@ -420,7 +464,7 @@ def run_training(a: argparse.Namespace, kind: str = "train") -> Outcome:
             _set_rng_state(rngs[dist.rank])
         if dist.is_main:
             print(f"resumed from {resume_from} at step {step}", flush=True)
-    elif a.resume and dist.is_main:
+    elif resuming and dist.is_main:
         print("no checkpoint yet: starting at step 0", flush=True)
 
     if dist.mode == "ddp" and resume_from is not None:
@@ -429,6 +473,14 @@ def run_training(a: argparse.Namespace, kind: str = "train") -> Outcome:
         if not dist.is_main:
             base_opt.load_state_dict(opt_state)
     dist.broadcast_state(model, base_opt)
+    if lr_scale != 1.0:
+        # a checkpoint's optimizer and schedule carry the lr they ran with
+        schedule.base_lrs = [lr for _ in schedule.base_lrs]
+        for group in base_opt.param_groups:
+            group["initial_lr"] = lr
+            group["lr"] = lr * schedule.lr_lambdas[0](schedule.last_epoch)
+        if dist.is_main:
+            print(f"loss guard restart: lr x{lr_scale:g} ({lr:.3g})", flush=True)
     wrapped = dist.wrap_model(model)
     optimizer = dist.wrap_optimizer(base_opt, model, a.grad_accum, a.fp16_allreduce)
     params = [p for p in model.parameters() if p.requires_grad]
