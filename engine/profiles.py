@@ -63,6 +63,11 @@ Job profile: ``<dir>/NAME.toml``
     [args]                  # workload kinds only: key = str | int |
     lr = 3e-4               # float | bool | non-empty list of those; key matches
     amp = true              # ^[A-Za-z][A-Za-z0-9_-]{0,63}$
+    [guard]                 # kinds train and compress (method "distill") only:
+    on_nan = "restart"      # the loss guard and stall watch, `engine.guard`
+                            # (on_nan, diverge_factor, diverge_window,
+                            # on_diverge, max_restarts, lr_scale, stall_after,
+                            # on_stall)
 
 Names, commands, args and env values are taken verbatim: shell
 metacharacters (``; $( ) ' " | &``) are ordinary characters because the
@@ -194,6 +199,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic_core import PydanticCustomError
 
 import engine
+from engine import guard as guard_rules
 from engine import spec_rules
 from engine.errors import UserError
 from engine.model import (
@@ -472,6 +478,7 @@ class _JobModel(_Strict):
     resources: _ResourcesModel = _ResourcesModel()  # frozen, so sharing it is safe
     env: dict[EnvName, EnvValue] = Field(default_factory=dict)
     args: dict[ArgKey, ArgValue] = Field(default_factory=dict)
+    guard: dict[str, Any] | None = None  # checked by engine.guard.parse (_guard_problems)
 
 
 class _NodeModel(_Strict):
@@ -554,6 +561,7 @@ _EXPECTED: dict[str, dict[tuple[str, ...], str]] = {
         ("args",): "a table of key = value",
         ("args", "*"): _ARG_VALUE_EXPECTED,
         ("args", "*", "[key]"): _ARG_KEY_EXPECTED,
+        ("guard",): "a [guard] table of " + ", ".join(guard_rules.FIELDS),
     },
     "cluster": {
         ("kind",): '"cluster"',
@@ -1004,6 +1012,7 @@ def _job_rules(m: _JobModel) -> list[tuple[str, str, str | None]]:
                          f'not "{m.launcher}"',
                          'launcher = "horovodrun" or "torchrun" (or resources.nodes = 1; '
                          'kind "prepare" runs a part per node with launcher "local")'))
+    problems += _guard_problems(m)
     flags: dict[str, str] = {}
     for key in m.args:
         flag = key.replace("_", "-")
@@ -1012,6 +1021,24 @@ def _job_rules(m: _JobModel) -> list[tuple[str, str, str | None]]:
                              "one key per option"))
         flags.setdefault(flag, key)
     return problems
+
+
+def _guard_problems(m: _JobModel) -> list[tuple[str, str, str | None]]:
+    """[guard] is for training: kind train, and compress with method distill."""
+    if m.guard is None:
+        return []
+    if m.kind not in guard_rules.GUARD_KINDS or (
+            m.kind == "compress" and m.args.get("method") != "distill"):
+        what = f'kind "{m.kind}"' + (f' (method {m.args.get("method")!r})'
+                                     if m.kind == "compress" else "")
+        return [("guard", f"{what} does not train, so it has no loss to guard",
+                 'no [guard] table (it is for kind "train", and "compress" with '
+                 'method = "distill")')]
+    try:
+        guard_rules.parse(m.guard)
+    except guard_rules.GuardError as err:
+        return list(err.problems)
+    return []
 
 
 def _job_spec(data: Mapping[str, Any], path: Path, overridden: Sequence[str] = (),
@@ -1057,6 +1084,7 @@ def _job_spec(data: Mapping[str, Any], path: Path, overridden: Sequence[str] = (
         priority=m.priority,
         workdir=m.workdir,
         profile=path.stem,
+        guard=guard_rules.parse(m.guard) if m.guard is not None else None,
     )
 
 

@@ -36,6 +36,7 @@ from engine.agent import protocol as wire
 from engine.api import views
 from engine.api.views import attempt_view
 from engine.errors import BadRequest, Conflict, Forbidden, NotFound
+from engine.guard_book import GuardBook, Stall
 from engine.hub import EventHub
 from engine.identity import Caller, user_name
 from engine.ingest import Ingest, Part, Running
@@ -77,6 +78,9 @@ MAX_DRAIN_REASON = 200
 # little each time, so the event loop never stalls (an hourly prune of 64
 # nodes took about 8 s at once).
 TELEMETRY_PRUNE_EVERY_S = 10.0
+# A stalled attempt that its profile cancels or retries waits this long for
+# its stack dumps (py-spy takes a few seconds a process) before it is stopped.
+STALL_DUMP_WAIT_S = 15.0
 
 
 class Runtime:
@@ -112,6 +116,8 @@ class Runtime:
                            suspect_after=suspect_after, dead_after=dead_after)
         self.ingest = Ingest(store, self.logs_dir, self.hub, clock)
         self._load_drains()
+        self.guards = GuardBook(home)  # the loss guard and stall watch (engine.guard)
+        self._stall_dumps: dict[str, tuple[Stall, set[str]]] = {}  # attempt -> awaited nodes
         self.running: dict[str, Running] = {}
         self._reaps_due: dict[str, dict[str, wire.Reap]] = {}  # node -> attempt -> reap
         self._waiting: dict[int, str] = {}  # queued job -> why it did not start
@@ -129,6 +135,7 @@ class Runtime:
             run = self._running(job, attempt.number, attempt.placements)
             self.ingest.load_offsets(run)
             self.running[run.key] = run
+            self.guards.started(job.id, attempt.number, job.spec, self.clock())
         loop = asyncio.get_running_loop()
         self.nodes.start()
         self._tasks.append(loop.create_task(self._schedule_loop(), name="scheduler"))
@@ -405,7 +412,8 @@ class Runtime:
         times = self.store.run_times(keys)
         return [views.job_view(j, self.running.get(attempt_key(j.id, j.attempt)),
                                self.waiting_reason(j), progress.get((j.id, j.attempt)),
-                               times.get((j.id, j.attempt), (None, None)))
+                               times.get((j.id, j.attempt), (None, None)),
+                               guard=self.guards.view(j.id, j.attempt))
                 for j in jobs]
 
     def waiting_reason(self, job: Job) -> str | None:
@@ -538,6 +546,7 @@ class Runtime:
         specs = self.nodes.specs()
         env = job_environment(self.base_env, run.spec)
         env.update(placement_environment(run.spec, run.placements, specs))
+        env.update(self.guards.launch_env(run.job_id, run.number))  # a guard restart's lr, step
         for part in launch_parts(run.spec, run.placements, specs,
                                  known_hosts=self.cluster.known_hosts):
             if only is not None and part.node != only:
@@ -641,6 +650,42 @@ class Runtime:
                 self._stop_parts(run)  # whatever still runs on the nodes that answer
                 self._end(run, JobState.LOST, cause=f"node {lost.node} unreachable",
                           reason=lost.reason)
+            self._watch_stalls()
+
+    def _watch_stalls(self) -> None:
+        """The stall watch (`engine.guard`): flag a stalled attempt once, ask
+        every node of its allocation for stack dumps, then cancel or retry it
+        when its profile says so (after the dumps, or STALL_DUMP_WAIT_S)."""
+        now = self.clock()
+        for stall in self.guards.watch(now):
+            run = self.running.get(attempt_key(stall.job_id, stall.number))
+            if run is None:
+                continue
+            log.warning("%s: %s", run.key, stall.words)
+            label = f"stalled-step-{stall.last_step if stall.last_step is not None else 0}"
+            dump = getattr(wire, "Dump", None)  # the agent's stack dump command
+            if dump is not None:
+                for node in run.nodes:
+                    self.nodes.send(node, dump(run.key, label))
+            if run.spec.guard is not None and run.spec.guard.on_stall != "flag":
+                self._stall_dumps[run.key] = (stall, set(run.nodes) if dump else set())
+                asyncio.get_running_loop().call_later(
+                    STALL_DUMP_WAIT_S if dump else 0.0, self._stall_act, run.key)
+        for job_id in self.guards.changed:
+            self._announce(job_id)
+        self.guards.changed.clear()
+
+    def _stall_act(self, key: str) -> None:
+        """Cancel or retry a stalled attempt, once."""
+        pending, run = self._stall_dumps.pop(key, None), self.running.get(key)
+        if pending is None or run is None or run.spec.guard is None:
+            return
+        if run.spec.guard.on_stall == "cancel":
+            self.store.request_cancel(run.job_id)
+            run.cancelled_by = "stall watch"
+        else:  # retry: a guard restart from the newest checkpoint
+            self.guards.stall_trip(pending[0], self.clock())
+        self._stop_parts(run)
 
     # --------------------------------------------------------------- events
     def _on_event(self, node: NodeState, event: wire.Event) -> None:
@@ -659,12 +704,19 @@ class Runtime:
                 asyncio.get_running_loop().call_later(START_REFUSED_WAIT_S,
                                                       self._start_refused, run)
             return
+        if run is not None and isinstance(event, getattr(wire, "Dumped", ())):
+            self._on_dumped(run, node.name, event)
+            return
         if run is None or part is None:
             return  # an attempt that has ended, or a node that runs no part of it
         if isinstance(event, wire.Log):
             self.ingest.log(run, part, event)
         elif isinstance(event, wire.Metric):
+            fresh = event.offset > part.metric_offset  # not a replay after a re-attach
             self.ingest.metric(run, part, event)
+            if fresh and self.guards.metric(run.job_id, run.number, event.record,
+                                            self.clock()) is not None:
+                self._stop_parts(run)  # the loss guard tripped: its reason ends the attempt
         elif isinstance(event, wire.Started):
             self._on_started(run, node.name, event)
         elif isinstance(event, wire.Exited):
@@ -672,6 +724,16 @@ class Runtime:
         elif isinstance(event, wire.Lost):
             self._part_ended(run, part, lost=event.reason or "process vanished",
                              cause=f"lost on node {node.name}")
+
+    def _on_dumped(self, run: Running, node: str, event: Any) -> None:
+        self.guards.dumped(run.job_id, run.number, node, tuple(event.files),
+                           tuple(event.errors), self.clock())
+        self._announce(run.job_id)
+        pending = self._stall_dumps.get(run.key)
+        if pending is not None:
+            pending[1].discard(node)
+            if not pending[1]:
+                self._stall_act(run.key)
 
     def _start_refused(self, run: Running) -> None:
         if self.running.get(run.key) is not run:
@@ -687,6 +749,7 @@ class Runtime:
         self._transition(run, JobState.STARTING, JobState.RUNNING,
                          cause=f"process {event.pid} started on {node}",
                          actor=f"agent@{node}", pid=event.pid)
+        self.guards.started(run.job_id, run.number, run.spec, self.clock())
 
     def _part_ended(self, run: Running, part: Part, *, code: int | None = None,
                     sig: int | None = None, lost: str | None = None,
@@ -716,6 +779,8 @@ class Runtime:
             state, reason = JobState.CANCELLED, f"cancelled by {run.cancelled_by or 'a user'}"
         elif run.start_error is not None:
             state, reason = JobState.FAILED, run.start_error
+        elif (trip := self.guards.tripped(run.job_id, run.number)) is not None:
+            state, reason = JobState.FAILED, trip.reason  # the guard stopped it
         elif lost is not None:
             self._end(run, JobState.LOST, cause=lost_cause or f"lost on node {lost.node}",
                       reason=run.failure or lost.lost)
@@ -759,13 +824,35 @@ class Runtime:
         self._forget(run)
         if not ok:
             return
-        if state in (JobState.FAILED, JobState.LOST) and run.number <= run.spec.retries:
+        if state is JobState.FAILED and self._guard_restart(run, reason):
+            pass
+        elif state in (JobState.FAILED, JobState.LOST) and self._may_retry(run):
             self.store.new_attempt(run.job_id, cause=f"automatic retry {run.number} of "
                                    f"{run.spec.retries} ({reason})", actor="engine",
                                    now=self.clock())
             self._announce(run.job_id)
         self._deps_dirty = True
         self.kick()
+
+    def _guard_restart(self, run: Running, reason: str | None) -> bool:
+        """The loss guard's (or stall watch's) restart of an attempt it
+        stopped: the next attempt, its lr and resume step recorded first."""
+        restart = self.guards.plan(run.job_id, run.number, run.spec)
+        if restart is None:
+            return False
+        self.store.new_attempt(run.job_id, cause=f"{restart.words()} ({reason})",
+                               actor="engine", now=self.clock())
+        self._announce(run.job_id)
+        return True
+
+    def _may_retry(self, run: Running) -> bool:
+        """`retries` counts fault retries: guard restarts are bounded by the
+        guard's max_restarts instead, and an attempt the guard failed is not
+        retried."""
+        if self.guards.tripped(run.job_id, run.number) is not None:
+            return False
+        return run.number - self.guards.restarts_before(run.job_id, run.number) \
+            <= run.spec.retries
 
     def _transition(self, run: Running, expected: JobState, to: JobState, *, cause: str,
                     actor: str, **fields: Any) -> bool:
@@ -781,6 +868,7 @@ class Runtime:
     def _forget(self, run: Running) -> None:
         self._reap_elsewhere(run)  # the attempt has ended: nothing of it may stay anywhere
         self.running.pop(run.key, None)
+        self.guards.forget(run.job_id, run.number)
         self.ingest.close(run)
         self.ingest.flush(self.running)
         self.hub.publish({"type": "attempt-ended", "job": run.job_id, "attempt": run.number})

@@ -20,11 +20,12 @@ from typing import Any
 
 from engine import spec_rules
 from engine.errors import BadRequest
+from engine.guard import GUARD_KINDS, GuardError, GuardSpec, from_stored, parse
 from engine.model import KINDS, LAUNCHERS, LIMITS, PART_KINDS, JobSpec, Resources
 from engine.spec_rules import RuleError
 
 FIELDS = {"name", "kind", "argv", "launcher", "resources", "env", "retries", "priority",
-          "workdir", "profile"}
+          "workdir", "profile", "guard"}
 RESOURCE_FIELDS = {"nodes", "gpus_per_node", "cpus", "memory_gb", "nodes_with"}
 
 
@@ -147,5 +148,19 @@ def spec_from_payload(data: Any) -> JobSpec:
         env=tuple(sorted(env.items())),
         retries=_int(data, "retries", 0, "spec."),
         priority=_int(data, "priority", 0, "spec."),
-        workdir=workdir, profile=profile,
+        workdir=workdir, profile=profile, guard=_guard(data.get("guard"), kind),
     )
+
+
+def _guard(value: Any, kind: str) -> GuardSpec | None:
+    """spec.guard: the profile's [guard] as to_dict writes it (engine.guard)."""
+    if value is None:
+        return None
+    if kind not in GUARD_KINDS:
+        raise BadRequest(f"spec.guard: kind {kind} does not train; expected no guard")
+    try:
+        return from_stored(value) if isinstance(value, dict) else parse(value, "spec.guard")
+    except GuardError as err:
+        field, problem, expected = err.problems[0]
+        raise BadRequest(f"{field.replace('guard.', 'spec.guard.', 1)}: {problem}; "
+                         f"expected {expected}") from None
