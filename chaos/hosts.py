@@ -18,6 +18,8 @@ gives:
   supervisors, jobs), `hang(name)` / `resume(pid)` (SIGSTOP/SIGCONT the
   sshd session process serving the agent channel of a node on that host).
 - `add()` another host, at the next address.
+- `processes_naming(text)` and `marked(attempt)`: what is left of a root or
+  of an attempt (its LLMCONSOLE_ATTEMPT marker) on any host.
 
 Nothing here sends traffic outside 127.0.0.0/8. A host is ready when its
 port answers with an SSH banner; every wait is generous, for a loaded
@@ -470,4 +472,20 @@ def processes_naming(text: str) -> list[int]:
             continue
         if needle in cmd or needle in env:
             found.append(pid)
+    return found
+
+
+def marked(attempt: str) -> list[str]:
+    """Command lines of live processes carrying the attempt's marker."""
+    marker = f"LLMCONSOLE_ATTEMPT={attempt}".encode()
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if p.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            with open(f"/proc/{p.pid}/environ", "rb") as f:
+                if marker in f.read().split(b"\0"):
+                    found.append(" ".join(p.info["cmdline"] or []))
+        except OSError:
+            continue
     return found

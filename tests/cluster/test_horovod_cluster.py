@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 from chaos.engine_handle import EngineHandle, new_engine
-from chaos.hosts import SshHosts, processes_naming
+from chaos.hosts import SshHosts, marked, processes_naming
 from engine.launch import ALLOWED_ENV, ALLOWED_PREFIXES
 
 SECRET = "s3cr3t-FOO_TOKEN-horovod-51c9"
@@ -131,22 +131,6 @@ def env_names(remote_command: str) -> set[str]:
             break
         names.add(name)
     return names
-
-
-def marked(attempt: str) -> list[str]:
-    """Command lines of live processes carrying the attempt's marker."""
-    marker = f"LLMCONSOLE_ATTEMPT={attempt}".encode()
-    found = []
-    for p in psutil.process_iter(["cmdline", "status"]):
-        try:
-            if p.info["status"] == psutil.STATUS_ZOMBIE:
-                continue
-            with open(f"/proc/{p.pid}/environ", "rb") as f:
-                if marker in f.read().split(b"\0"):
-                    found.append(" ".join(p.info["cmdline"] or []))
-        except OSError:
-            continue
-    return found
 
 
 def test_pretrain_tiny_trains_across_two_hosts_with_strict_ssh_and_no_secret_anywhere(

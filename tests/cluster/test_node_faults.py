@@ -17,9 +17,9 @@ import psutil
 import pytest
 
 from chaos.engine_handle import EngineHandle, new_engine
-from chaos.hosts import SshHosts, processes_naming
+from chaos.hosts import SshHosts, marked, processes_naming
 from engine import health
-from tests.cluster.test_horovod_cluster import ACROSS, RUN_TIMEOUT_S, marked, sets, wait_ended
+from tests.cluster.test_horovod_cluster import ACROSS, RUN_TIMEOUT_S, sets, wait_ended
 
 UP_TIMEOUT_S = 60.0
 LOST_AFTER_S = 5.0  # the engine's --lost-after here (60 s by default)
