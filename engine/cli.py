@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from engine import cli_cluster, cli_nodes
 from engine.cli_common import (
     ACTIVE,
     EXIT_ERROR,
@@ -229,12 +228,35 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    """Cancel each job (see CANCEL_HELP); with --wait, then wait until each
+    stopping one has ended and print its final state."""
     client = _client()
+    stopping = []
     for job_id in args.ids:
         job = client.cancel(job_id)
-        note = "stopping" if job["state"] in ("starting", "running") else job["state"]
-        print(f"job {job['id']}: {note}")
+        if job["state"] in ("starting", "running"):
+            stopping.append(job["id"])
+            print(f"job {job['id']}: stopping", flush=True)
+        else:
+            print(f"job {job['id']}: {job['state']}")
+    if args.wait:
+        for job_id in stopping:
+            job = _until_ended(client, job_id)
+            print(f"job {job['id']}: {job['state']}"
+                  + (f" ({_printable(job['reason'])})" if job.get("reason") else ""))
     return 0
+
+
+def _until_ended(client: Any, job_id: int) -> dict[str, Any]:
+    """The job once its state is terminal: polled, from every 5 ms (a job
+    usually ends within tens of ms of its SIGTERM) up to every 200 ms."""
+    delay = 0.005
+    while True:
+        job: dict[str, Any] = client.job(job_id)
+        if job["state"] not in ACTIVE:
+            return job
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.2)
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -432,6 +454,8 @@ def cmd_overview(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"nodes": nodes, "jobs": jobs}, indent=2))
         return 0
+    from engine import cli_nodes
+
     print(cli_nodes.nodes_table(nodes))
     print()
     print(_jobs_table(jobs))
@@ -439,24 +463,12 @@ def cmd_overview(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ parser
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="llmconsole",
-        description="Run training, compression and evaluation jobs on a GPU cluster.",
-    )
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.set_defaults(func=cmd_overview)
-    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-
-    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str,
-            json_flag: bool = True) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
-        p.set_defaults(func=func)
-        if json_flag:
-            p.add_argument("--json", action="store_true", help="machine-readable output")
-        return p
-
-    p = add("submit", cmd_submit, "queue a job from a profile")
+# Each command: (help, --json flag, its arguments). `main` builds the
+# subparser of the command it runs only (argparse makes a parser per command:
+# building all of them was a third of a `jobs` call); help for the whole
+# command, or a command it does not know, builds all of them.
+def _submit_args(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(func=cmd_submit)
     p.add_argument("profile", help="profile name (see `profiles list`) or path to a .toml file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a profile field, e.g. resources.gpus_per_node=2")
@@ -464,59 +476,85 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start only when job ID has succeeded (repeatable)")
     p.add_argument("--name", help="job name (default: the profile's)")
 
-    p = add("jobs", cmd_jobs, "list jobs (active ones unless --all or --state)")
+
+def _jobs_args(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(func=cmd_jobs)
     p.add_argument("--state", action="append", choices=STATES)
     p.add_argument("--all", action="store_true", help="include ended jobs")
     p.add_argument("--mine", action="store_true", help="only my jobs")
     p.add_argument("--limit", type=int, default=None)
 
-    p = add("show", cmd_show, "a job's details, attempts and history")
-    p.add_argument("id", type=int)
 
-    p = add("logs", cmd_logs, "a job's output (stdout and stderr)", json_flag=False)
+def _id_args(func: Callable[[argparse.Namespace], int]
+             ) -> Callable[[argparse.ArgumentParser], None]:
+    def add(p: argparse.ArgumentParser) -> None:
+        p.set_defaults(func=func)
+        p.add_argument("id", type=int)
+    return add
+
+
+def _logs_args(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(func=cmd_logs)
     p.add_argument("id", type=int)
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until it ends")
     p.add_argument("--attempt", type=int, help="attempt number (default: the latest)")
     p.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
 
-    p = add("cancel", cmd_cancel, "cancel jobs (running ones are stopped)", json_flag=False)
+
+def _cancel_args(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(func=cmd_cancel)
     p.add_argument("ids", type=int, nargs="+", metavar="ID")
+    p.add_argument("--wait", action="store_true",
+                   help="return when every stopping job has ended, printing its final state")
 
-    p = add("retry", cmd_retry, "run an ended job again, as a new attempt")
-    p.add_argument("id", type=int)
 
-    p = add("priority", cmd_priority,
-            "change a waiting job's priority (higher starts first)")
+def _priority_args(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(func=cmd_priority)
     p.add_argument("id", type=int)
     p.add_argument("priority", type=int, help="from -1000 to 1000; profiles default to 0")
 
-    p = add("nodes", cli_nodes.cmd_nodes, "nodes, their GPUs and who uses them "
-            "(and: " + ", ".join(cli_nodes.ACTIONS) + ")")
+
+def _nodes_args(p: argparse.ArgumentParser) -> None:
+    from engine import cli_nodes
+
+    p.set_defaults(func=cli_nodes.cmd_nodes)
     cli_nodes.add_actions(p)
 
-    p = add("cluster", cli_cluster.cmd_cluster, "cluster profiles: import one from a "
-            "hostfile, a horovod -H list or a Slurm node list", json_flag=False)
+
+def _nodes_help() -> str:
+    from engine import cli_nodes
+
+    return ("nodes, their GPUs and who uses them (and: " + ", ".join(cli_nodes.ACTIONS) + ")")
+
+
+def _cluster_args(p: argparse.ArgumentParser) -> None:
+    from engine import cli_cluster
+
+    p.set_defaults(func=cli_cluster.cmd_cluster)
     cli_cluster.add_parser_arguments(p)
 
-    p = add("compare", cmd_compare,
-            "a table of the results of train, compress and eval jobs (size, latency, "
-            "perplexity)")
+
+def _compare_args(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(func=cmd_compare)
     p.add_argument("items", nargs="+", metavar="ID|FOLDER",
                    help="a job id or an output folder holding results.json")
 
-    p = add("ps", cmd_ps, "a running job's processes on every node (rank, CPU, memory)")
-    p.add_argument("id", type=int)
 
-    p = add("metrics", cmd_metrics, "a job's metric points (loss, lr, ...)")
+def _metrics_args(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(func=cmd_metrics)
     p.add_argument("id", type=int)
     p.add_argument("--attempt", type=int)
     p.add_argument("--name", action="append", help="only this metric (repeatable)")
 
-    p = add("profiles", cmd_profiles, "list, validate or show profiles")
+
+def _profiles_args(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(func=cmd_profiles)
     p.add_argument("action", choices=("list", "validate", "show"))
     p.add_argument("names", nargs="*", metavar="NAME")
 
-    p = add("engine", cmd_engine, "start, stop or inspect the engine daemon")
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(func=cmd_engine)
     p.add_argument("action", choices=("start", "stop", "status", "serve"))
     p.add_argument("--cluster", help="cluster profile (default: $LLMCONSOLE_CLUSTER, "
                                      "else the head node alone)")
@@ -525,12 +563,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--telemetry-interval", type=float, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--lost-after", type=float, default=60.0,
                    help="seconds a node may stay unreachable before its jobs are lost")
+
+
+CANCEL_HELP = ("cancel jobs: a held or queued one is cancelled at once; a running one is "
+               "told to stop (SIGTERM to its processes, SIGKILL after a grace time) and "
+               "printed as 'stopping': the command returns without waiting for its end "
+               "unless --wait")
+
+COMMANDS: dict[str, tuple[str | Callable[[], str], bool,
+                          Callable[[argparse.ArgumentParser], None]]] = {
+    "submit": ("queue a job from a profile", True, _submit_args),
+    "jobs": ("list jobs (active ones unless --all or --state)", True, _jobs_args),
+    "show": ("a job's details, attempts and history", True, _id_args(cmd_show)),
+    "logs": ("a job's output (stdout and stderr)", False, _logs_args),
+    "cancel": (CANCEL_HELP, False, _cancel_args),
+    "retry": ("run an ended job again, as a new attempt", True, _id_args(cmd_retry)),
+    "priority": ("change a waiting job's priority (higher starts first)", True,
+                 _priority_args),
+    "nodes": (_nodes_help, True, _nodes_args),
+    "cluster": ("cluster profiles: import one from a hostfile, a horovod -H list or a Slurm "
+                "node list", False, _cluster_args),
+    "compare": ("a table of the results of train, compress and eval jobs (size, latency, "
+                "perplexity)", True, _compare_args),
+    "ps": ("a running job's processes on every node (rank, CPU, memory)", True,
+           _id_args(cmd_ps)),
+    "metrics": ("a job's metric points (loss, lr, ...)", True, _metrics_args),
+    "profiles": ("list, validate or show profiles", True, _profiles_args),
+    "engine": ("start, stop or inspect the engine daemon", True, _engine_args),
+}
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The command `argv` runs when the parser needs only its subparser: its
+    first word, when that is a command and no top-level -h comes before it."""
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            return None
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `llmconsole` parser: every command, or only `command`'s."""
+    parser = argparse.ArgumentParser(
+        prog="llmconsole",
+        description="Run training, compression and evaluation jobs on a GPU cluster.",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(func=cmd_overview)
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name, (help_, json_flag, arguments) in COMMANDS.items():
+        if command is not None and name != command:
+            continue
+        text = help_ if isinstance(help_, str) else help_()
+        p = sub.add_parser(name, help=text, description=text)
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="machine-readable output")
+        arguments(p)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(command_of(argv)).parse_args(argv)
     try:
         return int(args.func(args))
     except UserError as err:

@@ -6,6 +6,11 @@ user may not use (someone else's, or a path too long for a Unix socket) is
 `Unreachable`, raised before any connection is tried where it can be, and a
 request body over `MAX_REQUEST_BYTES` is `TooLarge`, raised before sending.
 
+Importing it is cheap (the CLI's `jobs` and `cancel` pay for it on every
+call): JSON calls go over `Wire`, a plain socket; http.client (with the
+email package under it) is imported only by the streamed calls, logs and
+events.
+
     client = EngineClient()            # $LLMCONSOLE_SOCKET or <home>/engine.sock
     job = client.submit(spec.to_dict())
     for line in client.logs(job["id"], follow=True): print(line)
@@ -14,12 +19,11 @@ request body over `MAX_REQUEST_BYTES` is `TooLarge`, raised before sending.
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from engine import paths
@@ -32,22 +36,50 @@ from engine.errors import (
     Unreachable,
 )
 
+if TYPE_CHECKING:
+    import http.client
+    from collections.abc import Callable
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, socket_path: Path, timeout: float | None) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = socket_path
+    Connect = Callable[[Path, float | None], http.client.HTTPConnection]
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        if self.timeout is not None:
-            sock.settimeout(self.timeout)
-        try:
-            sock.connect(str(self.socket_path))
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
+_connection_class: Connect | None = None
+
+
+def _unix_http_connection() -> Connect:
+    """`UnixHTTPConnection`, an http.client connection over a Unix socket,
+    made on first use (so importing this module does not import http.client)."""
+    global _connection_class
+    if _connection_class is None:
+        import http.client
+
+        class UnixHTTPConnection(http.client.HTTPConnection):
+            def __init__(self, socket_path: Path, timeout: float | None) -> None:
+                super().__init__("localhost", timeout=timeout)
+                self.socket_path = socket_path
+
+            def connect(self) -> None:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                if self.timeout is not None:
+                    sock.settimeout(self.timeout)
+                try:
+                    sock.connect(str(self.socket_path))
+                except OSError:
+                    sock.close()
+                    raise
+                self.sock = sock
+
+        _connection_class = UnixHTTPConnection
+    return _connection_class
+
+
+def __getattr__(name: str) -> Any:
+    if name == "UnixHTTPConnection":  # tests send raw requests through it
+        return _unix_http_connection()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class ProtocolError(ValueError):
+    """A reply `Wire` cannot read (no Content-Length)."""
 
 
 class Wire:
@@ -88,7 +120,7 @@ class Wire:
             if name.strip().lower() == b"content-length":
                 length = int(value)
         if length is None:
-            raise http.client.HTTPException("reply without Content-Length")
+            raise ProtocolError("reply without Content-Length")
         return status, self.rfile.read(length)
 
 
@@ -99,7 +131,8 @@ class LineStream:
     `close()` may be called from another thread: it shuts the socket, so a
     reader blocked on a quiet stream wakes and the iteration ends."""
 
-    def __init__(self, conn: UnixHTTPConnection, response: http.client.HTTPResponse) -> None:
+    def __init__(self, conn: http.client.HTTPConnection,
+                 response: http.client.HTTPResponse) -> None:
         self._conn, self._response = conn, response
         self._closed = False
 
@@ -110,6 +143,8 @@ class LineStream:
     def raw(self) -> Iterator[bytes]:
         """The reply's lines as bytes, exactly as sent (the last one may lack
         its newline)."""
+        import http.client  # imported already: the stream came through it
+
         try:
             yield from self._response
         except (OSError, ValueError, http.client.HTTPException):
@@ -197,7 +232,7 @@ class EngineClient:
                 if fresh:
                     raise self._unavailable(err) from err
                 # a kept-alive connection the engine closed while idle: once more, fresh
-            except (OSError, http.client.HTTPException, ValueError, IndexError) as err:
+            except (OSError, ValueError, IndexError) as err:  # ProtocolError is a ValueError
                 self.close()
                 raise self._unavailable(err) from err
         if status >= 400:
@@ -207,8 +242,10 @@ class EngineClient:
     def _stream(self, path: str) -> LineStream:
         """A GET whose reply is read as it comes (logs, events), on its own
         connection with no timeout."""
+        import http.client
+
         self._check_socket()
-        conn = UnixHTTPConnection(self.socket_path, None)
+        conn = _unix_http_connection()(self.socket_path, None)
         try:
             conn.request("GET", path)
             response = conn.getresponse()

@@ -37,14 +37,22 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from engine import profiles, spec_rules
+from engine import spec_rules
 from engine.model import WORKLOAD_KINDS, BatchRef, JobSpec, PipelineSpec, output_dir
 
+# engine.profiles (pydantic) is imported where a profile is loaded or an error
+# raised, not here: the CLI submits a spec it has cached (engine.spec_cache)
+# without loading pydantic.
 _REF_RE = spec_rules.REFERENCE_RE
 _SLUG_RE = re.compile(r"[^A-Za-z0-9._-]+")
 
-#: An ``@NAME`` argument that names nothing usable (a `profiles.ProfileError`).
-ReferenceError = profiles.ReferenceError
+
+def __getattr__(name: str) -> Any:
+    if name == "ReferenceError":  # an ``@NAME`` argument that names nothing usable
+        from engine.profiles import ReferenceError
+
+        return ReferenceError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def slug(name: str) -> str:
@@ -94,6 +102,8 @@ def single_job(spec: JobSpec, outputs: Path, stamp: str,
         found = newest_output(name)
         if found is not None:
             return found
+        from engine.profiles import ReferenceError
+
         folder = "or pass a folder with --set args.<option>=/path"
         known = list(profile_names()) if profile_names is not None else None
         if known is None or name in known:
@@ -120,6 +130,8 @@ def expand(pipeline: PipelineSpec, outputs: Path, stamp: str
     jobs: list[tuple[JobSpec, list[BatchRef]]] = []
     problems = spec_rules.stage_reference_problems(pipeline.stages)
     if problems:
+        from engine.profiles import ReferenceError
+
         i, problem, expected = problems[0]
         raise ReferenceError(f"pipeline {pipeline.name}: stage {pipeline.stages[i].name}: "
                              f"{problem}; expected {expected}")
@@ -180,17 +192,38 @@ class Submission:
     pipeline: str | None = None
 
 
+def load_profile(profile: str, overrides: Sequence[str]) -> JobSpec | PipelineSpec:
+    """The job or pipeline profile with every check `prepare` makes
+    (`check_args=True`); raises `ProfileError`."""
+    from engine import profiles
+
+    if profiles.profile_kind(profile) == "pipeline":
+        return profiles.load_pipeline_profile(profile, overrides, check_args=True)
+    return profiles.load_job_profile(profile, overrides, check_args=True)
+
+
+def _profile_names() -> Sequence[str]:
+    from engine import profiles
+
+    return profiles.profile_names()
+
+
 def prepare(profile: str, overrides: Sequence[str], outputs: Path, stamp: str,
             find_output: Callable[[str], str | None], name: str | None = None,
-            after: Sequence[int] = ()) -> Submission:
+            after: Sequence[int] = (),
+            load: Callable[[str, Sequence[str]], JobSpec | PipelineSpec] = load_profile,
+            ) -> Submission:
     """A job or pipeline profile, validated and ready to submit: output
     folders assigned, references resolved, a pipeline's stages chained (the
     first stages wait for `after`). Raises `ProfileError` (a `UserError`;
-    `ReferenceError` is one) before anything is sent."""
+    `ReferenceError` is one) before anything is sent. `load` gives the
+    validated profile (the CLI passes `engine.spec_cache.load`, the same
+    checks with their results kept)."""
     if name is not None:
         _check_name(name)
-    if profiles.profile_kind(profile) == "pipeline":
-        pipeline = profiles.load_pipeline_profile(profile, overrides, check_args=True)
+    loaded = load(profile, overrides)
+    if isinstance(loaded, PipelineSpec):
+        pipeline = loaded
         if name:
             pipeline = replace(pipeline, name=name)
         jobs = expand(pipeline, outputs, stamp)
@@ -200,10 +233,10 @@ def prepare(profile: str, overrides: Sequence[str], outputs: Path, stamp: str,
                               *({"batch": r.index} for r in refs)])
             for i, (spec, refs) in enumerate(jobs)]
         return Submission(items, pipeline.name)
-    spec = profiles.load_job_profile(profile, overrides, check_args=True)
+    spec = loaded
     if name:
         spec = replace(spec, name=name)
-    spec = single_job(spec, outputs, stamp, find_output, profiles.profile_names)
+    spec = single_job(spec, outputs, stamp, find_output, _profile_names)
     return Submission([(spec.to_dict(), list(after))])
 
 
@@ -212,4 +245,6 @@ def _check_name(name: str) -> None:
     try:
         spec_rules.check_name(name)
     except spec_rules.RuleError as err:
-        raise profiles.ProfileError(err.problem, field="--name", expected=err.expected) from None
+        from engine.profiles import ProfileError
+
+        raise ProfileError(err.problem, field="--name", expected=err.expected) from None
