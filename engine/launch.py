@@ -4,7 +4,10 @@ allow-listed from the engine's own. No I/O; nothing here ever goes through a
 shell, so names and arguments stay plain bytes whatever they contain.
 
 horovodrun copies the environment it is given onto every worker's command
-line, which is why the job environment is an allow-list and not a copy.
+line, which is why the job environment is an allow-list and not a copy,
+and why a horovodrun job with secrets starts behind engine/secret_exec.py
+(`secret_hold_prefix`, and `rank` before each rank's program): the secrets
+reach the ranks around horovodrun (engine/secrets.py).
 Across nodes it also runs ssh with host-key checking off, so there the
 launch goes through engine/sshwrap (`ssh.py launch` before horovodrun: the
 job's ssh is ours, strict, with each node's port, user and identity).
@@ -23,12 +26,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine import host_gpus
+from engine import host_gpus, secret_exec, secrets
 from engine.model import PART_KINDS, JobSpec, NodeSpec, Placement
 from engine.sshwrap import ssh as sshwrap
 
 HOST_GPUS_SCRIPT = Path(host_gpus.__file__).resolve()
 SSHWRAP_SCRIPT = Path(sshwrap.__file__).resolve()
+SECRET_EXEC_SCRIPT = Path(secret_exec.__file__).resolve()
 TORCHRUN_RDZV_PORT = 29400  # torchrun's own default for its c10d rendezvous
 
 ALLOWED_ENV = frozenset(
@@ -43,9 +47,12 @@ ALLOWED_PREFIXES = ("LC_", "NCCL_", "HOROVOD_", "GLOO_", "CUDA_")
 
 
 def job_environment(base: Mapping[str, str], spec: JobSpec) -> dict[str, str]:
-    """The allow-listed part of `base`, then the profile's own variables."""
+    """The allow-listed part of `base`, then the profile's own variables.
+    Secret-looking names of `base` are left out, allow-listed or not: only
+    the profile gives a job secrets (engine/secrets.py)."""
     env = {
-        k: v for k, v in base.items() if k in ALLOWED_ENV or k.startswith(ALLOWED_PREFIXES)
+        k: v for k, v in base.items() if (k in ALLOWED_ENV or k.startswith(ALLOWED_PREFIXES))
+        and not secrets.is_secret_name(k)
     }
     env.pop("CUDA_VISIBLE_DEVICES", None)  # the agent sets it from the allocation
     if spec.launcher == "horovodrun" and base.get(sshwrap.ENV_CONFIG):
@@ -92,6 +99,12 @@ def launch_argv(
             wrapped = [*sshwrap_prefix(placements, nodes, python, known_hosts), *wrapped]
         if spec.resources.gpus_per_node == 0:
             wrapped.append("--gloo")
+        held = secrets.secret_names(dict(spec.env))
+        if held:
+            # horovodrun writes its environment onto every rank's command line:
+            # the secrets go around it (engine/secrets.py)
+            wrapped = [*secret_hold_prefix(held, python), *wrapped,
+                       python, "-I", "-S", str(SECRET_EXEC_SCRIPT), "rank", "--"]
         if _per_host_gpus(spec, placements):
             # every rank gets the same env: it picks its host's GPUs itself
             wrapped += [python, "-I", "-S", str(HOST_GPUS_SCRIPT), "--"]
@@ -190,6 +203,13 @@ def sshwrap_prefix(placements: Sequence[Placement], nodes: Mapping[str, NodeSpec
     if known_hosts is not None:
         prefix += ["--known-hosts", known_hosts]
     return [*prefix, "--"]
+
+
+def secret_hold_prefix(names: Sequence[str], python: str = sys.executable) -> list[str]:
+    """`python -I -S secret_exec.py hold --names A,B --`: the first program
+    of a horovodrun job with secrets; `names` are names, never values."""
+    return [python, "-I", "-S", str(SECRET_EXEC_SCRIPT), "hold", "--names", ",".join(names),
+            "--"]
 
 
 def placement_environment(spec: JobSpec, placements: Sequence[Placement],

@@ -46,6 +46,14 @@ ssh keeps the first value it gets for an option, so ours, first, win over
 anything left, and over every ssh config. The table holds paths, ports and
 user names, never secrets: horovodrun copies it onto the ranks' command
 lines with the rest of the job's environment.
+
+Secrets (engine/secrets.py): when the job has some, `LLMCONSOLE_SECRETS_FD`
+names the file that engine/secret_exec.py's keeper holds them in. An ssh
+whose remote command starts a rank (`secret_exec.py rank`) then gets them
+on its stdin (a pipe holding them, then its end) and its command becomes
+`env LLMCONSOLE_SECRETS_STDIN=1 sh -c 'COMMAND'`, so the rank on the other
+node reads them from the session; no command line holds them. The keeper's
+file unreadable: one line on stderr, exit 255.
 """
 
 from __future__ import annotations
@@ -63,6 +71,14 @@ ENV_KNOWN_HOSTS = "LLMCONSOLE_SSH_KNOWN_HOSTS"
 # The engine's own ssh config, when it has one (engine.transport.ssh's
 # SSH_CONFIG_ENV, used by tests): the job's ssh reads the same (-F).
 ENV_CONFIG = "LLMCONSOLE_SSH_CONFIG"
+# engine/secret_exec.py's: the keeper's file of the job's secrets (a path),
+# and the mark that tells a rank on another node to read them from stdin.
+ENV_SECRETS_FD = "LLMCONSOLE_SECRETS_FD"
+ENV_SECRETS_STDIN = "LLMCONSOLE_SECRETS_STDIN"
+# How a rank's command names secret_exec.py's rank mode, its path quoted by
+# horovodrun (shlex.quote) or not.
+RANK_MARKS = ("secret_exec.py rank -- ", "secret_exec.py' rank -- ")
+MAX_SECRETS = 60_000  # secret_exec.MAX_BYTES: one write into an empty pipe
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN_DIR = os.path.join(HERE, "bin")
@@ -300,6 +316,48 @@ def _dropped(letter: str, value: str | None, has_entry: bool, has_config: bool) 
     return False
 
 
+# ---------------------------------------------------------------- secrets
+
+
+def secret_command(command: Sequence[str]) -> list[str] | None:
+    """For a rank's remote command (it starts `secret_exec.py rank`), the
+    command that runs it with ENV_SECRETS_STDIN=1, so that the rank reads
+    the job's secrets from the session's stdin; None for any other command
+    (horovodrun's checks and task servers get no secrets). ssh joins the
+    words with blanks for the remote shell, so the new command is that
+    string run by `sh -c`, quoted once more."""
+    import shlex  # here only: the other ssh calls need none of it
+
+    joined = " ".join(command)
+    if not any(mark in joined for mark in RANK_MARKS):
+        return None
+    return [f"env {ENV_SECRETS_STDIN}=1 sh -c {shlex.quote(joined)}"]
+
+
+def read_secret_file(path: str) -> bytes:
+    """The bytes of the job's secrets from the keeper's file. Raises WrapError."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_SECRETS + 1)
+    except OSError as e:
+        raise WrapError(f"cannot read the job's secrets from {path} ({e.strerror}); the "
+                        "launch (secret_exec.py hold) has ended") from None
+    if len(data) > MAX_SECRETS:
+        raise WrapError(f"the job's secrets in {path} are over {MAX_SECRETS} bytes")
+    return data
+
+
+def _stdin_from(data: bytes) -> None:
+    """Make fd 0 a pipe that holds `data`, then its end (it fits: MAX_SECRETS)."""
+    r, w = os.pipe()
+    try:
+        os.write(w, data)
+    finally:
+        os.close(w)
+    os.dup2(r, 0)
+    os.close(r)
+
+
 # ---------------------------------------------------------------- the real ssh
 
 
@@ -353,6 +411,12 @@ def wrap(args: Sequence[str], env: Mapping[str, str] | None = None) -> int:
     try:
         ssh = real_ssh(env)
         argv = [ssh, *rewrite(args, policy_from(env))]
+        command = parse_ssh_args(args).command
+        wrapped = secret_command(command) if env.get(ENV_SECRETS_FD) and command else None
+        if wrapped is not None:
+            # the rank reads the secrets from the session, never a command line
+            _stdin_from(read_secret_file(env[ENV_SECRETS_FD]))
+            argv = [*argv[:len(argv) - len(command)], *wrapped]
     except WrapError as e:
         _say(str(e))
         return 255
