@@ -663,14 +663,13 @@ class Runtime:
                 continue
             log.warning("%s: %s", run.key, stall.words)
             label = f"stalled-step-{stall.last_step if stall.last_step is not None else 0}"
-            dump = getattr(wire, "Dump", None)  # the agent's stack dump command
-            if dump is not None:
-                for node in run.nodes:
-                    self.nodes.send(node, dump(run.key, label))
+            run_dir = str(self._launch_run_dir(run))  # ranks started over ssh carry it
+            for node in run.nodes:
+                self.nodes.send(node, wire.Dump(run.key, label, run_dir=run_dir))
             if run.spec.guard is not None and run.spec.guard.on_stall != "flag":
-                self._stall_dumps[run.key] = (stall, set(run.nodes) if dump else set())
-                asyncio.get_running_loop().call_later(
-                    STALL_DUMP_WAIT_S if dump else 0.0, self._stall_act, run.key)
+                self._stall_dumps[run.key] = (stall, set(run.nodes))
+                asyncio.get_running_loop().call_later(STALL_DUMP_WAIT_S, self._stall_act,
+                                                      run.key)
         for job_id in self.guards.changed:
             self._announce(job_id)
         self.guards.changed.clear()
@@ -704,7 +703,7 @@ class Runtime:
                 asyncio.get_running_loop().call_later(START_REFUSED_WAIT_S,
                                                       self._start_refused, run)
             return
-        if run is not None and isinstance(event, getattr(wire, "Dumped", ())):
+        if run is not None and isinstance(event, wire.Dumped):
             self._on_dumped(run, node.name, event)
             return
         if run is None or part is None:
@@ -725,7 +724,7 @@ class Runtime:
             self._part_ended(run, part, lost=event.reason or "process vanished",
                              cause=f"lost on node {node.name}")
 
-    def _on_dumped(self, run: Running, node: str, event: Any) -> None:
+    def _on_dumped(self, run: Running, node: str, event: wire.Dumped) -> None:
         self.guards.dumped(run.job_id, run.number, node, tuple(event.files),
                            tuple(event.errors), self.clock())
         self._announce(run.job_id)

@@ -1,0 +1,153 @@
+"""The loss guard and the stall watch in a real Runtime with a real store and
+a real local agent, on a fake trainer (metrics.jsonl lines and checkpoint
+folders the way engine/workloads/train.py writes them)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.guard import GuardSpec
+from engine.lifecycle import JobState
+from engine.model import ClusterSpec, JobSpec, NodeSpec, Resources
+from engine.runtime import Caller, Runtime
+from engine.store import Store
+from engine.transport.local import LocalAgentChannel
+from tests.integration.polling import wait_for
+
+ME = Caller.from_uid(os.getuid())
+
+# argv: OUTPUT NAN_AT TOTAL STALL_AT. A NaN loss at step NAN_AT unless the lr
+# is scaled ("always": at every lr); after it, or at STALL_AT, no more steps
+# (the process only sleeps, so that only the engine ends it).
+FAKE_TRAINER = r'''
+import json, os, sys, time
+from pathlib import Path
+out, nan_at, total, stall_at = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+scale = float(os.environ.get("LLMCONSOLE_LR_SCALE", "1"))
+at = os.environ.get("LLMCONSOLE_RESUME_AT_OR_BEFORE")
+found = sorted(int(p.name[5:]) for p in out.glob("step-*"))
+start = max([s for s in found if at is None or s <= int(at)], default=0)
+print(f"lr scale {scale} resumed at {start}", flush=True)
+with open(Path(os.environ["LLMCONSOLE_RUN_DIR"]) / "metrics.jsonl", "a") as m:
+    for step in range(start + 1, total + 1):
+        bad = nan_at == "always" or (nan_at != "never" and scale == 1.0 and step == int(nan_at))
+        if bad or step == stall_at:
+            if bad:
+                m.write(json.dumps({"step": step, "loss": float("nan")}) + "\n")
+                m.flush()
+            time.sleep(120)
+        m.write(json.dumps({"step": step, "total_steps": total, "loss": 2.0 / step,
+                            "lr_scale": scale}) + "\n")
+        m.flush()
+        if step % 5 == 0:
+            (out / f"step-{step:06d}").mkdir(parents=True, exist_ok=True)
+        time.sleep(0.02)
+'''
+
+
+@pytest.fixture
+async def runtime(tmp_path: Path):  # type: ignore[no-untyped-def]
+    store = Store(tmp_path / "engine.db")
+    rt = Runtime(store, ClusterSpec("test", (NodeSpec("local", slots=4),)), tmp_path,
+                 lambda node: LocalAgentChannel(node.name, tmp_path, interval=0.2),
+                 stop_grace=1.0)
+    await rt.start()
+    assert await rt.wait_nodes_up(20)
+    yield rt
+    for run in list(rt.running.values()):
+        rt._stop_parts(run)
+    await rt.stop()
+    store.close()
+
+
+def trainer(tmp_path: Path, name: str, nan_at: str, stall_at: int, guard: GuardSpec,
+            retries: int = 0) -> JobSpec:
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAINER)
+    out = tmp_path / name
+    out.mkdir()
+    return JobSpec(name=name, kind="train", retries=retries, guard=guard,
+                   argv=(sys.executable, str(script), str(out), nan_at, "40", str(stall_at)),
+                   resources=Resources(cpus=1))
+
+
+def _ended(rt: Runtime, job_id: int, attempts: int) -> bool:
+    job = rt.store.get_job(job_id)
+    return job.attempt == attempts and job.state.is_terminal()
+
+
+async def test_nan_restarts_with_the_lr_scaled_and_max_restarts_bounds_it(
+        runtime: Runtime, tmp_path: Path) -> None:
+    restarting = runtime.submit(trainer(tmp_path, "restarts", "23", 0, GuardSpec(
+        on_nan="restart", max_restarts=2, lr_scale=0.5)), ME)
+    # NaN at every lr: restarted once (max_restarts = 1), then failed for
+    # good, and `retries` does not retry what the guard failed
+    bounded = runtime.submit(trainer(tmp_path, "bounded", "always", 0, GuardSpec(
+        on_nan="restart", max_restarts=1), retries=2), ME)
+    failing = runtime.submit(trainer(tmp_path, "fails", "12", 0, GuardSpec(on_nan="fail")), ME)
+
+    await wait_for(lambda: _ended(runtime, restarting.id, 2), timeout=60)
+    attempts = runtime.store.attempts(restarting.id)
+    assert attempts[0].state is JobState.FAILED
+    assert attempts[0].reason == "loss guard: loss was nan at step 23"
+    assert attempts[1].state is JobState.SUCCEEDED, attempts[1].reason
+    causes = [e.cause for e in runtime.store.history(restarting.id)]
+    assert "restart 1 of 2 by loss guard: lr x0.5 (loss guard: loss was nan at step 23)" \
+        in causes
+    log = runtime.log_path(restarting.id, 2).read_text()
+    assert "lr scale 0.5 resumed at 20" in log  # the newest checkpoint at or before step 22
+    points = runtime.store.metrics(restarting.id, attempt=2)
+    steps = sorted({p.step for p in points})
+    assert steps[0] == 21 and steps[-1] == 40
+    assert {p.value for p in points if p.name == "lr_scale"} == {0.5}
+    view = runtime.job_view(runtime.store.get_job(restarting.id))
+    assert view["guard"]["restart"] == "restart 1 of 2 by loss guard: lr x0.5"
+    assert any("loss was nan at step 23: restart" in n["text"] for n in view["guard"]["notes"])
+
+    await wait_for(lambda: _ended(runtime, bounded.id, 2), timeout=60)
+    job = runtime.store.get_job(bounded.id)
+    assert job.attempt == 2 and job.state is JobState.FAILED  # no third attempt
+    assert job.reason is not None and job.reason.startswith("loss guard: loss was nan at step")
+    assert "lr scale 0.5 resumed at" in runtime.log_path(bounded.id, 2).read_text()
+
+    await wait_for(lambda: _ended(runtime, failing.id, 1), timeout=60)
+    job = runtime.store.get_job(failing.id)
+    assert job.state is JobState.FAILED and job.reason == "loss guard: loss was nan at step 12"
+    assert runtime.store.get_job(failing.id).attempt == 1
+
+    # the guard's state is in the engine home: a new book reads the same
+    from engine.guard_book import GuardBook
+
+    again = GuardBook(tmp_path)
+    assert again.launch_env(restarting.id, 2) == {
+        "LLMCONSOLE_LR_SCALE": "0.5", "LLMCONSOLE_RESUME_AT_OR_BEFORE": "22"}
+
+
+async def test_a_stalled_job_is_flagged_dumped_and_cancelled(
+        runtime: Runtime, tmp_path: Path) -> None:
+    job = runtime.submit(trainer(tmp_path, "stalls", "never", 6, GuardSpec(
+        stall_after=2.0, on_stall="cancel")), ME)
+    await wait_for(lambda: runtime.store.get_job(job.id).state is JobState.RUNNING)
+    began = time.monotonic()
+    await wait_for(lambda: runtime.job_view(runtime.store.get_job(job.id))["stalled"]
+                   is not None, timeout=15)
+    assert time.monotonic() - began < 2.0 + 6.0
+    view = runtime.job_view(runtime.store.get_job(job.id))
+    assert view["stalled"]["last_step"] == 5
+    assert view["state"] == "running"
+    notes = [n["text"] for n in view["guard"]["notes"]]
+    assert len(notes) == 1 and notes[0].startswith("stalled ")  # recorded once
+    assert notes[0].endswith("s at step 5")
+    await wait_for(lambda: runtime.store.get_job(job.id).state.is_terminal(), timeout=40)
+    ended = runtime.store.get_job(job.id)
+    assert ended.state is JobState.CANCELLED and ended.reason == "cancelled by stall watch"
+    notes = [n["text"] for n in runtime.job_view(ended)["guard"]["notes"]]
+    dumps = [n for n in notes if n.startswith("stack dumps:")]
+    assert len(dumps) == 1, notes
+    assert "rank x on local" in dumps[0] and "stalled-step-5" in dumps[0]
+    assert runtime.job_view(ended)["stalled"] is None  # the flag ends with the attempt
