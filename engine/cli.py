@@ -103,7 +103,7 @@ def _show(job: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------- commands
 def cmd_submit(args: argparse.Namespace) -> int:
-    from engine import pipelines
+    from engine import pipelines, spec_cache
     from engine.paths import outputs_dir
 
     client = _client()
@@ -118,7 +118,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     sub = pipelines.prepare(args.profile, args.set or (), outputs_dir(),
                             pipelines.make_stamp(time.time(), pipelines.submission_salt()),
                             find_output,
-                            name=args.name, after=args.after or ())
+                            name=args.name, after=args.after or (), load=spec_cache.load)
     try:
         if sub.pipeline is None:
             spec, after = sub.items[0]

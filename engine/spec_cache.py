@@ -1,0 +1,271 @@
+"""Validated profiles kept between `llmconsole submit` calls, so that a
+script looping over the CLI does not pay for pydantic on every call.
+
+Contract
+========
+
+- `load(profile, overrides)` returns what `engine.pipelines.load_profile`
+  returns for the same arguments (a `JobSpec` or a `PipelineSpec`, every
+  check made): from the cache when it holds an entry for exactly these
+  inputs and nothing it was made from has changed, else by running that
+  loader (pydantic) and storing the result. An invalid profile raises the
+  loader's `ProfileError`, the same message, and is never stored.
+- An entry's name is the sha256 of the inputs known before anything is
+  read: the profile argument, the overrides, the working folder, $HOME and
+  $LLMCONSOLE_PROFILES (where profiles are looked up), llmconsole's version
+  and a fingerprint of its code and of pydantic's (size and mtime of each
+  module file: an editable install changes without a new version). The
+  entry records the sha256 of every file the loader read, and the state of
+  every folder a lookup searched (a file added there could shadow the one
+  found); it is used only when all of them still match.
+- Entries live in ``$XDG_CACHE_HOME/llmconsole/specs`` (default
+  ``~/.cache/llmconsole/specs``): folder 0700, files 0600, written to a
+  temporary file and renamed. An entry that cannot be read, does not parse,
+  does not match, or is not this user's own file is ignored (and replaced):
+  the cache is never trusted blindly, and the engine checks every spec it is
+  sent again anyway (`engine.spec_check`). Any failure to write is silent:
+  the cache only saves time. At most `MAX_ENTRIES` are kept, oldest dropped.
+
+Standard library only at import: pydantic is loaded on a miss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import engine
+from engine.model import JobSpec, PipelineSpec, StageSpec
+
+FORMAT = 1  # of an entry; a change makes every older entry a miss
+MAX_ENTRIES = 256
+
+_ENGINE_DIR = Path(engine.__file__).resolve().parent
+# the modules whose code decides what a valid profile is (profiles, spec_rules,
+# model, the workloads' options...): all of the engine's own, to be safe
+_CODE_DIRS = (_ENGINE_DIR, _ENGINE_DIR / "workloads")
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "llmconsole" / "specs"
+
+
+def _stat_sig(path: str) -> list[int] | None:
+    """What changes when a file is rewritten or a folder's entries change."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def _code_fingerprint() -> list[object]:
+    sigs: list[object] = []
+    for folder in _CODE_DIRS:
+        try:
+            with os.scandir(folder) as entries:
+                names = sorted(e.name for e in entries if e.name.endswith(".py"))
+        except OSError:
+            names = []
+        sigs += [[name, _stat_sig(os.path.join(folder, name))] for name in names]
+    for module in ("pydantic", "pydantic_core"):
+        origin = _module_origin(module)
+        sigs.append([module, origin, _stat_sig(origin) if origin else None])
+    return sigs
+
+
+def _module_origin(name: str) -> str | None:
+    """The file of a top-level module, found without importing it."""
+    for entry in sys.path:
+        candidate = os.path.join(entry or ".", name, "__init__.py")
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def _key(profile: str, overrides: Sequence[str]) -> str:
+    inputs = {
+        "format": FORMAT,
+        "version": engine.__version__,
+        "code": _code_fingerprint(),
+        "profile": profile,
+        "overrides": list(overrides),
+        "cwd": os.getcwd(),
+        "home": os.environ.get("HOME", ""),
+        "profiles_path": os.environ.get("LLMCONSOLE_PROFILES", ""),
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def _sha256(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
+
+
+# ------------------------------------------------------------ (de)serialising
+def _to_json(spec: JobSpec | PipelineSpec) -> dict[str, object]:
+    if isinstance(spec, PipelineSpec):
+        return {"pipeline": {
+            "name": spec.name, "description": spec.description,
+            "stages": [{"name": s.name, "spec": s.spec.to_dict(),
+                        "after": None if s.after is None else list(s.after)}
+                       for s in spec.stages]}}
+    return {"job": spec.to_dict()}
+
+
+def _from_json(data: dict[str, object]) -> JobSpec | PipelineSpec:
+    """Raises KeyError, TypeError or ValueError for anything malformed."""
+    if "job" in data:
+        job = data["job"]
+        if not isinstance(job, dict):
+            raise TypeError("job")
+        return JobSpec.from_dict(job)
+    pipeline = data["pipeline"]
+    if not isinstance(pipeline, dict):
+        raise TypeError("pipeline")
+    stages = tuple(
+        StageSpec(str(s["name"]), JobSpec.from_dict(s["spec"]),
+                  None if s["after"] is None else tuple(str(a) for a in s["after"]))
+        for s in pipeline["stages"])
+    return PipelineSpec(name=str(pipeline["name"]), stages=stages,
+                        description=str(pipeline["description"]))
+
+
+# ------------------------------------------------------------------ entries
+def _read_entry(path: Path, key: str) -> JobSpec | PipelineSpec | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            return None  # someone else's, or writable by others: not evidence of anything
+        with os.fdopen(fd, "rb") as f:
+            fd = -1
+            entry = json.loads(f.read())
+        if entry.get("format") != FORMAT or entry.get("key") != key:
+            return None
+        for file, digest in entry["files"]:
+            if _sha256(file) != digest:
+                return None
+        for folder, sig in entry["folders"]:
+            if _stat_sig(folder) != sig:
+                return None
+        return _from_json(entry["spec"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _write_entry(folder: Path, key: str, entry: dict[str, object]) -> None:
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = folder / f".{key}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(json.dumps(entry).encode())
+            os.replace(tmp, folder / f"{key}.json")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _prune(folder)
+    except OSError:
+        pass
+
+
+def _prune(folder: Path) -> None:
+    entries = []
+    with os.scandir(folder) as it:
+        for e in it:
+            if e.name.endswith(".json"):
+                try:
+                    entries.append((e.stat().st_mtime_ns, e.path))
+                except OSError:
+                    pass
+    for _mtime, path in sorted(entries)[:-MAX_ENTRIES]:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def _searched_folders(read: Sequence[str]) -> list[str]:
+    """Every folder a profile lookup looks in (engine.profiles: the working
+    folder for a path, $LLMCONSOLE_PROFILES, ./profiles, the shipped
+    profiles; a pipeline's own folder for its stages), and their parents
+    where they do not exist yet."""
+    from engine import profiles
+
+    folders = [os.getcwd(), *(str(d) for d in profiles.profile_dirs())]
+    folders += [os.path.dirname(f) for f in read]
+    for entry in os.environ.get("LLMCONSOLE_PROFILES", "").split(os.pathsep):
+        if entry:
+            path = os.path.abspath(os.path.expanduser(entry))
+            folders += [path, os.path.dirname(path)]
+    folders.append(os.path.join(os.getcwd(), "profiles"))
+    return list(dict.fromkeys(folders))
+
+
+def _load_recording(profile: str, overrides: Sequence[str]
+                    ) -> tuple[JobSpec | PipelineSpec, list[str]]:
+    """The loader's result and every file it opened (an audit hook: the
+    files a lookup found, however it found them)."""
+    from engine import pipelines, profiles  # noqa: F401  (imported before recording starts)
+
+    opened: list[str] = []
+    _recorder.target = opened
+    try:
+        spec = pipelines.load_profile(profile, overrides)
+    finally:
+        _recorder.target = None
+    return spec, list(dict.fromkeys(os.path.abspath(p) for p in opened))
+
+
+class _Recorder:
+    """The one audit hook of the process (hooks cannot be removed): records
+    the paths of files opened while `target` is set."""
+
+    def __init__(self) -> None:
+        self.target: list[str] | None = None
+        self.installed = False
+
+    def __call__(self, event: str, args: tuple[object, ...]) -> None:
+        if self.target is not None and event == "open" and isinstance(args[0], str | bytes):
+            path = args[0]
+            self.target.append(os.fsdecode(path))
+
+
+_recorder = _Recorder()
+
+
+def load(profile: str, overrides: Sequence[str] = ()) -> JobSpec | PipelineSpec:
+    """See the module docstring."""
+    key = _key(profile, overrides)
+    folder = cache_dir()
+    entry_path = folder / f"{key}.json"
+    cached = _read_entry(entry_path, key)
+    if cached is not None:
+        return cached
+    if not _recorder.installed:
+        sys.addaudithook(_recorder)
+        _recorder.installed = True
+    spec, read = _load_recording(profile, overrides)
+    files = [[f, _sha256(f)] for f in read if os.path.isfile(f)]
+    if not files:
+        return spec  # nothing recorded (no audit events?): nothing to check an entry by
+    folders = [[d, _stat_sig(d)] for d in _searched_folders(read)]
+    _write_entry(folder, key, {"format": FORMAT, "key": key, "files": files,
+                               "folders": folders, "spec": _to_json(spec)})
+    return spec
