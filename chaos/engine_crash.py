@@ -179,9 +179,12 @@ class CrashingEngine:
             os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(EXIT_TIMEOUT_S)
 
-    def call(self, fn: Callable[[EngineClient], Any]) -> Any:
-        assert self.client is not None
-        return fn(self.client)
+    @property
+    def api(self) -> EngineClient:
+        """The client of the daemon now running (a new one after each restart)."""
+        if self.client is None:
+            raise RuntimeError("the engine is not running")
+        return self.client
 
 
 def _spec(index: int, starts: Path, lines: int, interval: float, cpus: int) -> dict[str, Any]:
@@ -227,12 +230,10 @@ def run(seed: int = 13, jobs: int = 20, kills: int = 3, lines: int = 20,
                 held = index > 0 and rng.random() < 0.25
                 length = lines * 3 if index == 0 else lines  # the holder runs longest
                 spec = _spec(index, starts, length, interval, cpus=rng.choice((1, 1, 2)))
-                job = engine.call(lambda c, s=spec, h=held: c.submit(
-                    s, after=[ids[0]] if h else []))
+                job = engine.api.submit(spec, after=[ids[0]] if held else [])
                 ids.append(int(job["id"]))
                 continue
-            now = engine.call(lambda c: c.jobs(states=["held", "queued", "starting",
-                                                       "running"]))
+            now = engine.api.jobs(states=["held", "queued", "starting", "running"])
             result.states_at_kills.update(j["state"] for j in now)
             engine.kill()
             result.restart_s.append(engine.start())
@@ -254,7 +255,7 @@ def _wait_ended(engine: CrashingEngine, ids: list[int], timeout: float,
                 progress: Callable[[str], None]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        states = Counter(j["state"] for j in engine.call(lambda c: c.jobs())
+        states = Counter(j["state"] for j in engine.api.jobs()
                          if j["id"] in set(ids))
         if sum(n for s, n in states.items() if s in ENDED) >= len(ids):
             return
@@ -273,7 +274,7 @@ def _check(engine: CrashingEngine, ids: list[int], starts: Path, lines: int,
     for index, job_id in enumerate(ids):
         last = lines * 3 if index == 0 else lines
         try:
-            job = engine.call(lambda c, j=job_id: c.job(j))
+            job = engine.api.job(job_id)
         except EngineError as e:
             result.lost.append(job_id)
             result.problems.append(f"job {job_id}: {e}")
@@ -284,7 +285,7 @@ def _check(engine: CrashingEngine, ids: list[int], starts: Path, lines: int,
                                    f"{len(job.get('attempts') or ())} attempts")
         if not launched.get((job_id, 1)):
             result.problems.append(f"job {job_id} never recorded its start")
-        out = numbered_lines(engine.call(lambda c, j=job_id: list(c.logs(j))), job_id)
+        out = numbered_lines(list(engine.api.logs(job_id)), job_id)
         gaps, repeats = sequence_faults(out, last)
         result.log_gaps += gaps
         result.log_repeats += repeats
@@ -292,7 +293,7 @@ def _check(engine: CrashingEngine, ids: list[int], starts: Path, lines: int,
             result.problems.append(f"job {job_id} log: {gaps} missing, {repeats} repeated "
                                    f"or out of order")
         while True:
-            points = engine.call(lambda c, j=job_id: c.metrics(j, names=["loss"]))
+            points = engine.api.metrics(job_id, names=["loss"])
             steps = [int(p["step"]) for p in points]
             if len(steps) >= last or time.monotonic() > settle:
                 break
