@@ -265,6 +265,10 @@ def load(profile: str, overrides: Sequence[str] = ()) -> JobSpec | PipelineSpec:
     files = [[f, _sha256(f)] for f in read if os.path.isfile(f)]
     if not files:
         return spec  # nothing recorded (no audit events?): nothing to check an entry by
+    try:  # before the folders' states are taken: it may be in one of them
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError:
+        return spec
     folders = [[d, _stat_sig(d)] for d in _searched_folders(read)]
     _write_entry(folder, key, {"format": FORMAT, "key": key, "files": files,
                                "folders": folders, "spec": _to_json(spec)})
