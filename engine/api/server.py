@@ -45,7 +45,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import web, web_protocol, web_server
 
 from engine import __version__
 from engine.errors import MAX_REQUEST_BYTES, BadRequest, EngineError, Forbidden, NotFound, TooLarge
@@ -104,16 +104,26 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except EngineError as err:
-        return web.json_response({"error": err.message}, status=err.status)
+        return web.json_response({"error": one_line(err.message)}, status=err.status)
     except web.HTTPException as err:
         if err.status < 400:
             raise
         headers = {k: v for k, v in err.headers.items() if k.lower() == "allow"}
-        return web.json_response({"error": _http_error(request, err)}, status=err.status,
-                                 headers=headers)
+        return web.json_response({"error": one_line(_http_error(request, err))},
+                                 status=err.status, headers=headers)
     except Exception as err:  # a bug: say so without leaking a traceback to clients
         log.exception("%s %s failed", request.method, request.path)
-        return web.json_response({"error": f"internal error: {err}"}, status=500)
+        return web.json_response({"error": one_line(f"internal error: {err}")}, status=500)
+
+
+def one_line(text: str) -> str:
+    """`text` with its control and line-breaking characters escaped (a path
+    or a name from the request may hold a newline): errors are one line."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch == " " else
+                   ch.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for ch in text)
 
 
 def _http_error(request: web.Request, err: web.HTTPException) -> str:
@@ -135,7 +145,36 @@ def _too_large(size: int | None) -> str:
             f"(4 MiB); send less: large data belongs in files the job's arguments name")
 
 
+class _JsonParseErrors(web_protocol.RequestHandler):
+    """aiohttp's own answer to a request it could not parse (a bad request
+    line or header, before any route or middleware sees it) as JSON
+    {"error": one line} like every other answer, logged at debug only (at
+    error for a 5xx) so that a hostile client cannot fill the engine's log
+    with tracebacks."""
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        (log.error if status >= 500 else log.debug)(
+            "unparsable request: %s %s", status, message or exc, exc_info=status >= 500)
+        if request.writer.output_size > 0:  # an answer has begun: nothing more can be said
+            raise ConnectionError("the answer was sent already; cannot add the error")
+        what = " ".join((message or str(exc or "") or "malformed request").split())[:200]
+        text = (f"internal error: {what}" if status >= 500 else
+                f"bad request ({what}); send a well-formed HTTP/1.1 request")
+        response = web.json_response({"error": text}, status=status)
+        response.force_close()
+        return response
+
+
+def _json_parse_errors() -> None:
+    # web.Server makes one RequestHandler per connection from this module
+    # global; aiohttp has no setting for the class (the daemon is the only
+    # aiohttp server in its process).
+    web_server.RequestHandler = _JsonParseErrors  # type: ignore[misc]
+
+
 def make_app(runtime: Runtime, shutdown: asyncio.Event) -> web.Application:
+    _json_parse_errors()
     app = web.Application(middlewares=[errors], client_max_size=MAX_REQUEST_BYTES)
     app[RUNTIME] = runtime
     app[SHUTDOWN] = shutdown
