@@ -10,9 +10,10 @@ match, not a piece of one: a name glued as APIKEY is not recognised, so
 spell it API_KEY).
 
 Where a secret of a job's `[env]` is, and where it never is:
-- In the engine's database (`engine.db` under the engine home, which is
-  0700, the database 0600): the job's spec is stored verbatim, values
-  included, so that a retry or a restart of the engine can start it again.
+- In the engine's database (`engine.db` under the engine home; the file is
+  0600, the home 0700, or 0711 for a shared engine): the job's spec is
+  stored verbatim, values included, so that a retry, or a restart of the
+  engine, can start it again.
 - In the `start` message the engine sends a node's agent, over the agent's
   link (SSH's stdin, or a pipe for the head node), never on a command line;
   the agent writes only the names into the run's `spec.json`, and gives the
@@ -29,7 +30,9 @@ Where a secret of a job's `[env]` is, and where it never is:
   job's user may open it), a rank on another node from its ssh session's
   stdin, where our ssh (engine/sshwrap) writes them.
 - Never in the engine's log, its events, the API's job views (`show` lists
-  the env names only) or any command line on any node.
+  the env names only, never a value, which masks more than "***" would) or
+  any command line on any node. A job that prints its own secret puts it in
+  its log: that is the job's doing.
 - A secret-looking variable of the engine's own environment is never passed
   on to a job, even where its prefix is allow-listed (engine/launch.py):
   only the profile's `[env]` gives a job secrets.
@@ -37,13 +40,12 @@ Where a secret of a job's `[env]` is, and where it never is:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 SECRET_WORDS = frozenset({
     "TOKEN", "TOKENS", "KEY", "KEYS", "SECRET", "SECRETS", "PASSWORD", "PASSWORDS",
     "PASSWD", "CREDENTIAL", "CREDENTIALS",
 })
-MASK = "***"
 
 
 def is_secret_name(name: str) -> bool:
@@ -54,23 +56,3 @@ def is_secret_name(name: str) -> bool:
 def secret_names(names: Iterable[str]) -> tuple[str, ...]:
     """The secret-looking names among `names` (a mapping gives its keys), sorted."""
     return tuple(sorted({n for n in names if is_secret_name(n)}))
-
-
-def without_secrets(env: Mapping[str, str]) -> dict[str, str]:
-    """`env` less its secret-looking variables."""
-    return {k: v for k, v in env.items() if not is_secret_name(k)}
-
-
-def masked(env: Mapping[str, str]) -> dict[str, str]:
-    """`env` with the value of every secret-looking variable replaced by MASK."""
-    return {k: MASK if is_secret_name(k) else v for k, v in env.items()}
-
-
-def redact(text: str, values: Iterable[str]) -> str:
-    """`text` with every occurrence of each of `values` (non-empty ones of
-    at least 4 characters: shorter values would mask ordinary text) replaced
-    by MASK."""
-    for value in sorted({v for v in values if len(v) >= 4}, key=len, reverse=True):
-        if value in text:
-            text = text.replace(value, MASK)
-    return text
