@@ -61,6 +61,7 @@ from console.state import (
     ConsoleState,
     bar,
     duration,
+    guard_words,
     host_key_changed,
     host_key_refused,
     middle_cut,
@@ -107,7 +108,7 @@ SORTS = ("newest", "state", "name", "owner", "loss")
 #: magenta text turn dark grey: those states are white on red instead).
 STATE_STYLE = {"running": "green", "succeeded": "bold green", "failed": "bold white on red",
                "lost": "bold white on red", "cancelled": "bright_yellow", "queued": "sky_blue1",
-               "held": "dim", "starting": "sky_blue1"}
+               "held": "dim", "starting": "sky_blue1", "stalled": "bold black on yellow"}
 #: A node's state word in the NODE column: colour and weight, and the word
 #: itself (in capitals but for "up") so it reads under NO_COLOR too (bright,
 #: as STATE_STYLE).
@@ -581,7 +582,10 @@ class LlmConsole(App[None]):
             elif label == "OWNER":
                 out.append(middle_cut(str(job.get("owner", "")), width))
             elif label == "STATE":
-                out.append((state, STATE_STYLE.get(state, "")))
+                if state == "running" and job.get("stalled"):  # the stall watch's flag
+                    out.append(("stalled", STATE_STYLE["stalled"]))
+                else:
+                    out.append((state, STATE_STYLE.get(state, "")))
             elif label == "PRI":
                 out.append(str(job.get("priority", 0)))
             elif label == "TRY":
@@ -650,7 +654,8 @@ class LlmConsole(App[None]):
             return
         if series is None or not series.loss:
             waits = job.get("state") in ("held", "queued")
-            why = job.get("waiting") if waits else job.get("reason")
+            why = job.get("waiting") if waits else (
+                guard_words(job, self.clock()) or job.get("reason"))
             age = job.get("submitted_at")  # a waiting job's AGE: how long it has waited
             since = f" {duration(self.clock() - age)}" if waits and \
                 isinstance(age, int | float) else ""

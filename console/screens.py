@@ -37,7 +37,7 @@ from textual.widgets import (
 
 from console import detail
 from console.chart import Line, MetricChart, loss_lines
-from console.state import Series, progress_line, series_progress, smoothed
+from console.state import Series, guard_words, progress_line, series_progress, smoothed
 from engine import pipelines, profiles
 from engine.errors import EngineError, UserError
 from engine.model import LIMITS
@@ -439,6 +439,8 @@ class JobScreen(Screen[None]):
     def _title(self) -> str:
         j = self.job
         reason = f" - {j['reason']}" if j.get("reason") else ""
+        guarded = guard_words(j, time.time())  # stalled, or a loss guard restart
+        reason += f" - {guarded}" if guarded else ""
         progress = f"\n  {self.prepared}" if self.prepared else ""  # a prepare job's
         return (f"job {j['id']}  {j.get('name')}  [{j.get('kind')}]  {j.get('state')}  "
                 f"attempt {j.get('attempt')}  priority {j.get('priority', 0)}{reason}{progress}")

@@ -34,6 +34,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine import guard
+
 ACTIVE_STATES = ("held", "queued", "starting", "running")
 HOLDING = ("starting", "running")  # a job in these states holds GPUs and slots
 SERIES_POINTS = 2000      # loss points kept per job
@@ -364,6 +366,30 @@ def duration(seconds: float | None) -> str:
         return "-"
     s = max(0, int(seconds))
     return f"{s // 60}:{s % 60:02d}" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}"
+
+
+def guard_words(job: Mapping[str, Any], now: float) -> str | None:
+    """What the loss guard and stall watch (engine.guard) say of the job's
+    current attempt: "stalled 12m at step 800" while it is flagged (the time
+    since its last step), else the guard restart that made it ("restart 1 of
+    2 by loss guard: lr x0.5"), else None."""
+    stalled = job.get("stalled")
+    if isinstance(stalled, Mapping):
+        since, step = stalled.get("since"), stalled.get("last_step")
+        idle = now - since if isinstance(since, int | float) else 0.0
+        where = f"at step {step}" if step is not None else "before its first step"
+        return f"stalled {guard.duration_words(max(0.0, idle))} {where}"
+    info = job.get("guard")
+    restart = info.get("restart") if isinstance(info, Mapping) else None
+    return str(restart) if restart else None
+
+
+def guard_rows(job: Mapping[str, Any]) -> list[tuple[float | None, str, str]]:
+    """The guard's notes (time, attempt, text): flagged, dumped, cleared, tripped."""
+    info = job.get("guard")
+    notes = info.get("notes") if isinstance(info, Mapping) else None
+    return [(n.get("time"), str(n.get("attempt")), str(n.get("text")))
+            for n in notes or () if isinstance(n, Mapping)]
 
 
 def run_time(job: Mapping[str, Any], now: float) -> float | None:

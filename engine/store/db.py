@@ -29,6 +29,9 @@ Contracts:
     row is unchanged, so a read always reflects the file.
   * The file is created 0600 (SQLite gives its -wal/-shm files the same
     mode); a missing parent directory is created 0700.
+  * The -wal file stays bounded: journal_size_limit (WAL_SIZE_LIMIT) on
+    every connection, and the writer's periodic `checkpoint_wal`, which
+    never waits for a reader.
   * Telemetry is kept at full rate for TELEMETRY_FULL_RATE_S and as
     one-minute averages beyond, up to the keep period (`prune_telemetry`,
     which the engine calls periodically); `telemetry_history` reads a node's
@@ -58,6 +61,12 @@ from engine.store.errors import StaleState, StoreError, UnknownJob
 from engine.store.records import MetricPoint, TelemetryRow
 
 BUSY_TIMEOUT_S = 10.0
+# The -wal file is cut back to this size whenever the log restarts, and
+# checkpoint_wal truncates it to nothing once no reader holds it: a reader
+# that keeps a read transaction open (a CLI streaming a log) lets it grow
+# only while it reads.
+WAL_SIZE_LIMIT = 4 * 1024 * 1024
+WAL_CHECKPOINT_BYTES = 1024 * 1024  # the size the engine checkpoints from (checkpoint_wal)
 # Telemetry history: every sample is kept this long (a chart of the last hour
 # at 1 Hz), one-minute averages (made as samples are recorded) for as long as
 # the engine keeps telemetry: 64 nodes at 1 Hz make 230,000 samples an hour,
@@ -86,13 +95,14 @@ _OPEN_STATES = (
 _SELECT_JOBS = """
 SELECT j.id, j.spec_json, j.owner_uid, j.state, j.attempt, j.submitted_at, j.updated_at,
        j.reason, j.exit_code,
-       (SELECT group_concat(d.parent_id) FROM job_deps d WHERE d.job_id = j.id)
+       (SELECT group_concat(d.parent_id) FROM job_deps d WHERE d.job_id = j.id),
+       (SELECT a.not_before FROM attempts a WHERE a.job_id = j.id AND a.number = j.attempt)
 FROM jobs j
 """
 
 _SELECT_ATTEMPTS = """
 SELECT job_id, number, state, placements_json, pid, exit_code, reason,
-       created_at, started_at, ended_at, cancel_requested
+       created_at, started_at, ended_at, cancel_requested, not_before
 FROM attempts
 """
 
@@ -167,6 +177,10 @@ VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?)
 
 _INSERT_ATTEMPT = """
 INSERT INTO attempts (job_id, number, state, created_at) VALUES (?, ?, ?, ?)
+"""
+
+_INSERT_RETRY = """
+INSERT INTO attempts (job_id, number, state, created_at, not_before) VALUES (?, ?, ?, ?, ?)
 """
 
 _INSERT_EVENT = """
@@ -292,6 +306,7 @@ def _attempt(row: Sequence[Any]) -> Attempt:
         started_at=row[8],
         ended_at=row[9],
         cancel_requested=bool(row[10]),
+        not_before=row[11],
     )
 
 
@@ -454,6 +469,7 @@ class Store:
             raise StoreError(f"cannot switch to WAL (journal mode is {mode})")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute(f"PRAGMA journal_size_limit = {int(WAL_SIZE_LIMIT)}")  # a constant
         try:
             conn.execute("SELECT json_array_length(?)", ("[]",)).fetchall()
         except sqlite3.OperationalError as exc:
@@ -556,6 +572,7 @@ class Store:
             after=tuple(sorted(int(d) for d in deps.split(","))) if deps else (),
             reason=row[7],
             exit_code=row[8],
+            not_before=row[10],
         )
 
     # --- submitting --------------------------------------------------------
@@ -828,11 +845,17 @@ class Store:
             )
         return attempt
 
-    def new_attempt(self, job_id: int, *, cause: str, actor: str, now: float) -> Attempt:
+    def new_attempt(self, job_id: int, *, cause: str, actor: str, now: float,
+                    not_before: float | None = None) -> Attempt:
         """Start the job over: attempt number+1 in QUEUED, made the job's
         current one, with an event (from None to QUEUED, `cause`). Only when
         the current attempt is terminal, else InvalidTransition. Earlier
-        attempts and their events are left as they are."""
+        attempts and their events are left as they are. `not_before`: the
+        scheduler leaves it queued until then (a retry's backoff); None, at
+        once."""
+        if not_before is not None and (isinstance(not_before, bool) or not isinstance(
+                not_before, (int, float)) or not math.isfinite(not_before)):
+            raise TypeError(f"not_before must be a finite time or None, not {not_before!r}")
         with self._write() as conn:
             row = conn.execute(
                 "SELECT j.attempt, a.state FROM jobs j"
@@ -848,7 +871,7 @@ class Store:
                     job_id, current, JobState.QUEUED, self._history(conn, job_id)
                 )
             number = row[0] + 1
-            conn.execute(_INSERT_ATTEMPT, (job_id, number, JobState.QUEUED.value, now))
+            conn.execute(_INSERT_RETRY, (job_id, number, JobState.QUEUED.value, now, not_before))
             conn.execute(
                 "UPDATE jobs SET attempt = ?, state = ?, updated_at = ?, reason = NULL,"
                 " exit_code = NULL WHERE id = ?",
@@ -857,7 +880,8 @@ class Store:
             conn.execute(
                 _INSERT_EVENT, (job_id, number, now, None, JobState.QUEUED.value, cause, actor)
             )
-        return Attempt(job_id=job_id, number=number, state=JobState.QUEUED, created_at=now)
+        return Attempt(job_id=job_id, number=number, state=JobState.QUEUED, created_at=now,
+                       not_before=not_before)
 
     def set_priority(self, job_id: int, priority: int, *, cause: str, actor: str,
                      now: float) -> bool:
@@ -1119,6 +1143,34 @@ class Store:
         ]
 
     # --- maintenance -------------------------------------------------------
+
+    def checkpoint_wal(self, min_bytes: int = 0) -> tuple[int, int, int]:
+        """Copy the write-ahead log into the database and truncate it to
+        nothing (`PRAGMA wal_checkpoint(TRUNCATE)`) without waiting: with no
+        busy timeout, a reader still on an older snapshot (or another
+        writer) makes it a PASSIVE checkpoint of what it can copy, and a
+        later call truncates. Returns SQLite's (busy, log frames,
+        frames checkpointed): busy 1 when it could not truncate; (0, 0, 0)
+        after a truncation. Does nothing, returning (0, -1, -1), while the
+        -wal file is under `min_bytes` (so that calling it often is cheap)."""
+        if min_bytes > 0:
+            try:
+                if os.stat(f"{self.path}-wal").st_size < min_bytes:
+                    return (0, -1, -1)
+            except FileNotFoundError:
+                return (0, -1, -1)
+            except OSError as exc:
+                raise StoreError(f"{self.path}-wal: {exc}") from exc
+        conn = self._connection()
+        try:
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0]
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: checkpoint: {exc}") from exc
+        return (int(row[0]), int(row[1]), int(row[2]))
 
     def integrity_check(self) -> str:
         """SQLite's `PRAGMA integrity_check`: "ok", or its findings, one a line."""

@@ -1,0 +1,50 @@
+"""How the screen words the loss guard and the stall watch (the job view's
+`stalled` and `guard`, engine.guard_book): the state cell's reason, the job
+detail's title, and the guard's notes among the history rows."""
+
+from __future__ import annotations
+
+from console import detail
+from console.state import guard_rows, guard_words
+
+GUARDED = {
+    "id": 7, "state": "running", "attempt": 2,
+    "stalled": {"since": 1000.0, "last_step": 800},
+    "guard": {
+        "stalled": {"since": 1000.0, "last_step": 800},
+        "restart": "restart 1 of 2 by loss guard: lr x0.5",
+        "notes": [{"attempt": 1, "time": 950.0,
+                   "text": "loss guard: loss was nan at step 120: restart"},
+                  {"attempt": 2, "time": 1720.0, "text": "stalled 12m at step 800"},
+                  {"attempt": 2, "time": 1725.0,
+                   "text": "stack dumps: rank 0 on n1 -> /r/stacks/x/rank-0-n1-pid9.txt"}],
+    },
+    "history": [{"attempt": 1, "time": 900.0, "from": "queued", "to": "starting",
+                 "cause": "placed on n1", "actor": "scheduler"},
+                {"attempt": 1, "time": 960.0, "from": "running", "to": "failed",
+                 "cause": "loss guard: loss was nan at step 120", "actor": "agent@n1"},
+                {"attempt": 2, "time": 961.0, "from": None, "to": "queued",
+                 "cause": "restart 1 of 2 by loss guard: lr x0.5 (loss guard: loss was nan "
+                          "at step 120)", "actor": "engine"}],
+}
+
+
+def test_stalled_words_then_the_restart_words() -> None:
+    assert guard_words(GUARDED, now=1000.0 + 12 * 60 + 20) == "stalled 12m at step 800"
+    cleared = {**GUARDED, "stalled": None}
+    assert guard_words(cleared, now=2000.0) == "restart 1 of 2 by loss guard: lr x0.5"
+    never = {"stalled": {"since": 0.0, "last_step": None}}
+    assert guard_words(never, now=45.0) == "stalled 45s before its first step"
+    assert guard_words({"state": "running", "guard": None, "stalled": None}, 0.0) is None
+    assert guard_words({"state": "running"}, 0.0) is None  # an engine from before guards
+
+
+def test_the_guard_notes_sit_among_the_history_rows_in_time_order() -> None:
+    assert [text for _t, _a, text in guard_rows(GUARDED)][1] == "stalled 12m at step 800"
+    rows = detail.history_rows(GUARDED)
+    changes = [r[2] for r in rows]
+    assert changes == ["queued -> starting", "guard", "running -> failed", "(new) -> queued",
+                       "guard", "guard"]
+    assert rows[1][3] == "loss guard: loss was nan at step 120: restart"
+    assert rows[-1][3].startswith("stack dumps: rank 0 on n1") and rows[-1][1] == "2"
+    assert detail.history_rows({"history": GUARDED["history"]})[0][2] == "queued -> starting"
