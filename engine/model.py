@@ -195,6 +195,7 @@ class Attempt:
     started_at: float | None = None
     ended_at: float | None = None
     cancel_requested: bool = False
+    not_before: float | None = None  # queued until then (a retry's backoff); None: at once
 
     @property
     def key(self) -> str:
@@ -221,6 +222,7 @@ class Job:
     after: tuple[int, ...] = ()
     reason: str | None = None
     exit_code: int | None = None
+    not_before: float | None = None  # the current attempt's (see Attempt.not_before)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 which GPUs (priority then submission order, gang all-or-nothing, best fit,
 EASY-style backfill around one reservation); `unplaceable_reason` says why a job
 can never fit the cluster; `resolve_dependencies` releases or fails held jobs.
-No I/O and no clock: the same inputs always give the same answer.
+No I/O and no clock: the same inputs always give the same answer (the time,
+for a job whose automatic retry backs off, is an input: `now`).
 
 A job that asks for `nodes_with` (labels or node names) may only use the
 nodes that have every one of them as a label or as their name; everything
@@ -11,6 +12,7 @@ for that job."""
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left, insort
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,8 +28,13 @@ __all__ = [
     "HeldJob",
     "NodeCapacity",
     "PendingJob",
+    "RETRY_BACKOFF_BASE_S",
+    "RETRY_BACKOFF_CAP_S",
     "nodes_with_reason",
     "resolve_dependencies",
+    "backing_off",
+    "next_due",
+    "retry_backoff_s",
     "schedule",
     "unplaceable_reason",
 ]
@@ -46,6 +53,40 @@ class PendingJob:
     cpus: int  # CPU slots per node, >= 1
     memory_gb: float = 0.0  # per node
     nodes_with: tuple[str, ...] = ()  # labels or node names every node used must have
+    # Not placed before this time (an automatic retry's backoff); None: at once.
+    not_before: float | None = None
+    retry: int = 0  # which automatic retry the attempt is, for the words (0: not one)
+    retries: int = 0  # how many the job's policy allows
+
+
+# An automatic retry n waits min(CAP, BASE * 2**(n-1)) seconds, +-JITTER of
+# it (so that jobs failed together do not come back together), at most CAP.
+RETRY_BACKOFF_BASE_S = 5.0
+RETRY_BACKOFF_CAP_S = 300.0
+RETRY_JITTER = 0.2
+
+
+def retry_backoff_s(n: int, u: float, base: float = RETRY_BACKOFF_BASE_S,
+                    cap: float = RETRY_BACKOFF_CAP_S) -> float:
+    """The wait before automatic retry `n` (1 for the first), for `u` a
+    uniform draw in [0, 1] (0.5: no jitter). Never negative, never above
+    `cap`."""
+    raw = cap if n > 64 else min(cap, base * 2.0 ** max(0, n - 1))
+    return max(0.0, min(cap, raw * (1.0 + RETRY_JITTER * (2.0 * u - 1.0))))
+
+
+def backing_off(job: PendingJob, now: float | None) -> float:
+    """Seconds left of the job's backoff at `now` (0: it may be placed)."""
+    if now is None or job.not_before is None:
+        return 0.0
+    return max(0.0, job.not_before - now)
+
+
+def next_due(pending: Sequence[PendingJob], now: float) -> float | None:
+    """The earliest time a job backing off at `now` may be placed (when a
+    pass should run again), or None when none waits."""
+    times = [j.not_before for j in pending if j.not_before is not None and j.not_before > now]
+    return min(times) if times else None
 
 
 @dataclass(frozen=True)
@@ -234,7 +275,8 @@ def _check_unique_names(nodes: Sequence[NodeCapacity]) -> None:
         raise ValueError(f"node names must be unique; repeated: {', '.join(sorted(repeated))}")
 
 
-def schedule(pending: Sequence[PendingJob], nodes: Sequence[NodeCapacity]) -> list[Assignment]:
+def schedule(pending: Sequence[PendingJob], nodes: Sequence[NodeCapacity],
+             now: float | None = None) -> list[Assignment]:
     """Decide which pending jobs start now. Returns the assignments in
     scheduling order (priority descending, then seq ascending); jobs that do
     not fit, or are invalid, are left out. Raises ValueError when two nodes
@@ -250,7 +292,8 @@ def schedule(pending: Sequence[PendingJob], nodes: Sequence[NodeCapacity]) -> li
     only get resources outside that reservation. A blocked job that the up
     nodes could not host even when idle (invalid, too big for the cluster, or
     needing nodes that are down) reserves nothing, and the next blocked job
-    may become the head.
+    may become the head. A job whose `not_before` is after `now` (backing
+    off; `now` None: none is) is passed over and reserves nothing.
     """
     _check_unique_names(nodes)
     ordered = sorted(pending, key=_BY_SEQ)
@@ -272,6 +315,8 @@ def schedule(pending: Sequence[PendingJob], nodes: Sequence[NodeCapacity]) -> li
     for job in ordered:
         if not fit_keys:
             break
+        if backing_off(job, now):
+            continue
         gpus_per_node = job.gpus_per_node
         shape = _shape(job)
         if gpus_per_node <= most_free_gpus:
@@ -413,12 +458,17 @@ def unplaceable_reason(job: PendingJob, nodes: Sequence[NodeCapacity]) -> str | 
 
 
 def wait_reason(job: PendingJob, nodes: Sequence[NodeCapacity],
-                states: Mapping[str, str] | None = None) -> str:
+                states: Mapping[str, str] | None = None, now: float | None = None) -> str:
     """Why a queued job did not start at the last pass, in words, from what is
     free now: "needs 1 node with 2 CPU slots free; 0 of 1 up nodes has that
     now (local: 1 of 2 slots free)", with the nodes that take no work named
     by their state ("node gpu2 drained"). `states`: node name -> its state
-    word, for nodes that are not up."""
+    word, for nodes that are not up. A job backing off at `now`: "retry 2 of
+    3 waits 10 s (backoff)"."""
+    wait = backing_off(job, now)
+    if wait:
+        which = f"retry {job.retry} of {job.retries}" if job.retry else "the retry"
+        return f"{which} waits {math.ceil(wait)} s (backoff)"
     states = states or {}
     pool = list(nodes)
     if job.nodes_with:

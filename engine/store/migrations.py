@@ -266,6 +266,15 @@ MIGRATIONS: list[Migration] = [
             """,
         ],
     ),
+    (
+        4,
+        [
+            # The earliest time an attempt may be placed: an automatic
+            # retry's backoff (engine.scheduler.retry_backoff_s). Null, as
+            # every attempt written before this version reads: at once.
+            "ALTER TABLE attempts ADD COLUMN not_before REAL",
+        ],
+    ),
 ]
 
 _CREATE_VERSIONS = """

@@ -757,3 +757,37 @@ def test_a_waiting_job_is_told_why_in_words() -> None:
         "(local: 0 of 2 slots free); node gpu2 drained")
     free = NodeCapacity("local", gpus=0, free_gpus=(), slots=2, free_slots=2)
     assert wait_reason(job, [free]).startswith("behind jobs of higher priority")
+
+
+def test_a_retry_backing_off_is_skipped_until_its_time_then_placed() -> None:
+    from dataclasses import replace
+
+    from engine.scheduler import (
+        RETRY_BACKOFF_BASE_S,
+        RETRY_BACKOFF_CAP_S,
+        next_due,
+        retry_backoff_s,
+        wait_reason,
+    )
+
+    one = [node("a", gpus=2)]
+    retry = replace(job(1, gpus=2, priority=9), not_before=110.0, retry=2, retries=3)
+    later = job(2, gpus=1)
+    # before its time it is passed over, and reserves nothing: job 2 runs
+    got = schedule([retry, later], one, now=100.0)
+    assert [a.job_id for a in got] == [2]
+    assert wait_reason(retry, one, now=100.0) == "retry 2 of 3 waits 10 s (backoff)"
+    assert wait_reason(retry, one, now=109.2) == "retry 2 of 3 waits 1 s (backoff)"
+    assert next_due([retry, later], 100.0) == 110.0 and next_due([retry], 110.0) is None
+    # at (and after) its time, or with no clock given, it is placed first
+    for now in (110.0, 500.0, None):
+        assert [a.job_id for a in schedule([retry, later], one, now=now)] == [1]
+        assert "backoff" not in wait_reason(retry, [node("a", gpus=2, free=())], now=now)
+    # the wait doubles from the base up to the cap, +-20 %, never past the cap
+    assert [retry_backoff_s(n, 0.5) for n in (1, 2, 3)] == [5.0, 10.0, 20.0]
+    assert RETRY_BACKOFF_BASE_S == 5.0 and RETRY_BACKOFF_CAP_S == 300.0
+    assert retry_backoff_s(2, 0.0) == pytest.approx(8.0)
+    assert retry_backoff_s(2, 1.0) == pytest.approx(12.0)
+    assert retry_backoff_s(9, 0.5) == retry_backoff_s(10_000, 1.0) == 300.0
+    assert retry_backoff_s(9, 0.0) == pytest.approx(240.0)
+    assert retry_backoff_s(3, 0.5, base=0.1) == pytest.approx(0.4)
