@@ -175,3 +175,24 @@ def test_a_rank_without_its_secrets_says_why_in_one_line(tmp_path: Path) -> None
     assert bad.returncode == 126 and "not a JSON object" in bad.stderr
     usage = subprocess.run(base[:5], capture_output=True, text=True, timeout=30)
     assert usage.returncode == 2 and "usage" in usage.stderr
+
+
+def test_only_a_ranks_remote_command_is_rewritten_and_a_lost_keeper_is_one_line(
+        tmp_path: Path) -> None:
+    rank = f"cd /w > /dev/null 2>&1 ; env A=1 /py -I -S {SECRET_EXEC_SCRIPT} rank -- /py x.py"
+    wrapped = wrapper.secret_command([rank])
+    assert wrapped is not None and shlex.split(wrapped[0]) == [
+        "env", f"{secret_exec.ENV_STDIN}=1", "sh", "-c", rank]
+    quoted = "env A=1 /py -I -S '/a b/secret_exec.py' rank -- /py x.py"
+    assert wrapper.secret_command(quoted.split(" ")) is not None  # ssh joins the words
+    for other in (["true"], ["/py", "-m", "horovod.runner.task_fn", "secret_exec.py"]):
+        assert wrapper.secret_command(other) is None
+    fake_ssh(tmp_path / "fake")
+    run = subprocess.run(
+        [sys.executable, "-I", "-S", wrapper.__file__, "wrap", "10.0.0.2", rank],
+        env={"PATH": f"{tmp_path / 'fake'}:/usr/bin:/bin",
+             wrapper.ENV_SECRETS_FD: str(tmp_path / "gone")},
+        capture_output=True, text=True, timeout=30)
+    assert run.returncode == 255 and len(run.stderr.splitlines()) == 1, run.stderr
+    assert "cannot read the job's secrets" in run.stderr
+    assert not (tmp_path / "fake" / "calls.jsonl").exists()  # ssh never ran
