@@ -5,9 +5,10 @@ the Unix socket (mode 0600 unless a shared engine asks for a group), and on
 SIGTERM stops serving while the job processes keep running on their nodes.
 
 Refused in one line (`DaemonError`), before anything starts: a socket path
-too long for a Unix socket, a home this user may not write, an unknown
-socket group. A background start that fails reports what that start wrote
-to engine.log, not the log's older failures."""
+too long for a Unix socket, a home this user may not write, a home on a full
+disk (nothing is created in it), an unknown socket group. A background
+start that fails reports what that start wrote to engine.log, not the log's
+older failures."""
 
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ async def serve(
         except KeyError:
             raise DaemonError(f"--socket-group {socket_group}: no such group; name one from "
                               f"/etc/group (see `getent group`)") from None
+    _refuse_full_disk(home or paths.home())
     root = paths.ensure_home(home)
     try:
         lock = open(root / "engine.lock", "a+")  # noqa: SIM115 — held for the daemon's life
@@ -114,6 +116,12 @@ async def serve(
         lock.close()
 
 
+def _refuse_full_disk(root: Path) -> None:
+    problem = paths.full_disk_problem(root)
+    if problem is not None:
+        raise DaemonError(problem)
+
+
 def start_background(cluster_profile: str | None = None, wait: float = 20.0) -> int:
     """Start a daemon detached from this terminal; return its pid once its
     socket answers. If it exits first, the error quotes only what this start
@@ -123,6 +131,7 @@ def start_background(cluster_profile: str | None = None, wait: float = 20.0) -> 
     problem = paths.socket_path_problem(paths.socket_path())
     if problem is not None:
         raise DaemonError(problem)
+    _refuse_full_disk(paths.home())  # here too: serve's own line could not reach engine.log
     root = paths.ensure_home()
     try:
         # private: a shared engine's home is traversable by its users

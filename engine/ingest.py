@@ -17,21 +17,63 @@ Contract:
 - Output bytes are kept exactly: the agent sends undecodable bytes as lone
   surrogates (surrogateescape) and the copy writes them back as bytes.
   Subscribers (the screen) get them as U+FFFD.
+- The copy is capped per attempt (`log_cap` bytes; $LLMCONSOLE_LOG_CAP_MB,
+  default 256 MiB): once it passes the cap it is rewritten (tmp + rename)
+  as its first half (the start of a run matters), one marker line
+  "[llmconsole: N bytes of output dropped here; the full log is on node X
+  at PATH]" and its newest quarter, so it never holds more than the cap plus
+  one line and always reads as one coherent log. A reader following the
+  copy by byte position sees it shrink at that moment.
+- A full disk (or any write error) under the engine home never reaches the
+  caller: the copy of that attempt stops (nothing half-written is left in
+  it), engine.log gets one line and the job one event "log copy stopped: no
+  space left on device"; lines keep reaching subscribers and the job's state
+  is kept as before. Offsets and store writes that fail are retried on the
+  next flush (metric points are kept, at most `MAX_PENDING_POINTS`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO
 
+from engine import diskspace
 from engine.agent.protocol import Log, Metric, Telemetry
+from engine.errors import UserError
 from engine.hub import EventHub
 from engine.model import JobSpec, Placement, attempt_key
-from engine.store import MetricPoint, Store, TelemetryRow
+from engine.store import MetricPoint, Store, StoreError, TelemetryRow
+
+log = logging.getLogger("llmconsole.ingest")
+
+LOG_CAP_ENV = "LLMCONSOLE_LOG_CAP_MB"
+DEFAULT_LOG_CAP_MB = 256.0
+MIN_LOG_CAP = 4096  # bytes: room for a head, the marker and a tail
+MAX_PENDING_POINTS = 200_000  # metric points held while the store cannot take them
+COPY_CHUNK = 1 << 20
+
+
+def log_cap_from_env(environ: dict[str, str] | None = None) -> int:
+    """The per-attempt cap of the engine's log copies, in bytes, from
+    $LLMCONSOLE_LOG_CAP_MB (a number of MiB, fractions allowed; default 256).
+    Raises `UserError` naming the fix for a value that is not a number."""
+    raw = (os.environ if environ is None else environ).get(LOG_CAP_ENV, "").strip()
+    if not raw:
+        return int(DEFAULT_LOG_CAP_MB * (1 << 20))
+    try:
+        mb = float(raw)
+    except ValueError:
+        mb = -1.0
+    if not mb > 0 or mb != mb or mb == float("inf"):
+        raise UserError(f"{LOG_CAP_ENV}={raw!r}: expected a positive number of MiB, such as "
+                        f"256 (the cap of the engine's copy of each attempt's output)")
+    return max(MIN_LOG_CAP, int(mb * (1 << 20)))
 
 
 @dataclass
@@ -60,7 +102,12 @@ class Running:
     parts: dict[str, Part] = field(default_factory=dict)
     log_lines: int = 0  # lines in the engine's copy of the output
     skip_lines: int = 0  # lines already in the copy that a re-attach will replay
-    log_file: TextIO | None = None
+    log_file: BinaryIO | None = None
+    log_bytes: int = 0  # size of the engine's copy
+    head_end: int | None = None  # the copy's kept first part ends here, once known
+    marker_len: int = 0  # the "dropped" marker line after the head, once written
+    dropped: int = 0  # bytes of output left out of the copy (the cap)
+    copy_stopped: str | None = None  # why the copy stopped (a write failed), if it did
     start_error: str | None = None  # the agent could not start it: why
     cancelled_by: str | None = None
     failure: str | None = None  # the first part that failed, while the others stop
@@ -93,17 +140,24 @@ class Ingest:
     """Buffers and files for what the agents stream."""
 
     def __init__(self, store: Store, logs_dir: Path, hub: EventHub,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], *, log_cap: int | None = None,
+                 node_root: Callable[[str], str] | None = None) -> None:
+        """`log_cap`: bytes per attempt's copy (None: $LLMCONSOLE_LOG_CAP_MB);
+        `node_root`: a node's run root by name, for the marker line."""
         self.store = store
         self.logs_dir = logs_dir
         self.hub = hub
         self.clock = clock
+        self.log_cap = log_cap_from_env() if log_cap is None else max(MIN_LOG_CAP, log_cap)
+        self.node_root = node_root
         self._metrics: list[MetricPoint] = []
         self._telemetry: list[TelemetryRow] = []
         self._dirty: set[str] = set()
+        self._failing: set[str] = set()  # what already said it fails (said once)
+        self._notes: list[tuple[int, int, str, float]] = []  # events the store has yet to take
 
     def log_path(self, job_id: int, number: int) -> Path:
-        return self.logs_dir / attempt_key(job_id, number) / "output.log"
+        return self.logs_dir / attempt_key(job_id, number) / OUTPUT_NAME
 
     # ------------------------------------------------------------- events
     def log(self, run: Running, part: Part, event: Log) -> None:
@@ -117,16 +171,116 @@ class Ingest:
         self.append_log(run, event.line)
 
     def append_log(self, run: Running, line: str) -> None:
+        """Add `line` to the attempt's copy (capped) and publish it. Never
+        raises for a write that fails: the copy stops, once, with a reason."""
+        if run.copy_stopped is None:
+            try:
+                self._write_line(run, line.encode("utf-8", "surrogateescape") + b"\n")
+            except OSError as exc:
+                self._stop_copy(run, exc)
+        self.hub.publish({"type": "log", "job": run.job_id, "attempt": run.number,
+                          "line": _displayable(line)})
+
+    def _write_line(self, run: Running, data: bytes) -> None:
         if run.log_file is None:
             path = self.log_path(run.job_id, run.number)
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            run.log_file = open(path, "a", encoding="utf-8",  # noqa: SIM115
-                                errors="surrogateescape")
-        run.log_file.write(line + "\n")
-        run.log_file.flush()
+            run.log_file = open(path, "a+b", buffering=0)  # noqa: SIM115
+            run.log_bytes = os.fstat(run.log_file.fileno()).st_size
+        if run.head_end is None and run.log_bytes + len(data) > self.log_cap // 2:
+            run.head_end = run.log_bytes  # the first part ends before this line
+        try:
+            written = run.log_file.write(data)
+            if written != len(data):
+                raise OSError(28, os.strerror(28))  # a short write: the disk is full
+        except OSError:
+            with contextlib.suppress(OSError):  # no half line: cut back to the last one
+                os.ftruncate(run.log_file.fileno(), run.log_bytes)
+            raise
+        run.log_bytes += len(data)
         run.log_lines += 1
-        self.hub.publish({"type": "log", "job": run.job_id, "attempt": run.number,
-                          "line": _displayable(line)})
+        if run.log_bytes > self.log_cap:
+            self._compact(run)
+
+    def _compact(self, run: Running) -> None:
+        """Rewrite the copy as head + marker + newest quarter (see the module
+        docstring); the offsets are saved with it, so that a re-attach after
+        a crash counts the lines of the new copy."""
+        assert run.log_file is not None
+        path = self.log_path(run.job_id, run.number)
+        head = run.head_end or 0
+        body = head + run.marker_len  # where the lines after the marker start
+        keep_from = max(body, run.log_bytes - self.log_cap // 4)
+        src = run.log_file
+        src.seek(keep_from)
+        if keep_from > body:  # start the kept tail at a line
+            chunk = src.read(COPY_CHUNK)
+            newline = chunk.find(b"\n")
+            keep_from = run.log_bytes if newline < 0 else keep_from + newline + 1
+        dropped = run.dropped + keep_from - body
+        marker = self._marker(run, dropped)
+        tmp = path.with_name(f"{path.name}.tmp")
+        lines = 0
+        try:
+            with open(tmp, "wb") as out:
+                lines += _copy_range(src, out, 0, head)
+                out.write(marker)
+                lines += 1 + _copy_range(src, out, keep_from, run.log_bytes)
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        src.close()
+        run.log_file = open(path, "a+b", buffering=0)  # noqa: SIM115
+        run.log_bytes = os.fstat(run.log_file.fileno()).st_size
+        run.log_lines = lines
+        run.marker_len = len(marker)
+        run.dropped = dropped
+        run.head_end = head
+        try:
+            self.save_offsets(run)
+        except OSError:
+            self._dirty.add(run.key)  # the next flush saves them
+
+    def _marker(self, run: Running, dropped: int) -> bytes:
+        where = f"runs/{run.key}/{OUTPUT_NAME} in its run root"
+        if self.node_root is not None:
+            with contextlib.suppress(Exception):  # a node since removed from the profile
+                where = f"{self.node_root(run.node).rstrip('/')}/runs/{run.key}/{OUTPUT_NAME}"
+        return (f"[llmconsole: {dropped} bytes of output dropped here; the full log is on "
+                f"node {run.node} at {where}]\n").encode()
+
+    def _stop_copy(self, run: Running, exc: OSError) -> None:
+        """The copy cannot be written: close it, say so once (engine.log and
+        an event on the job); the job itself is not touched."""
+        why = "no space left on device" if diskspace.is_no_space(exc) else \
+            (exc.strerror or str(exc)).lower()
+        run.copy_stopped = why
+        if run.log_file is not None:
+            with contextlib.suppress(OSError):
+                run.log_file.close()
+            run.log_file = None
+        path = self.log_path(run.job_id, run.number)
+        log.error("job %d attempt %d: log copy %s stopped: %s (%s); the job goes on, its "
+                  "full output stays on node %s", run.job_id, run.number, path, exc,
+                  diskspace.where_free(path), run.node)
+        self._notes.append((run.job_id, run.number, f"log copy stopped: {why}", self.clock()))
+        self._write_notes()
+
+    def _write_notes(self) -> None:
+        """Events waiting for the store (on a full disk it takes none)."""
+        while self._notes:
+            job_id, number, cause, when = self._notes[0]
+            try:
+                self.store.note(job_id, number, cause=cause, actor="engine", now=when)
+            except StoreError as err:
+                if not _disk_trouble(err):
+                    log.error("job %d: cannot record %r: %s", job_id, cause, err)
+                    del self._notes[0]
+                    continue
+                return  # the flush tries again
+            del self._notes[0]
 
     def metric(self, run: Running, part: Part, event: Metric) -> None:
         if event.offset <= part.metric_offset:
@@ -166,21 +320,56 @@ class Ingest:
 
     # -------------------------------------------------------- persistence
     def flush(self, running: dict[str, Running]) -> None:
-        if self._metrics:
-            points, self._metrics = self._metrics, []
-            self.store.record_metrics(points)
-        if self._telemetry:
-            rows, self._telemetry = self._telemetry, []
-            self.store.record_telemetry(rows)
+        """Write buffered points and rows, then the offsets they cover. A
+        write that fails for want of space (or any store error) is logged
+        once and retried on the next flush; offsets are saved only after
+        their points, so a crash meanwhile replays rather than loses."""
+        try:
+            if self._metrics:
+                self.store.record_metrics(self._metrics)
+                self._metrics = []
+            if self._telemetry:
+                rows, self._telemetry = self._telemetry, []
+                self.store.record_telemetry(rows)  # samples: dropped, not retried
+        except StoreError as err:
+            self._telemetry = []
+            if not _disk_trouble(err):
+                self._metrics = []  # a bad point: retrying would fail forever
+                raise
+            self._failed("store", f"cannot write metric points to the store: {err}; "
+                         f"{diskspace.where_free(self.logs_dir)}; retrying")
+            del self._metrics[:-MAX_PENDING_POINTS]
+            return
+        self._recovered("store")
+        self._write_notes()
         for key in list(self._dirty):
             run = running.get(key)
-            if run is not None:
+            if run is None:
+                self._dirty.discard(key)
+                continue
+            try:
                 self.save_offsets(run)
-        self._dirty.clear()
+            except OSError as err:
+                self._failed("offsets", f"cannot save log offsets under {self.logs_dir}: "
+                             f"{err}; {diskspace.where_free(self.logs_dir)}; retrying")
+                return
+            self._dirty.discard(key)
+        self._recovered("offsets")
+
+    def _failed(self, what: str, message: str) -> None:
+        if what not in self._failing:
+            self._failing.add(what)
+            log.error("%s", message)
+
+    def _recovered(self, what: str) -> None:
+        if what in self._failing:
+            self._failing.discard(what)
+            log.info("writing %s works again", what)
 
     def close(self, run: Running) -> None:
         if run.log_file is not None:
-            run.log_file.close()
+            with contextlib.suppress(OSError):
+                run.log_file.close()
             run.log_file = None
 
     def _offsets_path(self, run: Running) -> Path:
@@ -193,10 +382,17 @@ class Ingest:
         doc = {"output": first.log_offset, "output_lines": run.log_lines,
                "metrics": first.metric_offset,
                "parts": {p.node: {"output": p.log_offset, "metrics": p.metric_offset}
-                         for p in run.parts.values()}}
+                         for p in run.parts.values()},
+               "head_end": run.head_end, "marker_len": run.marker_len,
+               "dropped": run.dropped, "copy_stopped": run.copy_stopped}
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc))
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(json.dumps(doc))
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # no partial file left on a full disk
+            raise
 
     def load_offsets(self, run: Running) -> None:
         """After an engine restart: where to resume. Metric points and their
@@ -224,6 +420,35 @@ class Ingest:
                 part.metric_offset = _offset(saved.get("metrics"))
         run.log_lines = in_copy
         run.skip_lines = max(0, in_copy - (_int(data.get("output_lines")) or 0))
+        run.head_end = _int(data.get("head_end"))
+        run.marker_len = _int(data.get("marker_len")) or 0
+        run.dropped = _int(data.get("dropped")) or 0
+        stopped = data.get("copy_stopped")
+        run.copy_stopped = stopped if isinstance(stopped, str) else None
+
+
+OUTPUT_NAME = "output.log"  # the node's file, as engine.agent.runs names it
+
+
+def _disk_trouble(err: StoreError) -> bool:
+    """SQLite's words for a full disk or a failing one."""
+    text = f"{err} {err.__cause__}".lower()
+    return "full" in text or "disk i/o" in text or "no space" in text
+
+
+def _copy_range(src: BinaryIO, dst: BinaryIO, start: int, end: int) -> int:
+    """Copy bytes [start, end) of `src` to `dst`; the number of lines copied."""
+    src.seek(start)
+    lines = 0
+    left = end - start
+    while left > 0:
+        chunk = src.read(min(COPY_CHUNK, left))
+        if not chunk:
+            break
+        dst.write(chunk)
+        lines += chunk.count(b"\n")
+        left -= len(chunk)
+    return lines
 
 
 def _offset(value: Any) -> int:

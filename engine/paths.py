@@ -11,18 +11,25 @@ $LLMCONSOLE_HOME, else $XDG_DATA_HOME/llmconsole (~/.local/share/llmconsole).
 
 A Unix socket path holds at most `SOCKET_PATH_MAX` bytes: `socket_path_problem`
 says so in one line (the client and the daemon both check it first). When a
-path is out of this user's reach, `owner_of` names who to ask.
+path is out of this user's reach, `owner_of` names who to ask. A home on a
+full disk (under `MIN_FREE_BYTES` free, or a write probe that finds no
+space) is refused by `full_disk_problem` before the daemon creates anything
+in it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 from pathlib import Path
 
+from engine import diskspace
 from engine.errors import UserError
 
 SOCKET_PATH_MAX = 107  # bytes: Linux's sun_path is 108, with the terminating NUL
+MIN_FREE_BYTES = 64 << 20  # the store, the log copies and engine.log need room to grow
+PROBE_BYTES = 64 << 10
 
 
 def home() -> Path:
@@ -44,11 +51,50 @@ def ensure_home(path: Path | None = None) -> Path:
         raise UserError(f"cannot create the engine home {root}: permission denied ({where} "
                         f"belongs to {owner}); set LLMCONSOLE_HOME to a folder of your own"
                         ) from None
+    except OSError as exc:
+        if diskspace.is_no_space(exc):
+            raise UserError(_full_disk_line(root)) from None
+        raise
     if not os.access(root, os.W_OK | os.X_OK):
         _where, owner = owner_of(root)
         raise UserError(f"the engine home {root} belongs to {owner} and you may not write to "
                         f"it; set LLMCONSOLE_HOME to a folder of your own")
     return root
+
+
+def full_disk_problem(root: Path, min_free: int = MIN_FREE_BYTES) -> str | None:
+    """Why the engine home `root` cannot hold an engine: its disk (that of
+    its nearest existing parent, before it is created) has under `min_free`
+    bytes free, or writing a small probe file in it finds no space (a
+    quota). One line with the fix, or None. The probe is removed."""
+    free = diskspace.free_bytes(root)
+    if free is not None and free < min_free:
+        return _full_disk_line(root)
+    if not root.is_dir():
+        return None
+    probe = root / f".space-probe.{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            data = b"\0" * PROBE_BYTES
+            if os.write(fd, data) != len(data):
+                return _full_disk_line(root)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        if diskspace.is_no_space(exc):
+            return _full_disk_line(root)
+        return None  # not a space problem: the checks that follow name it
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    return None
+
+
+def _full_disk_line(root: Path) -> str:
+    return (f"the engine home {root} is on a full disk ({diskspace.where_free(root)}); free "
+            f"space or set LLMCONSOLE_HOME to another disk")
 
 
 def socket_path() -> Path:

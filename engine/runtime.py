@@ -54,7 +54,7 @@ from engine.model import (
     node_root,
 )
 from engine.nodes import ChannelFactory, Nodes, NodeState
-from engine.store import StaleState, Store, UnknownJob
+from engine.store import StaleState, Store, StoreError, UnknownJob
 from engine.transport.base import AgentError
 from engine.transport.ssh import ssh_command
 
@@ -114,7 +114,8 @@ class Runtime:
         self.nodes = Nodes(list(cluster.nodes), channel_factory, self.hub, clock,
                            on_hello=self._on_hello, on_event=self._on_event,
                            suspect_after=suspect_after, dead_after=dead_after)
-        self.ingest = Ingest(store, self.logs_dir, self.hub, clock)
+        self.ingest = Ingest(store, self.logs_dir, self.hub, clock,
+                             node_root=lambda name: node_root(self.cluster.node(name), home))
         self._load_drains()
         self.guards = GuardBook(home)  # the loss guard and stall watch (engine.guard)
         self._stall_dumps: dict[str, tuple[Stall, set[str]]] = {}  # attempt -> awaited nodes
@@ -650,7 +651,18 @@ class Runtime:
                 self._stop_parts(run)  # whatever still runs on the nodes that answer
                 self._end(run, JobState.LOST, cause=f"node {lost.node} unreachable",
                           reason=lost.reason)
+            self._record_missed_ends()
             self._watch_stalls()
+
+    def _record_missed_ends(self) -> None:
+        """Attempts whose every part has ended but whose end the store did
+        not take (its disk was full): record the end now, once it can."""
+        for run in [r for r in self.running.values()
+                    if r.parts and all(p.ended for p in r.parts.values())]:
+            try:
+                self._attempt_ended(run, lost_cause=None)
+            except StoreError as err:
+                log.debug("%s: its end is not recorded yet: %s", run.key, err)
 
     def _watch_stalls(self) -> None:
         """The stall watch (`engine.guard`): flag a stalled attempt once, ask

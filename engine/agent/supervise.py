@@ -44,6 +44,13 @@ Contract, all files inside RUN_DIR:
   user cannot write, so the job can neither rewrite `pid` (which the root
   agent signals) nor fake its exit. A uid with no passwd entry here, or a run
   directory the user cannot reach, is an exit.json error with code 126.
+- A full disk: before the job starts the supervisor writes `.reserve`
+  (64 KiB) in RUN_DIR and releases it at the end, so that exit.json (and the
+  pid file, if need be) can still be written when the job has filled the
+  disk. A job that failed while its run directory's filesystem has under
+  1 MiB free gets "error": "no space left on device: ..." (naming the mount
+  and what is free) in exit.json and that line in output.log: the attempt's
+  reason. No room even for the reserve: the job is not started (code 126).
 Exit status of the supervisor: 0 once exit.json is written, 2 on usage error.
 """
 
@@ -57,6 +64,9 @@ import threading
 import time
 
 HEARTBEAT_S = 2.0
+RESERVE = ".reserve"
+RESERVE_BYTES = 64 * 1024
+FULL_BELOW = 1 << 20  # bytes free: a job that failed with less left failed for want of it
 _child: subprocess.Popen[bytes] | None = None
 _pending: list[int] = []
 
@@ -73,9 +83,77 @@ def _write_json_atomic(path: str, doc: dict[str, object], fsync: bool = False) -
     os.replace(tmp, path)
 
 
-def _say(message: str) -> None:
+def _mount_point(path: str) -> str:
+    """The mount point of the filesystem holding `path`."""
+    here = os.path.abspath(path)
     try:
-        os.write(2, f"llmconsole: {message}\n".encode("utf-8", "replace"))
+        dev = os.stat(here).st_dev
+        while here != "/" and os.stat(os.path.dirname(here)).st_dev == dev:
+            here = os.path.dirname(here)
+    except OSError:
+        pass
+    return here
+
+
+def _human(size: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
+
+
+def _disk_full(run_dir: str) -> str | None:
+    """The message for a run directory on a (nearly) full disk, else None."""
+    try:
+        st = os.statvfs(run_dir)
+    except OSError:
+        return None
+    free = st.f_bavail * st.f_frsize
+    if free >= FULL_BELOW:
+        return None
+    return (f"no space left on device: {_mount_point(run_dir)} has {_human(free)} free "
+            f"(the job's output.log and metrics.jsonl are in {run_dir}); free space on that "
+            "disk, then retry")
+
+
+def _reserve(run_dir: str) -> bool:
+    """Hold RESERVE_BYTES in RUN_DIR/.reserve for the last writes; False
+    (nothing left behind) when even that does not fit."""
+    path = os.path.join(run_dir, RESERVE)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            data = b"\0" * RESERVE_BYTES
+            if os.write(fd, data) != len(data):
+                raise OSError(28, os.strerror(28))
+        finally:
+            os.close(fd)
+    except OSError:
+        _release(run_dir)
+        return False
+    return True
+
+
+def _release(run_dir: str) -> None:
+    try:
+        os.unlink(os.path.join(run_dir, RESERVE))
+    except OSError:
+        pass
+
+
+def _say(message: str, own_line: str | None = None) -> None:
+    """A line on stderr (output.log); with `own_line` (that file's path),
+    after a newline if the job's last write there was cut short."""
+    lead = ""
+    if own_line is not None:
+        try:
+            with open(own_line, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                lead = "" if f.read(1) == b"\n" else "\n"
+        except OSError:  # empty or unreadable: nothing to end
+            pass
+    try:
+        os.write(2, f"{lead}llmconsole: {message}\n".encode("utf-8", "replace"))
     except OSError:
         pass
 
@@ -304,10 +382,26 @@ def _reap_leftovers(pgid: int, grace: float, run_dir: str) -> None:
 
 def _fail(exit_path: str, code: int, error: str) -> int:
     """The job could not be started: say why in output.log and exit.json."""
+    _release(os.path.dirname(exit_path))
     _say(error)
     _write_json_atomic(exit_path, {"code": code, "signal": None, "ended": time.time(),
                                    "child": None, "error": error}, fsync=True)
     return 0
+
+
+def _write_last(run_dir: str, path: str, doc: dict[str, object], fsync: bool = False) -> None:
+    """Write a record the agent needs; on a full disk, release the reserve
+    and try once more."""
+    try:
+        _write_json_atomic(path, doc, fsync)
+    except OSError:
+        for leftover in (f"{path}.tmp.{os.getpid()}",):
+            try:
+                os.unlink(leftover)
+            except OSError:
+                pass
+        _release(run_dir)
+        _write_json_atomic(path, doc, fsync)
 
 
 def main(args: list[str]) -> int:
@@ -363,6 +457,9 @@ def main(args: list[str]) -> int:
             popen_cwd = None
     if steps:
         kwargs["preexec_fn"] = lambda: [step() for step in steps]
+    if not _reserve(run_dir):
+        return _fail(exit_path, 126, _disk_full(run_dir) or
+                     f"cannot write to the run directory {run_dir}")
     try:
         child = subprocess.Popen(argv, cwd=popen_cwd, env=env, stdin=subprocess.DEVNULL,
                                  close_fds=True, restore_signals=True,
@@ -385,7 +482,7 @@ def main(args: list[str]) -> int:
         return _fail(exit_path, 126, f"cannot run {argv[0]}: {e}")
 
     _child = child
-    _write_json_atomic(os.path.join(run_dir, "pid"), {
+    _write_last(run_dir, os.path.join(run_dir, "pid"), {
         "supervisor": os.getpid(), "pgid": child.pid, "child": child.pid,
         "started": time.time(), "host": os.uname().nodename,
     })
@@ -401,8 +498,14 @@ def main(args: list[str]) -> int:
     done.set()
     exit_code = returncode if returncode >= 0 else None
     exit_signal = -returncode if returncode < 0 else None
-    _write_json_atomic(exit_path, {"code": exit_code, "signal": exit_signal, "ended": ended,
-                                   "child": child.pid}, fsync=True)
+    doc: dict[str, object] = {"code": exit_code, "signal": exit_signal, "ended": ended,
+                              "child": child.pid}
+    full = _disk_full(run_dir) if returncode != 0 else None  # measured before the release
+    _release(run_dir)
+    if full is not None:
+        _say(full, own_line=os.path.join(run_dir, "output.log"))
+        doc["error"] = full
+    _write_last(run_dir, exit_path, doc, fsync=True)
     return 0
 
 

@@ -906,6 +906,16 @@ class Store:
             conn.execute(_INSERT_EVENT, (job_id, row[2], now, row[1], row[1], cause, actor))
         return True
 
+    def note(self, job_id: int, number: int, *, cause: str, actor: str, now: float) -> None:
+        """An event in the job's history that changes no state (the attempt's
+        state to itself), e.g. "log copy stopped: no space left on device"."""
+        with self._write() as conn:
+            row = conn.execute("SELECT state FROM attempts WHERE job_id = ? AND number = ?",
+                               (job_id, number)).fetchone()
+            if row is None:
+                raise UnknownJob(job_id)
+            conn.execute(_INSERT_EVENT, (job_id, number, now, row[0], row[0], cause, actor))
+
     def request_cancel(self, job_id: int) -> Attempt:
         """Flag the current attempt for cancellation (no state change, no
         event; whoever runs it acts on the flag). A terminal attempt is left

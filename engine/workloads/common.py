@@ -4,6 +4,7 @@ counts. No model code lives here."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -16,6 +17,7 @@ from typing import Any
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
+EXIT_NO_SPACE = 4
 
 
 class WorkloadError(Exception):
@@ -30,13 +32,39 @@ class Diverged(WorkloadError):
     exit_code = EXIT_DIVERGED
 
 
+class NoSpace(WorkloadError):
+    """A write found its disk full; `str()` names the disk, what is free and
+    the fix."""
+
+    exit_code = EXIT_NO_SPACE
+
+
+def no_space(exc: BaseException, path: Path, doing: str, fix: str,
+             full_below: int = 1 << 20) -> NoSpace | None:
+    """`exc` as a `NoSpace` when it says the disk is full (ENOSPC, EDQUOT),
+    or when the disk of `path` has under `full_below` bytes free (torch and
+    safetensors wrap the OSError in their own types); else None. The
+    message: "no space left on <mount> while <doing> (<free> free); <fix>"."""
+    from engine import diskspace
+
+    free = diskspace.free_bytes(path)
+    if not diskspace.is_no_space(exc) and (free is None or free >= full_below):
+        return None
+    return NoSpace(f"no space left on {diskspace.mount_point(path)} while {doing} "
+                   f"({diskspace.human(free)} free); {fix}")
+
+
 def run_main(main: Callable[[], int | None]) -> None:
     """Run a workload's `main`: a `WorkloadError` becomes one line on stderr
-    and its exit code, never a traceback."""
+    and its exit code, never a traceback (a full disk under stderr too: the
+    exit code still says it)."""
     try:
         code = main()
     except WorkloadError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        try:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+        except OSError:
+            pass
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)
@@ -92,7 +120,9 @@ def metrics_path(output: Path) -> Path:
 class MetricsLog:
     """Appends one JSON object per line (flushed at once, so a follower sees
     it) and mirrors every number to TensorBoard under ``<output>/tensorboard``.
-    Only rank 0 should own one."""
+    Only rank 0 should own one. A full disk raises `NoSpace` naming it; no
+    partial line is left in the file (a reader would take it for a bad
+    record)."""
 
     def __init__(self, path: Path, tensorboard_dir: Path | None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,8 +138,18 @@ class MetricsLog:
         clean = {k: (finite_or_none(v) if isinstance(v, float) else v)
                  for k, v in record.items()}
         clean.setdefault("time", round(time.time(), 3))
-        self._fh.write(json.dumps(clean, sort_keys=True) + "\n")
-        self._fh.flush()
+        line = json.dumps(clean, sort_keys=True) + "\n"
+        start = self._fh.tell()  # flushed after every line: the file's size
+        try:
+            self._fh.write(line)
+            self._fh.flush()
+        except OSError as exc:
+            self._abandon(start)
+            full = no_space(exc, self.path, f"writing metrics to {self.path}",
+                            "free space on that disk, then resume the job")
+            if full is not None:
+                raise full from None
+            raise
         step = record.get("step")
         if self._tb is not None and isinstance(step, int):
             for key, value in record.items():
@@ -117,8 +157,18 @@ class MetricsLog:
                         and not isinstance(value, bool) and math.isfinite(value):
                     self._tb.add_scalar(key, value, step)
 
+    def _abandon(self, size: int) -> None:
+        """After a failed write: drop what the buffer holds and cut the file
+        back to its last whole line."""
+        with contextlib.suppress(OSError):
+            self._fh.close()  # may fail flushing the rest: it is dropped with it
+        self._fh = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 — closed by close()
+        with contextlib.suppress(OSError):
+            os.truncate(self.path, size)
+
     def close(self) -> None:
-        self._fh.close()
+        with contextlib.suppress(OSError):
+            self._fh.close()
         if self._tb is not None:
             self._tb.flush()
             self._tb.close()

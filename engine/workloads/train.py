@@ -59,6 +59,7 @@ from engine.workloads.common import (
     WorkloadError,
     finite_or_none,
     metrics_path,
+    no_space,
     quiet_libraries,
     run_main,
     seed_everything,
@@ -223,11 +224,13 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str, floor: float) -
 
 # ---------------------------------------------------------------- checkpoints
 def checkpoints(output: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (temporary folders never match)."""
+    """Complete checkpoints, oldest first: temporary folders (a save cut
+    short) never match, nor a step folder without its trainer state."""
     folder = output / CHECKPOINTS
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step-"))
+    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step-")
+                  and (p / TRAINER_STATE).is_file())
 
 
 def guard_restart(env: Mapping[str, str] = os.environ) -> tuple[float, int | None]:
@@ -263,6 +266,10 @@ def set_aside_after(output: Path, step: int) -> list[Path]:
 
 def save_checkpoint(output: Path, step: int, model: LoadedModel, state: dict[str, Any],
                     keep: int) -> Path:
+    """Write checkpoints/step-N into a temporary folder, then rename it into
+    place, and keep the newest `keep`. On a full disk the temporary folder is
+    removed (nothing half-written can be resumed from; the older checkpoints
+    are untouched) and `NoSpace` names the disk, what is free and the fix."""
     import torch
 
     from engine.workloads.models import save_model
@@ -270,13 +277,34 @@ def save_checkpoint(output: Path, step: int, model: LoadedModel, state: dict[str
     folder = output / CHECKPOINTS / f"step-{step:06d}"
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp / "model")
-    torch.save(state, tmp / TRAINER_STATE)
+    try:
+        save_model(model, tmp / "model")
+        torch.save(state, tmp / TRAINER_STATE)
+    except Exception as exc:  # torch and safetensors wrap the OSError in their own types
+        shutil.rmtree(tmp, ignore_errors=True)  # first: then "free" is what is left
+        full = no_space(exc, folder.parent, f"saving checkpoint {folder.name} to "
+                        f"{folder.parent}", "free space or lower --keep-checkpoints",
+                        full_below=_room_for(model, state))
+        if full is None:
+            raise
+        raise full from None
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
     for old in checkpoints(output)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def _room_for(model: LoadedModel, state: dict[str, Any]) -> int:
+    """About what a checkpoint of `model` needs (its parameters three times:
+    the weights and the optimizer's two moments), so that a failed save with
+    less than that free counts as a full disk even when the error hides
+    ENOSPC."""
+    try:
+        size = sum(p.numel() * p.element_size() for p in model.model.parameters())
+    except Exception:  # not a torch module: only the error's own errno counts
+        return 0
+    return 3 * size + (1 << 20)
 
 
 def load_checkpoint_state(folder: Path) -> dict[str, Any]:
