@@ -10,9 +10,14 @@ import json
 import os
 import time
 from collections.abc import Callable
-from typing import Any
 
 from engine.errors import Unavailable, Unreachable, UserError
+
+# typing's TYPE_CHECKING without importing typing (3 ms of every CLI call): the
+# annotations are strings (from __future__ import annotations)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
