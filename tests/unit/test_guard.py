@@ -152,3 +152,19 @@ def test_train_reads_the_restart_env_and_sets_aside_newer_checkpoints(tmp_path: 
     assert [p.name for p in moved] == ["discarded-step-000150"]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
         "discarded-step-000150", "step-000050", "step-000100"]
+
+
+def test_the_shipped_profiles_commented_guard_is_valid(tmp_path: Path) -> None:
+    shipped = Path(__file__).resolve().parents[2] / "profiles" / "pretrain-tiny.toml"
+    assert load_job_profile(shipped).guard is None  # commented out: no guard as shipped
+    lines, in_guard = [], False
+    for line in shipped.read_text().splitlines():
+        bare = line.removeprefix("# ")
+        in_guard = in_guard or bare == "[guard]"
+        lines.append(bare if in_guard and bare.split(" ")[0] in (*guard.FIELDS, "[guard]")
+                     else line)
+    uncommented = tmp_path / "pretrain-tiny.toml"
+    uncommented.write_text("\n".join(lines) + "\n")
+    assert load_job_profile(uncommented).guard == GuardSpec(
+        on_nan="restart", diverge_factor=3.0, diverge_window=50, on_diverge="restart",
+        max_restarts=2, lr_scale=0.5, stall_after=600.0, on_stall="flag")
