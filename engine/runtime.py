@@ -26,6 +26,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -96,6 +97,7 @@ class Runtime:
         lost_after: float = 60.0,
         stop_grace: float = 10.0,
         telemetry_keep_s: float = 7 * 86400.0,
+        retry_backoff_s: float = scheduler.RETRY_BACKOFF_BASE_S,
         suspect_after: float = health.SUSPECT_AFTER_S,
         dead_after: float = health.DEAD_AFTER_S,
         clock: Callable[[], float] = time.time,
@@ -109,6 +111,8 @@ class Runtime:
         self.lost_after = lost_after
         self.stop_grace = stop_grace
         self.telemetry_keep_s = telemetry_keep_s  # node telemetry history kept this long
+        self.retry_backoff_s = retry_backoff_s  # automatic retry n waits this * 2**(n-1)
+        self._backoff_wake: asyncio.TimerHandle | None = None  # a pass when a backoff ends
         self.clock = clock
         self.hub = EventHub()
         self.nodes = Nodes(list(cluster.nodes), channel_factory, self.hub, clock,
@@ -446,9 +450,9 @@ class Runtime:
             self._waiting.clear()
             return 0
         by_id = {j.id: j for j in pending}
-        assignments = scheduler.schedule(
-            [_pending(j.id, j.spec) for j in pending], self._capacities()
-        )
+        now, wanted = self.clock(), [_pending(j.id, j.spec, j) for j in pending]
+        assignments = scheduler.schedule(wanted, self._capacities(), now=now)
+        self._wake_at(scheduler.next_due(wanted, now), now)
         placed = {a.job_id for a in assignments}
         for a in assignments:
             job = by_id[a.job_id]
@@ -469,13 +473,26 @@ class Runtime:
         self._explain_waits([j for j in pending if j.id not in placed])
         return len(assignments)
 
+    def _wake_at(self, when: float | None, now: float) -> None:
+        """A scheduling pass once the first retry backing off may start
+        (nothing else kicks one then, e.g. after an engine restart)."""
+        if when is None:
+            return
+        if self._backoff_wake is not None:
+            self._backoff_wake.cancel()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a pass run by hand, outside the engine's loop
+            return
+        self._backoff_wake = loop.call_later(max(0.0, when - now) + 0.01, self.kick)
+
     def _explain_waits(self, waiting: Sequence[Job]) -> None:
         """Why each queued job that did not start waits, in words, from what
         is free after this pass; a job whose reason changed is published."""
         caps = self._capacities()
         now = self.clock()
         states = {n.name: n.condition(now).value for n in self.nodes}
-        reasons = {j.id: scheduler.wait_reason(_pending(j.id, j.spec), caps, states)
+        reasons = {j.id: scheduler.wait_reason(_pending(j.id, j.spec, j), caps, states, now)
                    for j in waiting}
         changed = [j for j in waiting if self._waiting.get(j.id) != reasons[j.id]]
         self._waiting = reasons
@@ -838,9 +855,11 @@ class Runtime:
         if state is JobState.FAILED and self._guard_restart(run, reason):
             pass
         elif state in (JobState.FAILED, JobState.LOST) and self._may_retry(run):
+            n = run.number - self.guards.restarts_before(run.job_id, run.number)
+            backoff = scheduler.retry_backoff_s(n, random.random(), base=self.retry_backoff_s)
             self.store.new_attempt(run.job_id, cause=f"automatic retry {run.number} of "
                                    f"{run.spec.retries} ({reason})", actor="engine",
-                                   now=self.clock())
+                                   now=self.clock(), not_before=self.clock() + backoff)
             self._announce(run.job_id)
         self._deps_dirty = True
         self.kick()
@@ -895,6 +914,7 @@ class Runtime:
                 if now - last_prune > TELEMETRY_PRUNE_EVERY_S:
                     last_prune = now
                     self.store.prune_telemetry(now - self.telemetry_keep_s, now=now)
+                self.store.checkpoint_wal()  # the -wal file stays bounded under long readers
             except Exception:
                 log.exception("flush failed")
 
@@ -915,11 +935,17 @@ class Runtime:
             self.hub.publish({"type": "job", "job": self.job_view(job)})
 
 
-def _pending(job_id: int, spec: JobSpec) -> scheduler.PendingJob:
+def _pending(job_id: int, spec: JobSpec, job: Job | None = None) -> scheduler.PendingJob:
+    """The scheduler's view of a queued job; with `job`, its current
+    attempt's backoff (not_before) and which retry it is (its attempt number
+    less one, at most the policy's retries)."""
     r = spec.resources
+    not_before = job.not_before if job is not None else None
+    retry = min(job.attempt - 1, spec.retries) if job is not None and not_before else 0
     return scheduler.PendingJob(job_id=job_id, priority=spec.priority, seq=job_id, nodes=r.nodes,
                                 gpus_per_node=r.gpus_per_node, cpus=r.cpus,
-                                memory_gb=r.memory_gb, nodes_with=r.nodes_with)
+                                memory_gb=r.memory_gb, nodes_with=r.nodes_with,
+                                not_before=not_before, retry=retry, retries=spec.retries)
 
 
 def _why(part: Part) -> str | None:

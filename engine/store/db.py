@@ -1154,7 +1154,7 @@ class Store:
 
     # --- maintenance -------------------------------------------------------
 
-    def checkpoint_wal(self, min_bytes: int = 0) -> tuple[int, int, int]:
+    def checkpoint_wal(self, min_bytes: int = WAL_CHECKPOINT_BYTES) -> tuple[int, int, int]:
         """Copy the write-ahead log into the database and truncate it to
         nothing (`PRAGMA wal_checkpoint(TRUNCATE)`) without waiting: with no
         busy timeout, a reader still on an older snapshot (or another
@@ -1162,7 +1162,8 @@ class Store:
         later call truncates. Returns SQLite's (busy, log frames,
         frames checkpointed): busy 1 when it could not truncate; (0, 0, 0)
         after a truncation. Does nothing, returning (0, -1, -1), while the
-        -wal file is under `min_bytes` (so that calling it often is cheap)."""
+        -wal file is under `min_bytes` (so that the engine may call it every
+        flush: a stat); 0 checkpoints whatever the size."""
         if min_bytes > 0:
             try:
                 if os.stat(f"{self.path}-wal").st_size < min_bytes:
