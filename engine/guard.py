@@ -32,7 +32,8 @@ the last good step, the learning rate multiplied by ``lr_scale`` once more
 are bounded by ``max_restarts`` and do not use up the job's ``retries``
 (those are for faults: lost nodes, crashes); an attempt the guard fails is
 never retried by ``retries``. A stall ``retry`` is a guard restart that
-resumes from the newest checkpoint with the learning rate unchanged.
+resumes from the newest checkpoint at or before the last step reported, with
+the learning rate unchanged.
 """
 
 from __future__ import annotations

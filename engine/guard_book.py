@@ -151,8 +151,10 @@ class GuardBook:
 
     def stall_trip(self, stall: Stall, now: float) -> Trip:
         """on_stall = "retry": the attempt ends as failed and restarts from
-        its newest checkpoint, the lr unchanged."""
-        trip = Trip("retry", f"stall watch: {stall.words}", None, lr_scale=1.0, by="stall watch")
+        its newest checkpoint at or before its last step (from the start when
+        it reported none), the lr unchanged."""
+        trip = Trip("retry", f"stall watch: {stall.words}", stall.last_step,
+                    from_start=stall.last_step is None, lr_scale=1.0, by="stall watch")
         self._trip(stall.job_id, stall.number, trip, now)
         return trip
 

@@ -132,6 +132,9 @@ async def test_a_stalled_job_is_flagged_dumped_and_cancelled(
         runtime: Runtime, tmp_path: Path) -> None:
     job = runtime.submit(trainer(tmp_path, "stalls", "never", 6, GuardSpec(
         stall_after=2.0, on_stall="cancel")), ME)
+    # stalls at step 6 on every attempt: retried once from step 5, then failed
+    retried = runtime.submit(trainer(tmp_path, "retries", "never", 6, GuardSpec(
+        stall_after=2.0, on_stall="retry", max_restarts=1)), ME)
     await wait_for(lambda: runtime.store.get_job(job.id).state is JobState.RUNNING)
     began = time.monotonic()
     await wait_for(lambda: runtime.job_view(runtime.store.get_job(job.id))["stalled"]
@@ -151,3 +154,13 @@ async def test_a_stalled_job_is_flagged_dumped_and_cancelled(
     assert len(dumps) == 1, notes
     assert "rank x on local" in dumps[0] and "stalled-step-5" in dumps[0]
     assert runtime.job_view(ended)["stalled"] is None  # the flag ends with the attempt
+
+    await wait_for(lambda: _ended(runtime, retried.id, 2), timeout=60)
+    first, second = runtime.store.attempts(retried.id)
+    assert first.state is JobState.FAILED and second.state is JobState.FAILED
+    assert first.reason is not None and first.reason.startswith("stall watch: stalled ")
+    assert first.reason.endswith("at step 5")
+    causes = [e.cause for e in runtime.store.history(retried.id)]
+    assert any(c.startswith("restart 1 of 1 by stall watch: lr x1 (stall watch: stalled")
+               for c in causes), causes
+    assert "lr scale 1.0 resumed at 5" in runtime.log_path(retried.id, 2).read_text()
