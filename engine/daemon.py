@@ -49,6 +49,7 @@ async def serve(
     from aiohttp import web
 
     from engine.api.server import make_app
+    from engine.ingest import log_cap_from_env
     from engine.runtime import Runtime
     from engine.store import Store
 
@@ -64,6 +65,7 @@ async def serve(
             raise DaemonError(f"--socket-group {socket_group}: no such group; name one from "
                               f"/etc/group (see `getent group`)") from None
     _refuse_full_disk(home or paths.home())
+    log_cap_from_env()  # a bad LLMCONSOLE_LOG_CAP_MB: one line, before anything is created
     root = paths.ensure_home(home)
     try:
         lock = open(root / "engine.lock", "a+")  # noqa: SIM115 — held for the daemon's life

@@ -73,15 +73,24 @@ def run_main(main: Callable[[], int | None]) -> None:
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    """Write `data` as JSON next to `path`, then rename it into place."""
+    """Write `data` as JSON next to `path`, then rename it into place. On a
+    full disk the temporary file is removed and `NoSpace` names the disk."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True, default=_jsonable)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True, default=_jsonable)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        full = no_space(exc, path.parent, f"writing {path}", "free space on that disk")
+        if full is not None:
+            raise full from None
+        raise
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from chaos.engine_handle import EngineHandle
 from engine.lifecycle import JobState
 from engine.model import ClusterSpec, JobSpec, NodeSpec
 from engine.runtime import Caller, Runtime
@@ -252,3 +253,27 @@ def test_the_engine_refuses_a_home_on_a_full_disk(tmpfs: Callable[[str, str], Pa
             f"llmconsole: error: the engine home {home} is on a full disk (0 bytes free on "
             f"{disk}); free space or set LLMCONSOLE_HOME to another disk"], proc.stderr
     assert not (disk / "new").exists() and list(existing.iterdir()) == []
+
+
+def test_llmconsole_logs_of_a_capped_copy_is_coherent(engine: EngineHandle) -> None:
+    engine.env["LLMCONSOLE_LOG_CAP_MB"] = "lots"
+    bad = engine.cli("engine", "serve", check=False)
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines() == [
+        "llmconsole: error: LLMCONSOLE_LOG_CAP_MB='lots': expected a positive number of MiB, "
+        "such as 256 (the cap of the engine's copy of each attempt's output)"]
+    assert not (engine.home / "engine.db").exists()
+
+    engine.env["LLMCONSOLE_LOG_CAP_MB"] = "0.0625"  # 64 KiB
+    script = "for i in range(3000): print(f'line {i:05d} ' + 'x' * 84)"
+    engine.write_profile("loud", 'kind = "command"\ncommand = ' +
+                         json.dumps([sys.executable, "-c", script]) + "\n")
+    job_id = engine.submit("loud")
+    assert engine.wait_state(job_id, {"succeeded", "failed"})["state"] == "succeeded"
+    out = engine.cli("logs", str(job_id)).stdout
+    assert len(out) <= (64 << 10) + 100
+    lines = out.splitlines()
+    assert lines[0].startswith("line 00000 ") and lines[-1].startswith("line 02999 ")
+    marker = [line for line in lines if line.startswith("[llmconsole: ")]
+    assert len(marker) == 1 and "bytes of output dropped here; the full log is on node " \
+        "local at " in marker[0]
+    assert engine.cli("logs", str(job_id), "--tail", "2").stdout.splitlines() == lines[-2:]
