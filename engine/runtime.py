@@ -666,8 +666,11 @@ class Runtime:
                 if run is None:
                     continue
                 self._stop_parts(run)  # whatever still runs on the nodes that answer
-                self._end(run, JobState.LOST, cause=f"node {lost.node} unreachable",
-                          reason=lost.reason)
+                try:
+                    self._end(run, JobState.LOST, cause=f"node {lost.node} unreachable",
+                              reason=lost.reason)
+                except StoreError as err:  # a full disk: it stays running, tried next beat
+                    log.warning("%s: cannot record it lost yet: %s", run.key, err)
             self._record_missed_ends()
             self._watch_stalls()
 
