@@ -72,8 +72,8 @@ def rows(crash: engine_crash.CrashResult, nodes: list[node_faults.FaultResult],
     gaps = (crash.log_gaps + crash.log_repeats + crash.metric_gaps + crash.metric_repeats
             + sum(r.gaps for r in nodes))
     left = len(crash.leftovers) + sum(r.left for r in nodes)
-    out = [
-        Row("faults injected", ", ".join(f"{k} {v}" for k, v in faults.items()), "", None),
+    out = [Row(f"faults injected: {k}", str(v), "", None) for k, v in faults.items()]
+    out += [
         Row("jobs submitted", str(crash.jobs + len(nodes)), "", None),
         Row("jobs lost", str(lost), "0", lost == 0),
         Row("duplicate launches", str(duplicates), "0", duplicates == 0),

@@ -16,7 +16,8 @@ running job and returns its figures (a `FaultResult`).
   longer than the engine's silence limit, then SIGCONT. Promise: the node
   goes suspect, then down, then up; the job ends succeeded, with at most
   one lost attempt and nothing launched twice. `detect_s`: freeze -> down;
-  `recover_s`: thaw -> up (0 when it was up again before the thaw).
+  `recover_s`: down -> up again, over a new session (the old one still
+  frozen).
 - `kill_rank`: SIGKILL rank 1 of a horovodrun job across both nodes.
   Promise: the whole attempt ends (failed, with its reason) and no rank is
   left on any node. `detect_s`: kill -> the job ended; `left`: processes
@@ -277,10 +278,13 @@ def freeze_link(cluster: Cluster, node: str = "node2") -> FaultResult:
         cluster.wait_nodes({node: "suspect"}, timeout=health.DEAD_AFTER_S + 10)
         result.detect_s = cluster.wait_nodes({node: "down"}, timeout=health.DEAD_AFTER_S + 10,
                                              since=frozen)
+        # the engine closes the silent channel and dials again: sshd answers
+        # a new session while the old one is still frozen
+        result.recover_s = cluster.wait_nodes({node: "up"})
         time.sleep(max(0.0, frozen + frozen_s - time.monotonic()))
     finally:
         cluster.hosts.resume(session)
-    result.recover_s = cluster.wait_nodes({node: "up"})
+    cluster.wait_nodes({node: "up"})  # the thawed old session ends; the node stays up
     job = cluster.wait_job(job_id, lambda j: j["state"] in ENDED)
     attempts = job["attempts"]
     lost = [a for a in attempts if a["state"] == "lost"]
