@@ -5,10 +5,11 @@ The processes are found as `procs` and `reap` find them, by the markers in
 their environment (LLMCONSOLE_ATTEMPT and LLMCONSOLE_RUN_DIR: see
 protocol.Dump for which run directories count), so the ranks horovodrun
 started over SSH count too; the supervisor of the attempt is left out (it is
-llmconsole's, not the job's). Each is dumped with `py-spy dump --pid P`
-(py-spy next to sys.executable first, then on PATH), DUMP_TIMEOUT_S each, at
-most CONCURRENCY at once, as asyncio subprocesses: the agent's event loop
-never waits on one. Each dump goes to
+llmconsole's, not the job's), and so are processes that run no Python
+(`is_python`: a shell, ssh, mpirun), which py-spy cannot read. Each is
+dumped with `py-spy dump --pid P` (py-spy next to sys.executable first, then
+on PATH), DUMP_TIMEOUT_S each, at most CONCURRENCY at once, as asyncio
+subprocesses: the agent's event loop never waits on one. Each dump goes to
 
     <run dir>/stacks/<label>/rank-<R>-<node>-pid<P>.txt
 
@@ -76,6 +77,22 @@ def _environ(pid: int) -> dict[str, str] | None:
     return env
 
 
+def is_python(pid: int) -> bool:
+    """Whether the process runs a Python interpreter: its program is named
+    python*/pypy*, or it has libpython mapped (an embedding program)."""
+    try:
+        name = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+    except OSError:
+        name = ""
+    if name.startswith(("python", "pypy")):
+        return True
+    try:
+        with open(f"/proc/{pid}/maps", "rb") as f:
+            return any(b"libpython" in line for line in f)
+    except OSError:
+        return not name  # unreadable: let py-spy say why
+
+
 def rank_of(env: dict[str, str]) -> str:
     """The process's rank from the first rank variable that holds a number."""
     for name in RANK_VARIABLES:
@@ -101,6 +118,8 @@ def find_targets(attempt: str, run_dirs: set[str], exclude: set[int]) -> list[Ta
         if env is None or env.get("LLMCONSOLE_ATTEMPT") != attempt:
             continue
         if run_dirs and env.get("LLMCONSOLE_RUN_DIR") not in run_dirs:
+            continue
+        if not is_python(pid):
             continue
         try:
             proc = psutil.Process(pid)

@@ -693,6 +693,7 @@ def stuck_here(tag):
 if len(sys.argv) > 1:
     stuck_here("child ready")
 child = subprocess.Popen([sys.executable, "-c", CODE, "child"], env={**os.environ, "RANK": "1"})
+other = subprocess.Popen(["sleep", "120"])  # no Python in it: not dumped, not an error
 stuck_here("parent ready")
 """
 
@@ -719,7 +720,8 @@ async def test_dump_writes_a_stack_file_per_rank_and_refuses_a_bad_label(open_to
     naming node, rank and pid and holding the function they sleep in; a
     second agent with no run dir of the attempt (a node horovodrun reached
     over SSH) writes under its own root; a bad label is an error event and
-    the agent goes on. A job run as its owner (nobody) gets files it owns;
+    the agent goes on; the job's `sleep` child, no Python, is left out. A
+    job run as its owner (nobody) gets files it owns;
     a missing py-spy is an error line per process, not a crash."""
     code = f"CODE = {STUCK!r}\n" + STUCK
     root, root2 = open_top / "node", open_top / "node2"
