@@ -115,10 +115,10 @@ class GuardBook:
             return None
         trip = w.loss.see(step, loss)
         if trip is not None:
-            self._trip(job_id, number, trip, now)
+            self.record_trip(job_id, number, trip, now)
         return trip
 
-    def _trip(self, job_id: int, number: int, trip: Trip, now: float) -> None:
+    def record_trip(self, job_id: int, number: int, trip: Trip, now: float) -> None:
         self._job(job_id).setdefault("trips", {})[str(number)] = asdict(trip)
         action = "restart" if trip.action in ("restart", "retry") else "fail"
         self._note(job_id, number, now, f"{trip.reason}: {action}")
@@ -155,7 +155,7 @@ class GuardBook:
         it reported none), the lr unchanged."""
         trip = Trip("retry", f"stall watch: {stall.words}", stall.last_step,
                     from_start=stall.last_step is None, lr_scale=1.0, by="stall watch")
-        self._trip(stall.job_id, stall.number, trip, now)
+        self.record_trip(stall.job_id, stall.number, trip, now)
         return trip
 
     def dumped(self, job_id: int, number: int, node: str, files: tuple[str, ...],

@@ -123,6 +123,7 @@ class Runtime:
         self._load_drains()
         self.guards = GuardBook(home)  # the loss guard and stall watch (engine.guard)
         self._stall_dumps: dict[str, tuple[Stall, set[str]]] = {}  # attempt -> awaited nodes
+        self._guard_stopped: set[str] = set()  # attempts the guard has sent stop to
         self.running: dict[str, Running] = {}
         self._reaps_due: dict[str, dict[str, wire.Reap]] = {}  # node -> attempt -> reap
         self._waiting: dict[int, str] = {}  # queued job -> why it did not start
@@ -702,6 +703,7 @@ class Runtime:
                 self._stall_dumps[run.key] = (stall, set(run.nodes))
                 asyncio.get_running_loop().call_later(STALL_DUMP_WAIT_S, self._stall_act,
                                                       run.key)
+        self._guard_stop_tripped()
         for job_id in self.guards.changed:
             self._announce(job_id)
         self.guards.changed.clear()
@@ -716,7 +718,19 @@ class Runtime:
             run.cancelled_by = "stall watch"
         else:  # retry: a guard restart from the newest checkpoint
             self.guards.stall_trip(pending[0], self.clock())
+            self._guard_stopped.add(run.key)
         self._stop_parts(run)
+
+    def _guard_stop_tripped(self) -> None:
+        """An attempt the guard tripped before an engine restart (the trip is
+        saved first) is stopped once its nodes are back."""
+        for run in list(self.running.values()):
+            if run.key in self._guard_stopped or \
+                    self.guards.tripped(run.job_id, run.number) is None:
+                continue
+            if all(getattr(self.nodes.get(n), "up", False) for n in run.nodes):
+                self._guard_stopped.add(run.key)
+                self._stop_parts(run)
 
     # --------------------------------------------------------------- events
     def _on_event(self, node: NodeState, event: wire.Event) -> None:
@@ -747,6 +761,7 @@ class Runtime:
             self.ingest.metric(run, part, event)
             if fresh and self.guards.metric(run.job_id, run.number, event.record,
                                             self.clock()) is not None:
+                self._guard_stopped.add(run.key)
                 self._stop_parts(run)  # the loss guard tripped: its reason ends the attempt
         elif isinstance(event, wire.Started):
             self._on_started(run, node.name, event)
@@ -902,6 +917,7 @@ class Runtime:
         self._reap_elsewhere(run)  # the attempt has ended: nothing of it may stay anywhere
         self.running.pop(run.key, None)
         self.guards.forget(run.job_id, run.number)
+        self._guard_stopped.discard(run.key)
         self.ingest.close(run)
         self.ingest.flush(self.running)
         self.hub.publish({"type": "attempt-ended", "job": run.job_id, "attempt": run.number})

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.guard import GuardSpec
+from engine.guard import GuardSpec, Trip
+from engine.guard_book import GuardBook
 from engine.lifecycle import JobState
 from engine.model import ClusterSpec, JobSpec, NodeSpec, Resources
 from engine.runtime import Caller, Runtime
@@ -23,13 +24,16 @@ ME = Caller.from_uid(os.getuid())
 
 # argv: OUTPUT NAN_AT TOTAL STALL_AT. A NaN loss at step NAN_AT unless the lr
 # is scaled ("always": at every lr); after it, or at STALL_AT, no more steps
-# (the process only sleeps, so that only the engine ends it).
+# (the process only sleeps, so that only the engine ends it); STALL_AT "15once"
+# stalls only an attempt that is not a guard restart.
 FAKE_TRAINER = r'''
 import json, os, sys, time
 from pathlib import Path
-out, nan_at, total, stall_at = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+out, nan_at, total = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 scale = float(os.environ.get("LLMCONSOLE_LR_SCALE", "1"))
 at = os.environ.get("LLMCONSOLE_RESUME_AT_OR_BEFORE")
+once = sys.argv[4].endswith("once")  # stall on the first attempt only
+stall_at = -1 if once and at is not None else int(sys.argv[4].removesuffix("once"))
 found = sorted(int(p.name[5:]) for p in out.glob("step-*"))
 start = max([s for s in found if at is None or s <= int(at)], default=0)
 print(f"lr scale {scale} resumed at {start}", flush=True)
@@ -50,12 +54,16 @@ with open(Path(os.environ["LLMCONSOLE_RUN_DIR"]) / "metrics.jsonl", "a") as m:
 '''
 
 
+def make_runtime(store: Store, home: Path) -> Runtime:
+    return Runtime(store, ClusterSpec("test", (NodeSpec("local", slots=4),)), home,
+                   lambda node: LocalAgentChannel(node.name, home, interval=0.2),
+                   stop_grace=1.0)
+
+
 @pytest.fixture
 async def runtime(tmp_path: Path):  # type: ignore[no-untyped-def]
     store = Store(tmp_path / "engine.db")
-    rt = Runtime(store, ClusterSpec("test", (NodeSpec("local", slots=4),)), tmp_path,
-                 lambda node: LocalAgentChannel(node.name, tmp_path, interval=0.2),
-                 stop_grace=1.0)
+    rt = make_runtime(store, tmp_path)
     await rt.start()
     assert await rt.wait_nodes_up(20)
     yield rt
@@ -65,7 +73,7 @@ async def runtime(tmp_path: Path):  # type: ignore[no-untyped-def]
     store.close()
 
 
-def trainer(tmp_path: Path, name: str, nan_at: str, stall_at: int, guard: GuardSpec,
+def trainer(tmp_path: Path, name: str, nan_at: str, stall_at: int | str, guard: GuardSpec,
             retries: int = 0) -> JobSpec:
     script = tmp_path / "fake_train.py"
     script.write_text(FAKE_TRAINER)
@@ -121,8 +129,6 @@ async def test_nan_restarts_with_the_lr_scaled_and_max_restarts_bounds_it(
     assert runtime.store.get_job(failing.id).attempt == 1
 
     # the guard's state is in the engine home: a new book reads the same
-    from engine.guard_book import GuardBook
-
     again = GuardBook(tmp_path)
     assert again.launch_env(restarting.id, 2) == {
         "LLMCONSOLE_LR_SCALE": "0.5", "LLMCONSOLE_RESUME_AT_OR_BEFORE": "22"}
@@ -164,3 +170,29 @@ async def test_a_stalled_job_is_flagged_dumped_and_cancelled(
     assert any(c.startswith("restart 1 of 1 by stall watch: lr x1 (stall watch: stalled")
                for c in causes), causes
     assert "lr scale 1.0 resumed at 5" in runtime.log_path(retried.id, 2).read_text()
+
+
+async def test_a_trip_saved_before_an_engine_restart_is_applied_after_it(tmp_path: Path) -> None:
+    store = Store(tmp_path / "engine.db")
+    first = make_runtime(store, tmp_path)
+    await first.start()
+    assert await first.wait_nodes_up(20)
+    spec = trainer(tmp_path, "survives", "never", "15once", GuardSpec(on_nan="restart"))
+    job = first.submit(spec, ME)
+    await wait_for(lambda: (tmp_path / "survives" / "step-000010").is_dir())
+    await first.stop()  # the job keeps running (stuck at step 15); the guard had tripped, say
+    GuardBook(tmp_path).record_trip(job.id, 1, Trip("restart", "loss guard: loss was nan at "
+                                                    "step 12", 11), time.time())
+    second = make_runtime(store, tmp_path)
+    await second.start()
+    try:
+        await wait_for(lambda: _ended(second, job.id, 2), timeout=60)
+        one, two = second.store.attempts(job.id)
+        assert one.state is JobState.FAILED and one.reason == "loss guard: loss was nan at step 12"
+        assert two.state is JobState.SUCCEEDED
+        assert "lr scale 0.5 resumed at 10" in second.log_path(job.id, 2).read_text()
+    finally:
+        for run in list(second.running.values()):
+            second._stop_parts(run)
+        await second.stop()
+        store.close()
