@@ -208,10 +208,14 @@ class Ingest:
         a crash counts the lines of the new copy."""
         assert run.log_file is not None
         path = self.log_path(run.job_id, run.number)
+        src = run.log_file
         head = run.head_end or 0
         body = head + run.marker_len  # where the lines after the marker start
+        if head > self.log_cap // 2:  # a smaller cap since, or a head not saved before a crash
+            src.seek(0)
+            head = src.read(self.log_cap // 2).rfind(b"\n") + 1
+            body = head
         keep_from = max(body, run.log_bytes - self.log_cap // 4)
-        src = run.log_file
         src.seek(keep_from)
         if keep_from > body:  # start the kept tail at a line
             chunk = src.read(COPY_CHUNK)
