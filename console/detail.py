@@ -14,7 +14,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from console.state import guard_rows
 from engine.workloads import manifest_view
 
 # horovodrun (gloo) prefixes "[1]<stdout>:", mpirun "[1,0]<stderr>:".
@@ -72,15 +71,11 @@ def attempt_rows(job: Mapping[str, Any]) -> Rows:
 
 
 def history_rows(job: Mapping[str, Any]) -> Rows:
-    """time, attempt, from -> to, cause, by whom; the loss guard's and stall
-    watch's notes among them in time order ("guard" in the change column)."""
-    rows = [(e.get("time"), str(e.get("attempt")),
+    """time, attempt, from -> to, cause, by whom."""
+    return [(_when(e.get("time")), str(e.get("attempt")),
              f"{e.get('from') or '(new)'} -> {e.get('to')}", e.get("cause") or "",
              e.get("actor") or "")
             for e in job.get("history") or []]
-    rows += [(t, attempt, "guard", text, "engine") for t, attempt, text in guard_rows(job)]
-    rows.sort(key=lambda r: r[0] if isinstance(r[0], int | float) else 0.0)
-    return [(_when(t), *rest) for t, *rest in rows]
 
 
 def describe(job: Mapping[str, Any]) -> str:

@@ -384,14 +384,6 @@ def guard_words(job: Mapping[str, Any], now: float) -> str | None:
     return str(restart) if restart else None
 
 
-def guard_rows(job: Mapping[str, Any]) -> list[tuple[float | None, str, str]]:
-    """The guard's notes (time, attempt, text): flagged, dumped, cleared, tripped."""
-    info = job.get("guard")
-    notes = info.get("notes") if isinstance(info, Mapping) else None
-    return [(n.get("time"), str(n.get("attempt")), str(n.get("text")))
-            for n in notes or () if isinstance(n, Mapping)]
-
-
 def run_time(job: Mapping[str, Any], now: float) -> float | None:
     """How long the current attempt has run: started_at to ended_at, or to
     `now` while it runs; None for a job that never started."""

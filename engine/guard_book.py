@@ -7,10 +7,12 @@ the step it resumes at or before: what `launch_env` gives that attempt's
 processes, also when it is launched again after an engine restart), the
 stalled flags and the guard's notes (flagged, stack dumps, cleared).
 
-The store has no column for any of this (it belongs to another module) and
-its events are state transitions, so the notes are here and the job view
-shows them (`view`). The decisions are `engine.guard`'s; the runtime calls
-this with the metric points and the clock and applies what comes back.
+The store has no column for any of this (it belongs to another module): the
+state is here. Each note also goes to `on_note` (the runtime makes it an
+event of the job's history, `Store.note`, so `show` and the screen's history
+list it once), and the job view shows the notes too (`view`). The decisions
+are `engine.guard`'s; the runtime calls this with the metric points and the
+clock and applies what comes back.
 Per-attempt loss windows are in memory only: after an engine restart the
 window fills again from the points that arrive.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,8 @@ class GuardBook:
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     watches: dict[tuple[int, int], _Watch] = field(default_factory=dict)
     changed: set[int] = field(default_factory=set)  # jobs whose view changed: publish them
+    #: (job, attempt, time, text) of each note, as it is made
+    on_note: Callable[[int, int, float, str], None] | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -88,6 +92,8 @@ class GuardBook:
         del notes[:-MAX_NOTES]
         self.changed.add(job_id)
         self._save()
+        if self.on_note is not None:
+            self.on_note(job_id, number, now, text)
 
     # ------------------------------------------------------------ watching
     def started(self, job_id: int, number: int, spec: JobSpec, now: float) -> None:

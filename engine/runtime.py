@@ -121,7 +121,8 @@ class Runtime:
         self.ingest = Ingest(store, self.logs_dir, self.hub, clock,
                              node_root=lambda name: node_root(self.cluster.node(name), home))
         self._load_drains()
-        self.guards = GuardBook(home)  # the loss guard and stall watch (engine.guard)
+        # the loss guard and stall watch (engine.guard); its notes join the history
+        self.guards = GuardBook(home, on_note=self._guard_note)
         self._stall_dumps: dict[str, tuple[Stall, set[str]]] = {}  # attempt -> awaited nodes
         self._guard_stopped: set[str] = set()  # attempts the guard has sent stop to
         self.running: dict[str, Running] = {}
@@ -720,6 +721,12 @@ class Runtime:
             self.guards.stall_trip(pending[0], self.clock())
             self._guard_stopped.add(run.key)
         self._stop_parts(run)
+
+    def _guard_note(self, job_id: int, number: int, now: float, text: str) -> None:
+        try:
+            self.store.note(job_id, number, cause=text, actor="engine", now=now)
+        except StoreError as err:  # a full disk: the note stays in guard.json
+            log.warning("job %s: guard note not recorded (%s): %s", job_id, err, text)
 
     def _guard_stop_tripped(self) -> None:
         """An attempt the guard tripped before an engine restart (the trip is

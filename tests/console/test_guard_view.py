@@ -1,11 +1,11 @@
 """How the screen words the loss guard and the stall watch (the job view's
 `stalled` and `guard`, engine.guard_book): the state cell's reason, the job
-detail's title, and the guard's notes among the history rows."""
+detail's title, and the guard's notes as rows of the history."""
 
 from __future__ import annotations
 
 from console import detail
-from console.state import guard_rows, guard_words
+from console.state import guard_words
 
 GUARDED = {
     "id": 7, "state": "running", "attempt": 2,
@@ -39,12 +39,13 @@ def test_stalled_words_then_the_restart_words() -> None:
     assert guard_words({"state": "running"}, 0.0) is None  # an engine from before guards
 
 
-def test_the_guard_notes_sit_among_the_history_rows_in_time_order() -> None:
-    assert [text for _t, _a, text in guard_rows(GUARDED)][1] == "stalled 12m at step 800"
-    rows = detail.history_rows(GUARDED)
-    changes = [r[2] for r in rows]
-    assert changes == ["queued -> starting", "guard", "running -> failed", "(new) -> queued",
-                       "guard", "guard"]
-    assert rows[1][3] == "loss guard: loss was nan at step 120: restart"
-    assert rows[-1][3].startswith("stack dumps: rank 0 on n1") and rows[-1][1] == "2"
-    assert detail.history_rows({"history": GUARDED["history"]})[0][2] == "queued -> starting"
+def test_the_guard_notes_are_rows_of_the_history() -> None:
+    # the engine writes each note as an event that changes no state (Store.note)
+    job = {**GUARDED, "history": [*GUARDED["history"], {
+        "attempt": 2, "time": 1720.0, "from": "running", "to": "running",
+        "cause": "stalled 12m at step 800", "actor": "engine"}]}
+    rows = detail.history_rows(job)
+    assert [r[2] for r in rows] == ["queued -> starting", "running -> failed",
+                                    "(new) -> queued", "running -> running"]
+    assert rows[-1][3] == "stalled 12m at step 800" and rows[-1][1] == "2"
+    assert rows[2][3].startswith("restart 1 of 2 by loss guard: lr x0.5")

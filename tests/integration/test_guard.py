@@ -158,6 +158,10 @@ async def test_a_stalled_job_is_flagged_dumped_and_cancelled(
     notes = [n["text"] for n in runtime.job_view(ended)["guard"]["notes"]]
     dumps = [n for n in notes if n.startswith("stack dumps:")]
     assert len(dumps) == 1, notes
+    # each note is an event of the job's history too (what `show` prints), once
+    history = [(e.from_state, e.to_state, e.cause) for e in runtime.store.history(job.id)]
+    running = JobState.RUNNING
+    assert [c for f, t, c in history if f is running and t is running] == notes
     assert "rank x on local" in dumps[0] and "stalled-step-5" in dumps[0]
     assert runtime.job_view(ended)["stalled"] is None  # the flag ends with the attempt
 
