@@ -185,12 +185,10 @@ def _write(folder: Path, node: str, target: Target, dump: bytes) -> Path:
               f"cmdline={shlex.join(target.cmdline)}\n").encode("utf-8", "replace")
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, header + dump)
-        if os.geteuid() == 0 and target.uid not in (None, 0):
-            os.fchown(fd, target.uid, -1)  # type: ignore[arg-type]
-    finally:
-        os.close(fd)
+    with os.fdopen(fd, "wb") as f:
+        if os.geteuid() == 0 and target.uid is not None and target.uid != 0:
+            os.fchown(f.fileno(), target.uid, -1)
+        f.write(header + dump)
     os.replace(tmp, path)
     return path
 
