@@ -6,6 +6,7 @@ $LLMCONSOLE_HOME, else $XDG_DATA_HOME/llmconsole (~/.local/share/llmconsole).
     engine.pid    the daemon's pid          engine.log   the daemon's log
     runs/         the head node agent's run directories (one per attempt)
     logs/         the engine's copy of every attempt's output, streamed by the agents
+                  (capped per attempt: $LLMCONSOLE_LOG_CAP_MB, default 256; see engine.ingest)
     outputs/      workload jobs' output folders (models, checkpoints, results.json);
                   $LLMCONSOLE_OUTPUTS overrides (a shared filesystem on a real cluster)
 

@@ -71,14 +71,22 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 def write_json_atomic(path: Path, doc: dict[str, Any], fsync: bool = False) -> None:
     """Readers see the old file or the whole new one, never a part (tmp +
-    os.replace). fsync only where losing the file in a crash matters."""
+    os.replace); a write that fails (a full disk) leaves no temporary file.
+    fsync only where losing the file in a crash matters."""
     tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(doc, f)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        try:  # a full disk: no partial file left behind
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def _int_or_none(value: object) -> int | None:

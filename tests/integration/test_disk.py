@@ -185,6 +185,14 @@ async def test_a_full_node_disk_fails_the_attempt_with_the_reason(
         # the last line of the engine's copy (what `llmconsole logs` shows) says it too
         assert rt.log_path(hog.id, 1).read_text().splitlines()[-1] == \
             f"llmconsole: {attempt.reason}"
+        # no room for even the run directory's spec: refused at start, nothing half-written
+        fill(node)
+        late = rt.submit(JobSpec(name="late", kind="command", argv=py("print('never')")), ME)
+        await wait_for(ended(rt, late.id), 30)
+        refused = rt.store.get_attempt(late.id, 1)
+        assert refused.state is JobState.FAILED and refused.reason is not None
+        assert "No space left on device" in refused.reason, refused.reason
+        assert [p.name for p in (node / "runs" / f"{late.id}.1").iterdir()] == []
         assert rt.store.integrity_check() == "ok"
     finally:
         await finish(rt)
