@@ -6,15 +6,25 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bench import cluster, cluster_ssh, console, data, engine_api, scheduling, workloads
+from bench import (
+    cli_speed,
+    cluster,
+    cluster_ssh,
+    console,
+    data,
+    engine_api,
+    scheduling,
+    workloads,
+)
 from bench.harness import Figure, machine, save, table
 
-MODULES = (scheduling, engine_api, console, cluster, cluster_ssh, workloads, data)
+MODULES = (scheduling, engine_api, cli_speed, console, cluster, cluster_ssh, workloads, data)
 
 
 def main(argv: list[str]) -> int:
     """`python -m bench [NAME...]`: every benchmark, or the named ones
-    (scheduling, engine_api, console, cluster, cluster_ssh, workloads, data)."""
+    (scheduling, engine_api, cli_speed, console, cluster, cluster_ssh, workloads,
+    data)."""
     names = {m.__name__.rsplit(".", 1)[-1]: m for m in MODULES}
     unknown = [a for a in argv if a not in names]
     if unknown:

@@ -53,7 +53,11 @@ class EventHub:
             self._subs.remove(sub)
 
     def publish(self, event: Event) -> None:
-        for sub in list(self._subs):
+        """Offer `event` to every subscriber. Called for every log line (1,000 a
+        second with 100 chatty jobs): free when nobody listens."""
+        if not self._subs:
+            return
+        for sub in tuple(self._subs):  # a subscriber may unsubscribe meanwhile
             sub.offer(event)
 
     @property
