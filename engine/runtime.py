@@ -882,7 +882,7 @@ class Runtime:
         elif state in (JobState.FAILED, JobState.LOST) and self._may_retry(run):
             n = run.number - self.guards.restarts_before(run.job_id, run.number)
             backoff = scheduler.retry_backoff_s(n, random.random(), base=self.retry_backoff_s)
-            self.store.new_attempt(run.job_id, cause=f"automatic retry {run.number} of "
+            self.store.new_attempt(run.job_id, cause=f"automatic retry {n} of "
                                    f"{run.spec.retries} ({reason})", actor="engine",
                                    now=self.clock(), not_before=self.clock() + backoff)
             self._announce(run.job_id)

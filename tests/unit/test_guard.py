@@ -134,6 +134,9 @@ def test_profile_guard_fields_and_errors(tmp_path: Path) -> None:
         with pytest.raises(ProfileError) as err:
             load_job_profile(_profile(tmp_path, 'on_nan = "fail"\n', kind, args))
         assert "guard: kind" in str(err.value) and "no loss to guard" in str(err.value)
+    distill = load_job_profile(_profile(tmp_path, 'on_nan = "restart"\n', "compress",
+                                        'method = "distill"\nmodel = "m"\n'))
+    assert distill.guard == GuardSpec(on_nan="restart")  # distillation trains
     with pytest.raises(GuardError):
         guard.parse({"on_stall": "page"})
 
