@@ -13,7 +13,8 @@ of its environment variables are readable by its owner, the engine's user
 and the cluster's admins only, unless the cluster profile says
 ``share_logs = true``. Anyone else gets 403 naming the owner and the fix
 (`show` answers without the env names and says why; the events stream leaves
-out their log and metric events). The list of jobs (names, states, owners)
+out their log and metric events; a job's progress shows its step, not its
+loss nor tokens/s). The list of jobs (names, states, owners)
 stays visible to every caller: it is what the scheduler's queue shows.
 
     GET  /v1/health                       engine pid, uid, version, uptime
@@ -330,16 +331,28 @@ async def list_jobs(request: web.Request) -> web.Response:
     owner = _int_param(request, "owner", 0, 2**32 - 1)
     limit = _int_param(request, "limit", 1)
     jobs = rt.store.list_jobs(states=states, owner_uid=owner, limit=limit)
-    return web.json_response(rt.job_views(jobs))
+    me = caller(request)
+    return web.json_response([_redacted(rt, me, v) for v in rt.job_views(jobs)])
+
+
+def _redacted(rt: Runtime, me: Caller, view: dict[str, Any]) -> dict[str, Any]:
+    """A job's view as `me` may see it: without the loss and tokens/s of its
+    progress (metrics) unless `me` may read its logs; step and total stay,
+    as the queue's progress."""
+    progress = view.get("progress")
+    if progress is None or may_read(rt, me, view.get("owner_uid")):
+        return view
+    return {**view, "progress": {**progress, "loss": None, "tokens_per_s": None}}
 
 
 async def show_job(request: web.Request) -> web.Response:
     rt = _rt(request)
     job = rt.job(_job_id(request))
-    view = rt.job_view(job)
+    me = caller(request)
+    view = _redacted(rt, me, rt.job_view(job))
     view["spec"] = job.spec.to_dict()
     view["spec"]["env"] = sorted(view["spec"]["env"])  # names only: values may be secrets
-    if not may_read(rt, caller(request), job.owner_uid):
+    if not may_read(rt, me, job.owner_uid):
         view["spec"]["env"] = []
         view["private"] = _private(job, "logs, metrics, processes and env names")
     view["attempts"] = [attempt_view(a) for a in rt.store.attempts(job.id)]
@@ -508,7 +521,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     rt = _rt(request)
     wanted = set(filter(None, request.query.get("types", "").split(",")))
     sub = rt.hub.subscribe((lambda e: e.get("type") in wanted) if wanted else (lambda e: True))
-    readable = _event_filter(rt, caller(request))
+    me = caller(request)
+    readable = _event_filter(rt, me)
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
     try:
@@ -520,6 +534,8 @@ async def events(request: web.Request) -> web.StreamResponse:
                 event = {"type": "keepalive", "time": time.time()}
             elif not readable(event):
                 continue
+            elif event.get("type") == "job" and isinstance(event.get("job"), dict):
+                event = {**event, "job": _redacted(rt, me, event["job"])}
             if not shutdown.is_set():
                 await response.write(json.dumps(event).encode() + b"\n")
     except (ConnectionResetError, asyncio.CancelledError):

@@ -125,6 +125,8 @@ def test_another_user_cannot_read_a_jobs_logs_unless_the_cluster_shares_them(
     status, body = other["/v1/jobs"]
     assert status == 200 and [(j["id"], j["owner"]) for j in json.loads(body)] == [
         (job_id, "root")]  # the list is everyone's
+    progress = json.loads(body)[0]["progress"]  # its step, not its loss (a metric)
+    assert progress["step"] >= 1 and progress["loss"] is None
     assert "secret line" not in other["/v1/events"][1]
     assert events_of(other["/v1/events"][1], job_id) <= {"job"}
 
@@ -134,6 +136,7 @@ def test_another_user_cannot_read_a_jobs_logs_unless_the_cluster_shares_them(
     assert json.loads(admin[f"/v1/jobs/{job_id}/metrics"][1])[0]["step"] == 1
     assert json.loads(admin[f"/v1/jobs/{job_id}"][1])["spec"]["env"] == ["WANDB_PROJECT"]
     assert {"log", "metric"} <= events_of(admin["/v1/events"][1], job_id)
+    assert json.loads(admin["/v1/jobs"][1])[0]["progress"]["loss"] == 1.0
 
     shared.cli("engine", "stop")
     serve(shared, share=True)
