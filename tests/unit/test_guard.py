@@ -171,3 +171,30 @@ def test_the_shipped_profiles_commented_guard_is_valid(tmp_path: Path) -> None:
     assert load_job_profile(uncommented).guard == GuardSpec(
         on_nan="restart", diverge_factor=3.0, diverge_window=50, on_diverge="restart",
         max_restarts=2, lr_scale=0.5, stall_after=600.0, on_stall="flag")
+
+
+def test_the_book_flags_a_stall_once_clears_it_and_keeps_it_on_disk(tmp_path: Path) -> None:
+    from engine.guard_book import GuardBook
+
+    notes: list[tuple[int, int, float, str]] = []
+    book = GuardBook(tmp_path, on_note=lambda *note: notes.append(note))
+    spec = JobSpec("t", "train", ("python",), guard=GuardSpec(stall_after=60.0))
+    book.started(3, 1, spec, now=1000.0)
+    assert book.watch(1059.0) == []  # loading a model: not stalled before stall_after
+    book.metric(3, 1, {"step": 10, "loss": 2.0}, now=1030.0)
+    assert book.watch(1089.0) == []
+    stalls = book.watch(1090.0)
+    assert [(s.job_id, s.number, s.last_step, s.words) for s in stalls] == [
+        (3, 1, 10, "stalled 1m at step 10")]
+    assert book.watch(1200.0) == []  # flagged once
+    view = book.view(3, 1)
+    assert view is not None and view["stalled"] == {"since": 1030.0, "last_step": 10}
+    assert GuardBook(tmp_path).view(3, 1) == view  # guard.json holds it
+    book.metric(3, 1, {"step": 10, "eval_loss": 2.0}, now=1210.0)  # same step: still stalled
+    assert book.view(3, 1)["stalled"] is not None  # type: ignore[index]
+    book.metric(3, 1, {"step": 11, "loss": 1.9}, now=1220.0)
+    assert book.view(3, 1)["stalled"] is None  # type: ignore[index]
+    assert [n[3] for n in notes] == ["stalled 1m at step 10", "no longer stalled: step 11"]
+    book.dumped(3, 1, "n2", ("/r/stacks/l/rank-1-n2-pid42.txt",), ("pid 7: gone",), now=1230.0)
+    assert notes[-1][3] == ("stack dumps: rank 1 on n2 -> /r/stacks/l/rank-1-n2-pid42.txt "
+                            "(errors: pid 7: gone)")
