@@ -9,8 +9,8 @@ range is 400 naming the parameter. A client that leaves a stream is normal
 and logged at debug only.
 
 Privacy on a shared engine: a job's logs, metrics, processes and the names
-of its environment variables are readable by its owner, the engine's user
-and the cluster's admins only, unless the cluster profile says
+of its environment variables are readable by its owner, the engine's user,
+root and the cluster's admins only, unless the cluster profile says
 ``share_logs = true``. Anyone else gets 403 naming the owner and the fix
 (`show` answers without the env names and says why; the events stream leaves
 out their log and metric events; a job's progress shows its step, not its
@@ -79,9 +79,10 @@ def caller(request: web.Request) -> Caller:
 
 def may_read(rt: Runtime, me: Caller, owner_uid: int | None) -> bool:
     """Whether `me` may read the logs, metrics, processes and env names of a
-    job owned by `owner_uid`: its owner, the engine's user, an admin, or
-    anyone when the cluster profile says share_logs = true."""
-    return (rt.cluster.share_logs or me.uid in (owner_uid, rt.engine_uid)
+    job owned by `owner_uid`: its owner, the engine's user, root (who can
+    read the engine's files anyway), an admin, or anyone when the cluster
+    profile says share_logs = true."""
+    return (rt.cluster.share_logs or me.uid in (owner_uid, rt.engine_uid, 0)
             or me.name in rt.cluster.admins)
 
 
