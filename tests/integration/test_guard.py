@@ -27,8 +27,15 @@ ME = Caller.from_uid(os.getuid())
 # (the process only sleeps, so that only the engine ends it); STALL_AT "15once"
 # stalls only an attempt that is not a guard restart.
 FAKE_TRAINER = r'''
-import json, os, sys, time
+import json, os, subprocess, sys, time
 from pathlib import Path
+if os.environ.get("FAKE_RANKS") and "RANK" not in os.environ:  # a launcher of N ranks
+    ranks = [subprocess.Popen([sys.executable, *sys.argv], env={**os.environ, "RANK": str(r)})
+             for r in range(int(os.environ["FAKE_RANKS"]))]
+    sys.exit(max(p.wait() for p in ranks))
+if os.environ.get("RANK", "0") != "0":
+    while True:  # the other ranks wait on rank 0
+        time.sleep(1)
 out, nan_at, total = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 scale = float(os.environ.get("LLMCONSOLE_LR_SCALE", "1"))
 at = os.environ.get("LLMCONSOLE_RESUME_AT_OR_BEFORE")
@@ -74,12 +81,13 @@ async def runtime(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def trainer(tmp_path: Path, name: str, nan_at: str, stall_at: int | str, guard: GuardSpec,
-            retries: int = 0) -> JobSpec:
+            retries: int = 0, ranks: int = 0) -> JobSpec:
     script = tmp_path / "fake_train.py"
     script.write_text(FAKE_TRAINER)
     out = tmp_path / name
     out.mkdir()
     return JobSpec(name=name, kind="train", retries=retries, guard=guard,
+                   env=(("FAKE_RANKS", str(ranks)),) if ranks else (),
                    argv=(sys.executable, str(script), str(out), nan_at, "40", str(stall_at)),
                    resources=Resources(cpus=1))
 
@@ -137,7 +145,7 @@ async def test_nan_restarts_with_the_lr_scaled_and_max_restarts_bounds_it(
 async def test_a_stalled_job_is_flagged_dumped_and_cancelled(
         runtime: Runtime, tmp_path: Path) -> None:
     job = runtime.submit(trainer(tmp_path, "stalls", "never", 6, GuardSpec(
-        stall_after=2.0, on_stall="cancel")), ME)
+        stall_after=2.0, on_stall="cancel"), ranks=2), ME)
     # stalls at step 6 on every attempt: retried once from step 5, then failed
     retried = runtime.submit(trainer(tmp_path, "retries", "never", 6, GuardSpec(
         stall_after=2.0, on_stall="retry", max_restarts=1)), ME)
@@ -162,7 +170,13 @@ async def test_a_stalled_job_is_flagged_dumped_and_cancelled(
     history = [(e.from_state, e.to_state, e.cause) for e in runtime.store.history(job.id)]
     running = JobState.RUNNING
     assert [c for f, t, c in history if f is running and t is running] == notes
-    assert "rank x on local" in dumps[0] and "stalled-step-5" in dumps[0]
+    # every rank's stack, each named by rank and node (and the launcher's, rank x)
+    assert "rank 0 on local" in dumps[0] and "rank 1 on local" in dumps[0], dumps[0]
+    files = dumps[0].split(" -> ")[1].split(" (errors")[0].split(", ")
+    assert len(files) == 3 and all("/stacks/stalled-step-5/rank-" in f for f in files)
+    rank1 = next(Path(f) for f in files if "/rank-1-local-pid" in f)
+    stack = rank1.read_text()  # py-spy's dump of the rank waiting in the fake's loop
+    assert stack.startswith("# node=local rank=1 ") and "<module> (fake_train.py:" in stack
     assert runtime.job_view(ended)["stalled"] is None  # the flag ends with the attempt
 
     await wait_for(lambda: _ended(runtime, retried.id, 2), timeout=60)
