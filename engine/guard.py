@@ -90,7 +90,7 @@ class GuardError(ValueError):
 _EXPECTED = {
     "on_nan": 'one of "fail", "restart"',
     "diverge_factor": "a number above 1, e.g. 3.0",
-    "diverge_window": "an integer of at least 2 (steps)",
+    "diverge_window": "an integer from 2 to 10000000 (steps)",
     "on_diverge": 'one of "fail", "restart"',
     "max_restarts": f"an integer from 0 to {MAX_RESTARTS}",
     "lr_scale": "a number in (0, 1], e.g. 0.5",
@@ -98,25 +98,37 @@ _EXPECTED = {
     "on_stall": 'one of "flag", "cancel", "retry"',
 }
 FIELDS = tuple(_EXPECTED)
+MAX_WINDOW = 10_000_000
+_BARE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _shown(value: object) -> str:
+    """A value as an error line quotes it: repr (newlines escaped), cut to 40."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def parse_duration(value: object) -> float | None:
     """Seconds from 600, 600.0, "600", "30s", "10m" or "2h"; None if it is none of them."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value) if math.isfinite(value) else None
     if isinstance(value, str):
         m = _DURATION.fullmatch(value)
-        if m:
-            return float(m.group(1)) * _UNIT_S[m.group(2)]
-    return None
+        if not m:
+            return None
+        seconds = float(m.group(1)) * _UNIT_S[m.group(2)]
+        return seconds if math.isfinite(seconds) else None
+    return _number(value)
 
 
 def _number(value: object) -> float | None:
+    """A finite float from an int or float (not a bool); None otherwise,
+    also for an integer too large for a float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def parse(table: object, prefix: str = "guard") -> GuardSpec:
@@ -131,7 +143,7 @@ def parse(table: object, prefix: str = "guard") -> GuardSpec:
         problems.append((f"{prefix}.{name}", problem, _EXPECTED[name]))
 
     for key, value in table.items():
-        name = str(key)
+        name = str(key) if _BARE.fullmatch(str(key)) else _shown(str(key))
         if name not in _EXPECTED:
             close = difflib.get_close_matches(name, FIELDS, n=1, cutoff=0.6)
             problems.append((f"{prefix}.{name}", "unknown field"
@@ -140,7 +152,7 @@ def parse(table: object, prefix: str = "guard") -> GuardSpec:
         elif name in ("on_nan", "on_diverge", "on_stall"):
             allowed = STALL_ACTIONS if name == "on_stall" else ACTIONS
             if value not in allowed:
-                bad(name, f"{value!r} is not an action")
+                bad(name, f"{_shown(value)} is not an action")
             else:
                 got[name] = value
         elif name in ("diverge_factor", "lr_scale"):
@@ -158,14 +170,16 @@ def parse(table: object, prefix: str = "guard") -> GuardSpec:
                 bad(name, "not an integer")
             elif name == "diverge_window" and value < 2:
                 bad(name, f"{value} steps hold no rise")
+            elif name == "diverge_window" and value > MAX_WINDOW:
+                bad(name, f"{_shown(value)} steps is more than {MAX_WINDOW}")
             elif name == "max_restarts" and not 0 <= value <= MAX_RESTARTS:
-                bad(name, f"{value} is out of range")
+                bad(name, f"{_shown(value)} is out of range")
             else:
                 got[name] = value
         else:  # stall_after
             seconds = parse_duration(value)
             if seconds is None or seconds <= 0:
-                bad(name, f"{value!r} is not a duration")
+                bad(name, f"{_shown(value)} is not a duration")
             else:
                 got[name] = seconds
     if problems:

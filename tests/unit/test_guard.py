@@ -198,3 +198,21 @@ def test_the_book_flags_a_stall_once_clears_it_and_keeps_it_on_disk(tmp_path: Pa
     book.dumped(3, 1, "n2", ("/r/stacks/l/rank-1-n2-pid42.txt",), ("pid 7: gone",), now=1230.0)
     assert notes[-1][3] == ("stack dumps: rank 1 on n2 -> /r/stacks/l/rank-1-n2-pid42.txt "
                             "(errors: pid 7: gone)")
+
+
+def test_any_table_is_a_guard_or_one_line_per_bad_field() -> None:
+    pool: list[object] = [None, True, 0, 1, 2, -1, 10**400, 0.5, 1.0, 3.0, math.nan, math.inf,
+                          "", "10m", "fail", "restart", "flag", "retry", "x\ny", "\x00",
+                          "\udcff", [1], {"a": 1}, "9" * 500 + "h", 2**70]
+    keys = [*guard.FIELDS, "bogus", "on-nan", "a\nb", ""]
+    rng = random.Random(13)
+    for _ in range(2000):
+        table = {rng.choice(keys): rng.choice(pool) for _ in range(rng.randint(0, 5))}
+        try:
+            spec = guard.parse(table)
+        except GuardError as err:
+            assert err.problems and all("\n" not in " ".join(p) and len(" ".join(p)) < 300
+                                        for p in err.problems), err.problems
+        else:
+            assert JobSpec.from_dict(JobSpec("t", "train", ("x",), guard=spec).to_dict()) \
+                .guard == spec
