@@ -325,9 +325,11 @@ class Ingest:
     # -------------------------------------------------------- persistence
     def flush(self, running: dict[str, Running]) -> None:
         """Write buffered points and rows, then the offsets they cover. A
-        write that fails for want of space (or any store error) is logged
-        once and retried on the next flush; offsets are saved only after
-        their points, so a crash meanwhile replays rather than loses."""
+        write that fails for want of space (SQLite's "disk is full", ENOSPC)
+        is logged once and retried on the next flush (telemetry samples are
+        dropped); offsets are saved only after their points, so a crash
+        meanwhile replays rather than loses. Any other store error drops the
+        points and is raised, as before."""
         try:
             if self._metrics:
                 self.store.record_metrics(self._metrics)
