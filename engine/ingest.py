@@ -57,6 +57,7 @@ DEFAULT_LOG_CAP_MB = 256.0
 MIN_LOG_CAP = 4096  # bytes: room for a head, the marker and a tail
 MAX_PENDING_POINTS = 200_000  # metric points held while the store cannot take them
 COPY_CHUNK = 1 << 20
+LAST_ERROR_MAX = 400  # characters of a job's own error line kept in its attempt's reason
 
 
 def log_cap_from_env(environ: dict[str, str] | None = None) -> int:
@@ -246,6 +247,23 @@ class Ingest:
             self.save_offsets(run)
         except OSError:
             self._dirty.add(run.key)  # the next flush saves them
+
+    def last_error(self, run: Running, within: int = 8192) -> str | None:
+        """The job's own last "error: ..." line (how the workloads say why
+        they failed, e.g. a full disk while saving a checkpoint) among the
+        last `within` bytes of its copy, without the prefix; None if none."""
+        path = self.log_path(run.job_id, run.number)
+        try:
+            with open(path, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - within))
+                tail = f.read(within)
+        except OSError:
+            return None
+        for raw in reversed(tail.splitlines()):
+            if raw.startswith(b"error: "):
+                said = raw[len(b"error: "):].decode("utf-8", "replace").strip()
+                return said[:LAST_ERROR_MAX] or None
+        return None
 
     def _marker(self, run: Running, dropped: int) -> bytes:
         where = f"runs/{run.key}/{OUTPUT_NAME} in its run root"

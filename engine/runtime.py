@@ -849,6 +849,9 @@ class Runtime:
             state, reason = JobState.SUCCEEDED, None
         else:
             state, reason = JobState.FAILED, run.failure or _why(failing)
+            said = None if run.failure else self.ingest.last_error(run)
+            if said:  # the job's own words: "exit code 4: no space left on /x while ..."
+                reason = f"{reason}: {said}"
         current = attempt.state
         if current is JobState.STARTING and run.start_error is None:
             # it ran, but its "started" report was missed (an agent restart)

@@ -10,5 +10,6 @@ when that variable is set, else ``<output>/metrics.jsonl``).
 Exit codes: 0 done; 2 bad input (a missing or corrupt model folder, an
 unusable corpus, a bad option), with one line on stderr naming the problem
 and the fix; 3 the run diverged (a NaN or infinite loss), with the reason in
-``results.json``.
+``results.json``; 4 no space left on a disk it writes (metrics, checkpoints,
+results), with one line naming the mount, what is free and the fix.
 """

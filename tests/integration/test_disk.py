@@ -159,6 +159,23 @@ async def test_log_copy_is_capped_and_a_full_engine_home_stops_it_once(
         await wait_for(ended(rt, after.id), 30)
         assert rt.store.get_job(after.id).state is JobState.SUCCEEDED
         assert rt.log_path(after.id, 1).read_bytes() == b"ok\n"
+
+        # a workload whose output disk is full: its own line is the attempt's reason
+        out = tmpfs("out", "1m")
+        fill(out)
+        writer = rt.submit(JobSpec(name="writer", kind="command", argv=py(
+            f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
+            "from pathlib import Path\n"
+            "from engine.workloads.common import run_main, write_json_atomic\n"
+            f"run_main(lambda: write_json_atomic(Path({str(out)!r}) / 'results.json', "
+            "{'x': 'y' * 100000}))")), ME)
+        await wait_for(ended(rt, writer.id), 30)
+        failed = rt.store.get_attempt(writer.id, 1)
+        assert failed.state is JobState.FAILED and failed.exit_code == 4
+        assert failed.reason == (f"exit code 4: no space left on {out} while writing "
+                                 f"{out / 'results.json'} (0 bytes free); free space on that "
+                                 "disk")
+        assert sorted(p.name for p in out.iterdir()) == ["filler"]  # no temporary file
         assert rt.store.integrity_check() == "ok"
     finally:
         await finish(rt)
