@@ -174,10 +174,10 @@ def send(socket_path: Path | str, method: str, path: str, body: bytes | None = N
         sock.settimeout(timeout)
         sock.connect(str(socket_path))
         sock.sendall(head.encode("utf-8", "surrogateescape") + b"\r\n" + (body or b""))
-        return parse_response(_read_answer(sock))
+        return parse_response(read_answer(sock))
 
 
-def _read_answer(sock: socket.socket) -> bytes:
+def read_answer(sock: socket.socket) -> bytes:
     """The bytes of one answer: up to its Content-Length when it has one (a
     server may keep the connection open a while after refusing a body it has
     not read), else to the end of the connection."""
@@ -259,7 +259,7 @@ def oversized(socket_path: Path | str, timeout: float = 10.0) -> tuple[int, dict
                      b"Content-Type: application/json\r\n"
                      + f"Content-Length: {16 * MAX_REQUEST_BYTES}\r\n\r\n".encode()
                      + b'{"spec": ')
-        status, _headers, body = parse_response(_read_answer(sock))
+        status, _headers, body = parse_response(read_answer(sock))
     return status, json.loads(body)
 
 

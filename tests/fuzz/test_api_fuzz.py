@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -149,6 +150,19 @@ def test_the_daemon_survives_the_fuzz_and_refuses_oversized_bodies_early(
     status, _got, data = hostile.send(api.home / "engine.sock", "POST", "/v1/jobs",
                                       big.encode(), {"Content-Type": "application/json"})
     assert status == 413 and "4 MiB" in json.loads(data)["error"]
+    assert len(call(api, "GET", "/v1/jobs")[1]) == len(before)
+    # chunked, so no Content-Length to refuse early: aiohttp's client_max_size stops it
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(str(api.home / "engine.sock"))
+        sock.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        chunk = b"%x\r\n" % 65536 + b" " * 65536 + b"\r\n"
+        for _ in range(MAX_REQUEST_BYTES // 65536 + 2):
+            sock.sendall(chunk)
+        sock.sendall(b"0\r\n\r\n")
+        status, _got, data = hostile.parse_response(hostile.read_answer(sock))
+    assert status == 413 and "over the engine's limit" in json.loads(data)["error"]
     assert len(call(api, "GET", "/v1/jobs")[1]) == len(before)
     assert_up(api)
 
