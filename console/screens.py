@@ -439,7 +439,8 @@ class JobScreen(Screen[None]):
     def _title(self) -> str:
         j = self.job
         reason = f" - {j['reason']}" if j.get("reason") else ""
-        guarded = guard_words(j, time.time())  # stalled, or a loss guard restart
+        clock = getattr(self.app, "clock", time.time)  # the app's clock (fixed in tests)
+        guarded = guard_words(j, clock())  # stalled, or a loss guard restart
         reason += f" - {guarded}" if guarded else ""
         progress = f"\n  {self.prepared}" if self.prepared else ""  # a prepare job's
         return (f"job {j['id']}  {j.get('name')}  [{j.get('kind')}]  {j.get('state')}  "

@@ -49,3 +49,41 @@ def test_the_guard_notes_are_rows_of_the_history() -> None:
                                     "(new) -> queued", "running -> running"]
     assert rows[-1][3] == "stalled 12m at step 800" and rows[-1][1] == "2"
     assert rows[2][3].startswith("restart 1 of 2 by loss guard: lr x0.5")
+
+
+async def test_the_dashboard_and_the_detail_show_the_stall_and_the_restart() -> None:
+    from textual.widgets import Static
+
+    from console.app import LlmConsole
+    from console.bridge import FixedBridge, Snapshot
+    from console.screens import JobScreen
+    from tests.console.test_app import job_cells, until
+    from tests.console.test_snapshots import NOW, _job
+
+    stalled = {**_job(7, "pretrain", "train", "running"), "attempt": 2,
+               "stalled": {"since": NOW - 12 * 60 - 5, "last_step": 800},
+               "guard": {**GUARDED["guard"], "stalled": {"since": NOW - 725, "last_step": 800}}}
+    restarted = {**_job(8, "finetune", "train", "running"), "attempt": 2, "stalled": None,
+                 "guard": {"stalled": None, "restart": "restart 1 of 2 by loss guard: lr x0.5",
+                           "restarts": [], "notes": []}}
+    details = {7: {**stalled, "spec": {"argv": ["python"], "resources": {}}, "attempts": [],
+                   "history": GUARDED["history"]}}
+    bridge = FixedBridge([Snapshot([], [stalled, restarted])], details=details)
+    app = LlmConsole(bridge=bridge, clock=lambda: NOW)  # type: ignore[arg-type]
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.drain()
+        await until(pilot, lambda: job_cells(app, 7) != [])
+        assert "stalled" in job_cells(app, 7) and "running" not in job_cells(app, 7)
+        assert "running" in job_cells(app, 8)
+        app.select(7)
+        label = app.query_one("#losslabel", Static)
+        await until(pilot, lambda: "stalled 12m at step 800" in str(label.render()))
+        await pilot.press("d")
+        await until(pilot, lambda: isinstance(app.screen, JobScreen))
+        title = app.screen.query_one("#jobtitle", Static)
+        await until(pilot, lambda: "stalled 12m at step 800" in str(title.render()))
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, JobScreen))
+        app.select(8)
+        await until(pilot, lambda: "restart 1 of 2 by loss guard: lr x0.5"
+                    in str(label.render()))
