@@ -18,6 +18,12 @@ Contract
   entry records the sha256 of every file the loader read, and the state of
   every folder a lookup searched (a file added there could shadow the one
   found); it is used only when all of them still match.
+- A submission that depends on nothing but the profile, its overrides and
+  ``--name`` (a single job with no output folder and no ``@`` reference: a
+  command job) is kept too, as the API payload `engine.pipelines.prepare`
+  made (`store_payload`, checked the same way); `load_payload` gives it
+  back without importing engine.model, pipelines or pydantic, so a warm
+  `submit` of a command profile costs about what `jobs` does.
 - Entries live in ``$XDG_CACHE_HOME/llmconsole/specs`` (default
   ``~/.cache/llmconsole/specs``): folder 0700, files 0600, written to a
   temporary file and renamed. An entry that cannot be read, does not parse,
@@ -35,11 +41,16 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import engine
-from engine.model import JobSpec, PipelineSpec, StageSpec
+
+TYPE_CHECKING = False  # typing's, without importing typing
+if TYPE_CHECKING:
+    from typing import Any
+
+    from engine.model import JobSpec, PipelineSpec
 
 FORMAT = 1  # of an entry; a change makes every older entry a miss
 MAX_ENTRIES = 256
@@ -88,13 +99,15 @@ def _module_origin(name: str) -> str | None:
     return None
 
 
-def _key(profile: str, overrides: Sequence[str]) -> str:
+def _key(profile: str, overrides: Sequence[str], payload: bool = False,
+         name: str | None = None) -> str:
     inputs = {
         "format": FORMAT,
         "version": engine.__version__,
         "code": _code_fingerprint(),
         "profile": profile,
         "overrides": list(overrides),
+        **({"payload": {"name": name}} if payload else {}),
         "cwd": os.getcwd(),
         "home": os.environ.get("HOME", ""),
         "profiles_path": os.environ.get("LLMCONSOLE_PROFILES", ""),
@@ -112,6 +125,8 @@ def _sha256(path: str) -> str | None:
 
 # ------------------------------------------------------------ (de)serialising
 def _to_json(spec: JobSpec | PipelineSpec) -> dict[str, object]:
+    from engine.model import PipelineSpec
+
     if isinstance(spec, PipelineSpec):
         return {"pipeline": {
             "name": spec.name, "description": spec.description,
@@ -123,6 +138,8 @@ def _to_json(spec: JobSpec | PipelineSpec) -> dict[str, object]:
 
 def _from_json(data: dict[str, object]) -> JobSpec | PipelineSpec:
     """Raises KeyError, TypeError or ValueError for anything malformed."""
+    from engine.model import JobSpec, PipelineSpec, StageSpec
+
     if "job" in data:
         job = data["job"]
         if not isinstance(job, dict):
@@ -140,7 +157,9 @@ def _from_json(data: dict[str, object]) -> JobSpec | PipelineSpec:
 
 
 # ------------------------------------------------------------------ entries
-def _read_entry(path: Path, key: str) -> JobSpec | PipelineSpec | None:
+def _read_entry(path: Path, key: str) -> Any:
+    """The entry's "spec" value when it is this user's, for `key`, and
+    everything it was made from is unchanged; else None."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
@@ -160,7 +179,7 @@ def _read_entry(path: Path, key: str) -> JobSpec | PipelineSpec | None:
         for folder, sig in entry["folders"]:
             if _stat_sig(folder) != sig:
                 return None
-        return _from_json(entry["spec"])
+        return entry["spec"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     finally:
@@ -254,10 +273,12 @@ def load(profile: str, overrides: Sequence[str] = ()) -> JobSpec | PipelineSpec:
     """See the module docstring."""
     key = _key(profile, overrides)
     folder = cache_dir()
-    entry_path = folder / f"{key}.json"
-    cached = _read_entry(entry_path, key)
+    cached = _read_entry(folder / f"{key}.json", key)
     if cached is not None:
-        return cached
+        try:
+            return _from_json(cached)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass
     if not _recorder.installed:
         sys.addaudithook(_recorder)
         _recorder.installed = True
@@ -270,6 +291,55 @@ def load(profile: str, overrides: Sequence[str] = ()) -> JobSpec | PipelineSpec:
     except OSError:
         return spec
     folders = [[d, _stat_sig(d)] for d in _searched_folders(read)]
+    _made_from[key] = (files, folders)
     _write_entry(folder, key, {"format": FORMAT, "key": key, "files": files,
                                "folders": folders, "spec": _to_json(spec)})
     return spec
+
+
+# what each entry `load` wrote in this process was made from (its files and
+# folders), for `store_payload`
+_made_from: dict[str, tuple[list[list[Any]], list[list[Any]]]] = {}
+
+
+def load_payload(profile: str, overrides: Sequence[str], name: str | None
+                 ) -> dict[str, Any] | None:
+    """The API payload `store_payload` kept for a submit of `profile` with
+    these `overrides` and ``--name``, if it still holds; else None."""
+    key = _key(profile, overrides, payload=True, name=name)
+    cached = _read_entry(cache_dir() / f"{key}.json", key)
+    return cached.get("payload") if isinstance(cached, dict) else None
+
+
+def store_payload(profile: str, overrides: Sequence[str], name: str | None,
+                  prepare: Callable[[str, Path], list[dict[str, Any]] | None]) -> None:
+    """Keep the payload of a single-job submit when it depends on nothing but
+    its inputs: `prepare(stamp, outputs)` (engine.pipelines.prepare with
+    that stamp and outputs root, returning the payloads, None when it looked
+    up an earlier job's output) gives the same one payload for two different
+    stamps and roots. Needs the entry this process's `load` made (or found
+    valid) for the same profile and overrides."""
+    spec_key = _key(profile, overrides)
+    made = _made_from.get(spec_key)
+    if made is None:
+        made = _provenance(cache_dir() / f"{spec_key}.json", spec_key)
+        if made is None:
+            return
+    first = prepare("a", Path("/nonexistent-a"))
+    if first is None or len(first) != 1 or first != prepare("b", Path("/nonexistent-b")):
+        return
+    key = _key(profile, overrides, payload=True, name=name)
+    files, folders = made
+    _write_entry(cache_dir(), key, {"format": FORMAT, "key": key, "files": files,
+                                    "folders": folders, "spec": {"payload": first[0]}})
+
+
+def _provenance(path: Path, key: str) -> tuple[list[list[Any]], list[list[Any]]] | None:
+    """The files and folders of a valid entry."""
+    if _read_entry(path, key) is None:
+        return None
+    try:
+        entry = json.loads(path.read_bytes())
+        return entry["files"], entry["folders"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

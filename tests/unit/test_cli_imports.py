@@ -5,6 +5,7 @@ load pydantic, while giving exactly what the full loader gives."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import stat
@@ -131,3 +132,33 @@ def test_spec_cache_gives_what_the_loader_gives(tmp_path: Path,
     pipeline = spec_cache.load("pipeline-tiny", [])
     assert pipeline == pipelines.load_profile("pipeline-tiny", [])
     assert spec_cache.load("pipeline-tiny", []) == pipeline
+
+
+def test_a_command_jobs_payload_is_kept_and_a_workloads_is_not(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("LLMCONSOLE_PROFILES", raising=False)
+    for profile, kept in (("hello", True), ("pretrain-tiny", False)):
+        args = argparse.Namespace(profile=profile, set=["priority=3"], name="renamed")
+        spec_cache.load(profile, args.set)
+        spec_cache.store_payload(profile, args.set, args.name,
+                                 lambda stamp, out, a=args: cli._payloads(a, stamp, out))
+        code = (
+            "import sys, json\nfrom engine import spec_cache\n"
+            f"p = spec_cache.load_payload({profile!r}, ['priority=3'], 'renamed')\n"
+            "print(json.dumps(p) + '\\t' + json.dumps(sorted(m for m in sys.modules"
+            " if m.startswith(('pydantic', 'engine.')))))\n"
+        )
+        payload, modules = (json.loads(x) for x in _python(
+            code, env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)}))
+        if kept:  # what the full path sends, and nothing but the CLI's few modules loaded
+            sub = pipelines.prepare(profile, args.set, tmp_path, "s", lambda _p: None,
+                                    name="renamed")
+            assert payload == sub.items[0][0] and payload["priority"] == 3
+            assert set(modules) <= {"engine.spec_cache"}, modules
+        else:  # its output folder is made at each submit
+            assert payload is None
+        # another --name is another submission
+        assert spec_cache.load_payload(profile, args.set, "other") is None
+
