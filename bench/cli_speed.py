@@ -1,5 +1,6 @@
 """How fast the `llmconsole` command is, one process per call, against a
-running engine: `submit` (with an empty spec cache and a warm one), `jobs`,
+running engine: `submit` of a command profile (hello, with an empty spec
+cache and a warm one) and of a workload (pretrain-tiny, warm), `jobs`,
 `cancel` (returning once the engine has told the job to stop) and
 `cancel --wait` (to the end of the job's process), each the median of 20
 calls, next to the floor, `python -c pass` in the same interpreter, and the
@@ -108,6 +109,12 @@ def run() -> list[Figure]:
         figures.append(_series("submit, empty spec cache", cold))
         _timed(submit, env)  # fills the warm cache
         figures.append(_series("submit, warm spec cache", lambda _i: _timed(submit, env)))
+        # a workload's output folder is made at each submit: its payload is not kept,
+        # its validated spec is (engine.model and pipelines are imported, not pydantic)
+        train = [*cli, "submit", "pretrain-tiny", "--after", str(gate)]
+        _timed(train, env)
+        figures.append(_series("submit of a workload (pretrain-tiny), warm spec cache",
+                               lambda _i: _timed(train, env)))
         figures.append(_series("jobs", lambda _i: _timed([*cli, "jobs"], env)))
         spec = _spec("victim", ["sleep", "600"])
 
