@@ -23,7 +23,8 @@ Contract:
   "[llmconsole: N bytes of output dropped here; the full log is on node X
   at PATH]" and its newest quarter, so it never holds more than the cap plus
   one line and always reads as one coherent log. A reader following the
-  copy by byte position sees it shrink at that moment.
+  copy by byte position finds another file at the path then: where it goes
+  on is `follow_position`.
 - A full disk (or any write error) under the engine home never reaches the
   caller: the copy of that attempt stops (nothing half-written is left in
   it), engine.log gets one line and the job one event "log copy stopped: no
@@ -156,6 +157,9 @@ class Ingest:
         self._dirty: set[str] = set()
         self._failing: set[str] = set()  # what already said it fails (said once)
         self._notes: list[tuple[int, int, str, float]] = []  # events the store has yet to take
+        # attempt -> (inode of the copy before its last rewrite, head end, where the kept
+        # tail began in it, where that tail begins now): for readers following the copy
+        self._moves: dict[str, tuple[int, int, int, int]] = {}
 
     def log_path(self, job_id: int, number: int) -> Path:
         return self.logs_dir / attempt_key(job_id, number) / OUTPUT_NAME
@@ -236,6 +240,8 @@ class Ingest:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
+        self._moves[run.key] = (os.fstat(src.fileno()).st_ino, head, keep_from,
+                                head + len(marker))
         src.close()
         run.log_file = open(path, "a+b", buffering=0)  # noqa: SIM115
         run.log_bytes = os.fstat(run.log_file.fileno()).st_size
@@ -247,6 +253,24 @@ class Ingest:
             self.save_offsets(run)
         except OSError:
             self._dirty.add(run.key)  # the next flush saves them
+
+    def follow_position(self, job_id: int, number: int, position: int, inode: int) -> int:
+        """For a reader that followed the copy (file `inode`) up to byte
+        `position` and now finds a rewritten one at the path (the cap): where
+        to go on in the new copy so that it sees every kept line once, with
+        the marker line where lines were dropped. The head is the same bytes
+        in both; a position in the dropped part goes on at the marker; a
+        reader that missed more than one rewrite goes on at the marker."""
+        move = self._moves.get(attempt_key(job_id, number))
+        if move is None or move[0] != inode:
+            head = move[1] if move is not None else 0
+            return min(position, head)
+        _inode, head, kept_from, tail_now = move
+        if position <= head:
+            return position
+        if position >= kept_from:
+            return tail_now + (position - kept_from)
+        return head
 
     def last_error(self, run: Running, within: int = 8192) -> str | None:
         """The job's own last "error: ..." line (how the workloads say why

@@ -22,8 +22,9 @@ from types import SimpleNamespace
 import pytest
 
 from chaos.engine_handle import EngineHandle
+from engine.ingest import Running
 from engine.lifecycle import JobState
-from engine.model import ClusterSpec, JobSpec, NodeSpec
+from engine.model import ClusterSpec, JobSpec, NodeSpec, Placement
 from engine.runtime import Caller, Runtime
 from engine.store import Store
 from engine.transport.local import LocalAgentChannel
@@ -128,6 +129,30 @@ async def test_log_copy_is_capped_and_a_full_engine_home_stops_it_once(
         assert numbers[:len(head)] == list(range(len(head)))  # whole lines, none repeated
         assert numbers[len(head):] == list(range(numbers[len(head)], 4000))
         assert int(m.group(1)) == len(full) - (len(copy) - len(lines[markers[0]]) - 1)
+
+        # a reader following the copy as it is rewritten (as `logs -f` does) and keeping up
+        # sees every line once, in order (it has missed none: no marker for it)
+        follower = Running(job_id=loud.id, number=9, spec=loud.spec,
+                           placements=(Placement("local", (), 1),))
+        path = rt.ingest.log_path(loud.id, 9)
+        seen, position, inode = b"", 0, None
+        for i in range(4000):
+            rt.ingest.append_log(follower, f"line {i:05d} " + "x" * 84)
+            if i % 7 == 0 or i == 3999:
+                with open(path, "rb") as f:
+                    now = os.fstat(f.fileno()).st_ino
+                    if inode is not None and now != inode:
+                        position = rt.ingest.follow_position(loud.id, 9, position, inode)
+                    inode = now
+                    f.seek(position)
+                    chunk = f.read()
+                seen, position = seen + chunk, position + len(chunk)
+        rt.ingest.close(follower)
+        read = seen.decode().splitlines()
+        assert [int(line.split()[1]) for line in read if line.startswith("line ")] == \
+            list(range(4000))
+        assert not any(line.startswith("[llmconsole: ") for line in read)
+        assert len(path.read_bytes()) <= (64 << 10) + 200
 
         # a full engine home: the copy stops once (engine.log and one event), the job's
         # state stays right, and the engine goes on
