@@ -126,9 +126,9 @@ def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> i
     parser.add_argument("--quick", action="store_true",
                         help="a short campaign: fewer jobs and kills, a smaller input budget")
     args = parser.parse_args(argv)
-    jobs = args.jobs or (QUICK_JOBS if args.quick else JOBS)
+    jobs = args.jobs if args.jobs is not None else QUICK_JOBS if args.quick else JOBS
     if jobs < 1:
-        parser.error(f"--jobs {jobs}: give at least 1")
+        parser.error(f"--jobs {jobs}: the campaign needs at least 1 job; give --jobs 1 or more")
     kills = max(3, round(jobs * KILLS_PER_JOB))
     began = time.monotonic()
 
