@@ -1,4 +1,4 @@
-"""The profile loaders under random TOML: documents built from every TOML
+"""The profile loaders under random TOML (150 documents per test): built from every TOML
 type (strings with NUL, newlines and control characters, huge, negative and
 NaN numbers, dates, arrays, nested and inline tables), the real field names
 mixed with random ones, the text then sometimes cut or salted with bytes that
@@ -39,12 +39,12 @@ FIELDS = ("kind", "name", "description", "command", "launcher", "priority", "ret
 KINDS = ("train", "compress", "eval", "prepare", "command", "cluster", "pipeline")
 ODD_CHARS = "\x00\x01\x08\t\n\r\x1b\x7f\u0085\u2028\u2029\u200b\u202e\ufeff\"\\'$`;|&*~@/-é漢🙂"
 BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-SETTINGS = settings(max_examples=200, deadline=None,
+SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 text = st.text(alphabet=st.one_of(st.characters(codec="utf-8"), st.sampled_from(ODD_CHARS)),
                max_size=40) | st.sampled_from(["", " ", "-rf", "/", "~", "x" * 129, "@pre",
-                                               "/bin/true", "ok", "a" * 200_000])
+                                               "/bin/true", "ok", "a" * 2000])
 numbers = (st.integers() | st.integers(-(2**64), 2**64)
            | st.floats(allow_nan=True, allow_infinity=True))
 dates = st.dates() | st.times() | st.datetimes() | st.datetimes(
@@ -168,7 +168,6 @@ def test_job_profiles_fail_only_with_a_profile_error(doc: dict[str, Any], how: s
         path = write(folder, stem, doc, how, where)
         assert_only_profile_errors(path, lambda: load_job_profile(str(path), sets,
                                                                   dirs=[folder]))
-        assert_only_profile_errors(path, lambda: load_job_profile(str(path), check_args=True))
         assert_only_profile_errors(path, lambda: validate_file(path))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
