@@ -24,7 +24,8 @@ ME = Caller.from_uid(os.getuid())
 
 # argv: OUTPUT NAN_AT TOTAL STALL_AT. A NaN loss at step NAN_AT unless the lr
 # is scaled ("always": at every lr); after it, or at STALL_AT, no more steps
-# (the process only sleeps, so that only the engine ends it); STALL_AT "15once"
+# (the process only sleeps, so that only the engine ends it); NAN_AT "rise":
+# no NaN, the loss rises 1.5x a step after step 15; STALL_AT "15once"
 # stalls only an attempt that is not a guard restart.
 FAKE_TRAINER = r'''
 import json, os, subprocess, sys, time
@@ -46,13 +47,14 @@ start = max([s for s in found if at is None or s <= int(at)], default=0)
 print(f"lr scale {scale} resumed at {start}", flush=True)
 with open(Path(os.environ["LLMCONSOLE_RUN_DIR"]) / "metrics.jsonl", "a") as m:
     for step in range(start + 1, total + 1):
-        bad = nan_at == "always" or (nan_at != "never" and scale == 1.0 and step == int(nan_at))
+        bad = nan_at == "always" or (nan_at.isdigit() and scale == 1.0 and step == int(nan_at))
         if bad or step == stall_at:
             if bad:
                 m.write(json.dumps({"step": step, "loss": float("nan")}) + "\n")
                 m.flush()
             time.sleep(120)
-        m.write(json.dumps({"step": step, "total_steps": total, "loss": 2.0 / step,
+        loss = 2.0 / step if nan_at != "rise" or step <= 15 else 2.0 / 15 * 1.5 ** (step - 15)
+        m.write(json.dumps({"step": step, "total_steps": total, "loss": loss,
                             "lr_scale": scale}) + "\n")
         m.flush()
         if step % 5 == 0:
@@ -106,6 +108,8 @@ async def test_nan_restarts_with_the_lr_scaled_and_max_restarts_bounds_it(
     bounded = runtime.submit(trainer(tmp_path, "bounded", "always", 0, GuardSpec(
         on_nan="restart", max_restarts=1), retries=2), ME)
     failing = runtime.submit(trainer(tmp_path, "fails", "12", 0, GuardSpec(on_nan="fail")), ME)
+    rising = runtime.submit(trainer(tmp_path, "rises", "rise", 0, GuardSpec(
+        diverge_factor=3.0, diverge_window=10, on_diverge="fail")), ME)
 
     await wait_for(lambda: _ended(runtime, restarting.id, 2), timeout=60)
     attempts = runtime.store.attempts(restarting.id)
@@ -140,6 +144,11 @@ async def test_nan_restarts_with_the_lr_scaled_and_max_restarts_bounds_it(
     again = GuardBook(tmp_path)
     assert again.launch_env(restarting.id, 2) == {
         "LLMCONSOLE_LR_SCALE": "0.5", "LLMCONSOLE_RESUME_AT_OR_BEFORE": "22"}
+
+    await wait_for(lambda: _ended(runtime, rising.id, 1), timeout=60)
+    job = runtime.store.get_job(rising.id)
+    assert job.state is JobState.FAILED and job.attempt == 1
+    assert job.reason == "loss guard: loss rose 3.2x over 4 steps (0.143 -> 0.45) at step 19"
 
 
 async def test_a_stalled_job_is_flagged_dumped_and_cancelled(
