@@ -24,7 +24,7 @@ Contract:
   at PATH]" and its newest quarter, so it never holds more than the cap plus
   one line and always reads as one coherent log. A reader following the
   copy by byte position finds another file at the path then: where it goes
-  on is `follow_position`.
+  on is `follow`.
 - A full disk (or any write error) under the engine home never reaches the
   caller: the copy of that attempt stops (nothing half-written is left in
   it), engine.log gets one line and the job one event "log copy stopped: no
@@ -58,6 +58,7 @@ DEFAULT_LOG_CAP_MB = 256.0
 MIN_LOG_CAP = 4096  # bytes: room for a head, the marker and a tail
 MAX_PENDING_POINTS = 200_000  # metric points held while the store cannot take them
 COPY_CHUNK = 1 << 20
+MAX_MOVES = 64  # rewrites of one copy remembered for readers following it
 LAST_ERROR_MAX = 400  # characters of a job's own error line kept in its attempt's reason
 
 
@@ -157,9 +158,11 @@ class Ingest:
         self._dirty: set[str] = set()
         self._failing: set[str] = set()  # what already said it fails (said once)
         self._notes: list[tuple[int, int, str, float]] = []  # events the store has yet to take
-        # attempt -> (inode of the copy before its last rewrite, head end, where the kept
-        # tail began in it, where that tail begins now): for readers following the copy
-        self._moves: dict[str, tuple[int, int, int, int]] = {}
+        # attempt -> its copy's rewrites by the cap, the last MAX_MOVES as (head end, where
+        # the kept tail began before, where it begins after), and how many there were:
+        # for readers following the copy (`follow`)
+        self._moves: dict[str, list[tuple[int, int, int]]] = {}
+        self._rewrites: dict[str, int] = {}
 
     def log_path(self, job_id: int, number: int) -> Path:
         return self.logs_dir / attempt_key(job_id, number) / OUTPUT_NAME
@@ -240,8 +243,10 @@ class Ingest:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
-        self._moves[run.key] = (os.fstat(src.fileno()).st_ino, head, keep_from,
-                                head + len(marker))
+        moves = self._moves.setdefault(run.key, [])
+        moves.append((head, keep_from, head + len(marker)))
+        del moves[:-MAX_MOVES]
+        self._rewrites[run.key] = self._rewrites.get(run.key, 0) + 1
         src.close()
         run.log_file = open(path, "a+b", buffering=0)  # noqa: SIM115
         run.log_bytes = os.fstat(run.log_file.fileno()).st_size
@@ -254,23 +259,31 @@ class Ingest:
         except OSError:
             self._dirty.add(run.key)  # the next flush saves them
 
-    def follow_position(self, job_id: int, number: int, position: int, inode: int) -> int:
-        """For a reader that followed the copy (file `inode`) up to byte
-        `position` and now finds a rewritten one at the path (the cap): where
-        to go on in the new copy so that it sees every kept line once, with
-        the marker line where lines were dropped. The head is the same bytes
-        in both; a position in the dropped part goes on at the marker; a
-        reader that missed more than one rewrite goes on at the marker."""
-        move = self._moves.get(attempt_key(job_id, number))
-        if move is None or move[0] != inode:
-            head = move[1] if move is not None else 0
-            return min(position, head)
-        _inode, head, kept_from, tail_now = move
-        if position <= head:
-            return position
-        if position >= kept_from:
-            return tail_now + (position - kept_from)
-        return head
+    def follow(self, job_id: int, number: int, position: int,
+               rewrites: int | None) -> tuple[int, int]:
+        """For a reader following an attempt's copy: it has read up to byte
+        `position` of the copy as it was after `rewrites` rewrites by the cap
+        (None: its first read); -> (where to go on in the copy as it is now,
+        how many rewrites that is). Called between reads with no await in
+        between, so the answer is about the file the reader opens next. The
+        head is the same bytes in every rewrite; a position in the kept tail
+        moves with it; one in a dropped part goes on at the marker line."""
+        key = attempt_key(job_id, number)
+        now = self._rewrites.get(key, 0)
+        if rewrites is None or rewrites == now:
+            return position, now
+        if rewrites > now:  # not this copy's count (cannot happen in one engine's life)
+            return 0, now
+        moves = self._moves.get(key, [])
+        missed = moves[len(moves) - (now - rewrites):] if now - rewrites <= len(moves) else None
+        if missed is None:  # more rewrites than are remembered: on at the marker
+            return min(position, moves[-1][0]), now
+        for head, kept_from, tail_now in missed:
+            if position >= kept_from:
+                position = tail_now + (position - kept_from)
+            elif position > head:
+                position = head
+        return position, now
 
     def last_error(self, run: Running, within: int = 8192) -> str | None:
         """The job's own last "error: ..." line (how the workloads say why

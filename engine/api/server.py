@@ -456,19 +456,23 @@ async def logs(request: web.Request) -> web.StreamResponse:
         and e.get("type") in ("log", "attempt-ended"),
         size=1000,
     ) if follow else None
+    def follow(position: int, rewrites: int | None) -> tuple[int, int]:  # the log cap
+        return rt.ingest.follow(job.id, number, position, rewrites)
+
     try:
-        position = 0
+        position, rewrites = 0, None
         if tail is not None and path.exists():
             lines = path.read_bytes().splitlines(keepends=True)[-tail:] if tail > 0 else []
-            position = path.stat().st_size
+            position, rewrites = follow(path.stat().st_size, None)
             await response.write(b"".join(lines))
         while True:
-            position = await _copy_from(path, position, response)
+            position, rewrites = await _copy_from(path, position, response, rewrites, follow)
             if sub is None:
                 break
             current = rt.store.get_attempt(job.id, number)
             if current.state.is_terminal() and attempt_key(job.id, number) not in rt.running:
-                position = await _copy_from(path, position, response)
+                position, rewrites = await _copy_from(path, position, response, rewrites,
+                                                      follow)
                 break
             if request.app[SHUTDOWN].is_set():
                 break
@@ -502,20 +506,29 @@ async def _next_event(sub: Any, shutdown: asyncio.Event, timeout: float
     return None
 
 
-async def _copy_from(path: Any, position: int, response: web.StreamResponse) -> int:
+async def _copy_from(path: Any, position: int, response: web.StreamResponse,
+                     rewrites: int | None = None,
+                     follow: Callable[[int, int | None], tuple[int, int]] | None = None
+                     ) -> tuple[int, int | None]:
+    """Send the copy's whole lines from `position`; -> (position, rewrites)
+    to go on from. `follow` (engine.ingest's) moves the position into the
+    copy as the log cap has rewritten it since; no await comes between it
+    and the read, so it speaks of the file read."""
+    if follow is not None:
+        position, rewrites = follow(position, rewrites)
     try:
         with open(path, "rb") as f:
             f.seek(position)
             data = f.read()
     except FileNotFoundError:
-        return position
+        return position, rewrites
     if data:
         # send whole lines only; a partial last line waits for its end
         cut = data.rfind(b"\n") + 1
         if cut:
             await response.write(data[:cut])
-            return position + cut
-    return position
+            return position + cut, rewrites
+    return position, rewrites
 
 
 async def events(request: web.Request) -> web.StreamResponse:

@@ -135,23 +135,32 @@ async def test_log_copy_is_capped_and_a_full_engine_home_stops_it_once(
         follower = Running(job_id=loud.id, number=9, spec=loud.spec,
                            placements=(Placement("local", (), 1),))
         path = rt.ingest.log_path(loud.id, 9)
-        seen, position, inode = b"", 0, None
+        readers = {7: [b"", 0, None], 1000: [b"", 0, None]}  # every N lines: seen, where
         for i in range(4000):
             rt.ingest.append_log(follower, f"line {i:05d} " + "x" * 84)
-            if i % 7 == 0 or i == 3999:
-                with open(path, "rb") as f:
-                    now = os.fstat(f.fileno()).st_ino
-                    if inode is not None and now != inode:
-                        position = rt.ingest.follow_position(loud.id, 9, position, inode)
-                    inode = now
-                    f.seek(position)
-                    chunk = f.read()
-                seen, position = seen + chunk, position + len(chunk)
+            for every, reader in readers.items():
+                if i % every == 0 or i == 3999:
+                    reader[1], reader[2] = rt.ingest.follow(loud.id, 9, reader[1], reader[2])
+                    with open(path, "rb") as f:
+                        f.seek(reader[1])
+                        chunk = f.read()
+                    reader[0], reader[1] = reader[0] + chunk, reader[1] + len(chunk)
         rt.ingest.close(follower)
-        read = seen.decode().splitlines()
+        assert readers[7][2] is not None and readers[7][2] > 10  # rewrites it went through
+        read = readers[7][0].decode().splitlines()
         assert [int(line.split()[1]) for line in read if line.startswith("line ")] == \
             list(range(4000))
         assert not any(line.startswith("[llmconsole: ") for line in read)
+        # one that falls behind misses lines, but only where a marker says so
+        last, gap = -1, False
+        for line in readers[1000][0].decode().splitlines():
+            if line.startswith("[llmconsole: "):
+                gap = True
+                continue
+            number = int(line.split()[1])
+            assert number > last if gap else number == last + 1, (last, line)
+            last, gap = number, False
+        assert last == 3999 and b"[llmconsole: " in readers[1000][0]
         assert len(path.read_bytes()) <= (64 << 10) + 200
 
         # a full engine home: the copy stops once (engine.log and one event), the job's
@@ -327,3 +336,22 @@ def test_llmconsole_logs_of_a_capped_copy_is_coherent(engine: EngineHandle) -> N
     assert len(marker) == 1 and "bytes of output dropped here; the full log is on node " \
         "local at " in marker[0]
     assert engine.cli("logs", str(job_id), "--tail", "2").stdout.splitlines() == lines[-2:]
+
+    # `logs -f` through the rewrites: the numbers only go up, from the first line to the
+    # last, and wherever it skipped lines (it fell behind a rewrite) the marker says so
+    slow = ("import time\nfor i in range(3000):\n    print(f'line {i:05d} ' + 'x' * 84)\n"
+            "    if i % 150 == 0: time.sleep(0.05)\n")
+    engine.write_profile("slow", 'kind = "command"\ncommand = ' +
+                         json.dumps([sys.executable, "-c", slow]) + "\n")
+    slow_id = engine.submit("slow")
+    followed = engine.cli("logs", "-f", str(slow_id), timeout=120).stdout.splitlines()
+    assert engine.job(slow_id)["state"] == "succeeded"
+    last, gap = -1, False
+    for line in followed:
+        if line.startswith("[llmconsole: "):
+            gap = True  # lines may be missing here, and only here
+            continue
+        number = int(line.split()[1])
+        assert number > last if gap else number == last + 1, (last, line)
+        last, gap = number, False
+    assert followed[0].startswith("line 00000 ") and last == 2999
