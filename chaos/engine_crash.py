@@ -285,25 +285,49 @@ def _check(engine: CrashingEngine, ids: list[int], starts: Path, lines: int,
                                    f"{len(job.get('attempts') or ())} attempts")
         if not launched.get((job_id, 1)):
             result.problems.append(f"job {job_id} never recorded its start")
-        out = numbered_lines(list(engine.api.logs(job_id)), job_id)
-        gaps, repeats = sequence_faults(out, last)
-        result.log_gaps += gaps
-        result.log_repeats += repeats
-        if gaps or repeats:
-            result.problems.append(f"job {job_id} log: {gaps} missing, {repeats} repeated "
-                                   f"or out of order")
-        while True:
-            points = engine.api.metrics(job_id, names=["loss"])
-            steps = [int(p["step"]) for p in points]
-            if len(steps) >= last or time.monotonic() > settle:
-                break
-            time.sleep(0.2)
-        gaps, repeats = sequence_faults(steps, last)
-        result.metric_gaps += gaps
-        result.metric_repeats += repeats
-        if gaps or repeats:
-            result.problems.append(f"job {job_id} metrics: {gaps} missing, {repeats} "
-                                   f"repeated or out of order")
+        found = output_faults(engine.api, job_id, last, settle)
+        result.log_gaps += found.log_gaps
+        result.log_repeats += found.log_repeats
+        result.metric_gaps += found.metric_gaps
+        result.metric_repeats += found.metric_repeats
+        if found.total:
+            result.problems.append(f"job {job_id}: {found}")
+
+
+@dataclass(frozen=True)
+class OutputFaults:
+    """What is wrong with one attempt's stored output and loss steps."""
+
+    log_gaps: int
+    log_repeats: int
+    metric_gaps: int
+    metric_repeats: int
+
+    @property
+    def total(self) -> int:
+        return self.log_gaps + self.log_repeats + self.metric_gaps + self.metric_repeats
+
+    def __str__(self) -> str:
+        return (f"log {self.log_gaps} missing, {self.log_repeats} repeated or out of order; "
+                f"metrics {self.metric_gaps} missing, {self.metric_repeats} repeated or out "
+                f"of order")
+
+
+def output_faults(client: EngineClient, job_id: int, last: int, settle_until: float,
+                  attempt: int | None = None) -> OutputFaults:
+    """Check the engine's copy of a crash job's output ("line <job> k") and
+    its stored loss steps against 1..last, once each and in order. Metric
+    points reach the store in a flush: fewer than `last` are asked for again
+    until the monotonic time `settle_until`."""
+    out = numbered_lines(list(client.logs(job_id, attempt=attempt)), job_id)
+    log_gaps, log_repeats = sequence_faults(out, last)
+    while True:
+        steps = [int(p["step"]) for p in client.metrics(job_id, attempt=attempt,
+                                                        names=["loss"])]
+        if len(steps) >= last or time.monotonic() > settle_until:
+            break
+        time.sleep(0.2)
+    return OutputFaults(log_gaps, log_repeats, *sequence_faults(steps, last))
 
 
 def main() -> int:

@@ -44,7 +44,7 @@ from typing import Any
 
 import psutil
 
-from chaos.engine_crash import ENDED, JOB_SCRIPT, count_starts, numbered_lines, sequence_faults
+from chaos.engine_crash import ENDED, JOB_SCRIPT, count_starts, numbered_lines, output_faults
 from chaos.engine_handle import EngineHandle, new_engine
 from chaos.hosts import SshHosts, marked, processes_naming
 from engine import health
@@ -178,20 +178,10 @@ class Cluster:
 def check_output(cluster: Cluster, job_id: int, lines: int, result: FaultResult,
                  attempt: int | None = None) -> None:
     """The job's stored output and loss steps: 1..lines, once each, in order."""
-    out = numbered_lines(cluster.log_lines(job_id, attempt), job_id)
-    gaps, repeats = sequence_faults(out, lines)
-    settle = time.monotonic() + 10.0  # metric points reach the store in a flush
-    while True:
-        steps = [int(p["step"]) for p in cluster.client.metrics(job_id, attempt=attempt,
-                                                                names=["loss"])]
-        if len(steps) >= lines or time.monotonic() > settle:
-            break
-        time.sleep(0.2)
-    m_gaps, m_repeats = sequence_faults(steps, lines)
-    result.gaps += gaps + repeats + m_gaps + m_repeats
-    if gaps + repeats + m_gaps + m_repeats:
-        result.problems.append(f"job {job_id}: log {gaps} missing {repeats} repeated; "
-                               f"metrics {m_gaps} missing {m_repeats} repeated")
+    found = output_faults(cluster.client, job_id, lines, time.monotonic() + 10.0, attempt)
+    result.gaps += found.total
+    if found.total:
+        result.problems.append(f"job {job_id}: {found}")
 
 
 def check_starts(starts: Path, result: FaultResult, per_attempt: int = 1) -> None:
