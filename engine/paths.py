@@ -25,7 +25,6 @@ import os
 import pwd
 from pathlib import Path
 
-from engine import diskspace
 from engine.errors import UserError
 
 SOCKET_PATH_MAX = 107  # bytes: Linux's sun_path is 108, with the terminating NUL
@@ -53,6 +52,8 @@ def ensure_home(path: Path | None = None) -> Path:
                         f"belongs to {owner}); set LLMCONSOLE_HOME to a folder of your own"
                         ) from None
     except OSError as exc:
+        from engine import diskspace  # here: a client copied alone needs none of it
+
         if diskspace.is_no_space(exc):
             raise UserError(_full_disk_line(root)) from None
         raise
@@ -68,6 +69,8 @@ def full_disk_problem(root: Path, min_free: int = MIN_FREE_BYTES) -> str | None:
     its nearest existing parent, before it is created) has under `min_free`
     bytes free, or writing a small probe file in it finds no space (a
     quota). One line with the fix, or None. The probe is removed."""
+    from engine import diskspace
+
     free = diskspace.free_bytes(root)
     if free is not None and free < min_free:
         return _full_disk_line(root)
@@ -94,6 +97,8 @@ def full_disk_problem(root: Path, min_free: int = MIN_FREE_BYTES) -> str | None:
 
 
 def _full_disk_line(root: Path) -> str:
+    from engine import diskspace
+
     return (f"the engine home {root} is on a full disk ({diskspace.where_free(root)}); free "
             f"space or set LLMCONSOLE_HOME to another disk")
 
