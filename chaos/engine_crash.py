@@ -147,12 +147,7 @@ class CrashingEngine:
     def start(self) -> float:
         """Start the daemon; return the seconds until it answered."""
         begun = time.monotonic()
-        with open(self.handle.home / "engine.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "engine", "engine", "serve", "--cluster",
-                 str(self.cluster)], env=self.handle.env, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=log, cwd=self.handle.home, start_new_session=True)
-        self.handle._server = self.proc  # close() stops and waits for this one
+        self.proc = self.handle.spawn("--cluster", str(self.cluster))
         deadline = begun + ANSWER_TIMEOUT_S
         while True:
             client = EngineClient(self.socket, timeout=10)

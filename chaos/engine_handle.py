@@ -37,18 +37,25 @@ class EngineHandle:
         """Start the daemon with `engine serve ARGS` (e.g. --socket-mode 666)
         instead of letting the first CLI call start it with the defaults;
         return once it answers. `prefix` runs it as another user (setpriv)."""
+        server = self.spawn(*args, prefix=prefix, python=python)
+        deadline = time.monotonic() + timeout
+        while self.cli("engine", "status", check=False).returncode != 0:
+            if server.poll() is not None or time.monotonic() > deadline:
+                log_text = (self.home / "engine.log").read_text(errors="replace")
+                raise AssertionError(f"engine serve {' '.join(args)} did not come up "
+                                     f"(exit {server.poll()}): {log_text[-2000:]}")
+            time.sleep(0.05)
+
+    def spawn(self, *args: str, prefix: Iterable[str] = (), python: str = sys.executable
+              ) -> subprocess.Popen[bytes]:
+        """Start `engine serve ARGS` (output to engine.log) and return at once;
+        `close()` stops and waits for the daemon last spawned."""
         with open(self.home / "engine.log", "ab") as log:
             self._server = subprocess.Popen(
                 [*prefix, python, "-m", "engine", "engine", "serve", *args], env=self.env,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.home,
                 start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while self.cli("engine", "status", check=False).returncode != 0:
-            if self._server.poll() is not None or time.monotonic() > deadline:
-                log_text = (self.home / "engine.log").read_text(errors="replace")
-                raise AssertionError(f"engine serve {' '.join(args)} did not come up "
-                                     f"(exit {self._server.poll()}): {log_text[-2000:]}")
-            time.sleep(0.05)
+        return self._server
 
     def cli(self, *args: str, check: bool = True, timeout: float = 60,
             prefix: Iterable[str] = (), python: str = sys.executable
