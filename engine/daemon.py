@@ -22,18 +22,39 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
-from engine import paths
+from engine import paths, scheduler
 from engine.errors import Unavailable, Unreachable, UserError
 from engine.model import ClusterSpec
 from engine.transport.factory import channel_factory
 
 log = logging.getLogger("llmconsole.daemon")
+RETRY_BACKOFF_ENV = "LLMCONSOLE_RETRY_BACKOFF_S"
 
 
 class DaemonError(UserError):
     pass
+
+
+def retry_backoff_from_env(environ: Mapping[str, str] | None = None) -> float:
+    """The first automatic retry's wait in seconds (each next one doubles, up
+    to `scheduler.RETRY_BACKOFF_CAP_S`), from $LLMCONSOLE_RETRY_BACKOFF_S
+    (default `scheduler.RETRY_BACKOFF_BASE_S`). Raises `DaemonError` naming
+    the fix for a value that is not a number of seconds >= 0."""
+    raw = (os.environ if environ is None else environ).get(RETRY_BACKOFF_ENV, "").strip()
+    if not raw:
+        return scheduler.RETRY_BACKOFF_BASE_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= scheduler.RETRY_BACKOFF_CAP_S:
+        raise DaemonError(f"{RETRY_BACKOFF_ENV}={raw!r}: expected seconds from 0 to "
+                          f"{scheduler.RETRY_BACKOFF_CAP_S:g}, such as 5 (the wait before "
+                          f"the first automatic retry)")
+    return value
 
 
 async def serve(
@@ -66,6 +87,7 @@ async def serve(
                               f"/etc/group (see `getent group`)") from None
     _refuse_full_disk(home or paths.home())
     log_cap_from_env()  # a bad LLMCONSOLE_LOG_CAP_MB: one line, before anything is created
+    backoff = retry_backoff_from_env()
     root = paths.ensure_home(home)
     try:
         lock = open(root / "engine.lock", "a+")  # noqa: SIM115 — held for the daemon's life
@@ -80,7 +102,7 @@ async def serve(
     store = Store(root / "engine.db")
     runtime = Runtime(store, cluster, root, channel_factory(root, telemetry_interval,
                                                        known_hosts=cluster.known_hosts),
-                      lost_after=lost_after)
+                      lost_after=lost_after, retry_backoff_s=backoff)
     await runtime.start()
     await runtime.wait_nodes_up(timeout=15.0)
     shutdown = asyncio.Event()

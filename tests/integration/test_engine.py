@@ -192,6 +192,7 @@ def test_dependencies_hold_and_fail_children(engine: EngineHandle) -> None:
 
 
 def test_automatic_retries_make_new_attempts(engine: EngineHandle, tmp_path: Path) -> None:
+    engine.env["LLMCONSOLE_RETRY_BACKOFF_S"] = "1"  # retry n waits 1 s * 2**(n-1), +-20 %
     marker = tmp_path / "tries"
     script = (f"import pathlib, sys\np = pathlib.Path({str(marker)!r})\n"
               "n = int(p.read_text()) + 1 if p.exists() else 1\np.write_text(str(n))\n"
@@ -206,6 +207,9 @@ def test_automatic_retries_make_new_attempts(engine: EngineHandle, tmp_path: Pat
         job = engine.job(job_id)
     assert [a["state"] for a in job["attempts"]] == ["failed", "failed", "succeeded"]
     assert any("automatic retry" in h["cause"] for h in job["history"])
+    attempts = job["attempts"]
+    waits = [attempts[i + 1]["started_at"] - attempts[i]["ended_at"] for i in (0, 1)]
+    assert waits[0] >= 0.8 and waits[1] >= 1.6, waits  # backed off, the second twice as long
 
 
 def start_gated_job(engine: EngineHandle, gate: Path, before: list[str],
