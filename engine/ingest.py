@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from engine import diskspace
+from engine import diskspace, secrets
 from engine.agent.protocol import Log, Metric, Telemetry
 from engine.errors import UserError
 from engine.hub import EventHub
@@ -114,8 +114,10 @@ class Running:
     start_error: str | None = None  # the agent could not start it: why
     cancelled_by: str | None = None
     failure: str | None = None  # the first part that failed, while the others stop
+    masked: tuple[str, ...] = ()  # secret values of the spec's env, kept out of the copy
 
     def __post_init__(self) -> None:
+        self.masked = secrets.masked_values(self.spec.env)
         if not self.launch_nodes:
             self.launch_nodes = (self.placements[0].node,)
         for name in self.launch_nodes:
@@ -176,7 +178,7 @@ class Ingest:
         if run.skip_lines > 0:  # written before a crash, after the last saved offset
             run.skip_lines -= 1
             return
-        self.append_log(run, event.line)
+        self.append_log(run, secrets.mask(event.line, run.masked) if run.masked else event.line)
 
     def append_log(self, run: Running, line: str) -> None:
         """Add `line` to the attempt's copy (capped) and publish it. Never

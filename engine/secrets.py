@@ -31,8 +31,10 @@ Where a secret of a job's `[env]` is, and where it never is:
   stdin, where our ssh (engine/sshwrap) writes them.
 - Never in the engine's log, its events, the API's job views (`show` lists
   the env names only, never a value, which masks more than "***" would) or
-  any command line on any node. A job that prints its own secret puts it in
-  its log: that is the job's doing.
+  any command line on any node. A job that prints its own secret writes it
+  into its log on its node (that file is the job's); the engine's copy, and
+  every line it streams to clients, has each secret value of the job's
+  `[env]` (of `MIN_MASKED_LEN` characters or more) replaced by `MASK`.
 - A secret-looking variable of the engine's own environment is never passed
   on to a job, even where its prefix is allow-listed (engine/launch.py):
   only the profile's `[env]` gives a job secrets.
@@ -48,6 +50,12 @@ SECRET_WORDS = frozenset({
 })
 
 
+MASK = "***"
+# A shorter value would mask ordinary words ("1", "yes") all over a log; a
+# secret that short is no secret.
+MIN_MASKED_LEN = 6
+
+
 def is_secret_name(name: str) -> bool:
     """Whether `name` looks like a secret's (see the module docstring)."""
     return any(part.upper() in SECRET_WORDS for part in name.split("_"))
@@ -56,3 +64,19 @@ def is_secret_name(name: str) -> bool:
 def secret_names(names: Iterable[str]) -> tuple[str, ...]:
     """The secret-looking names among `names` (a mapping gives its keys), sorted."""
     return tuple(sorted({n for n in names if is_secret_name(n)}))
+
+
+def masked_values(env: Iterable[tuple[str, str]]) -> tuple[str, ...]:
+    """The values of `env`'s secret-looking variables worth masking in
+    output (`MIN_MASKED_LEN` or longer), longest first, so that a secret
+    holding another is masked whole."""
+    values = {v for k, v in env if is_secret_name(k) and len(v) >= MIN_MASKED_LEN}
+    return tuple(sorted(values, key=len, reverse=True))
+
+
+def mask(text: str, values: Iterable[str]) -> str:
+    """`text` with every occurrence of each of `values` replaced by `MASK`."""
+    for value in values:
+        if value in text:
+            text = text.replace(value, MASK)
+    return text

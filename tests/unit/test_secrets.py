@@ -196,3 +196,32 @@ def test_only_a_ranks_remote_command_is_rewritten_and_a_lost_keeper_is_one_line(
     assert run.returncode == 255 and len(run.stderr.splitlines()) == 1, run.stderr
     assert "cannot read the job's secrets" in run.stderr
     assert not (tmp_path / "fake" / "calls.jsonl").exists()  # ssh never ran
+
+
+def test_the_engines_copy_of_output_masks_the_jobs_secret_values(tmp_path: Path) -> None:
+    from engine.agent.protocol import Log
+    from engine.hub import EventHub
+    from engine.ingest import Ingest, Running
+    from engine.store import Store
+
+    store = Store(tmp_path / "engine.db")
+    hub = EventHub()
+    seen: list[dict[str, object]] = []
+    hub.publish = seen.append  # type: ignore[method-assign]
+    ingest = Ingest(store, tmp_path / "logs", hub, time.time)
+    spec = JobSpec(name="j", kind="command", argv=("true",),
+                   env=(("HF_TOKEN", SECRET), ("PIN_KEY", "12345"), ("PLAIN", SECRET + "x")))
+    run = Running(job_id=1, number=1, spec=spec, placements=(Placement("local", (), 1),))
+    lines = [f"token={SECRET}", f"twice {SECRET}{SECRET}", "pin 12345 stays (too short to mask)",
+             "nothing here"]
+    offset = 0
+    for line in lines:
+        ingest.log(run, run.parts["local"], Log("1.1", offset, offset + len(line) + 1, line))
+        offset += len(line) + 1
+    ingest.close(run)
+    copy = ingest.log_path(1, 1).read_text().splitlines()
+    assert copy == ["token=***", "twice ******", "pin 12345 stays (too short to mask)",
+                    "nothing here"]
+    streamed = [e["line"] for e in seen if e.get("type") == "log"]
+    assert streamed == copy and SECRET not in json.dumps(seen)
+    store.close()
