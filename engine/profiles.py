@@ -200,7 +200,7 @@ from pydantic_core import PydanticCustomError
 
 import engine
 from engine import guard as guard_rules
-from engine import spec_rules
+from engine import secrets, spec_rules
 from engine.errors import UserError
 from engine.model import (
     LIMITS,
@@ -833,6 +833,9 @@ def parse_overrides(items: Sequence[str]) -> dict[str, object]:
     return result
 
 
+# `--set env.HF_TOKEN=@env`: a secret-looking variable's value, from the
+# submitter's environment (never written on the command line).
+FROM_ENVIRONMENT = "@env"
 _JOB_STRING_FIELDS = {("name",), ("description",), ("workdir",), ("kind",), ("launcher",)}
 
 
@@ -840,12 +843,34 @@ def _job_overrides(items: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
     result: dict[str, Any] = {}
     keys = []
     for parts, value, raw in _split_overrides(items):
-        takes_string = parts in _JOB_STRING_FIELDS or (len(parts) == 2 and parts[0] == "env")
+        is_env = len(parts) == 2 and parts[0] == "env"
+        takes_string = parts in _JOB_STRING_FIELDS or is_env
         if takes_string and not isinstance(value, str):
             value = raw
+        if is_env and secrets.is_secret_name(parts[1]):
+            value = _secret_from_environment(parts[1], raw)
         _set_path(result, parts, value)
         keys.append(_field_path(parts))
     return result, keys
+
+
+def _secret_from_environment(name: str, raw: str) -> str:
+    """The value of ``--set env.NAME=@env`` for a secret-looking NAME: the
+    submitter's own variable. A secret's value written on the command line
+    is refused: every user of the machine sees it (ps, /proc) and it stays
+    in the shell's history."""
+    field = f"--set env.{name}"
+    if raw != FROM_ENVIRONMENT:
+        raise ProfileError("a secret's value on the command line is seen by every user of "
+                           "this machine (ps) and kept in your shell history", field=field,
+                           expected=f"{field}={FROM_ENVIRONMENT} to take it from your own "
+                           f"environment, or the profile's [env] in a file only you can read")
+    value = os.environ.get(name)
+    if value is None:
+        raise ProfileError(f"{name} is not set in your environment", field=field,
+                           expected=f"export {name}=... before submitting, or set it in the "
+                           "profile's [env]")
+    return value
 
 
 # ---------------------------------------------------------------------------

@@ -256,6 +256,22 @@ def test_error_names_the_value_that_came_from_set(tmp_path: Path) -> None:
     assert "(value from --set)" in str(info.value)
 
 
+def test_a_secret_is_taken_from_the_environment_never_from_the_command_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path / "j.toml", 'kind = "command"\ncommand = ["true"]\n')
+    with pytest.raises(ProfileError) as info:
+        load_job_profile(str(path), ["env.HF_TOKEN=hf_abcdef123"])
+    text = str(info.value)
+    assert text.startswith("--set env.HF_TOKEN: a secret's value on the command line is seen")
+    assert "--set env.HF_TOKEN=@env" in text and "hf_abcdef123" not in text
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    with pytest.raises(ProfileError, match=r"HF_TOKEN is not set in your environment"):
+        load_job_profile(str(path), ["env.HF_TOKEN=@env"])
+    monkeypatch.setenv("HF_TOKEN", "hf_from_env_42")
+    spec = load_job_profile(str(path), ["env.HF_TOKEN=@env", "env.PLAIN=@env"])
+    assert dict(spec.env) == {"HF_TOKEN": "hf_from_env_42", "PLAIN": "@env"}
+
+
 def test_all_problems_are_kept_first_one_reported(tmp_path: Path) -> None:
     path = write(tmp_path / "many.toml",
                  'kind = "command"\ncommand = ["true"]\nretries = 99\n'
