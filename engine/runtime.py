@@ -160,7 +160,7 @@ class Runtime:
             except (asyncio.CancelledError, Exception):  # noqa: S110 — stopping anyway
                 pass
         await self.nodes.stop()
-        self.ingest.flush(self.running)
+        self.ingest.flush(self.running, force=True)
         for run in self.running.values():
             self.ingest.close(run)
 
