@@ -456,23 +456,25 @@ async def logs(request: web.Request) -> web.StreamResponse:
         and e.get("type") in ("log", "attempt-ended"),
         size=1000,
     ) if follow else None
-    def follow(position: int, rewrites: int | None) -> tuple[int, int]:  # the log cap
+
+    def moved(position: int, rewrites: int | None) -> tuple[int, int]:
+        """Where `position` is now in the copy (the log cap rewrites it)."""
         return rt.ingest.follow(job.id, number, position, rewrites)
 
     try:
         position, rewrites = 0, None
         if tail is not None and path.exists():
             lines = path.read_bytes().splitlines(keepends=True)[-tail:] if tail > 0 else []
-            position, rewrites = follow(path.stat().st_size, None)
+            position, rewrites = moved(path.stat().st_size, None)
             await response.write(b"".join(lines))
         while True:
-            position, rewrites = await _copy_from(path, position, response, rewrites, follow)
+            position, rewrites = await _copy_from(path, position, response, rewrites, moved)
             if sub is None:
                 break
             current = rt.store.get_attempt(job.id, number)
             if current.state.is_terminal() and attempt_key(job.id, number) not in rt.running:
                 position, rewrites = await _copy_from(path, position, response, rewrites,
-                                                      follow)
+                                                      moved)
                 break
             if request.app[SHUTDOWN].is_set():
                 break
