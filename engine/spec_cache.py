@@ -31,6 +31,9 @@ Contract
   the cache is never trusted blindly, and the engine checks every spec it is
   sent again anyway (`engine.spec_check`). Any failure to write is silent:
   the cache only saves time. At most `MAX_ENTRIES` are kept, oldest dropped.
+- A profile whose env holds a secret-looking variable (`engine.secrets`) is
+  never stored: no copy of a secret on disk, and a ``--set env.X=@env``
+  value (from the submitter's environment) is never served stale.
 
 Standard library only at import: pydantic is loaded on a miss.
 """
@@ -283,6 +286,8 @@ def load(profile: str, overrides: Sequence[str] = ()) -> JobSpec | PipelineSpec:
         sys.addaudithook(_recorder)
         _recorder.installed = True
     spec, read = _load_recording(profile, overrides)
+    if _holds_secrets(spec):
+        return spec  # never a copy of a secret on disk (nor one from --set env.X=@env)
     files = [[f, _sha256(f)] for f in read if os.path.isfile(f)]
     if not files:
         return spec  # nothing recorded (no audit events?): nothing to check an entry by
@@ -295,6 +300,15 @@ def load(profile: str, overrides: Sequence[str] = ()) -> JobSpec | PipelineSpec:
     _write_entry(folder, key, {"format": FORMAT, "key": key, "files": files,
                                "folders": folders, "spec": _to_json(spec)})
     return spec
+
+
+def _holds_secrets(spec: JobSpec | PipelineSpec) -> bool:
+    """Whether a job of `spec` has a secret-looking variable in its env
+    (`engine.secrets`): such a spec is never stored."""
+    from engine import secrets
+
+    jobs = [stage.spec for stage in spec.stages] if hasattr(spec, "stages") else [spec]
+    return any(secrets.secret_names(dict(job.env)) for job in jobs)
 
 
 # what each entry `load` wrote in this process was made from (its files and

@@ -127,6 +127,18 @@ def test_spec_cache_gives_what_the_loader_gives(tmp_path: Path,
     assert str(cached.value) == str(direct.value)
     assert sorted((cache / "llmconsole" / "specs").iterdir()) == before
 
+    # a profile with a secret in its env, or one from --set env.X=@env: never stored
+    (work / "job").write_text('kind = "command"\ncommand = ["true"]\n[env]\nHF_TOKEN = "hf_x"\n')
+    monkeypatch.setenv("WANDB_API_KEY", "wandb-secret-1")
+    assert dict(spec_cache.load("job", []).env) == {"HF_TOKEN": "hf_x"}
+    (work / "job").write_text('kind = "command"\ncommand = ["true"]\n')
+    assert spec_cache.load("job", ["env.WANDB_API_KEY=@env"]).env == (
+        ("WANDB_API_KEY", "wandb-secret-1"),)
+    assert sorted((cache / "llmconsole" / "specs").iterdir()) == before
+    monkeypatch.setenv("WANDB_API_KEY", "wandb-secret-2")  # a later submit gets the new one
+    assert dict(spec_cache.load("job", ["env.WANDB_API_KEY=@env"]).env) == {
+        "WANDB_API_KEY": "wandb-secret-2"}
+
     # a pipeline (the shipped one, every stage's file read) round-trips
     monkeypatch.chdir(REPO)
     pipeline = spec_cache.load("pipeline-tiny", [])
