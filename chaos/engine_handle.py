@@ -11,9 +11,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from chaos.hosts import SshHosts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,3 +134,39 @@ def new_engine(traversable: bool = False) -> EngineHandle:
     profiles = home / "profiles"
     profiles.mkdir()
     return EngineHandle(home, profiles)
+
+
+@contextlib.contextmanager
+def engine_on_hosts(hosts: SshHosts, up_timeout: float,
+                    env: dict[str, str] | None = None) -> Iterator[EngineHandle]:
+    """A new engine serving a cluster of every test host (no head node), each
+    node's root under the engine home, `env` added to the daemon's
+    environment; yielded once every node is up. At exit the daemon stops,
+    whatever still runs under the roots is killed and the home removed."""
+    import shutil
+
+    import psutil
+
+    from chaos.hosts import processes_naming
+
+    handle = new_engine()
+    roots = handle.home / "roots"
+    profile = hosts.cluster_profile(
+        handle.home / "cluster.toml", head=None,
+        extra={h.name: {"root": str(roots / h.name)} for h in hosts.hosts})
+    handle.env.update(hosts.env())
+    handle.env.update(env or {})
+    want = {h.name: "up" for h in hosts.hosts}
+    try:
+        handle.serve("--cluster", str(profile))
+        deadline = time.monotonic() + up_timeout
+        while {n["name"]: n["state"] for n in handle.json("nodes")} != want:
+            assert time.monotonic() < deadline, handle.cli("nodes").stdout
+            time.sleep(0.2)
+        yield handle
+    finally:
+        handle.close()
+        for pid in processes_naming(str(roots)):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(pid).kill()
+        shutil.rmtree(handle.home, ignore_errors=True)

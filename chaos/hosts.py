@@ -475,17 +475,21 @@ def processes_naming(text: str) -> list[int]:
     return found
 
 
-def marked(attempt: str) -> list[str]:
-    """Command lines of live processes carrying the attempt's marker."""
+def marked(attempt: str, home: Path | str | None = None) -> list[str]:
+    """Command lines of live processes carrying the attempt's marker (and,
+    with `home`, naming that engine home in their environment: other
+    engines on this machine number their attempts too)."""
     marker = f"LLMCONSOLE_ATTEMPT={attempt}".encode()
+    where = None if home is None else str(home).encode()
     found = []
     for p in psutil.process_iter(["cmdline", "status"]):
         try:
             if p.info["status"] == psutil.STATUS_ZOMBIE:
                 continue
             with open(f"/proc/{p.pid}/environ", "rb") as f:
-                if marker in f.read().split(b"\0"):
-                    found.append(" ".join(p.info["cmdline"] or []))
+                env = f.read()
+            if marker in env.split(b"\0") and (where is None or where in env):
+                found.append(" ".join(p.info["cmdline"] or []))
         except OSError:
             continue
     return found

@@ -10,11 +10,9 @@ engine/sshwrap) reads the hosts' ssh config, never ~/.ssh."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shlex
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -24,8 +22,8 @@ from typing import Any
 import psutil
 import pytest
 
-from chaos.engine_handle import EngineHandle, new_engine
-from chaos.hosts import SshHosts, marked, processes_naming
+from chaos.engine_handle import EngineHandle, engine_on_hosts
+from chaos.hosts import SshHosts, marked
 from engine.launch import ALLOWED_ENV, ALLOWED_PREFIXES
 
 SECRET = "s3cr3t-FOO_TOKEN-horovod-51c9"
@@ -49,27 +47,8 @@ def sets(*items: str) -> list[str]:
 def cluster(ssh_hosts: SshHosts) -> Iterator[EngineHandle]:
     """An engine over node1 and node2 (no head node), FOO_TOKEN in its
     environment; both nodes up."""
-    engine = new_engine()
-    roots = engine.home / "roots"
-    profile = ssh_hosts.cluster_profile(
-        engine.home / "cluster.toml", head=None,
-        extra={h.name: {"root": str(roots / h.name)} for h in ssh_hosts.hosts})
-    engine.env.update(ssh_hosts.env())
-    engine.env["FOO_TOKEN"] = SECRET
-    try:
-        engine.serve("--cluster", str(profile))
-        deadline = time.monotonic() + UP_TIMEOUT_S
-        while {n["name"]: n["state"] for n in engine.json("nodes")} != {"node1": "up",
-                                                                        "node2": "up"}:
-            assert time.monotonic() < deadline, engine.cli("nodes").stdout
-            time.sleep(0.2)
+    with engine_on_hosts(ssh_hosts, UP_TIMEOUT_S, env={"FOO_TOKEN": SECRET}) as engine:
         yield engine
-    finally:
-        engine.close()
-        for pid in processes_naming(str(roots)):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                psutil.Process(pid).kill()
-        shutil.rmtree(engine.home, ignore_errors=True)
 
 
 def wait_ended(engine: EngineHandle, job_id: int, timeout: float = RUN_TIMEOUT_S
@@ -200,13 +179,13 @@ def test_a_cancel_mid_run_leaves_nothing_of_the_attempt_on_any_node(
         assert job["state"] in ("queued", "starting", "running") and \
             time.monotonic() < deadline, (job, cluster.cli("logs", str(job_id)).stdout[-2000:])
         time.sleep(0.1)
-    running = marked(attempt)
+    running = marked(attempt, cluster.home)
     assert any("engine.workloads.train" in c for c in running), running
     cluster.cli("cancel", str(job_id))
     job = wait_ended(cluster, job_id, timeout=60)
     assert job["state"] == "cancelled", job
     # the agents signal what is left (the grace, then SIGKILL): nothing stays
     deadline = time.monotonic() + 30
-    while (left := marked(attempt)) and time.monotonic() < deadline:
+    while (left := marked(attempt, cluster.home)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not left, left

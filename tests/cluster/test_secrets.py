@@ -12,12 +12,10 @@ left once it ends."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import stat
 import sys
 import threading
@@ -25,11 +23,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
-from chaos.engine_handle import EngineHandle, new_engine
-from chaos.hosts import SshHosts, processes_naming
+from chaos.engine_handle import EngineHandle, engine_on_hosts
+from chaos.hosts import SshHosts, marked
 from engine.client import EngineClient
 from engine.profiles import load_job_profile
 
@@ -51,26 +48,8 @@ time.sleep(1.5)
 def engine(ssh_hosts: SshHosts) -> Iterator[EngineHandle]:
     """An engine over node1 and node2 (no head node), both up, each node's
     root under the engine home."""
-    handle = new_engine()
-    roots = handle.home / "roots"
-    profile = ssh_hosts.cluster_profile(
-        handle.home / "cluster.toml", head=None,
-        extra={h.name: {"root": str(roots / h.name)} for h in ssh_hosts.hosts})
-    handle.env.update(ssh_hosts.env())
-    try:
-        handle.serve("--cluster", str(profile))
-        deadline = time.monotonic() + UP_TIMEOUT_S
-        while {n["name"]: n["state"] for n in handle.json("nodes")} != {"node1": "up",
-                                                                        "node2": "up"}:
-            assert time.monotonic() < deadline, handle.cli("nodes").stdout
-            time.sleep(0.2)
+    with engine_on_hosts(ssh_hosts, UP_TIMEOUT_S) as handle:
         yield handle
-    finally:
-        handle.close()
-        for pid in processes_naming(str(roots)):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                psutil.Process(pid).kill()
-        shutil.rmtree(handle.home, ignore_errors=True)
 
 
 class Watch:
@@ -177,26 +156,8 @@ def test_a_secret_reaches_both_ranks_across_two_hosts_and_nowhere_else(
     assert scanned > 10 and (engine.home / "engine.log").exists()
 
     # nothing of the attempt is left: no keeper, no rank
-    marks = {f"LLMCONSOLE_ATTEMPT={job_id}.1".encode()}
     deadline = time.monotonic() + 20
-    while (left := marked(marks, str(engine.home).encode())) and time.monotonic() < deadline:
+    while (left := marked(f"{job_id}.1", engine.home)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not left, left
     assert time.monotonic() - started < RUN_TIMEOUT_S
-
-
-def marked(marks: set[bytes], home: bytes) -> list[str]:
-    """Command lines of live processes whose environment holds `marks` and
-    names `home` (other engines on this machine number their attempts too)."""
-    found = []
-    for p in psutil.process_iter(["cmdline", "status"]):
-        try:
-            if p.info["status"] == psutil.STATUS_ZOMBIE:
-                continue
-            with open(f"/proc/{p.pid}/environ", "rb") as f:
-                env = f.read()
-                if marks <= set(env.split(b"\0")) and home in env:
-                    found.append(" ".join(p.info["cmdline"] or []))
-        except OSError:
-            continue
-    return found
