@@ -137,12 +137,15 @@ def new_engine(traversable: bool = False) -> EngineHandle:
 
 
 @contextlib.contextmanager
-def engine_on_hosts(hosts: SshHosts, up_timeout: float,
-                    env: dict[str, str] | None = None) -> Iterator[EngineHandle]:
-    """A new engine serving a cluster of every test host (no head node), each
-    node's root under the engine home, `env` added to the daemon's
-    environment; yielded once every node is up. At exit the daemon stops,
-    whatever still runs under the roots is killed and the home removed."""
+def engine_on_hosts(hosts: SshHosts, up_timeout: float, *, head: str | None = None,
+                    env: dict[str, str] | None = None, serve_args: Iterable[str] = (),
+                    labels: dict[str, list[str]] | None = None) -> Iterator[EngineHandle]:
+    """A new engine serving a cluster of every test host (and the head node
+    `head`, None: none), each node's root under the engine home, `env` added
+    to the daemon's environment, `engine serve` given `serve_args`; yielded
+    once every node is up. At exit every host is started again (a test may
+    leave one stopped), the daemon stops, whatever still runs under the
+    roots is killed and the home removed."""
     import shutil
 
     import psutil
@@ -151,20 +154,22 @@ def engine_on_hosts(hosts: SshHosts, up_timeout: float,
 
     handle = new_engine()
     roots = handle.home / "roots"
-    profile = hosts.cluster_profile(
-        handle.home / "cluster.toml", head=None,
-        extra={h.name: {"root": str(roots / h.name)} for h in hosts.hosts})
+    profile = hosts.cluster_profile(handle.home / "cluster.toml", head=head, roots=roots,
+                                    labels=labels)
     handle.env.update(hosts.env())
     handle.env.update(env or {})
-    want = {h.name: "up" for h in hosts.hosts}
+    want = {name: "up" for name in ([head] if head else []) + [h.name for h in hosts.hosts]}
     try:
-        handle.serve("--cluster", str(profile))
+        handle.serve("--cluster", str(profile), *serve_args)
         deadline = time.monotonic() + up_timeout
         while {n["name"]: n["state"] for n in handle.json("nodes")} != want:
             assert time.monotonic() < deadline, handle.cli("nodes").stdout
             time.sleep(0.2)
         yield handle
     finally:
+        for h in hosts.hosts:
+            with contextlib.suppress(Exception):
+                hosts.start_host(h.name)
         handle.close()
         for pid in processes_naming(str(roots)):
             with contextlib.suppress(psutil.NoSuchProcess):

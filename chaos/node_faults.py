@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import sys
 import time
@@ -45,8 +44,8 @@ from typing import Any
 import psutil
 
 from chaos.engine_crash import ENDED, JOB_SCRIPT, count_starts, numbered_lines, output_faults
-from chaos.engine_handle import EngineHandle, new_engine
-from chaos.hosts import SshHosts, marked, processes_naming
+from chaos.engine_handle import EngineHandle, engine_on_hosts
+from chaos.hosts import SshHosts, marked
 from engine import health
 from engine.client import EngineClient
 from engine.model import JobSpec, Resources
@@ -90,27 +89,10 @@ class Cluster:
     @classmethod
     @contextlib.contextmanager
     def start(cls) -> Iterator[Cluster]:
-        with SshHosts.start(2) as hosts:
-            engine = new_engine()
-            roots = engine.home / "roots"
-            profile = hosts.cluster_profile(
-                engine.home / "cluster.toml", head=None, roots=roots,
-                labels={h.name: [h.name] for h in hosts.hosts})
-            engine.env.update(hosts.env())
-            try:
-                engine.serve("--cluster", str(profile), "--lost-after", str(LOST_AFTER_S))
-                cluster = cls(hosts, engine)
-                cluster.wait_nodes({"node1": "up", "node2": "up"})
-                yield cluster
-            finally:
-                for h in hosts.hosts:
-                    with contextlib.suppress(Exception):
-                        hosts.start_host(h.name)
-                engine.close()
-                for pid in processes_naming(str(roots)):
-                    with contextlib.suppress(psutil.NoSuchProcess):
-                        psutil.Process(pid).kill()
-                shutil.rmtree(engine.home, ignore_errors=True)
+        with SshHosts.start(2) as hosts, engine_on_hosts(
+                hosts, UP_TIMEOUT_S, labels={h.name: [h.name] for h in hosts.hosts},
+                serve_args=("--lost-after", str(LOST_AFTER_S))) as engine:
+            yield cls(hosts, engine)
 
     # ---------------------------------------------------------------- reads
     def node_states(self) -> dict[str, str]:

@@ -6,18 +6,15 @@ the old attempt runs there."""
 
 from __future__ import annotations
 
-import contextlib
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
-from chaos.engine_handle import EngineHandle, new_engine
-from chaos.hosts import SshHosts, marked, processes_naming
+from chaos.engine_handle import EngineHandle, engine_on_hosts
+from chaos.hosts import SshHosts, marked
 from engine import health
 from tests.cluster.test_horovod_cluster import ACROSS, RUN_TIMEOUT_S, sets, wait_ended
 
@@ -29,22 +26,9 @@ SLACK_S = 8.0  # a loaded 2-core machine: polling, scheduling and the heartbeat 
 @pytest.fixture
 def cluster(ssh_hosts: SshHosts) -> Iterator[EngineHandle]:
     """An engine over the head node, node1 and node2, each with its own root."""
-    engine = new_engine()
-    roots = engine.home / "roots"
-    profile = ssh_hosts.cluster_profile(engine.home / "cluster.toml", roots=roots)
-    engine.env.update(ssh_hosts.env())
-    try:
-        engine.serve("--cluster", str(profile), "--lost-after", str(LOST_AFTER_S))
-        states(engine, {"head": "up", "node1": "up", "node2": "up"})
+    with engine_on_hosts(ssh_hosts, UP_TIMEOUT_S, head="head",
+                         serve_args=("--lost-after", str(LOST_AFTER_S))) as engine:
         yield engine
-    finally:
-        for h in ssh_hosts.hosts:  # a test may leave one stopped or hung
-            ssh_hosts.start_host(h.name)
-        engine.close()
-        for pid in processes_naming(str(roots)):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                psutil.Process(pid).kill()
-        shutil.rmtree(engine.home, ignore_errors=True)
 
 
 def states(engine: EngineHandle, want: dict[str, str], timeout: float = UP_TIMEOUT_S
