@@ -19,6 +19,7 @@ from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.strip import Strip
@@ -449,7 +450,11 @@ class JobScreen(Screen[None]):
     def set_job(self, job: Mapping[str, Any]) -> None:
         """A newer view of the job (from the event stream or `show`)."""
         self.job.update(job)
-        self.query_one("#jobtitle", Static).update(Text(self._title()))
+        try:
+            title = self.query_one("#jobtitle", Static)
+        except NoMatches:
+            return  # the screen closed while the job was being read
+        title.update(Text(self._title()))
         if "spec" in job:
             self._set_ranks(self.ranks)
         if "history" in job:
@@ -461,8 +466,12 @@ class JobScreen(Screen[None]):
             self._fill(self.query_one("#events", DataTable), detail.history_rows(self.job))
 
     def set_results(self, data: dict[str, Any] | None, note: str) -> None:
-        self.query_one("#resultsinfo", Static).update(Text(note))
-        table = self.query_one("#resultstable", DataTable)
+        try:
+            info = self.query_one("#resultsinfo", Static)
+            table = self.query_one("#resultstable", DataTable)
+        except NoMatches:
+            return  # the screen closed while its results were being read
+        info.update(Text(note))
         table.clear(columns=True)
         if data is not None:
             headers, rows = detail.results_table(data)
