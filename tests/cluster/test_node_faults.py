@@ -27,7 +27,8 @@ SLACK_S = 8.0  # a loaded 2-core machine: polling, scheduling and the heartbeat 
 def cluster(ssh_hosts: SshHosts) -> Iterator[EngineHandle]:
     """An engine over the head node, node1 and node2, each with its own root."""
     with engine_on_hosts(ssh_hosts, UP_TIMEOUT_S, head="head",
-                         serve_args=("--lost-after", str(LOST_AFTER_S))) as engine:
+                         serve_args=("--lost-after", str(LOST_AFTER_S)),
+                         env={"LLMCONSOLE_RETRY_BACKOFF_S": "0.5"}) as engine:
         yield engine
 
 
@@ -65,7 +66,7 @@ def test_a_hung_link_goes_suspect_then_down_in_the_documented_time(
 def test_a_node_crash_mid_training_is_lost_retried_elsewhere_and_resumed(
         cluster: EngineHandle, ssh_hosts: SshHosts) -> None:
     submitted = cluster.json("submit", "pretrain-tiny", *ACROSS, "--set", "retries=1",
-                             *sets("max_steps=60", "eval_every=60", "checkpoint_every=10"))
+                             *sets("max_steps=30", "eval_every=30", "checkpoint_every=10"))
     job_id, output = int(submitted["id"]), Path(submitted["output"])
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while not list((output / "checkpoints").glob("step-*")):
@@ -93,7 +94,7 @@ def test_a_node_crash_mid_training_is_lost_retried_elsewhere_and_resumed(
     assert "resumed from" in log
     steps = [p["step"] for p in cluster.json("metrics", str(job_id), "--attempt", "2",
                                              "--name", "loss")]
-    assert steps and min(steps) > 1 and max(steps) == 60, steps  # resumed, not restarted
+    assert steps and min(steps) > 1 and max(steps) == 30, steps  # resumed, not restarted
 
     ssh_hosts.start_host(victim)  # it comes back: nothing of attempt 1 may run anywhere
     states(cluster, {victim: "up"})
