@@ -531,7 +531,10 @@ class JobScreen(Screen[None]):
             lines = [f"... {skipped:,} lines skipped here (llmconsole logs {self.job_id} "
                      "has every line)", *lines[-DRAIN_LINES:]]
         if lines:
-            self.add_lines(lines)
+            try:
+                self.add_lines(lines)
+            except NoMatches:
+                pass  # the screen is closing (its log view already removed)
 
     def add_lines(self, lines: Iterable[str]) -> None:
         fresh = list(lines)
