@@ -62,9 +62,12 @@ def legend(lines: Sequence[Line]) -> str:
 def nice_ticks(low: float, high: float, most: int) -> list[float]:
     """Round values (1, 2 or 5 times a power of ten apart) inside [low,
     high]: the narrowest spacing that gives at most `most` of them (and at
-    least 2); [low] for an empty range."""
+    least 2); [low] for an empty range, [low, high] when none fit (or the
+    range is too narrow for its magnitude to hold round values)."""
     if not high > low:
         return [low]
+    if high - low <= max(abs(low), abs(high)) * 1e-9:
+        return [low, high]  # a range finer than a float's steps there: no round values
     most = max(2, most)
     top = math.floor(math.log10(high - low))
     best: list[float] = []
