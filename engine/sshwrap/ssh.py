@@ -2,12 +2,15 @@
 runs (its pre-launch check of each host, its task servers, the ranks) comes
 here first and leaves as the real OpenSSH client with strict host keys.
 
-horovod 0.28.1 hard-codes `ssh -o PasswordAuthentication=no -o
-StrictHostKeyChecking=no HOST [-p P] [-i I] [-o ConnectTimeout=T] COMMAND`
-and runs it through a shell, so ssh is looked up on PATH. Options on ssh's
-command line win over any ssh config, so only a program of ours, first on
-PATH, can take that option away. Standard library only, no package imports:
-it runs under `-I -S` on the launching node, like the agent's supervisor.
+horovod 0.28.1 hard-codes an ssh command line that turns host-key checking
+off (`-o PasswordAuthentication=no`, then the StrictHostKeyChecking option
+set to "no", then HOST [-p P] [-i I] [-o ConnectTimeout=T] COMMAND) and runs
+it through a shell, so ssh is looked up on PATH. This wrapper drops that
+option (`rewrite`, `HOST_KEY_OPTIONS`) and puts StrictHostKeyChecking=yes
+first. Options on ssh's command line win over any ssh config, so only a
+program of ours, first on PATH, can take that option away. Standard
+library only, no package imports: it runs under `-I -S` on the launching
+node, like the agent's supervisor.
 
 Two modes:
 

@@ -463,13 +463,14 @@ class Store:
 
     @staticmethod
     def _configure(conn: sqlite3.Connection) -> None:
-        conn.execute("PRAGMA busy_timeout = 10000")
+        # PRAGMA values cannot be bound parameters; these are module constants
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         mode = _switch_to_wal(conn)
         if mode != "wal":
             raise StoreError(f"cannot switch to WAL (journal mode is {mode})")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute(f"PRAGMA journal_size_limit = {int(WAL_SIZE_LIMIT)}")  # a constant
+        conn.execute(f"PRAGMA journal_size_limit = {int(WAL_SIZE_LIMIT)}")
         try:
             conn.execute("SELECT json_array_length(?)", ("[]",)).fetchall()
         except sqlite3.OperationalError as exc:
