@@ -43,18 +43,14 @@ def retry_backoff_from_env(environ: Mapping[str, str] | None = None) -> float:
     to `scheduler.RETRY_BACKOFF_CAP_S`), from $LLMCONSOLE_RETRY_BACKOFF_S
     (default `scheduler.RETRY_BACKOFF_BASE_S`). Raises `DaemonError` naming
     the fix for a value that is not a number of seconds >= 0."""
-    raw = (os.environ if environ is None else environ).get(RETRY_BACKOFF_ENV, "").strip()
-    if not raw:
-        return scheduler.RETRY_BACKOFF_BASE_S
+    cap = scheduler.RETRY_BACKOFF_CAP_S
     try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= scheduler.RETRY_BACKOFF_CAP_S:
-        raise DaemonError(f"{RETRY_BACKOFF_ENV}={raw!r}: expected seconds from 0 to "
-                          f"{scheduler.RETRY_BACKOFF_CAP_S:g}, such as 5 (the wait before "
-                          f"the first automatic retry)")
-    return value
+        return paths.number_from_env(
+            RETRY_BACKOFF_ENV, scheduler.RETRY_BACKOFF_BASE_S, lambda v: 0 <= v <= cap,
+            f"seconds from 0 to {cap:g}, such as 5 (the wait before the first automatic "
+            "retry)", environ)
+    except UserError as err:
+        raise DaemonError(str(err)) from None
 
 
 async def serve(

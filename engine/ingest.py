@@ -38,15 +38,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from engine import diskspace, secrets
+from engine import diskspace, paths, secrets
 from engine.agent.protocol import Log, Metric, Telemetry
-from engine.errors import UserError
 from engine.hub import EventHub
 from engine.model import JobSpec, Placement, attempt_key
 from engine.store import MetricPoint, Store, StoreError, TelemetryRow
@@ -73,16 +73,10 @@ def log_cap_from_env(environ: dict[str, str] | None = None) -> int:
     """The per-attempt cap of the engine's log copies, in bytes, from
     $LLMCONSOLE_LOG_CAP_MB (a number of MiB, fractions allowed; default 256).
     Raises `UserError` naming the fix for a value that is not a number."""
-    raw = (os.environ if environ is None else environ).get(LOG_CAP_ENV, "").strip()
-    if not raw:
-        return int(DEFAULT_LOG_CAP_MB * (1 << 20))
-    try:
-        mb = float(raw)
-    except ValueError:
-        mb = -1.0
-    if not mb > 0 or mb != mb or mb == float("inf"):
-        raise UserError(f"{LOG_CAP_ENV}={raw!r}: expected a positive number of MiB, such as "
-                        f"256 (the cap of the engine's copy of each attempt's output)")
+    mb = paths.number_from_env(
+        LOG_CAP_ENV, DEFAULT_LOG_CAP_MB, lambda v: 0 < v < math.inf,
+        "a positive number of MiB, such as 256 (the cap of the engine's copy of each "
+        "attempt's output)", environ)
     return max(MIN_LOG_CAP, int(mb * (1 << 20)))
 
 

@@ -21,8 +21,10 @@ in it.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import pwd
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from engine.errors import UserError
@@ -30,6 +32,24 @@ from engine.errors import UserError
 SOCKET_PATH_MAX = 107  # bytes: Linux's sun_path is 108, with the terminating NUL
 MIN_FREE_BYTES = 64 << 20  # the store, the log copies and engine.log need room to grow
 PROBE_BYTES = 64 << 10
+
+
+def number_from_env(name: str, default: float, ok: Callable[[float], bool], expected: str,
+                    environ: Mapping[str, str] | None = None) -> float:
+    """An engine setting from the environment: `name`'s value as a number,
+    `default` when it is unset or blank. Raises `UserError` ("NAME='x':
+    expected EXPECTED") when it is not a number or `ok` refuses it (NaN
+    never passes a comparison, so `ok` need not test for it)."""
+    raw = (os.environ if environ is None else environ).get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not ok(value):
+        raise UserError(f"{name}={raw!r}: expected {expected}")
+    return value
 
 
 def home() -> Path:
