@@ -35,6 +35,15 @@ from typing import NoReturn
 
 from engine.workloads.distributed import MODES
 from engine.workloads.models import PRESETS
+from engine.workloads.search_grid import (
+    DEFAULT_GRID,
+    DEFAULT_PICK,
+    Grid,
+    GridError,
+    Pick,
+    parse_grid,
+    parse_pick,
+)
 
 __all__ = [
     "METHODS",
@@ -44,6 +53,7 @@ __all__ = [
     "Option",
     "OptionError",
     "WorkloadParser",
+    "add_search_options",
     "compress_parser",
     "evaluate_parser",
     "integer",
@@ -55,7 +65,7 @@ __all__ = [
 ]
 
 #: compress --method values.
-METHODS = ("prune", "int8", "fp16", "bf16", "distill")
+METHODS = ("prune", "structured", "int8", "fp16", "bf16", "distill")
 #: evaluate --task values.
 TASKS = ("auto", "causal-lm", "classification")
 DEVICES = ("auto", "cpu", "cuda")
@@ -259,6 +269,39 @@ def train_parser(prog: str = PROGRAMS["train"], description: str = "") -> Worklo
     return p
 
 
+def _grid(text: str) -> Grid:
+    try:
+        return parse_grid(text)
+    except GridError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _pick(text: str) -> Pick:
+    try:
+        return parse_pick(text)
+    except GridError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_search_options(p: argparse.ArgumentParser,
+                       mode: argparse._MutuallyExclusiveGroup) -> None:
+    """compress --search (`engine.workloads.search`): in `mode`, the group
+    that makes --method and --search exclusive (one of them is required),
+    and --grid and --pick (syntax: `engine.workloads.search_grid`)."""
+    mode.add_argument("--search", action="store_true",
+                      help="try every candidate of --grid, measure each on the same held-out "
+                           "batches, mark the size/latency/perplexity frontier and save the "
+                           "--pick one; instead of --method")
+    g = p.add_argument_group("search")
+    g.add_argument("--grid", type=_grid, default=parse_grid(DEFAULT_GRID), metavar="GRID",
+                   help="KEY=V1,V2 items (layers dropped, heads and channels shares kept, "
+                        "int8 off/on), every combination tried; grids joined by ';'")
+    g.add_argument("--pick", type=_pick, default=parse_pick(DEFAULT_PICK), metavar="RULE",
+                   help="the frontier row saved as model/: fastest-within:F, "
+                        "smallest-within:F (perplexity at most 1+F times the reference's), "
+                        "fastest, smallest, best")
+
+
 def compress_parser(prog: str = PROGRAMS["compress"], description: str = "") -> WorkloadParser:
     """The options of `engine.workloads.compress`."""
     p = WorkloadParser(prog, description)
@@ -266,14 +309,18 @@ def compress_parser(prog: str = PROGRAMS["compress"], description: str = "") -> 
                    help="the model to compress (distill: the teacher): a model folder or a "
                         "train/compress job's output folder")
     p.add_argument("--output", required=True, type=Path, help="folder for everything written")
-    p.add_argument("--method", required=True, choices=METHODS)
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--method", choices=METHODS)
+    add_search_options(p, mode)
     g = p.add_argument_group("prune")
     g.add_argument("--sparsity", type=number(0, 1, low_open=True, high_open=True), default=0.5,
                    help="share of the pruned layers' weights set to zero")
     g.add_argument("--include-lm-head", action="store_true",
                    help="prune the output head (lm_head, or a classifier's score) too")
     g.add_argument("--recover-steps", type=COUNT, default=0,
-                   help="fine-tuning steps after pruning, the zeros kept (0: none)")
+                   help="recovery steps after pruning (prune: the zeros kept; structured: "
+                        "see --recover) (0: none)")
+    add_structured_options(p)
     g = p.add_argument_group("distill")
     g.add_argument("--student", default="micro", choices=tuple(PRESETS),
                    help="the student's preset")
@@ -297,6 +344,23 @@ def compress_parser(prog: str = PROGRAMS["compress"], description: str = "") -> 
                    help="where recovery and distillation train (measuring is on the CPU)")
     add_measure_options(p)
     return p
+
+
+def add_structured_options(p: argparse.ArgumentParser) -> None:
+    """--method structured: what to cut out, and how to recover. The upper
+    bound of --drop-layers depends on the model; the workload checks it."""
+    g = p.add_argument_group("structured")
+    g.add_argument("--drop-layers", type=COUNT, default=0,
+                   help="decoder layers removed, lowest angular distance first "
+                        "(0..layers-1)")
+    g.add_argument("--keep-heads", type=number(0, 1, low_open=True), default=1.0,
+                   help="share of key/value head groups kept per layer (their query heads "
+                        "go with them)")
+    g.add_argument("--keep-channels", type=number(0, 1, low_open=True), default=1.0,
+                   help="share of MLP intermediate channels kept per layer")
+    g.add_argument("--recover", choices=("finetune", "distill"), default="finetune",
+                   help="recovery loss: the LM loss, or KL from the unpruned model at "
+                        "--temperature weighted by --alpha")
 
 
 def evaluate_parser(prog: str = PROGRAMS["evaluate"], description: str = "") -> WorkloadParser:
