@@ -3,6 +3,9 @@ cost, before and after, on the same held-out data.
 
     python -m engine.workloads.compress --model runs/pt --output runs/prune \\
         --method prune --sparsity 0.5 --recover-steps 50
+    python -m engine.workloads.compress --model runs/pt --output runs/small \\
+        --method structured --drop-layers 1 --keep-heads 0.5 --keep-channels 0.5 \\
+        --recover-steps 50 --recover distill
     python -m engine.workloads.compress --model runs/pt --output runs/int8 --method int8
     python -m engine.workloads.compress --model runs/pt --output runs/half --method bf16
     horovodrun -np 2 --gloo python -m engine.workloads.compress --model runs/pt \\
@@ -16,7 +19,17 @@ The methods:
   too) to ``--sparsity``, made permanent, saved as fp32 with the zeros in it.
   ``--recover-steps N`` fine-tunes the pruned model for N AdamW steps at
   ``--lr`` on the training split, with the mask kept (pruned weights stay
-  zero).
+  zero). The zeros are stored: the file is no smaller and the model no
+  faster (results.json says so: ``storage`` "dense" and a ``note``).
+- ``structured``: a smaller dense model (`engine.workloads.structured`):
+  the ``--drop-layers`` decoder layers whose output differs least from
+  their input (angular distance), then per layer the ``--keep-heads`` share
+  of key/value head groups and the ``--keep-channels`` share of MLP
+  channels of highest measured importance, all measured on the held-out
+  rows; the config is updated so ``from_pretrained`` loads it. With
+  ``--recover-steps N``, N AdamW steps at ``--lr`` on the training split:
+  ``--recover finetune`` the LM loss, ``distill`` the KL from the unpruned
+  model (``--temperature``, ``--alpha``) as distill trains.
 - ``int8``: dynamic int8 quantization of every ``nn.Linear`` (weights int8,
   activations quantized on the fly; CPU only), saved as ``int8-dynamic``.
 - ``fp16`` / ``bf16``: the weights cast to half precision and saved so.
@@ -49,7 +62,13 @@ What it writes under ``--output``:
   ``perplexity_change`` (after / before - 1). prune adds
   ``pruned_layers_sparsity`` (zeros over exactly the pruned weights of the
   saved model), ``perplexity_after_pruning`` and, with recovery,
-  ``perplexity_after_recovery``; distill adds ``training``. A number that is
+  ``perplexity_after_recovery``, ``storage`` "dense" and ``note``;
+  structured adds ``structured`` (the pruning report: layer scores, layers
+  dropped, kv groups kept per layer, channels kept, parameters before and
+  after, the new config's shape), ``recover``, ``recover_steps``,
+  ``perplexity_after_pruning`` and, with recovery,
+  ``perplexity_after_recovery`` and ``recovery_final_loss``; distill adds
+  ``training``. A number that is
   not finite is written as null;
 - ``tensorboard/``: event files; metrics lines go to the metrics file.
 
@@ -94,8 +113,8 @@ from engine.workloads.options import PROGRAMS, compress_parser
 
 #: The output heads pruning leaves alone unless --include-lm-head.
 HEADS = ("lm_head", "score")
-FORMAT_OF = {"prune": "fp32", "int8": "int8-dynamic", "fp16": "fp16", "bf16": "bf16",
-             "distill": "fp32"}
+FORMAT_OF = {"prune": "fp32", "structured": "fp32", "int8": "int8-dynamic", "fp16": "fp16",
+             "bf16": "bf16", "distill": "fp32"}
 
 
 def parser(prog: str = PROGRAMS["compress"]) -> argparse.ArgumentParser:
@@ -163,11 +182,17 @@ def make_permanent(model: Any, names: list[str]) -> None:
         prune.remove(modules[name], "weight")
 
 
-def recover(model: Any, a: argparse.Namespace, metrics: MetricsLog, tokenizer: Any) -> float:
-    """Fine-tune the still-masked model for ``--recover-steps`` steps on the
-    training split; the masked weights stay zero because the mask is applied
-    on every forward pass. Returns the last training loss."""
+def recover(model: Any, a: argparse.Namespace, metrics: MetricsLog, tokenizer: Any,
+            teacher: Any = None) -> float:
+    """Train the pruned model for ``--recover-steps`` AdamW steps at ``--lr``
+    on the training split. prune: the model is still masked, so the pruned
+    weights stay zero (the mask is applied on every forward pass). With a
+    `teacher` (structured --recover distill) the loss is train's
+    distillation loss: ``--alpha`` x KL(teacher || model) at
+    ``--temperature`` (times T^2, per token) + (1 - alpha) x the LM loss.
+    Returns the last training loss."""
     import torch
+    import torch.nn.functional as F
 
     from engine.workloads import data as datasets
     from engine.workloads import shards
@@ -181,6 +206,9 @@ def recover(model: Any, a: argparse.Namespace, metrics: MetricsLog, tokenizer: A
     device = select_device(a.device)
     model.to(device)
     model.train()
+    if teacher is not None:
+        teacher.to(device)
+        teacher.eval()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(a.seed)
@@ -191,7 +219,16 @@ def recover(model: Any, a: argparse.Namespace, metrics: MetricsLog, tokenizer: A
             order = torch.randperm(len(blocks), generator=g).tolist()
         idx, order = order[:a.batch_size], order[a.batch_size:]
         batch = blocks[idx].to(device)
-        loss = model(input_ids=batch, labels=batch).loss
+        out = model(input_ids=batch, labels=batch)
+        loss = out.loss
+        if teacher is not None:
+            with torch.no_grad():
+                t_logits = teacher(input_ids=batch).logits
+            temp = a.temperature
+            soft = F.kl_div(F.log_softmax(out.logits / temp, -1),
+                            F.log_softmax(t_logits / temp, -1), log_target=True,
+                            reduction="batchmean") * temp * temp / out.logits.shape[1]
+            loss = a.alpha * soft + (1 - a.alpha) * loss
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             raise Diverged(f"recovery loss became {loss_value} at step {step}; lower --lr")
@@ -204,13 +241,56 @@ def recover(model: Any, a: argparse.Namespace, metrics: MetricsLog, tokenizer: A
                            "grad_norm": grad_norm, "phase": "recover"})
     model.to("cpu")
     model.eval()
+    if teacher is not None:
+        teacher.to("cpu")
     return loss_value
+
+
+# ---------------------------------------------------------------- structured pruning
+#: What results.json says of unstructured pruning: the zeros are stored.
+DENSE_NOTE = {"storage": "dense",
+              "note": "zeros stored dense: the file is not smaller and the model is not faster"}
+
+
+def check_structured(a: argparse.Namespace, model: Any) -> None:
+    """--method structured: something to remove, and a request the model
+    can meet (checked before anything is measured)."""
+    from engine.workloads.structured import check_request
+
+    if not a.drop_layers and a.keep_heads == 1 and a.keep_channels == 1:
+        raise WorkloadError("--method structured: nothing to remove; give --drop-layers K, "
+                            "--keep-heads R or --keep-channels R (R < 1)")
+    check_request(model, a.drop_layers, a.keep_heads, a.keep_channels)
+
+
+def structured(model: Any, held: HeldOut, a: argparse.Namespace, metrics: MetricsLog,
+               tokenizer: Any, extra: dict[str, Any]) -> Any:
+    """Structured pruning (`engine.workloads.structured`), importance measured
+    on the held-out rows the model is scored on, then the perplexity after
+    pruning and, with --recover-steps, recovery (distill: from `model`, the
+    unpruned original, left as it was). Fills `extra`; returns the pruned
+    model."""
+    from engine.workloads.structured import prune_structured
+
+    model = model.float()
+    rows = held.blocks if held.task == "causal-lm" else held.ids
+    pruned, report = prune_structured(model, rows, drop_layers=a.drop_layers,
+                                      keep_heads=a.keep_heads, keep_channels=a.keep_channels,
+                                      batch_size=a.batch_size, max_batches=a.eval_batches)
+    extra["structured"] = report
+    after_pruning = quality(pruned, held, a)
+    extra["perplexity_after_pruning"] = after_pruning.get("perplexity")
+    extra["accuracy_after_pruning"] = after_pruning.get("accuracy")
+    if a.recover_steps:
+        teacher = model if a.recover == "distill" else None
+        extra["recovery_final_loss"] = recover(pruned, a, metrics, tokenizer, teacher)
+    return pruned
 
 
 # ---------------------------------------------------------------- the passes
 def compress(a: argparse.Namespace) -> dict[str, Any]:
-    """prune, int8, fp16, bf16: load, measure, compress, save, reload,
-    measure."""
+    """prune, structured, int8, fp16, bf16: load, measure, compress, save,
+    reload, measure."""
     import torch
 
     from engine.workloads.models import load_model, model_folder, save_model
@@ -225,7 +305,9 @@ def compress(a: argparse.Namespace) -> dict[str, Any]:
     if loaded.format == "int8-dynamic":
         raise WorkloadError(f"model {loaded.folder}: already int8; compress the fp32 model "
                             "it came from instead")
-    if a.method == "prune" and a.recover_steps and loaded.task != "causal-lm":
+    if a.method == "structured":
+        check_structured(a, loaded.model)
+    if a.method in ("prune", "structured") and a.recover_steps and loaded.task != "causal-lm":
         raise WorkloadError(f"--recover-steps: recovery fine-tunes causal-LM models only and "
                             f"{loaded.folder} is a classifier; prune with --recover-steps 0, "
                             "then fine-tune it with train --task classification")
@@ -255,6 +337,8 @@ def compress(a: argparse.Namespace) -> dict[str, Any]:
                 extra["recovery_final_loss"] = finite_or_none(recover(model, a, metrics,
                                                                       loaded.tokenizer))
             make_permanent(model, layers)
+        elif a.method == "structured":
+            model = structured(model, held, a, metrics, loaded.tokenizer, extra)
         elif a.method == "int8":
             from engine.workloads.models import quantize_int8
 
@@ -283,10 +367,18 @@ def compress(a: argparse.Namespace) -> dict[str, Any]:
                 "recover_steps": a.recover_steps,
                 **{k: finite_or_none(v) for k, v in extra.items() if v is not None},
             })
+            results.update(DENSE_NOTE)
+            if a.recover_steps:
+                results["perplexity_after_recovery"] = after.get("perplexity")
+        elif a.method == "structured":
+            results.update({"structured": extra.pop("structured"), "recover": a.recover,
+                            "recover_steps": a.recover_steps,
+                            **{k: finite_or_none(v) for k, v in extra.items() if v is not None}})
             if a.recover_steps:
                 results["perplexity_after_recovery"] = after.get("perplexity")
         results.update({"threads": threads, "wall_s": round(time.time() - started, 2)})
-        write_metrics(metrics, results, a.recover_steps if a.method == "prune" else 0)
+        write_metrics(metrics, results,
+                      a.recover_steps if a.method in ("prune", "structured") else 0)
     except Diverged as exc:
         write_json_atomic(a.output / "results.json", {
             "kind": "compress", "method": a.method, "status": "diverged", "reason": str(exc),
@@ -392,6 +484,17 @@ def summary(r: dict[str, Any]) -> str:
         lines[-1] += f", perplexity {change:+.1%}"
     if r.get("accuracy_change") is not None:
         lines[-1] += f", accuracy {r['accuracy_change']:+.3f}"
+    st = r.get("structured")
+    if st:
+        cfg = st["config"]
+        lines.append(f"  structured: layers {st['layers_before']} -> {cfg['num_hidden_layers']} "
+                     f"(dropped {st['layers_dropped']}), kv groups {st['kv_groups_before']} -> "
+                     f"{cfg['num_key_value_heads']}, MLP channels {st['channels_before']} -> "
+                     f"{cfg['intermediate_size']}; parameters {st['parameters_before']:,} -> "
+                     f"{st['parameters_after']:,}")
+        for key in ("perplexity_after_pruning", "perplexity_after_recovery"):
+            if r.get(key) is not None:
+                lines.append(f"  {key.replace('_', ' ')}: {r[key]:.4g}")
     if r.get("pruned_layers_sparsity") is not None:
         lines.append(f"  pruned layers: {r['pruned_layers_sparsity']:.1%} zeros over "
                      f"{r['pruned_parameters']:,} weights in {r['pruned_layers']} layers")
