@@ -9,6 +9,14 @@ any row has one. A value a job did not report is shown as ``-``.
 Where the numbers come from: a compress job's ``after`` object (the model it
 wrote); an eval job's top level; a train job's top level, with the size read
 from the weight files of its ``model/`` folder when they are still there.
+
+A ``compress --search`` job (``method`` "search") is a row per candidate
+(`search_rows`), each with its ``candidate`` label, whether it is on the
+size/latency/perplexity frontier (``pareto``) and whether its model was the
+one saved (``picked``); the table then has the columns ``candidate``,
+``tokens/s`` and ``pareto`` (``*`` on a frontier row, ``* picked`` on the
+saved one). `search_table` is one search's table alone (what the job prints
+and the Results tab shows).
 """
 
 from __future__ import annotations
@@ -42,6 +50,9 @@ class Row:
     accuracy: float | None = None
     eval_loss: float | None = None
     tokens_per_s: float | None = None
+    candidate: str | None = None     # compress --search: the candidate's label
+    pareto: bool | None = None       # compress --search: on the frontier
+    picked: bool | None = None       # compress --search: its model was saved
 
     @property
     def label(self) -> str:
@@ -107,9 +118,29 @@ def row_from_results(name: str, path: str | Path, data: Mapping[str, Any]) -> Ro
     )
 
 
+def is_search(data: Mapping[str, Any]) -> bool:
+    """True for the results of ``compress --search``."""
+    return data.get("method") == "search" and isinstance(data.get("rows"), list)
+
+
+def search_rows(name: str, path: str | Path, data: Mapping[str, Any]) -> list[Row]:
+    """A row per candidate of a search's results (in their order)."""
+    out = []
+    for cand in data["rows"]:
+        if not isinstance(cand, Mapping):
+            continue
+        row = row_from_results(name, path, {"kind": data.get("kind"), "method": "search",
+                                            "status": data.get("status"), "after": cand})
+        out.append(Row(**{**asdict(row), "candidate": str(cand.get("label") or "?"),
+                          "pareto": bool(cand.get("pareto")),
+                          "picked": bool(cand.get("picked"))}))
+    return out
+
+
 def load_results(paths: Iterable[str | Path]) -> list[Row]:
     """A row per path: a results.json, or a folder (a job's output folder)
-    with one. Raises `WorkloadError` naming the path and the fix."""
+    with one; a search's results give a row per candidate. Raises
+    `WorkloadError` naming the path and the fix."""
     rows = []
     for path in paths:
         if not Path(path).expanduser().exists():
@@ -129,19 +160,34 @@ def load_results(paths: Iterable[str | Path]) -> list[Row]:
             raise WorkloadError(f"compare {file}: expected a JSON object written by a train, "
                                 "compress or eval job")
         folder = file.parent
-        rows.append(row_from_results(folder.resolve().name or str(folder), file, data))
+        name = folder.resolve().name or str(folder)
+        if is_search(data):
+            rows.extend(search_rows(name, file, data))
+        else:
+            rows.append(row_from_results(name, file, data))
     return rows
 
 
 # ---------------------------------------------------------------- rendering
 COLUMNS: tuple[tuple[str, str], ...] = (
-    ("name", "name"), ("label", "kind/method"), ("parameters", "params"),
-    ("nonzero_parameters", "non-zero"), ("size_bytes", "size (MB)"),
-    ("latency_ms", "latency ms"), ("perplexity", "perplexity"), ("accuracy", "accuracy"),
+    ("name", "name"), ("label", "kind/method"), ("candidate", "candidate"),
+    ("parameters", "params"), ("nonzero_parameters", "non-zero"), ("size_bytes", "size (MB)"),
+    ("latency_ms", "latency ms"), ("tokens_per_s", "tokens/s"), ("perplexity", "perplexity"),
+    ("accuracy", "accuracy"), ("pareto", "pareto"),
+)
+#: Shown only when a row is a search's candidate.
+SEARCH_COLUMNS = ("candidate", "tokens_per_s", "pareto")
+#: One search's table: the candidate and what the frontier is over.
+SEARCH_TABLE: tuple[tuple[str, str], ...] = (
+    ("candidate", "candidate"), ("parameters", "params"), ("size_bytes", "size (MB)"),
+    ("latency_ms", "latency ms"), ("tokens_per_s", "tokens/s"), ("perplexity", "perplexity"),
+    ("pareto", "pareto"),
 )
 
 
-def _cell(field: str, value: Any) -> str:
+def _cell(field: str, value: Any, row: Row | None = None) -> str:
+    if field == "pareto":
+        return "" if not value else "* picked" if row is not None and row.picked else "*"
     if value is None:
         return "-"
     if field in ("parameters", "nonzero_parameters"):
@@ -152,6 +198,8 @@ def _cell(field: str, value: Any) -> str:
         return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
     if field == "perplexity":
         return f"{value:.2f}"
+    if field == "tokens_per_s":
+        return f"{value:,.0f}"
     if field == "accuracy":
         return f"{value:.3f}"
     return str(value).replace("|", "/").replace("\n", " ")
@@ -159,16 +207,44 @@ def _cell(field: str, value: Any) -> str:
 
 def comparison_rows(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
     """(column headers, cells as text): accuracy only when a row has one."""
+    search = any(r.candidate is not None for r in rows)
     columns = [(f, h) for f, h in COLUMNS
-               if f != "accuracy" or any(r.accuracy is not None for r in rows)]
-    cells = [[_cell(f, getattr(r, f)) for f, _ in columns] for r in rows]
+               if (f != "accuracy" or any(r.accuracy is not None for r in rows))
+               and (f not in SEARCH_COLUMNS or search)]
+    cells = [[_cell(f, getattr(r, f), r) for f, _ in columns] for r in rows]
     return [h for _, h in columns], cells
+
+
+def search_table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
+    """(headers, cells) of one search's candidates (`search_rows`): the
+    cells `comparison_rows` gives them, without the job's name and kind."""
+    cells = [[_cell(f, getattr(r, f), r) for f, _ in SEARCH_TABLE] for r in rows]
+    return [h for _, h in SEARCH_TABLE], cells
+
+
+def render_search(data: Mapping[str, Any], path: str | Path = RESULTS) -> str:
+    """A search's results as the text table it prints."""
+    headers, cells = search_table(search_rows("", path, data))
+    return render_cells(headers, cells)
+
+
+def search_line(row: Mapping[str, Any]) -> str:
+    """One candidate's measures in a line (the search's progress)."""
+    r = row_from_results("", RESULTS, {"after": row})
+    return (f"{_cell('size_bytes', r.size_bytes)} MB, {_cell('latency_ms', r.latency_ms)} ms, "
+            f"{_cell('tokens_per_s', r.tokens_per_s)} tokens/s, perplexity "
+            f"{_cell('perplexity', r.perplexity)}")
 
 
 def render_table(rows: Sequence[Row]) -> str:
     """A Markdown table, its columns padded so it reads as plain text too."""
     headers, cells = comparison_rows(rows)
-    numeric = [h not in ("name", "kind/method") for h in headers]
+    return render_cells(headers, cells)
+
+
+def render_cells(headers: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
+    """`headers` over `cells` as a padded Markdown table."""
+    numeric = [h not in ("name", "kind/method", "candidate", "pareto") for h in headers]
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(headers)]
 
     def line(values: Sequence[str]) -> str:

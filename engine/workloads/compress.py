@@ -504,6 +504,9 @@ def summary(r: dict[str, Any]) -> str:
 def main() -> int:
     quiet_libraries()
     a = parser().parse_args()
+    if a.search:  # the grid of compressions and its frontier (it imports this module)
+        from engine.workloads import search
+        return search.main(a)
     results = distill(a) if a.method == "distill" else compress(a)
     if results is not None:
         print(summary(results), flush=True)
