@@ -69,7 +69,14 @@ from engine.workloads.common import (
 )
 from engine.workloads.distributed import Dist
 from engine.workloads.measure import classification_sums, lm_loss_sums, perplexity
-from engine.workloads.models import PRESETS, LoadedModel, build_config, build_model, load_model
+from engine.workloads.models import (
+    PRESETS,
+    LoadedModel,
+    build_config,
+    build_model,
+    load_model,
+    model_folder,
+)
 from engine.workloads.options import PROGRAMS, train_parser
 
 CHECKPOINTS = "checkpoints"
@@ -91,6 +98,18 @@ def check_args(a: argparse.Namespace) -> None:
     if a.data is not None and a.max_docs:
         raise WorkloadError("--max-docs cuts a --corpus; with --data, prepare a smaller folder "
                             "(or leave --max-docs out)")
+
+
+def check_paths(a: argparse.Namespace) -> None:
+    """The errors a missing --model, --resume-from or --data folder gives
+    later, raised at once with the same words (they need no torch, and a
+    run's start-up is seconds of imports)."""
+    if a.model not in PRESETS:
+        model_folder(a.model)
+    if a.resume_from is not None:
+        check_checkpoint_folder(a.resume_from)
+    if a.data is not None:
+        shards.open_prepared(a.data)
 
 
 # ---------------------------------------------------------------- data
@@ -307,13 +326,18 @@ def _room_for(model: LoadedModel, state: dict[str, Any]) -> int:
     return 3 * size + (1 << 20)
 
 
+def check_checkpoint_folder(folder: Path) -> None:
+    """A clear error when the checkpoint folder `folder` does not exist."""
+    if not folder.is_dir():
+        raise WorkloadError(f"checkpoint {folder}: no such folder; expected a "
+                            f"{CHECKPOINTS}/step-NNNNNN folder written by a train run")
+
+
 def load_checkpoint_state(folder: Path) -> dict[str, Any]:
     import torch
 
     path = folder / TRAINER_STATE
-    if not folder.is_dir():
-        raise WorkloadError(f"checkpoint {folder}: no such folder; expected a "
-                            f"{CHECKPOINTS}/step-NNNNNN folder written by a train run")
+    check_checkpoint_folder(folder)
     if not path.is_file():
         raise WorkloadError(f"checkpoint {folder}: {TRAINER_STATE} is missing; the checkpoint "
                             "is incomplete: delete it to resume from an older one")
@@ -402,11 +426,12 @@ def _starting_model(a: argparse.Namespace, dist: Dist, texts_for_tokenizer: Call
 def run_training(a: argparse.Namespace, kind: str = "train") -> Outcome:
     """Train per `a`; rank 0 writes results.json. Raises `Diverged` after
     writing the reason when the loss stops being finite."""
+    check_args(a)
+    check_paths(a)  # before torch's import: a mistyped path costs no start-up
     import torch
     import torch.nn.functional as F
 
     quiet_libraries()
-    check_args(a)
     stop = StopFlag()
     stop.install()
     device = select_device(a.device)
