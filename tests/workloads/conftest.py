@@ -52,3 +52,17 @@ def trained(tmp_path_factory: pytest.TempPathFactory, wl_env: dict[str, str]) ->
                            "--lr", "3e-3", "--eval-every", "60", "--checkpoint-every", "60"],
                  wl_env)
     return out
+
+
+@pytest.fixture(scope="session")
+def classifier(tmp_path_factory: pytest.TempPathFactory, trained: Path,
+               wl_env: dict[str, str]) -> Path:
+    """The output folder of a 5-step classification fine-tune of `trained`
+    (the demo docstrings labelled by package), shared by the tests that
+    read the fine-tune's own folder and those that evaluate it."""
+    out = tmp_path_factory.mktemp("classifier") / "cls"
+    run_workload("train", ["--task", "classification", "--model", str(trained),
+                           "--output", str(out), "--max-steps", "5",
+                           "--block-size", "64", "--batch-size", "8", "--eval-every", "5",
+                           "--checkpoint-every", "5"], wl_env)
+    return out

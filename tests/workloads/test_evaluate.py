@@ -73,12 +73,7 @@ def test_comparison_of_a_folder_without_results_is_exit_2(
     assert str(tmp_path / "running") in proc.stderr and "results.json" in proc.stderr
 
 
-def test_classifier_accuracy(trained: Path, wl_env: dict[str, str], tmp_path: Path) -> None:
-    classifier = tmp_path / "classifier"
-    run_workload("train", ["--task", "classification", "--model", str(trained),
-                           "--output", str(classifier), "--max-steps", "5",
-                           "--block-size", "64", "--batch-size", "8", "--eval-every", "5",
-                           "--checkpoint-every", "5"], wl_env)
+def test_classifier_accuracy(classifier: Path, wl_env: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "eval"
     run_workload("evaluate", ["--model", str(classifier), "--output", str(out),
                               "--block-size", "64", "--latency-repeats", "3"], wl_env)

@@ -243,13 +243,8 @@ def test_a_diverging_run_stops_with_the_reason(tmp_path: Path, wl_env: dict[str,
     assert not (out / "model").exists()
 
 
-def test_classification_fine_tune_from_a_pretrained_folder(
-        tmp_path: Path, trained: Path, wl_env: dict[str, str]) -> None:
-    out = tmp_path / "cls"
-    run_workload("train", ["--output", str(out), "--task", "classification", "--model",
-                           str(trained), "--block-size", "64", "--batch-size", "8",
-                           "--max-steps", "6", "--eval-every", "6", "--max-docs", "300"],
-                 wl_env)
+def test_classification_fine_tune_from_a_pretrained_folder(classifier: Path) -> None:
+    out = classifier  # the session's fine-tune of the pre-trained folder
     res = results(out)
     assert res["task"] == "classification" and 0.0 <= res["accuracy"] <= 1.0
     meta = json.loads((out / "model" / "llmconsole.json").read_text())
