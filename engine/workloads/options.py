@@ -336,7 +336,7 @@ def compress_parser(prog: str = PROGRAMS["compress"], description: str = "") -> 
                    help="continue distillation from the newest checkpoint in --output")
     g.add_argument("--dist", choices=MODES, default="auto",
                    help="auto: horovod under horovodrun, ddp under torchrun, else single")
-    g = p.add_argument_group("training (prune recovery, distill)")
+    g = p.add_argument_group("training (recovery, distill)")
     g.add_argument("--lr", type=number(0, low_open=True), default=5e-4,
                    help="peak learning rate")
     g.add_argument("--log-every", type=POSITIVE, default=10, help="steps per metrics line")
