@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 #: compress --method values.
-METHODS = ("prune", "structured", "int8", "fp16", "bf16", "distill")
+METHODS = ("prune", "int8", "fp16", "bf16", "distill", "structured")
 #: evaluate --task values.
 TASKS = ("auto", "causal-lm", "classification")
 DEVICES = ("auto", "cpu", "cuda")
