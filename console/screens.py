@@ -38,11 +38,13 @@ from textual.widgets import (
 
 from console import detail
 from console.chart import Line, MetricChart, loss_lines
+from console.search_plot import SearchPlotScreen
 from console.state import Series, guard_words, progress_line, series_progress, smoothed
 from engine import pipelines, profiles
 from engine.errors import EngineError, UserError
 from engine.model import LIMITS
 from engine.paths import outputs_dir
+from engine.workloads import compare
 
 LOG_LINES = 20_000  # kept per open job screen, searched in place
 CONTEXT = 3  # lines kept above a match the view jumps to
@@ -358,6 +360,7 @@ class JobScreen(Screen[None]):
         Binding("4", "tab('profile')", "Profile", show=False, id="job.profile"),
         Binding("5", "tab('results')", "Results", show=False, id="job.results"),
         Binding("6", "tab('processes')", "Processes", show=False, id="job.processes"),
+        Binding("p", "plot", "Plot", show=False, id="job.plot"),
     ]
 
     class ProcessesWanted(Message):
@@ -391,6 +394,7 @@ class JobScreen(Screen[None]):
         self._log_lock = threading.Lock()
         self._gone = False
         self.prepared = ""  # a prepare job's progress in words (from its metrics)
+        self.search: dict[str, Any] | None = None  # a compress --search job's results
 
     def compose(self) -> ComposeResult:
         yield Static(self._title(), id="jobtitle")
@@ -473,11 +477,38 @@ class JobScreen(Screen[None]):
             return  # the screen closed while its results were being read
         info.update(Text(note))
         table.clear(columns=True)
-        if data is not None:
+        self.search = data if data is not None and compare.is_search(data) else None
+        if self.search is not None:
+            self._search_results(self.search, note, info, table)
+        elif data is not None:
             headers, rows = detail.results_table(data)
             table.add_columns(*headers)
             table.add_rows(rows)
         self.set_comparison(detail.comparison(self.job))
+
+    @staticmethod
+    def _search_results(data: dict[str, Any], note: str, info: Static,
+                        table: DataTable[Any]) -> None:
+        """A search's candidates as `llmconsole compare` shows them, the
+        frontier marked; `p` plots them."""
+        rows = compare.search_rows("", "results.json", data)
+        headers, cells = compare.search_table(rows)
+        pick = data.get("pick") or {}
+        info.update(Text(f"{note}: {len(rows)} candidates, * on the size/latency/perplexity "
+                         f"frontier ({sum(bool(r.pareto) for r in rows)}), saved: "
+                         f"{pick.get('label', '-')} ({pick.get('rule', '-')}); "
+                         "p: plot perplexity against latency"))
+        table.add_columns(*headers)
+        table.add_rows([tuple(Text(c) for c in row) for row in cells])
+
+    def action_plot(self) -> None:
+        """p: a search's perplexity against latency (other jobs have no frontier)."""
+        if self.search is None:
+            self.notify("p plots the candidates of a compress --search job; this job's "
+                        "results have none (open its Results tab once it has finished)",
+                        severity="warning")
+            return
+        self.app.push_screen(SearchPlotScreen(self.search, f"job {self.job_id}"))
 
     def set_comparison(self, found: tuple[list[str], list[list[str]], str] | None) -> None:
         """The comparison of a pipeline's stages (its evaluate job's), if any."""

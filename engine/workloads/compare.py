@@ -205,6 +205,11 @@ def _cell(field: str, value: Any, row: Row | None = None) -> str:
     return str(value).replace("|", "/").replace("\n", " ")
 
 
+def render_cell(field: str, value: Any) -> str:
+    """One cell as the tables write it (``-`` for a missing value)."""
+    return _cell(field, value)
+
+
 def comparison_rows(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
     """(column headers, cells as text): accuracy only when a row has one."""
     search = any(r.candidate is not None for r in rows)
