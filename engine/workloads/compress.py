@@ -266,7 +266,8 @@ def check_structured(a: argparse.Namespace, model: Any) -> None:
 def structured(model: Any, held: HeldOut, a: argparse.Namespace, metrics: MetricsLog,
                tokenizer: Any, extra: dict[str, Any]) -> Any:
     """Structured pruning (`engine.workloads.structured`), importance measured
-    on the held-out rows the model is scored on, then the perplexity after
+    on the held-out rows the model is scored on (a classifier: its held-out
+    examples, padding included), then the perplexity after
     pruning and, with --recover-steps, recovery (distill: from `model`, the
     unpruned original, left as it was). Fills `extra`; returns the pruned
     model."""
@@ -498,6 +499,8 @@ def summary(r: dict[str, Any]) -> str:
     if r.get("pruned_layers_sparsity") is not None:
         lines.append(f"  pruned layers: {r['pruned_layers_sparsity']:.1%} zeros over "
                      f"{r['pruned_parameters']:,} weights in {r['pruned_layers']} layers")
+    if r.get("storage") == "dense" and r.get("note"):
+        lines.append(f"  note: {r['note']}")
     return "\n".join(lines)
 
 
