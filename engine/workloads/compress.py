@@ -19,8 +19,9 @@ The methods:
   too) to ``--sparsity``, made permanent, saved as fp32 with the zeros in it.
   ``--recover-steps N`` fine-tunes the pruned model for N AdamW steps at
   ``--lr`` on the training split, with the mask kept (pruned weights stay
-  zero). The zeros are stored: the file is no smaller and the model no
-  faster (results.json says so: ``storage`` "dense" and a ``note``).
+  zero; ``--recover distill``: from the unpruned model, as structured).
+  The zeros are stored: the file is no smaller and the model no faster
+  (results.json says so: ``storage`` "dense" and a ``note``).
 - ``structured``: a smaller dense model (`engine.workloads.structured`):
   the ``--drop-layers`` decoder layers whose output differs least from
   their input (angular distance), then per layer the ``--keep-heads`` share
@@ -80,6 +81,7 @@ folder or option and the fix); 3 the recovery or distillation loss diverged
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import time
 from pathlib import Path
@@ -330,13 +332,16 @@ def compress(a: argparse.Namespace) -> dict[str, Any]:
         if a.method == "prune":
             assert layers is not None
             model = model.float()
+            teacher = copy.deepcopy(model) if a.recover_steps and a.recover == "distill" \
+                else None  # the unpruned model, before pruning changes it in place
             prune_global(model, layers, a.sparsity)
             pruned = quality(model, held, a)
             extra["perplexity_after_pruning"] = pruned.get("perplexity")
             extra["accuracy_after_pruning"] = pruned.get("accuracy")
             if a.recover_steps:
                 extra["recovery_final_loss"] = finite_or_none(recover(model, a, metrics,
-                                                                      loaded.tokenizer))
+                                                                      loaded.tokenizer, teacher))
+                del teacher
             make_permanent(model, layers)
         elif a.method == "structured":
             model = structured(model, held, a, metrics, loaded.tokenizer, extra)
@@ -365,7 +370,7 @@ def compress(a: argparse.Namespace) -> dict[str, Any]:
                 "sparsity_target": a.sparsity, "include_lm_head": a.include_lm_head,
                 "pruned_layers": len(layers), "pruned_parameters": total,
                 "pruned_layers_sparsity": zeros / total if total else None,
-                "recover_steps": a.recover_steps,
+                "recover_steps": a.recover_steps, "recover": a.recover,
                 **{k: finite_or_none(v) for k, v in extra.items() if v is not None},
             })
             results.update(DENSE_NOTE)

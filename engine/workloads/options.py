@@ -359,8 +359,8 @@ def add_structured_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--keep-channels", type=number(0, 1, low_open=True), default=1.0,
                    help="share of MLP intermediate channels kept per layer")
     g.add_argument("--recover", choices=("finetune", "distill"), default="finetune",
-                   help="recovery loss: the LM loss, or KL from the unpruned model at "
-                        "--temperature weighted by --alpha")
+                   help="recovery loss (prune and structured): the LM loss, or KL from "
+                        "the unpruned model at --temperature weighted by --alpha")
 
 
 def evaluate_parser(prog: str = PROGRAMS["evaluate"], description: str = "") -> WorkloadParser:
