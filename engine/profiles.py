@@ -966,8 +966,10 @@ def _workload_problems(kind: str, args: Mapping[str, Any]) -> list[tuple[str, st
     if problems:
         return problems
     for opt in table.values():
-        if opt.required and opt.flag not in given and opt.flag != "--output":
-            problems.append((f"args.{opt.key}", f"missing: the {kind} workload needs {opt.flag}",
+        if opt.required and opt.flag not in given and opt.flag != "--output" \
+                and not set(opt.alternatives) & set(given):
+            needs = " or ".join((opt.flag, *opt.alternatives))  # --method or --search
+            problems.append((f"args.{opt.key}", f"missing: the {kind} workload needs {needs}",
                              (f"one of: {', '.join(opt.choices)}; " if opt.choices else "")
                              + f"{opt.key} = ... in [args], or --set args.{opt.key}=..."))
     if problems:

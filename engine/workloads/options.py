@@ -457,20 +457,29 @@ PARSERS: dict[str, Callable[[], WorkloadParser]] = {
 class Option:
     """One option of a workload as a profile sees it. `key` is its [args]
     key (``max_steps`` for ``--max-steps``); `takes` is "flag" (on/off, no
-    value), "one" (one value) or "list" (one or more values)."""
+    value), "one" (one value) or "list" (one or more values). Of a required
+    either-or group (``--method`` or ``--search``), the first member is
+    `required`, with the others as its `alternatives`."""
 
     flag: str
     key: str
     takes: str
     required: bool
     choices: tuple[str, ...] | None
+    alternatives: tuple[str, ...] = ()
 
 
 def options(module: str) -> dict[str, Option]:
     """The long options of workload `module` ("train", "compress",
     "evaluate"), by flag."""
     out: dict[str, Option] = {}
-    for action in PARSERS[module]()._actions:
+    parser = PARSERS[module]()
+    either: dict[int, tuple[str, ...]] = {}  # first member of a required group -> the others
+    for group in parser._mutually_exclusive_groups:
+        if group.required and group._group_actions:
+            first, *others = group._group_actions
+            either[id(first)] = tuple(f for a in others for f in a.option_strings)
+    for action in parser._actions:
         if action.nargs == 0:
             takes = "flag"
         elif action.nargs in (None, 1, "?"):
@@ -481,7 +490,8 @@ def options(module: str) -> dict[str, Option]:
         for flag in action.option_strings:
             if flag.startswith("--") and flag != "--help":
                 out[flag] = Option(flag, flag[2:].replace("-", "_"), takes,
-                                   bool(action.required), choices)
+                                   bool(action.required) or id(action) in either, choices,
+                                   either.get(id(action), ()))
     return out
 
 
