@@ -31,8 +31,10 @@ The methods:
   ``--recover-steps N``, N AdamW steps at ``--lr`` on the training split:
   ``--recover finetune`` the LM loss, ``distill`` the KL from the unpruned
   model (``--temperature``, ``--alpha``) as distill trains.
-- ``int8``: dynamic int8 quantization of every ``nn.Linear`` (weights int8,
-  activations quantized on the fly; CPU only), saved as ``int8-dynamic``.
+- ``int8``: q/k/v and gate/up fused into one Linear each, then dynamic int8
+  quantization of every ``nn.Linear`` (weights int8, activations quantized
+  on the fly; CPU only) on the kernel engine chosen for the CPU, saved as
+  ``int8-fused`` (`engine.workloads.int8`).
 - ``fp16`` / ``bf16``: the weights cast to half precision and saved so.
 - ``distill``: a student built from the preset ``--student`` with the
   teacher's tokenizer, trained by `engine.workloads.train` against the
@@ -58,7 +60,9 @@ What it writes under ``--output``:
   ``parameters``, ``nonzero_parameters``, ``sparsity`` (prune: over the pruned
   layers; else over every parameter), ``latency_ms``, ``latency_p90_ms``,
   ``tokens_per_s``, ``eval_loss`` and ``perplexity`` (or ``accuracy`` for a
-  classifier); then ``size_ratio`` and ``linear_size_ratio`` (before /
+  classifier), and what ran the timed forward: ``engine`` (the quantized
+  kernel engine, or "aten"), ``dtype`` and ``attention``
+  (`engine.workloads.models.runtime`); then ``size_ratio`` and ``linear_size_ratio`` (before /
   after bytes), ``speedup`` (before / after latency) and
   ``perplexity_change`` (after / before - 1). prune adds
   ``pruned_layers_sparsity`` (zeros over exactly the pruned weights of the
@@ -115,7 +119,7 @@ from engine.workloads.options import PROGRAMS, compress_parser
 
 #: The output heads pruning leaves alone unless --include-lm-head.
 HEADS = ("lm_head", "score")
-FORMAT_OF = {"prune": "fp32", "structured": "fp32", "int8": "int8-dynamic", "fp16": "fp16",
+FORMAT_OF = {"prune": "fp32", "structured": "fp32", "int8": "int8-fused", "fp16": "fp16",
              "bf16": "bf16", "distill": "fp32"}
 
 
@@ -296,7 +300,7 @@ def compress(a: argparse.Namespace) -> dict[str, Any]:
     reload, measure."""
     import torch
 
-    from engine.workloads.models import load_model, model_folder, save_model
+    from engine.workloads.models import load_model, model_folder, runtime, save_model
 
     started = time.time()
     seed_everything(a.seed)
@@ -305,7 +309,7 @@ def compress(a: argparse.Namespace) -> dict[str, Any]:
     _check_output(a.output, source_folder)
     loaded = load_model(source_folder)
     assert loaded.folder is not None
-    if loaded.format == "int8-dynamic":
+    if loaded.format.startswith("int8"):
         raise WorkloadError(f"model {loaded.folder}: already int8; compress the fp32 model "
                             "it came from instead")
     if a.method == "structured":
@@ -328,6 +332,7 @@ def compress(a: argparse.Namespace) -> dict[str, Any]:
             if not layers:
                 raise WorkloadError(f"model {loaded.folder}: no nn.Linear layers to prune")
         before = measure_model(loaded.model, loaded.folder, held, a, layers)
+        before.update(runtime(loaded.model))  # engine, dtype, attention: what was timed
         model = loaded.model
         if a.method == "prune":
             assert layers is not None
@@ -357,6 +362,7 @@ def compress(a: argparse.Namespace) -> dict[str, Any]:
                            {"compressed": {"method": a.method, "source": str(loaded.folder)}})
         reloaded = load_model(saved)
         after = measure_model(reloaded.model, saved, held, a, layers)
+        after.update(runtime(reloaded.model))
         results: dict[str, Any] = {
             "kind": "compress", "method": a.method, "status": "ok",
             "source": str(loaded.folder.resolve()), "model": str(saved.resolve()),

@@ -2,12 +2,16 @@
 a local folder, save one atomically.
 
 A model folder holds ``config.json``, the weights, the tokenizer files and
-``llmconsole.json`` (``format``: "fp32", "fp16", "bf16" or "int8-dynamic";
-``task``: "causal-lm" or "classification"; ``labels`` for a classifier).
-Weights are ``model.safetensors`` (``save_pretrained``) except for int8,
-where the quantized state dict is ``quantized.pt`` (loaded with
-``weights_only=True``). A folder saved by ``save_pretrained`` elsewhere, with
-no ``llmconsole.json``, loads too. Wherever a model folder is asked for, the
+``llmconsole.json`` (``format``: "fp32", "fp16", "bf16", "int8-fused" or
+"int8-dynamic"; ``task``: "causal-lm" or "classification"; ``labels`` for a
+classifier; ``int8`` for an int8 model: the engine it was quantized on, the
+fused layout). Weights are ``model.safetensors`` (``save_pretrained``)
+except for int8, where the quantized state dict is ``quantized.pt`` (loaded
+with ``weights_only=True``). "int8-fused" (what `quantize_int8` makes) has
+q/k/v and gate/up fused before quantizing (`engine.workloads.int8`);
+"int8-dynamic", the older format, quantized each Linear alone: both load.
+A folder saved by ``save_pretrained`` elsewhere, with no
+``llmconsole.json``, loads too. Wherever a model folder is asked for, the
 output folder of a train or compress job (which has ``model/`` inside) will
 do.
 """
@@ -25,7 +29,10 @@ from engine.workloads.common import WorkloadError, read_json, write_json_atomic
 
 META = "llmconsole.json"
 QUANTIZED_WEIGHTS = "quantized.pt"
-FORMATS = ("fp32", "fp16", "bf16", "int8-dynamic")
+FORMATS = ("fp32", "fp16", "bf16", "int8-dynamic", "int8-fused")
+#: What `quantize_int8` makes; every format in INT8_FORMATS is int8.
+INT8_FORMAT = "int8-fused"
+INT8_FORMATS = ("int8-dynamic", "int8-fused")
 TASKS = ("causal-lm", "classification")
 
 #: name -> LlamaConfig fields. Llama's nn.Linear layers are what int8 dynamic
@@ -144,13 +151,15 @@ def load_model(path: str | Path, task: str | None = None,
     tokenizer = load_tokenizer(folder)
     names = list(meta.get("labels") or [])
     try:
-        if fmt == "int8-dynamic":
+        if fmt in INT8_FORMATS:
             weights = folder / QUANTIZED_WEIGHTS
             if not weights.is_file():
                 raise WorkloadError(f"model {folder}: {QUANTIZED_WEIGHTS} is missing; the int8 "
                                     "model is incomplete: run the quantize pass again")
+            # the same modules as were saved, then their int8 state (packed
+            # for this CPU's engine: the saved one may have been another)
             model = build_model(config, saved_task, names)
-            model = quantize_int8(model)
+            model = quantize_int8(model, fuse=fmt == "int8-fused")
             with warnings.catch_warnings():  # TypedStorage deprecation, from torch itself
                 warnings.simplefilter("ignore")
                 state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -176,39 +185,50 @@ def load_model(path: str | Path, task: str | None = None,
     return LoadedModel(model, tokenizer, folder, fmt, task, names)
 
 
-#: Quantized-kernel engines in order of preference. oneDNN's int8 GEMM is
-#: faster than fbgemm's on the shapes of small LMs; on 1 thread, tiny preset:
-#: the 128 -> 2048 output head takes 4.6 ms in int8 on onednn against 15.5 ms
-#: on the default x86/fbgemm engine (8.0 ms in fp32), and the whole model runs
-#: 1.42x faster than fp32 against 1.15x.
-INT8_ENGINES = ("onednn", "x86", "fbgemm")
-
-
 def select_int8_engine() -> str:
-    """Make the preferred available engine current (process-wide: packed
-    int8 weights are packed for it, so set it before quantizing or loading)."""
+    """Make this CPU's int8 engine current (`engine.workloads.int8.set_engine`:
+    process-wide; packed int8 weights are packed for it)."""
+    from engine.workloads import int8
+
+    return int8.set_engine()
+
+
+def quantize_int8(model: Any, fuse: bool = True) -> Any:
+    """`model` made int8 the fastest way this CPU runs it: q/k/v and gate/up
+    fused into one Linear each (`fuse`; Llama models only, any head count),
+    then dynamic int8 quantization of every nn.Linear (int8 weights,
+    activations quantized per call) on the engine chosen for this CPU.
+    Its format is INT8_FORMAT ("int8-dynamic" with `fuse` False). CPU only:
+    `engine.workloads.int8.quantize_weight_only` is the CUDA path."""
+    import copy
+
+    from engine.workloads import int8
+
+    int8.set_engine()
+    model = copy.deepcopy(model).to("cpu").float()  # `model` itself is left as it was
+    if fuse:
+        int8.fuse_projections(model)
+    return int8.quantize_dynamic(model)
+
+
+def runtime(model: Any) -> dict[str, str]:
+    """What runs `model`'s forward: ``engine`` (the quantized engine, or
+    "aten" for float), ``dtype`` ("int8" or the float dtype) and
+    ``attention`` (the transformers attention implementation)."""
     import torch
 
-    supported = set(torch.backends.quantized.supported_engines)
-    for engine in INT8_ENGINES:
-        if engine in supported:
-            torch.backends.quantized.engine = engine
-            break
-    return str(torch.backends.quantized.engine)
-
-
-def quantize_int8(model: Any) -> Any:
-    """int8 dynamic quantization of every nn.Linear (weights int8, activations
-    quantized on the fly); CPU only."""
-    import warnings
-
-    import torch
-
-    select_int8_engine()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(
-            model.to("cpu").float(), {torch.nn.Linear}, dtype=torch.qint8)
+    model = getattr(model, "module", model)
+    quantized = any(m.__class__.__module__.startswith("torch.ao.nn.quantized")
+                    for m in model.modules())
+    if quantized:
+        engine, dtype = str(torch.backends.quantized.engine), "int8"
+    else:
+        first = next(model.parameters(), None)
+        engine = "aten"
+        dtype = str(first.dtype).replace("torch.", "") if first is not None else "float32"
+    config = getattr(model, "config", None)
+    attention = str(getattr(config, "_attn_implementation", None) or "eager")
+    return {"engine": engine, "dtype": dtype, "attention": attention}
 
 
 def save_model(loaded: LoadedModel, folder: Path, extra: Mapping[str, Any] | None = None) -> Path:
@@ -224,14 +244,19 @@ def save_model(loaded: LoadedModel, folder: Path, extra: Mapping[str, Any] | Non
     tmp.mkdir()
     model = loaded.model
     model = getattr(model, "module", model)
-    if loaded.format == "int8-dynamic":
+    meta: dict[str, Any] = {}
+    if loaded.format in INT8_FORMATS:
+        from engine.workloads import int8
+
         model.config.save_pretrained(str(tmp))
         torch.save(model.state_dict(), tmp / QUANTIZED_WEIGHTS)
+        meta["int8"] = {"engine": runtime(model)["engine"], "scheme": "dynamic",
+                        "fused": int8.FUSED if loaded.format == "int8-fused" else ""}
     else:
         model.save_pretrained(str(tmp))
     loaded.tokenizer.save_pretrained(str(tmp))
     write_json_atomic(tmp / META, {"format": loaded.format, "task": loaded.task,
-                                   "labels": loaded.labels, **(extra or {})})
+                                   "labels": loaded.labels, **meta, **(extra or {})})
     if folder.exists():
         old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
         os.replace(folder, old)

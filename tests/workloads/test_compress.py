@@ -79,7 +79,7 @@ def test_int8_shrinks_the_linear_weights_and_reloads(
 
     out = tmp_path / "int8"
     r = compress(trained, out, wl_env, "--method", "int8")
-    assert r["format"] == "int8-dynamic"
+    assert r["format"] == "int8-fused" and r["after"]["dtype"] == "int8"
     assert r["linear_size_ratio"] >= 3
     quantized = (out / "model" / "quantized.pt").stat().st_size
     fp32 = (trained / "model" / "model.safetensors").stat().st_size
@@ -87,7 +87,7 @@ def test_int8_shrinks_the_linear_weights_and_reloads(
     assert abs(r["perplexity_change"]) < 0.2
 
     loaded = load_model(out)
-    assert loaded.format == "int8-dynamic"
+    assert loaded.format == "int8-fused"
     logits = loaded.model(input_ids=torch.tensor([[1, 2, 3, 4]])).logits
     assert torch.isfinite(logits).all()
 
