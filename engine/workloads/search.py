@@ -166,9 +166,13 @@ def _prune(model: Any, cand: Candidate, calibration: Any, a: argparse.Namespace,
     from engine.workloads.compress import recover
     from engine.workloads.evaluate import quality
 
-    small, report = prune_structured(model, calibration, drop_layers=cand.layers,
-                                     keep_heads=cand.heads, keep_channels=cand.channels,
-                                     batch_size=a.batch_size, max_batches=CALIBRATION_BATCHES)
+    try:
+        small, report = prune_structured(model, calibration, drop_layers=cand.layers,
+                                         keep_heads=cand.heads, keep_channels=cand.channels,
+                                         batch_size=a.batch_size,
+                                         max_batches=CALIBRATION_BATCHES)
+    except WorkloadError as err:  # it names --keep-heads ...: say which candidate asked
+        raise WorkloadError(f"--grid candidate {cand.label}: {err}") from None
     extra: dict[str, Any] = {"pruning": {k: report.get(k) for k in (
         "layers_dropped", "kv_groups_kept", "channels_kept", "parameter_ratio")}}
     if a.recover_steps:
