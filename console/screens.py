@@ -360,7 +360,7 @@ class JobScreen(Screen[None]):
         Binding("4", "tab('profile')", "Profile", show=False, id="job.profile"),
         Binding("5", "tab('results')", "Results", show=False, id="job.results"),
         Binding("6", "tab('processes')", "Processes", show=False, id="job.processes"),
-        Binding("p", "plot", "Plot", show=False, id="job.plot"),
+        Binding("P", "plot", "Plot", show=False, id="job.plot"),
     ]
 
     class ProcessesWanted(Message):
@@ -490,21 +490,21 @@ class JobScreen(Screen[None]):
     def _search_results(data: dict[str, Any], note: str, info: Static,
                         table: DataTable[Any]) -> None:
         """A search's candidates as `llmconsole compare` shows them, the
-        frontier marked; `p` plots them."""
+        frontier marked; `P` plots them."""
         rows = compare.search_rows("", "results.json", data)
         headers, cells = compare.search_table(rows)
         pick = data.get("pick") or {}
         info.update(Text(f"{note}: {len(rows)} candidates, * on the size/latency/perplexity "
                          f"frontier ({sum(bool(r.pareto) for r in rows)}), saved: "
                          f"{pick.get('label', '-')} ({pick.get('rule', '-')}); "
-                         "p: plot perplexity against latency"))
+                         "P: plot perplexity against latency"))
         table.add_columns(*headers)
         table.add_rows([tuple(Text(c) for c in row) for row in cells])
 
     def action_plot(self) -> None:
-        """p: a search's perplexity against latency (other jobs have no frontier)."""
+        """P: a search's perplexity against latency (other jobs have no frontier)."""
         if self.search is None:
-            self.notify("p plots the candidates of a compress --search job; this job's "
+            self.notify("P plots the candidates of a compress --search job; this job's "
                         "results have none (open its Results tab once it has finished)",
                         severity="warning")
             return

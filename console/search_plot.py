@@ -1,5 +1,6 @@
 """A compress --search job's candidates as a scatter of perplexity against
-latency, the frontier highlighted: `p` on the job's Results tab.
+latency, the frontier highlighted: `P` on the job's Results tab (shift+p:
+`p` stays the priority key, which the job screen keeps).
 
 Each candidate is a point at (latency ms, perplexity); the glyph says what
 it is, so it reads without colour: ``•`` a candidate off the frontier,
@@ -85,7 +86,7 @@ class SearchPlotScreen(Screen[None]):
     SearchPlotScreen #plot { height: 1fr; min-height: 8; }
     SearchPlotScreen #plotnotes { height: auto; max-height: 9; }
     """
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,q,p", "close", "Back")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,q,P", "close", "Back")]
 
     def __init__(self, data: Mapping[str, Any], title: str) -> None:
         super().__init__()

@@ -1,7 +1,7 @@
 """A compress --search job on the screen (the real app, a recorded
 results.json, no torch): the Results tab shows its candidates as
 `llmconsole compare` does, the frontier marked and the saved one named, and
-`p` plots perplexity against latency at 80x24 with the frontier's glyph."""
+`P` plots perplexity against latency at 80x24 with the frontier's glyph."""
 
 from __future__ import annotations
 
@@ -61,8 +61,8 @@ async def test_the_results_tab_shows_the_candidates_and_p_plots_them(tmp_path: P
         assert [str(c.label) for c in table.columns.values()] == headers
         assert [row[-1] for row in got].count("* picked") == 1
         info = str(screen.query_one("#resultsinfo", Static).render())
-        assert f"saved: {data['pick']['label']}" in info and "p: plot" in info
-        await pilot.press("p")
+        assert f"saved: {data['pick']['label']}" in info and "P: plot" in info
+        await pilot.press("P")
         await pilot.pause(0.2)
         plot = app.screen
         assert isinstance(plot, SearchPlotScreen)
