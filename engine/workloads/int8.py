@@ -50,7 +50,7 @@ def _stack(parts: Iterable[Any]) -> Any:
 def _fused_attention_class() -> type:
     llama = _llama()
 
-    class FusedLlamaAttention(llama.LlamaAttention):  # type: ignore[misc,name-defined]
+    class FusedLlamaAttention(llama.LlamaAttention):  # type: ignore[name-defined]
         """LlamaAttention with q/k/v as one Linear (``qkv_proj``); the rest of
         the forward is upstream's (rotary, cache, attention interface)."""
 
@@ -84,7 +84,7 @@ def _fused_attention_class() -> type:
 def _fused_mlp_class() -> type:
     llama = _llama()
 
-    class FusedLlamaMLP(llama.LlamaMLP):  # type: ignore[misc,name-defined]
+    class FusedLlamaMLP(llama.LlamaMLP):  # type: ignore[name-defined]
         """LlamaMLP with gate and up as one Linear (``gate_up_proj``)."""
 
         def forward(self, x: Any) -> Any:
@@ -261,8 +261,9 @@ def _weight_only_class() -> type:
             self.bias = linear.bias
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            out = torch.nn.functional.linear(x, self.weight_int8.to(x.dtype)) * self.scale.to(
-                x.dtype)
+            weight: torch.Tensor = self.weight_int8  # type: ignore[assignment]
+            scale: torch.Tensor = self.scale  # type: ignore[assignment]
+            out = torch.nn.functional.linear(x, weight.to(x.dtype)) * scale.to(x.dtype)
             return out if self.bias is None else out + self.bias.to(x.dtype)
 
     return Int8WeightOnlyLinear
