@@ -33,7 +33,8 @@ What it writes under ``--output``:
   the row index and label), ``keys`` (the frontier's), ``frontier`` (row
   indices), ``rows`` (each: ``index``, ``label``, the candidate's
   ``layers``/``heads``/``channels``/``int8``, ``reference``, ``format``,
-  ``engine`` and ``dtype`` that ran, ``config`` (its layer, head and channel
+  the ``engine``, ``dtype`` and ``attention`` that ran it
+  (`engine.workloads.models.runtime`), ``config`` (its layer, head and channel
   counts), what pruning kept (``pruning``), every measure of
   `evaluate.measure_model`, ``perplexity_change`` against the reference,
   ``perplexity_before_recovery`` when it recovered, ``pareto`` and
@@ -106,21 +107,6 @@ def calibration_rows(a: argparse.Namespace, tokenizer: Any) -> Any:
     return rows[:wanted]
 
 
-def engine_and_dtype(model: Any) -> tuple[str, str]:
-    """Which kernels ran the model's Linear layers and in what dtype."""
-    import torch
-
-    for module in model.modules():
-        where = type(module).__module__
-        if where.startswith("torch.ao.nn.quantized"):
-            return f"torch.ao dynamic int8 ({torch.backends.quantized.engine})", "int8"
-        if where.startswith("torchao"):
-            return "torchao", "int8"
-    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
-    dtype = str(weight.dtype).removeprefix("torch.") if weight is not None else "float32"
-    return "torch cpu", dtype
-
-
 def _config(model: Any) -> dict[str, int]:
     cfg = model.config
     return {k: int(getattr(cfg, k)) for k in ("num_hidden_layers", "num_attention_heads",
@@ -131,16 +117,16 @@ def _measure(loaded: Any, folder: Path, held: Any, a: argparse.Namespace,
              cand: Candidate, index: int, extra: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     """Save the candidate, load it back and measure it: (its row, the model
     loaded back)."""
-    from engine.workloads.models import load_model, save_model
+    from engine.workloads.models import load_model, runtime, save_model
 
     saved = save_model(loaded, folder, {"compressed": {
         "method": "search", "candidate": cand.settings(), "source": str(a.model)}})
     back = load_model(saved)
-    engine, dtype = engine_and_dtype(back.model)
     measures = measure_model(back.model, saved, held, a)
     return {"index": index, "label": cand.label, **cand.settings(),
-            "reference": cand.is_reference, "format": back.format, "engine": engine,
-            "dtype": dtype, "config": _config(back.model), **extra, **measures}, back.model
+            "reference": cand.is_reference, "format": back.format,
+            **runtime(back.model),  # engine, dtype, attention: what was timed
+            "config": _config(back.model), **extra, **measures}, back.model
 
 
 def retime(rows: list[dict[str, Any]], models: list[Any], batch: Any, repeats: int) -> None:
