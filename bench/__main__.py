@@ -14,17 +14,20 @@ from bench import (
     data,
     engine_api,
     scheduling,
+    search,
+    structured,
     workloads,
 )
 from bench.harness import Figure, machine, save, table
 
-MODULES = (scheduling, engine_api, cli_speed, console, cluster, cluster_ssh, workloads, data)
+MODULES = (scheduling, engine_api, cli_speed, console, cluster, cluster_ssh, workloads, structured,
+           search, data)
 
 
 def main(argv: list[str]) -> int:
     """`python -m bench [NAME...]`: every benchmark, or the named ones
     (scheduling, engine_api, cli_speed, console, cluster, cluster_ssh, workloads,
-    data)."""
+    structured, search, data)."""
     names = {m.__name__.rsplit(".", 1)[-1]: m for m in MODULES}
     unknown = [a for a in argv if a not in names]
     if unknown:
