@@ -9,6 +9,7 @@ on the session's trained micro model."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -226,14 +227,26 @@ def test_a_bad_structured_request_is_one_error_line_and_exit_2(
         args: list[str], words: str, trained: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """In-process (run_main, as the program runs), so no interpreter start."""
+    from transformers.utils import logging
+
     from engine.workloads import compress
     from engine.workloads.common import run_main
 
     out = tmp_path / "bad"
     monkeypatch.setattr("sys.argv", ["compress", "--model", str(trained), "--output", str(out),
                                      "--method", "structured", *args])
-    with pytest.raises(SystemExit) as exit_:
-        run_main(compress.main)
+    quiet = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM":
+             "false", "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    for name, value in quiet.items():  # what main's quiet_libraries sets, undone after
+        monkeypatch.setenv(name, os.environ.get(name, value))
+    # a subprocess reads HF_HUB_DISABLE_PROGRESS_BARS when it imports transformers;
+    # in-process transformers may be imported already
+    logging.disable_progress_bar()
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            run_main(compress.main)
+    finally:
+        logging.enable_progress_bar()
     lines = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 2 and len(lines) == 1, lines
     assert lines[0].startswith("error: ") and words in lines[0], lines
