@@ -8,8 +8,10 @@ Fusion: q/k/v become one ``qkv_proj`` Linear and gate/up one
 same numbers, split). With dynamic quantization each Linear quantizes its
 input on the fly; fused, the attention input is quantized once instead of
 three times and the MLP input once instead of twice, and the GEMMs are
-wider. It works on any head count and head size (the split sizes are read
-from the Linear layers, not the config), so pruned models fuse too.
+wider. The query and key rows are reordered so that the rotary embedding
+is one complex multiply over queries and keys together. It works on any
+head count and head size (the split sizes are read from the Linear layers,
+not the config), so pruned models fuse too.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from typing import Any
 
 from engine.workloads.common import WorkloadError
 
-#: The fused layouts this module knows (the ``fused`` field of llmconsole.json).
-FUSED = "qkv,gate_up"
+#: The fused layout `fuse_projections` makes (``int8.fused`` in llmconsole.json;
+#: a folder with another was written by another version and is refused).
+FUSED = "qkv-interleaved,gate_up"
 
 
 def _llama() -> Any:
@@ -47,23 +50,53 @@ def _stack(parts: Iterable[Any]) -> Any:
     return fused
 
 
+def _interleave_rows(linear: Any, head_dim: int) -> None:
+    """Reorder, in place, each head's output rows of `linear` from rotary's
+    half-split layout (pairs i and i + head_dim/2) to interleaved (pairs 2i
+    and 2i+1), so the rotation is one complex multiply. Applied to the
+    query and key rows alike, it leaves every q.k product unchanged."""
+    import torch
+
+    half = head_dim // 2
+    order = torch.stack((torch.arange(half), torch.arange(half) + half), dim=-1).flatten()
+    with torch.no_grad():
+        w = linear.weight.view(-1, head_dim, linear.in_features)
+        linear.weight.copy_(w[:, order].reshape_as(linear.weight))
+        if linear.bias is not None:
+            linear.bias.copy_(linear.bias.view(-1, head_dim)[:, order].flatten())
+
+
 def _fused_attention_class() -> type:
     llama = _llama()
 
     class FusedLlamaAttention(llama.LlamaAttention):  # type: ignore[name-defined]
-        """LlamaAttention with q/k/v as one Linear (``qkv_proj``); the rest of
-        the forward is upstream's (rotary, cache, attention interface)."""
+        """LlamaAttention with q/k/v as one Linear (``qkv_proj``, the query
+        and key rows interleaved per head: `_interleave_rows`) and the
+        rotary embedding applied to queries and keys at once as a complex
+        multiply (one kernel where upstream runs ten); the cache and the
+        attention interface are upstream's."""
 
         def forward(self, hidden_states: Any, position_embeddings: Any = None,
                     attention_mask: Any = None, **kwargs: Any) -> Any:
-            input_shape = hidden_states.shape[:-1]
-            hidden_shape = (*input_shape, -1, self.head_dim)
-            q, k, v = self.qkv_proj(hidden_states).split(self.qkv_split, dim=-1)
-            query = q.view(hidden_shape).transpose(1, 2)
-            key = k.view(hidden_shape).transpose(1, 2)
-            value = v.view(hidden_shape).transpose(1, 2)
+            import torch
+
+            batch, length = hidden_states.shape[:2]
+            n_q, n_k, _ = self.qkv_split
+            d = self.head_dim
+            qkv = self.qkv_proj(hidden_states)
             cos, sin = position_embeddings
-            query, key = llama.apply_rotary_pos_emb(query, key, cos, sin)
+            if cos.shape[-1] != d:
+                raise WorkloadError(f"rotary size {cos.shape[-1]} is not the head size {d}; "
+                                    "the fused int8 format needs full rotary embeddings")
+            # upstream's cos/sin are cat(f, f): the first half is one value per pair
+            turn = torch.complex(cos[..., :d // 2].float(), sin[..., :d // 2].float())
+            qk = qkv[..., :n_q + n_k].reshape(batch, length, -1, d // 2, 2)
+            rotated = torch.view_as_real(torch.view_as_complex(qk.float()) * turn.unsqueeze(2))
+            rotated = rotated.flatten(3).to(qkv.dtype)
+            heads = n_q // d
+            query = rotated[:, :, :heads].transpose(1, 2)
+            key = rotated[:, :, heads:].transpose(1, 2)
+            value = qkv[..., n_q + n_k:].reshape(batch, length, -1, d).transpose(1, 2)
             cache = next((kwargs.pop(n) for n in ("cache", "past_key_values", "past_key_value")
                           if n in kwargs), None)
             if cache is not None:
@@ -75,7 +108,7 @@ def _fused_attention_class() -> type:
             out, weights = interface(self, query, key, value, attention_mask,
                                      dropout=0.0 if not self.training else self.attention_dropout,
                                      scaling=self.scaling, **kwargs)
-            out = out.reshape(*input_shape, -1).contiguous()
+            out = out.reshape(batch, length, -1).contiguous()
             return self.o_proj(out), weights
 
     return FusedLlamaAttention
@@ -123,6 +156,8 @@ def fuse_projections(model: Any) -> Any:
             fused += 1
         elif isinstance(module, llama.LlamaAttention):
             parts = (module.q_proj, module.k_proj, module.v_proj)
+            for rotated in parts[:2]:
+                _interleave_rows(rotated, module.head_dim)
             module.qkv_proj = _stack(parts)
             module.qkv_split = [p.out_features for p in parts]
             del module.q_proj, module.k_proj, module.v_proj

@@ -156,6 +156,8 @@ def load_model(path: str | Path, task: str | None = None,
             if not weights.is_file():
                 raise WorkloadError(f"model {folder}: {QUANTIZED_WEIGHTS} is missing; the int8 "
                                     "model is incomplete: run the quantize pass again")
+            if fmt == "int8-fused":
+                _check_fused_layout(folder, meta)
             # the same modules as were saved, then their int8 state (packed
             # for this CPU's engine: the saved one may have been another)
             model = build_model(config, saved_task, names)
@@ -183,6 +185,15 @@ def load_model(path: str | Path, task: str | None = None,
                             ) from None
     model.eval()
     return LoadedModel(model, tokenizer, folder, fmt, task, names)
+
+
+def _check_fused_layout(folder: Path, meta: Mapping[str, Any]) -> None:
+    from engine.workloads import int8
+
+    layout = (meta.get("int8") or {}).get("fused")
+    if layout != int8.FUSED:
+        raise WorkloadError(f"model {folder}: its int8 layout is {layout!r}, this version "
+                            f"reads {int8.FUSED!r}; compress the fp32 model again")
 
 
 def select_int8_engine() -> str:

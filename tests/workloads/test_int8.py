@@ -110,6 +110,11 @@ def test_fused_int8_matches_fp32_is_a_quarter_the_size_and_reloads(
     meta = json.loads((folder / "llmconsole.json").read_text())
     assert meta["int8"] == {"engine": info["engine"], "scheme": "dynamic",
                             "fused": int8.FUSED}
+    # a fused layout this version does not read is one clear error, not wrong logits
+    meta["int8"]["fused"] = "qkv,gate_up"
+    (folder / "llmconsole.json").write_text(json.dumps(meta))
+    with pytest.raises(WorkloadError, match="compress the fp32 model again"):
+        load_model(folder)
 
     # the older unfused format, as earlier versions saved it, still loads
     old = load_model(trained)
