@@ -61,8 +61,10 @@ What it writes under ``--output``:
   layers; else over every parameter), ``latency_ms``, ``latency_p90_ms``,
   ``tokens_per_s``, ``eval_loss`` and ``perplexity`` (or ``accuracy`` for a
   classifier), and what ran the timed forward: ``engine`` (the quantized
-  kernel engine, or "aten"), ``dtype`` and ``attention``
-  (`engine.workloads.models.runtime`); then ``size_ratio`` and ``linear_size_ratio`` (before /
+  kernel engine, or "aten"), ``dtype``, ``attention`` and ``fused``
+  (`engine.workloads.models.runtime`; ``before`` is the model as loaded,
+  never fused, so the speedup is against fp32 as a user runs it); then
+  ``size_ratio`` and ``linear_size_ratio`` (before /
   after bytes), ``speedup`` (before / after latency) and
   ``perplexity_change`` (after / before - 1). prune adds
   ``pruned_layers_sparsity`` (zeros over exactly the pruned weights of the

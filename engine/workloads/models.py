@@ -224,8 +224,10 @@ def quantize_int8(model: Any, fuse: bool = True) -> Any:
 
 def runtime(model: Any) -> dict[str, str]:
     """What runs `model`'s forward: ``engine`` (the quantized engine, or
-    "aten" for float), ``dtype`` ("int8" or the float dtype) and
-    ``attention`` (the transformers attention implementation)."""
+    "aten" for float), ``dtype`` ("int8" or the float dtype), ``attention``
+    (the transformers attention implementation) and ``fused`` (the fused
+    projection layout, `engine.workloads.int8.FUSED`, or "" for the layers
+    as trained: an fp32 baseline loaded by `load_model` is never fused)."""
     import torch
 
     model = getattr(model, "module", model)
@@ -239,7 +241,15 @@ def runtime(model: Any) -> dict[str, str]:
         dtype = str(first.dtype).replace("torch.", "") if first is not None else "float32"
     config = getattr(model, "config", None)
     attention = str(getattr(config, "_attn_implementation", None) or "eager")
-    return {"engine": engine, "dtype": dtype, "attention": attention}
+    fused = any(hasattr(m, "qkv_proj") for m in model.modules())
+    return {"engine": engine, "dtype": dtype, "attention": attention,
+            "fused": _fused_layout() if fused else ""}
+
+
+def _fused_layout() -> str:
+    from engine.workloads import int8
+
+    return int8.FUSED
 
 
 def save_model(loaded: LoadedModel, folder: Path, extra: Mapping[str, Any] | None = None) -> Path:

@@ -78,7 +78,8 @@ def test_fused_int8_matches_fp32_is_a_quarter_the_size_and_reloads(
     ids = torch.randint(0, fp32.model.config.vocab_size, (4, 48),
                         generator=torch.Generator().manual_seed(0))
     reference = _logits(fp32.model, ids)
-    assert runtime(fp32.model) == {"engine": "aten", "dtype": "float32", "attention": "sdpa"}
+    assert runtime(fp32.model) == {"engine": "aten", "dtype": "float32", "attention": "sdpa",
+                                   "fused": ""}
 
     # fusion alone is exact up to float summation order
     fused = int8.fuse_projections(load_model(trained).model)
@@ -99,7 +100,8 @@ def test_fused_int8_matches_fp32_is_a_quarter_the_size_and_reloads(
     assert linear_weight_bytes(fp32.model) / linear_weight_bytes(quantized) == pytest.approx(
         4.0, rel=0.01)
     info = runtime(quantized)
-    assert info["dtype"] == "int8" and info["engine"] == int8.choose_engine(
+    assert info["dtype"] == "int8" and info["fused"] == int8.FUSED
+    assert info["engine"] == int8.choose_engine(
         int8.cpu_flags(), torch.backends.quantized.supported_engines)
 
     loaded.format = INT8_FORMAT
