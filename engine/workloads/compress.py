@@ -274,15 +274,17 @@ def check_structured(a: argparse.Namespace, model: Any) -> None:
 def structured(model: Any, held: HeldOut, a: argparse.Namespace, metrics: MetricsLog,
                tokenizer: Any, extra: dict[str, Any]) -> Any:
     """Structured pruning (`engine.workloads.structured`), importance measured
-    on the held-out rows the model is scored on (a classifier: its held-out
-    examples, padding included), then the perplexity after
+    on the first rows of the training split, as --search does (never the
+    held-out rows the result is scored on, which would fit its own test set;
+    a classifier: its held-out examples, padding included), then the perplexity after
     pruning and, with --recover-steps, recovery (distill: from `model`, the
     unpruned original, left as it was). Fills `extra`; returns the pruned
     model."""
+    from engine.workloads.search import calibration_rows
     from engine.workloads.structured import prune_structured
 
     model = model.float()
-    rows = held.blocks if held.task == "causal-lm" else held.ids
+    rows = calibration_rows(a, tokenizer) if held.task == "causal-lm" else held.ids
     pruned, report = prune_structured(model, rows, drop_layers=a.drop_layers,
                                       keep_heads=a.keep_heads, keep_channels=a.keep_channels,
                                       batch_size=a.batch_size, max_batches=a.eval_batches)
