@@ -114,22 +114,26 @@ def _batches(blocks: Any, batch_size: int, max_batches: int) -> Iterator[Any]:
         yield blocks[start:start + batch_size]
 
 
-def _run(model: Any, blocks: Any, batch_size: int, max_batches: int) -> None:
-    """Forward passes over the held-out batches (hooks collect the scores)."""
+def _run(model: Any, blocks: Any, batch_size: int, max_batches: int,
+         handles: list[Any]) -> None:
+    """Forward passes over the batches while the hooks in `handles` collect
+    the scores; the hooks are removed afterwards, whatever happens."""
     import torch
 
-    if len(blocks) == 0:
-        raise WorkloadError("no held-out rows to measure importance on; use a larger corpus "
-                            "or a smaller --block-size")
-    device = next(model.parameters()).device
     was_training = model.training
-    model.eval()
     try:
+        if len(blocks) == 0:
+            raise WorkloadError("no rows to measure importance on; use a larger corpus "
+                                "or a smaller --block-size")
+        device = next(model.parameters()).device
+        model.eval()
         with torch.no_grad():
             for batch in _batches(blocks, batch_size, max_batches):
                 model(input_ids=batch.to(device))
     finally:
         model.train(was_training)
+        for h in handles:
+            h.remove()
 
 
 # ---------------------------------------------------------------- layers
@@ -162,14 +166,10 @@ def layer_importance(model: Any, blocks: Any, batch_size: int = 8,
             counts[i] += angle.numel()
         return hook
 
-    try:
-        for i, layer in enumerate(layers):
-            handles.append(layer.register_forward_pre_hook(before(i), with_kwargs=True))
-            handles.append(layer.register_forward_hook(after(i), with_kwargs=True))
-        _run(model, blocks, batch_size, max_batches)
-    finally:
-        for h in handles:
-            h.remove()
+    for i, layer in enumerate(layers):
+        handles.append(layer.register_forward_pre_hook(before(i), with_kwargs=True))
+        handles.append(layer.register_forward_hook(after(i), with_kwargs=True))
+    _run(model, blocks, batch_size, max_batches, handles)
     return [s / max(1, c) for s, c in zip(sums, counts, strict=True)]
 
 
@@ -232,13 +232,9 @@ def head_importance(model: Any, blocks: Any, batch_size: int = 8,
             counts[i] += x.shape[0] * x.shape[1]
         return hook
 
-    try:
-        for i, layer in enumerate(layers):
-            handles.append(layer.self_attn.o_proj.register_forward_pre_hook(hook_for(i)))
-        _run(model, blocks, batch_size, max_batches)
-    finally:
-        for h in handles:
-            h.remove()
+    for i, layer in enumerate(layers):
+        handles.append(layer.self_attn.o_proj.register_forward_pre_hook(hook_for(i)))
+    _run(model, blocks, batch_size, max_batches, handles)
     return [[sum(per_head[g * rep:(g + 1) * rep]) / (rep * max(1, c)) for g in range(kv)]
             for per_head, c in zip(sums, counts, strict=True)]
 
@@ -338,13 +334,9 @@ def channel_importance(model: Any, blocks: Any, batch_size: int = 8,
             counts[i] += x.shape[0] * x.shape[1]
         return hook
 
-    try:
-        for i, layer in enumerate(layers):
-            handles.append(layer.mlp.down_proj.register_forward_pre_hook(hook_for(i)))
-        _run(model, blocks, batch_size, max_batches)
-    finally:
-        for h in handles:
-            h.remove()
+    for i, layer in enumerate(layers):
+        handles.append(layer.mlp.down_proj.register_forward_pre_hook(hook_for(i)))
+    _run(model, blocks, batch_size, max_batches, handles)
     out = []
     for layer, s, c in zip(layers, sums, counts, strict=True):
         column_norms = torch.linalg.vector_norm(layer.mlp.down_proj.weight.detach().float(),
