@@ -110,6 +110,10 @@ def test_another_user_cannot_read_a_jobs_logs_unless_the_cluster_shares_them(
     while b"secret line 2" not in hostile.send(sock, "GET", f"/v1/jobs/{job_id}/logs")[2]:
         assert time.monotonic() < deadline, "the job wrote no log"
         time.sleep(0.2)
+    # the metric points are read apart from the log: wait until one has been
+    while json.loads(hostile.send(sock, "GET", "/v1/jobs")[2])[0].get("progress") is None:
+        assert time.monotonic() < deadline, "the engine read no metric point of the job"
+        time.sleep(0.2)
 
     other = probe(shared, NOBODY, job_id)
     for what in ("logs", "metrics", "processes"):
