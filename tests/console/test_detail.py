@@ -305,6 +305,24 @@ def test_comparison_of_a_pipelines_last_job(tmp_path: Path) -> None:
     assert "tensorboard --logdir" in detail.tensorboard_line(str(evaluate))
 
 
+async def results_tab(app: Any, pilot: Any, job_id: int, table_id: str
+                      ) -> tuple[JobScreen, list[list[str]]]:
+    """Open job `job_id`'s detail on its Results tab (5): the screen and the
+    cells of its table `table_id`."""
+    from tests.console.test_snapshots import settle
+
+    app.drain()
+    app.select(job_id)
+    await pilot.press("d")
+    await settle(pilot, lines=0)
+    await pilot.press("5")
+    await pilot.pause(0.1)
+    screen = app.screen
+    assert isinstance(screen, JobScreen)
+    table = screen.query_one(table_id, DataTable)
+    return screen, [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
+
+
 async def test_results_tab_of_a_pipelines_evaluate_job(tmp_path: Path) -> None:
     from tests.console.test_snapshots import DETAILS, JOBS
 
@@ -324,18 +342,7 @@ async def test_results_tab_of_a_pipelines_evaluate_job(tmp_path: Path) -> None:
                                                    "--compare", *stages]}}
     app = _screen_app([], job)
     async with app.run_test(size=(120, 40)) as pilot:
-        from tests.console.test_snapshots import settle
-
-        app.drain()
-        app.select(9)
-        await pilot.press("d")
-        await settle(pilot, lines=0)
-        await pilot.press("5")
-        await pilot.pause(0.1)
-        screen = app.screen
-        assert isinstance(screen, JobScreen)
-        table = screen.query_one("#comparisontable", DataTable)
-        got = [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
+        screen, got = await results_tab(app, pilot, 9, "#comparisontable")
         from engine.workloads import compare
         assert got == compare.comparison_rows(compare.load_results(stages))[1]
         board = str(screen.query_one("#tensorboard", Static).render())

@@ -12,10 +12,9 @@ from pathlib import Path
 from textual.widgets import DataTable, Static
 
 from console.chart import MetricChart
-from console.screens import JobScreen
 from console.search_plot import SearchPlotScreen, frontier_notes, plot_lines
 from engine.workloads import compare
-from tests.console.test_detail import _screen_app
+from tests.console.test_detail import _screen_app, results_tab
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "search-results.json"
 
@@ -34,7 +33,7 @@ def test_the_scatter_puts_each_candidate_in_one_series_by_what_it_is() -> None:
 
 
 async def test_the_results_tab_shows_the_candidates_and_p_plots_them(tmp_path: Path) -> None:
-    from tests.console.test_snapshots import DETAILS, JOBS, settle
+    from tests.console.test_snapshots import DETAILS, JOBS
 
     output = tmp_path / "search-tiny"
     output.mkdir()
@@ -46,16 +45,8 @@ async def test_the_results_tab_shows_the_candidates_and_p_plots_them(tmp_path: P
                                                    "--search"]}}
     app = _screen_app([], job)
     async with app.run_test(size=(80, 24)) as pilot:
-        app.drain()
-        app.select(9)
-        await pilot.press("d")
-        await settle(pilot, lines=0)
-        await pilot.press("5")
-        await pilot.pause(0.1)
-        screen = app.screen
-        assert isinstance(screen, JobScreen)
+        screen, got = await results_tab(app, pilot, 9, "#resultstable")
         table = screen.query_one("#resultstable", DataTable)
-        got = [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
         headers, cells = compare.search_table(compare.load_results([output]))
         assert got == cells and len(got) == len(data["rows"])
         assert [str(c.label) for c in table.columns.values()] == headers
