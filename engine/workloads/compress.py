@@ -299,19 +299,27 @@ def structured(model: Any, held: HeldOut, a: argparse.Namespace, metrics: Metric
 
 
 # ---------------------------------------------------------------- the passes
+def load_source(a: argparse.Namespace) -> tuple[Any, int]:
+    """Seed, one thread, and the model of ``--model`` loaded (its ``--output``
+    checked not to overwrite it): (the LoadedModel, the thread count)."""
+    from engine.workloads.models import load_model, model_folder
+
+    seed_everything(a.seed)
+    threads = set_threads(1)
+    source = model_folder(a.model)
+    _check_output(a.output, source)
+    return load_model(source), threads
+
+
 def compress(a: argparse.Namespace) -> dict[str, Any]:
     """prune, structured, int8, fp16, bf16: load, measure, compress, save,
     reload, measure."""
     import torch
 
-    from engine.workloads.models import load_model, model_folder, runtime, save_model
+    from engine.workloads.models import load_model, runtime, save_model
 
     started = time.time()
-    seed_everything(a.seed)
-    threads = set_threads(1)
-    source_folder = model_folder(a.model)
-    _check_output(a.output, source_folder)
-    loaded = load_model(source_folder)
+    loaded, threads = load_source(a)
     assert loaded.folder is not None
     if loaded.format.startswith("int8"):
         raise WorkloadError(f"model {loaded.folder}: already int8; compress the fp32 model "

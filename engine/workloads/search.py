@@ -65,8 +65,6 @@ from engine.workloads.common import (
     WorkloadError,
     finite_or_none,
     metrics_path,
-    seed_everything,
-    set_threads,
     write_json_atomic,
 )
 from engine.workloads.evaluate import check_data_fits, held_out, lm_texts, measure_model
@@ -176,15 +174,11 @@ def _prune(model: Any, cand: Candidate, calibration: Any, a: argparse.Namespace,
 
 def run_search(a: argparse.Namespace) -> dict[str, Any]:
     """The search (see the module's doc); returns results.json's object."""
-    from engine.workloads.compress import FORMAT_OF, _check_output, comparison
-    from engine.workloads.models import LoadedModel, load_model, model_folder, quantize_int8
+    from engine.workloads.compress import FORMAT_OF, comparison, load_source
+    from engine.workloads.models import LoadedModel, quantize_int8
 
     started = time.time()
-    seed_everything(a.seed)
-    threads = set_threads(1)
-    source = model_folder(a.model)
-    _check_output(a.output, source)
-    loaded = load_model(source)
+    loaded, threads = load_source(a)
     assert loaded.folder is not None
     if loaded.task != "causal-lm" or loaded.format != "fp32":
         raise WorkloadError(f"model {loaded.folder}: a {loaded.format} {loaded.task} model; "
